@@ -1,0 +1,7 @@
+"""Deployment exporters: ONNX export with a PyTorch parity check, ONNX Runtime runner, and the
+optional TensorRT engine build/runner (needs the ``tensorrt`` extra and an NVIDIA GPU)."""
+
+from exporters.onnx_export import OnnxRunner, default_providers, export_onnx
+from exporters.tensorrt import TensorRTRunner, build_engine
+
+__all__ = ["export_onnx", "OnnxRunner", "default_providers", "build_engine", "TensorRTRunner"]

@@ -1,0 +1,237 @@
+"""Anny body-model backend (embedded default; Apache-2.0 code, CC0 assets).
+
+Anny (NAVER, PyPI ``anny``) is a MakeHuman-derived body: 13,718 vertices with UVs, a 104-bone
+rig with 15 finger bones per hand, metres, z-up, facing -y, pelvis at the origin. Its shape
+parameters are six phenotype values in [0, 1] (gender, age, muscle, weight, height,
+proportions); we call them ``betas`` to keep the ``smplx`` vocabulary.
+
+Pose parameters use Anny's ``local-ref`` parameterisation: each bone's rotation is expressed in
+the axes of the rest pose (so knee flexion is a rotation about +x). Landmarks: Anny's COCO
+keypoint regressor (face points, feet) and bone heads (joint centres), plus a fingertip vertex
+per finger; they are mapped to MediaPipe's layouts here.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+from ram_avatar.body.base import (BodyModel, BodyOutput, BodyParams, MEDIAPIPE_POSE_NAMES,
+                                  rigid_apply, rotvec_to_rotmat)
+from ram_avatar.errors import ModelFileError
+
+log = logging.getLogger(__name__)
+
+SIDES = ("L", "R")
+#: Anny bones driven by ``body_pose`` (35): legs, spine, arms, neck and head. Toes, eyes and
+#: metacarpals stay at rest; the root carries ``global_orient``.
+ANNY_BODY_BONES = [
+    *[f"{b}.{s}" for s in SIDES for b in ("pelvis", "upperleg01", "upperleg02", "lowerleg01",
+                                           "lowerleg02", "foot")],
+    "spine05", "spine04", "spine03", "spine02", "spine01",
+    *[f"{b}.{s}" for s in SIDES for b in ("clavicle", "shoulder01", "upperarm01", "upperarm02",
+                                           "lowerarm01", "lowerarm02", "wrist")],
+    "neck01", "neck02", "neck03", "head",
+]
+#: Finger bones per hand (15), thumb first, in the order of ``*_hand_pose``.
+ANNY_FINGER_BONES = [f"finger{f}-{k}" for f in range(1, 6) for k in range(1, 4)]
+
+# MediaPipe pose landmark -> COCO-regressor label of Anny, or ("bone", name-without-side) to use a
+# bone head; ``None`` = not provided (eye corners, mouth corners).
+_POSE_SOURCES = {
+    "nose": "nose", "left_eye": "left_eye", "right_eye": "right_eye", "left_ear": "left_ear",
+    "right_ear": "right_ear", "left_shoulder": "left_shoulder", "right_shoulder": "right_shoulder",
+    "left_elbow": "left_elbow", "right_elbow": "right_elbow", "left_wrist": "left_wrist",
+    "right_wrist": "right_wrist", "left_pinky": ("bone", "finger5-1.L"),
+    "right_pinky": ("bone", "finger5-1.R"), "left_index": ("bone", "finger2-1.L"),
+    "right_index": ("bone", "finger2-1.R"), "left_thumb": ("bone", "finger1-2.L"),
+    "right_thumb": ("bone", "finger1-2.R"), "left_hip": "left_hip", "right_hip": "right_hip",
+    "left_knee": "left_knee", "right_knee": "right_knee", "left_ankle": "left_ankle",
+    "right_ankle": "right_ankle", "left_heel": "left_heel", "right_heel": "right_heel",
+    "left_foot_index": "left_big_toe", "right_foot_index": "right_big_toe",
+}
+
+
+@functools.lru_cache(maxsize=2)
+def _load_anny():
+    try:
+        import anny
+    except ImportError as e:  # pragma: no cover - core dependency
+        raise ModelFileError("the 'anny' package is not installed: pip install anny") from e
+    log.info("loading the Anny body model (the first run builds a cache, about a minute)")
+    model = anny.Anny().to(torch.float32)
+    model.requires_grad_(False)
+    return model, anny.KeypointsRegressor.coco(model)
+
+
+class AnnyBodyModel(BodyModel):
+    """The Anny body as a :class:`~ram_avatar.body.base.BodyModel`.
+
+    ``betas`` (B, 6) are the phenotype values [gender, age, muscle, weight, height, proportions]
+    in [0, 1] (0.5 = average). ``jaw_pose`` and ``expression`` are accepted and ignored (Anny's
+    rig has no jaw; the face is driven by the separate face map, DESIGN.md).
+    """
+
+    name = "anny"
+    num_expression = 0
+
+    def __init__(self):
+        super().__init__()
+        anny_model, coco = _load_anny()
+        self._anny = [anny_model]  # kept out of the module tree: frozen, shared, float32
+        labels = list(anny_model.bone_labels)
+        self.bone_labels = labels
+        self.body_joint_names = list(ANNY_BODY_BONES)
+        self.hand_joint_names = list(ANNY_FINGER_BONES)
+        #: body_pose indices of the knees (hinge joints, flexion = +x in local-ref axes)
+        self.knee_joints = [ANNY_BODY_BONES.index("lowerleg01.L"), ANNY_BODY_BONES.index("lowerleg01.R")]
+        self.num_betas = len(anny_model.phenotype_labels)
+        self.register_buffer("default_betas", torch.full((self.num_betas,), 0.5))
+        self.register_buffer("body_idx", torch.tensor([labels.index(b) for b in ANNY_BODY_BONES]))
+        self.register_buffer("hand_idx", torch.tensor(
+            [[labels.index(f"{b}.{s}") for b in ANNY_FINGER_BONES] for s in SIDES]))
+        self.register_buffer("faces", anny_model.get_triangular_faces().long().clone())
+        self.register_buffer("uv_coords", anny_model.texture_coordinates.float().clone())
+        self.register_buffer("uv_faces", anny_model.face_texture_coordinate_indices.long().clone())
+        self.num_vertices_ = anny_model.template_vertices.shape[0]
+        # z-up, facing -y  ->  OpenCV camera: up = -y, facing the camera = -z.
+        R0 = torch.tensor([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
+        import roma
+        self.register_buffer("upright_orient", roma.rotmat_to_rotvec(R0).float())
+        self.head_bone = labels.index("head")
+
+        # --- landmark sources -------------------------------------------------------------
+        # Landmark regressor rows: Anny's COCO keypoints (K=23) then one fingertip vertex per
+        # finger (2x5). A landmark is a fixed blend of vertices, so under linear blend skinning it
+        # is exactly  sum_j T_j (sum_v r_kv w_vj x_v): we precompute the sparse (K*nb, V) matrix
+        # r_kv * w_vj and never skin the full mesh inside fitting loops.
+        coco_w = coco.regression_weights.float()  # (K, V)
+        coco_idx = {lab: i for i, lab in enumerate(coco.labels)}
+        tip_vertices = [[self._fingertip_vertex(anny_model, f"finger{f}-2.{s}", f"finger{f}-3.{s}")
+                         for f in range(1, 6)] for s in SIDES]
+        V, nb = coco_w.shape[1], anny_model.bone_count
+        tips = torch.zeros(10, V)
+        for i, v in enumerate(v for side in tip_vertices for v in side):
+            tips[i, v] = 1.0
+        reg = torch.cat([coco_w, tips])                                 # (Kr, V)
+        from anny.skinning.skinning import dense_bone_weights
+        dense = dense_bone_weights(anny_model.vertex_bone_weights.float(),
+                                   anny_model.vertex_bone_indices, nb)  # (V, nb)
+        rw = (reg[:, None, :] * dense.T[None]).reshape(-1, V)           # (Kr*nb, V)
+        self.register_buffer("landmark_skin", rw.to_sparse().coalesce(), persistent=False)
+        self.register_buffer("landmark_skin_sum", rw.sum(1).reshape(reg.shape[0], nb))
+        self.num_regressed = reg.shape[0]
+        n_coco = coco_w.shape[0]
+        mask = torch.zeros(33, dtype=torch.bool)
+        pose_kind = torch.zeros(33, dtype=torch.long)
+        pose_ref = torch.zeros(33, dtype=torch.long)   # bone index (kind 1)
+        pose_cref = torch.zeros(33, dtype=torch.long)  # COCO keypoint index (kind 0)
+        for i, name in enumerate(MEDIAPIPE_POSE_NAMES):
+            src = _POSE_SOURCES.get(name)
+            if src is None:
+                continue
+            mask[i] = True
+            if isinstance(src, tuple):
+                pose_kind[i], pose_ref[i] = 1, labels.index(src[1])
+            else:
+                pose_kind[i], pose_cref[i] = 0, coco_idx[src]
+        self.register_buffer("pose_landmark_mask", mask)
+        self.register_buffer("pose_kind", pose_kind)
+        self.register_buffer("pose_ref", pose_ref)
+        self.register_buffer("pose_cref", pose_cref)
+        # hand-21: bone heads for wrist + 3 per finger (thumb uses finger1-1..3 as CMC/MCP/IP),
+        # fingertip vertex for the tips.
+        hand_kind = torch.zeros(2, 21, dtype=torch.long)
+        hand_ref = torch.zeros(2, 21, dtype=torch.long)   # bone index (kind 0)
+        hand_vref = torch.zeros(2, 21, dtype=torch.long)  # vertex-subset index (kind 1)
+        for si, s in enumerate(SIDES):
+            hand_ref[si, 0] = labels.index(f"wrist.{s}")
+            for f in range(5):
+                for k in range(3):
+                    hand_ref[si, 1 + 4 * f + k] = labels.index(f"finger{f + 1}-{k + 1}.{s}")
+                hand_kind[si, 4 + 4 * f] = 1
+                hand_vref[si, 4 + 4 * f] = n_coco + 5 * si + f
+        self.register_buffer("hand_kind", hand_kind)
+        self.register_buffer("hand_ref", hand_ref)
+        self.register_buffer("hand_vref", hand_vref)
+
+    @staticmethod
+    def _fingertip_vertex(m, parent: str, bone: str) -> int:
+        """Vertex at the tip of a distal finger bone: among the vertices dominated by ``bone``,
+        the one farthest along the parent-head -> bone-head direction (rest pose)."""
+        labels = list(m.bone_labels)
+        heads = m.template_bone_heads.float()
+        b = labels.index(bone)
+        direction = heads[b] - heads[labels.index(parent)]
+        w, idx = m.vertex_bone_weights.float(), m.vertex_bone_indices
+        dominant = idx.gather(1, w.argmax(1, keepdim=True))[:, 0]
+        cand = torch.nonzero(dominant == b).flatten()
+        proj = (m.template_vertices.float()[cand] - heads[b]) @ direction
+        return int(cand[proj.argmax()])
+
+    @property
+    def anny(self):
+        """The wrapped ``anny.Anny`` module on this backend's device."""
+        m = self._anny[0]
+        if m.template_vertices.device != self.faces.device:
+            m = m.to(self.faces.device)
+            self._anny[0] = m
+        return m
+
+    def _bone_transforms(self, params: BodyParams):
+        m = self.anny
+        B = params.batch_size
+        dev, dt = params.global_orient.device, params.global_orient.dtype
+        rot = torch.zeros(B, m.bone_count, 3, device=dev, dtype=dt)
+        rot = rot.index_copy(1, self.body_idx, params.body_pose)
+        rot = rot.index_copy(1, self.hand_idx[0], params.left_hand_pose)
+        rot = rot.index_copy(1, self.hand_idx[1], params.right_hand_pose)
+        R = rotvec_to_rotmat(rot)
+        T = torch.zeros(B, m.bone_count, 4, 4, device=dev, dtype=dt)
+        T[..., :3, :3] = R
+        T[..., 3, 3] = 1.0
+        betas = params.betas
+        if betas.shape[0] not in (1, B):
+            raise ValueError(f"betas batch {betas.shape[0]} does not match pose batch {B}")
+        pheno, local, facial = m.get_tensor_inputs(None, betas, None, None)[1:]
+        coeffs = m._get_phenotype_blendshape_coefficients(pheno, local, facial)
+        rest = m.get_rest_model(coeffs)
+        skin_T, bone_poses = m.get_bone_transforms(T, rest["rest_bone_poses"])
+        return rest, skin_T, bone_poses
+
+    def forward(self, params: BodyParams, return_vertices: bool = True) -> BodyOutput:
+        m = self.anny
+        rest, skin_T, bone_poses = self._bone_transforms(params)
+        B = skin_T.shape[0]
+        Rg = rotvec_to_rotmat(params.global_orient)
+        t = params.transl
+        # regressed landmarks (COCO + fingertips) by exact LBS of their vertex blend
+        Kr, nb = self.num_regressed, skin_T.shape[1]
+        rest_v = rest["rest_vertices"]                                   # (1 or B, V, 3)
+        A = torch.stack([(self.landmark_skin @ rv).reshape(Kr, nb, 3) for rv in rest_v])
+        A = A.expand(B, -1, -1, -1)
+        reg = (torch.einsum("bjdi,bkji->bkd", skin_T[..., :3, :3], A)
+               + torch.einsum("bjd,kj->bkd", skin_T[..., :3, 3], self.landmark_skin_sum))
+        heads = bone_poses[..., :3, 3]                               # (B, nb, 3)
+        pose = torch.where((self.pose_kind == 1)[None, :, None],
+                           heads[:, self.pose_ref], reg[:, self.pose_cref])
+        pose = pose * self.pose_landmark_mask[None, :, None]
+        hands = torch.where((self.hand_kind == 1)[None, ..., None],
+                            reg[:, self.hand_vref],
+                            heads[:, self.hand_ref])
+        pose = rigid_apply(Rg, t, pose)
+        hands = rigid_apply(Rg, t, hands.reshape(B, 42, 3)).reshape(B, 2, 21, 3)
+        head = bone_poses[:, self.head_bone]
+        G = torch.eye(4, device=head.device, dtype=head.dtype).repeat(B, 1, 1)
+        G[:, :3, :3] = Rg
+        G[:, :3, 3] = t
+        head_T = G @ head
+        verts = None
+        if return_vertices:
+            verts = m.get_skinned_vertices(rest_vertices=rest["rest_vertices"].expand(B, -1, -1),
+                                           bone_transforms=skin_T)
+            verts = rigid_apply(Rg, t, verts)
+        return BodyOutput(vertices=verts, pose_landmarks=pose, hand_landmarks=hands,
+                          head_transform=head_T)

@@ -1,0 +1,313 @@
+"""2D keypoints (MediaPipe Holistic) and person masks (MediaPipe Selfie Segmentation).
+
+Per frame we keep, in pixels of the original frame (x right, y down, origin at the top-left
+corner of the top-left pixel, as MediaPipe's normalised coordinates times W and H):
+
+- ``pose``  (T, 33, 3): [x, y, visibility in 0..1], MediaPipe BlazePose-33 order
+  (11/12 left/right shoulder, 15/16 left/right wrist, 23/24 left/right hip, ...).
+- ``left_hand`` / ``right_hand`` (T, 21, 3): [x, y, conf], MediaPipe hand-21 order (0 = wrist).
+  MediaPipe gives no per-landmark confidence for hands: conf is 1.0 for a detected hand.
+- ``face`` (T, 478, 3): [x, y, z] face mesh with irises (refine_face_landmarks=True); z is
+  MediaPipe's relative depth times the image width W, i.e. pixel units (smaller = nearer).
+
+Left/right are the SUBJECT's own (anatomical) sides. Verified on all 412 frames of
+examples/taiji.mp4 (a subject facing the camera: pose landmark 11, the left shoulder, is on
+the image's right in every frame): each of the 168 wrists of Holistic's
+``left_hand_landmarks`` is nearer to pose landmark 15 (left wrist) than to 16 (right wrist),
+median 0.04 torso heights from 15 vs 0.85 from 16, and each of the 160 wrists of
+``right_hand_landmarks`` is nearer to landmark 16 (median 0.04 vs 0.84). So Holistic's
+outputs are used as is, ``left_hand_landmarks`` -> :attr:`Keypoints2D.left_hand`, with no
+mirroring (unlike the stand-alone Hands solution, whose "handedness" label assumes a mirrored
+selfie image).
+
+Invalid entries (nothing detected in that frame) are all zeros with the matching ``*_valid``
+flag False; arrays never hold NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, fields
+from typing import Iterable
+
+import numpy as np
+
+from ram_avatar.errors import NoPersonError, SequenceFormatError
+from ram_avatar.utils import progress
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Keypoints2D", "detect_keypoints", "check_person_found", "filter_hands_by_pose_wrist",
+    "POSE_LEFT_SHOULDER", "POSE_RIGHT_SHOULDER", "POSE_LEFT_WRIST", "POSE_RIGHT_WRIST",
+    "POSE_LEFT_HIP", "POSE_RIGHT_HIP", "NUM_POSE", "NUM_HAND", "NUM_FACE",
+]
+
+NUM_POSE, NUM_HAND, NUM_FACE = 33, 21, 478
+POSE_LEFT_SHOULDER, POSE_RIGHT_SHOULDER = 11, 12
+POSE_LEFT_WRIST, POSE_RIGHT_WRIST = 15, 16
+POSE_LEFT_HIP, POSE_RIGHT_HIP = 23, 24
+
+_ARRAYS = {"pose": NUM_POSE, "left_hand": NUM_HAND, "right_hand": NUM_HAND, "face": NUM_FACE}
+_FLAGS = ("pose_valid", "left_hand_valid", "right_hand_valid", "face_valid")
+
+
+@dataclass
+class Keypoints2D:
+    """Per-frame 2D keypoints of one subject, in pixels of the original frame.
+
+    Attributes:
+        pose: (T, 33, 3) float32 [x px, y px, visibility 0..1].
+        left_hand: (T, 21, 3) float32 [x px, y px, conf] of the subject's own left hand.
+        right_hand: (T, 21, 3) float32 [x px, y px, conf] of the subject's own right hand.
+        face: (T, 478, 3) float32 [x px, y px, z px] (z = MediaPipe z times image width).
+        pose_valid, left_hand_valid, right_hand_valid, face_valid: (T,) bool, True where the
+            part was detected; the matching rows are all zero where False.
+
+    Arrays are converted to float32/bool on construction; wrong shapes or non-finite values
+    raise ValueError.
+    """
+
+    pose: np.ndarray
+    left_hand: np.ndarray
+    right_hand: np.ndarray
+    face: np.ndarray
+    pose_valid: np.ndarray
+    left_hand_valid: np.ndarray
+    right_hand_valid: np.ndarray
+    face_valid: np.ndarray
+
+    def __post_init__(self) -> None:
+        t = None
+        for name, n in _ARRAYS.items():
+            arr = np.asarray(getattr(self, name), dtype=np.float32)
+            if arr.ndim != 3 or arr.shape[1:] != (n, 3):
+                raise ValueError(f"Keypoints2D.{name} must be (T, {n}, 3), got {arr.shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"Keypoints2D.{name} contains NaN/Inf; use zeros and a False "
+                                 f"validity flag for missing detections")
+            t = arr.shape[0] if t is None else t
+            if arr.shape[0] != t:
+                raise ValueError(f"Keypoints2D arrays disagree on T: {name} has {arr.shape[0]}, "
+                                 f"expected {t}")
+            setattr(self, name, arr)
+        for name in _FLAGS:
+            flag = np.asarray(getattr(self, name)).astype(bool)
+            if flag.shape != (t,):
+                raise ValueError(f"Keypoints2D.{name} must be ({t},), got {flag.shape}")
+            setattr(self, name, flag)
+
+    @property
+    def num_frames(self) -> int:
+        """T, the number of frames."""
+        return int(self.pose.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    @classmethod
+    def empty(cls, num_frames: int) -> "Keypoints2D":
+        """All-zero keypoints for ``num_frames`` frames with every validity flag False."""
+        arrays = {name: np.zeros((num_frames, n, 3), np.float32) for name, n in _ARRAYS.items()}
+        return cls(**arrays, **{name: np.zeros(num_frames, bool) for name in _FLAGS})
+
+    def subset(self, index) -> "Keypoints2D":
+        """Frames selected by ``index`` (a slice, an integer array or a boolean (T,) mask)."""
+        return Keypoints2D(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def to_npz_dict(self, prefix: str = "kp_") -> dict[str, np.ndarray]:
+        """Flat ``{prefix + field: array}`` dict, e.g. for ``np.savez`` alongside other data."""
+        return {prefix + f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_npz_dict(cls, data, prefix: str = "kp_") -> "Keypoints2D":
+        """Inverse of :meth:`to_npz_dict`; ``data`` is a mapping such as an ``np.load`` result.
+
+        Raises:
+            SequenceFormatError: a key is missing or an array has the wrong shape.
+        """
+        missing = [prefix + f.name for f in fields(cls) if prefix + f.name not in data]
+        if missing:
+            raise SequenceFormatError(
+                f"keypoint data lacks {', '.join(missing)}; the file was not written by this "
+                f"version of ram-avatar (re-run `ram-avatar capture`).")
+        try:
+            return cls(**{f.name: np.asarray(data[prefix + f.name]) for f in fields(cls)})
+        except ValueError as e:
+            raise SequenceFormatError(
+                f"invalid keypoint data: {e}; re-run `ram-avatar capture`.") from e
+
+
+def filter_hands_by_pose_wrist(kp: Keypoints2D, max_torso_fraction: float = 0.5) -> Keypoints2D:
+    """Drop hand detections whose wrist is far from the pose wrist of the same side.
+
+    Holistic sometimes attaches a hand to the wrong wrist or detects a hand in the background.
+    A hand is dropped (zeroed, valid=False) in a frame where the pose is valid and the distance
+    between the hand's wrist (hand landmark 0) and the pose wrist (landmark 15 for the left
+    hand, 16 for the right) exceeds ``max_torso_fraction`` times the torso height (distance
+    between the shoulder midpoint and the hip midpoint, px). Frames without a valid pose keep
+    their hands, since nothing can be checked there.
+
+    Args:
+        kp: keypoints (not modified).
+        max_torso_fraction: distance threshold in torso heights.
+
+    Returns:
+        A new :class:`Keypoints2D` with the outlying hands removed.
+    """
+    pose = kp.pose[..., :2]
+    mid_shoulder = 0.5 * (pose[:, POSE_LEFT_SHOULDER] + pose[:, POSE_RIGHT_SHOULDER])
+    mid_hip = 0.5 * (pose[:, POSE_LEFT_HIP] + pose[:, POSE_RIGHT_HIP])
+    torso = np.linalg.norm(mid_shoulder - mid_hip, axis=-1)                      # (T,) px
+    out = {f.name: getattr(kp, f.name).copy() for f in fields(kp)}
+    for side, wrist in (("left_hand", POSE_LEFT_WRIST), ("right_hand", POSE_RIGHT_WRIST)):
+        dist = np.linalg.norm(getattr(kp, side)[:, 0, :2] - pose[:, wrist], axis=-1)  # (T,) px
+        drop = getattr(kp, side + "_valid") & kp.pose_valid & (dist > max_torso_fraction * torso)
+        if drop.any():
+            log.debug("dropping %d %s detections far from the pose wrist", int(drop.sum()), side)
+        out[side][drop] = 0.0
+        out[side + "_valid"][drop] = False
+    return Keypoints2D(**out)
+
+
+def _landmarks(landmark_list, count: int, width: int, height: int, third: str) -> np.ndarray | None:
+    """MediaPipe NormalizedLandmarkList -> (count, 3) float32 in pixels, or None if unusable.
+
+    ``third`` picks the third column: "visibility", "one" (1.0) or "z" (z * width).
+    """
+    if landmark_list is None:
+        return None
+    lms = landmark_list.landmark
+    if len(lms) != count:
+        log.warning("expected %d landmarks, MediaPipe returned %d; treating as not detected",
+                    count, len(lms))
+        return None
+    if third == "visibility":
+        arr = np.array([(p.x * width, p.y * height, p.visibility) for p in lms], np.float32)
+    elif third == "z":
+        arr = np.array([(p.x * width, p.y * height, p.z * width) for p in lms], np.float32)
+    else:
+        arr = np.array([(p.x * width, p.y * height, 1.0) for p in lms], np.float32)
+    return arr if np.isfinite(arr).all() else None
+
+
+def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
+                     progress_desc: str = "keypoints",
+                     hand_max_torso_fraction: float | None = 0.5,
+                     ) -> tuple[Keypoints2D, np.ndarray]:
+    """Run MediaPipe Holistic and Selfie Segmentation on a sequence of frames.
+
+    Holistic runs in tracking mode (static_image_mode=False, smooth_landmarks=True,
+    model_complexity=1, refine_face_landmarks=True for 478 face points), so ``frames`` must
+    be consecutive frames of one video, in order. The person mask comes from
+    ``SelfieSegmentation(model_selection=0)`` (the general 256x256 model). CPU cost measured on
+    all of examples/taiji.mp4 (1280x720, 2 CPU cores): about 110 ms per frame (Holistic
+    98 ms + segmentation 12 ms), 131 ms per frame including decoding with
+    :func:`~ram_avatar.capture.video.iter_frames` (about 7.6 frames/s).
+
+    Args:
+        frames: iterable of (H, W, 3) uint8 RGB frames, all the same size (e.g.
+            :func:`ram_avatar.capture.video.iter_frames`).
+        total: number of frames, for the progress bar only (None: unknown).
+        progress_desc: progress bar label.
+        hand_max_torso_fraction: drop hands whose wrist is further than this many torso heights
+            from the pose wrist (see :func:`filter_hands_by_pose_wrist`); None keeps Holistic's
+            raw hands.
+
+    Returns:
+        (keypoints, masks): :class:`Keypoints2D` with T frames, and person masks (T, H, W)
+        uint8, 0 = background .. 255 = person (segmentation probability times 255).
+
+    Raises:
+        ValueError: no frames, or a frame that is not (H, W, 3) uint8 of the first frame's size.
+    """
+    import mediapipe as mp  # heavy import, only needed here
+
+    holistic_api = mp.solutions.holistic
+    seg_api = mp.solutions.selfie_segmentation
+    rows: dict[str, list] = {name: [] for name in _ARRAYS}
+    masks: list[np.ndarray] = []
+    size: tuple[int, int] | None = None
+    n_pose = 0
+    t_holistic = t_seg = 0.0
+    with holistic_api.Holistic(static_image_mode=False, model_complexity=1, smooth_landmarks=True,
+                               refine_face_landmarks=True, enable_segmentation=False) as holistic, \
+            seg_api.SelfieSegmentation(model_selection=0) as segmenter, \
+            progress() as bar:
+        task = bar.add_task(progress_desc, total=total, info="")
+        for index, frame in enumerate(frames):
+            frame = np.asarray(frame)
+            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                raise ValueError(f"frame {index}: expected (H, W, 3) uint8 RGB, got "
+                                 f"{frame.shape} {frame.dtype}")
+            if size is None:
+                size = frame.shape[:2]
+            elif frame.shape[:2] != size:
+                raise ValueError(f"frame {index} is {frame.shape[:2]}, the first frame was {size}")
+            height, width = size
+            frame = np.ascontiguousarray(frame)
+
+            t0 = time.perf_counter()
+            result = holistic.process(frame)
+            t1 = time.perf_counter()
+            seg = segmenter.process(frame).segmentation_mask                      # (H, W) float
+            t_holistic += t1 - t0
+            t_seg += time.perf_counter() - t1
+
+            size_wh = (width, height)
+            parts = {
+                "pose": _landmarks(result.pose_landmarks, NUM_POSE, *size_wh, "visibility"),
+                "left_hand": _landmarks(result.left_hand_landmarks, NUM_HAND, *size_wh, "one"),
+                "right_hand": _landmarks(result.right_hand_landmarks, NUM_HAND, *size_wh, "one"),
+                "face": _landmarks(result.face_landmarks, NUM_FACE, *size_wh, "z"),
+            }
+            for name, arr in parts.items():
+                rows[name].append(arr)
+            n_pose += parts["pose"] is not None
+            if seg is None:
+                masks.append(np.zeros(size, np.uint8))
+            else:
+                seg = np.nan_to_num(np.asarray(seg, np.float32), nan=0.0)
+                masks.append((np.clip(seg, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+            bar.update(task, advance=1, info=f"person in {n_pose}/{index + 1}")
+
+    num = len(masks)
+    if num == 0:
+        raise ValueError("detect_keypoints got no frames")
+    log.info("keypoints: %d frames, %.1f ms/frame (holistic %.1f, segmentation %.1f), "
+             "person in %d", num, 1000 * (t_holistic + t_seg) / num, 1000 * t_holistic / num,
+             1000 * t_seg / num, n_pose)
+
+    data = {}
+    for name, n in _ARRAYS.items():
+        valid = np.array([a is not None for a in rows[name]], bool)
+        arr = np.zeros((num, n, 3), np.float32)
+        if valid.any():
+            arr[valid] = np.stack([a for a in rows[name] if a is not None])
+        data[name], data[name + "_valid"] = arr, valid
+    kp = Keypoints2D(**data)
+    if hand_max_torso_fraction is not None:
+        kp = filter_hands_by_pose_wrist(kp, hand_max_torso_fraction)
+    return kp, np.stack(masks)
+
+
+def check_person_found(kp: Keypoints2D, min_fraction: float = 0.5) -> None:
+    """Make sure a person was detected in enough frames to build an avatar.
+
+    Args:
+        kp: keypoints from :func:`detect_keypoints`.
+        min_fraction: smallest accepted fraction of frames with a valid pose.
+
+    Raises:
+        NoPersonError: the pose is valid in fewer than ``min_fraction`` of the frames.
+    """
+    total = kp.num_frames
+    found = int(kp.pose_valid.sum())
+    if total == 0 or found < min_fraction * total:
+        raise NoPersonError(
+            f"no person found in {total - found} of {total} frames (a person is needed in at "
+            f"least {min_fraction:.0%} of them); record a video where your whole body is "
+            f"visible, in good light, with one person facing the camera, or trim the video to "
+            f"the part where you are in view."
+        )

@@ -1,0 +1,84 @@
+"""Learnable neural texture sampled at rasterised UV coordinates.
+
+RAM-Avatar (Sec. 4.1) conditions the generator on a body neural texture of 1024x1024x48
+sampled at the UV coordinates of the rendered template. This module holds the texture as a
+learnable tensor ``(1, C, S, S)``, optionally as a multi-resolution Laplacian pyramid (a sum of
+textures at S, S/2, S/4, ... each sampled bilinearly, as in Deferred Neural Rendering), which
+lets coarse levels learn quickly from few pixels while fine levels add detail.
+
+UV convention (OBJ): ``u`` runs left to right, ``v`` bottom to top, both in [0, 1]; texel row
+``(1 - v) * S``. Background pixels carry ``uv = 0`` and are zeroed by the body mask.
+
+Export: only :func:`torch.nn.functional.grid_sample` (ONNX GridSample, opset >= 16) and
+elementwise ops; batch size stays dynamic.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def uv_to_grid(uv: torch.Tensor) -> torch.Tensor:
+    """Convert a UV map ``(B,2,H,W)`` in [0,1] (v up) to a ``grid_sample`` grid ``(B,H,W,2)``.
+
+    ``x = 2u - 1`` and ``y = 1 - 2v`` (texel row grows downward while v grows upward), for
+    ``align_corners=False`` so that [0,1] spans the texture's full extent.
+    """
+    u = uv[:, 0:1] * 2.0 - 1.0
+    v = 1.0 - uv[:, 1:2] * 2.0
+    return torch.cat([u, v], dim=1).permute(0, 2, 3, 1)
+
+
+class NeuralTexture(nn.Module):
+    """A learnable ``C``-channel texture of ``size x size`` texels, sampled at UV maps.
+
+    Args:
+        channels: feature channels C (16 for the ``cpu-256`` preset, 48 in the paper).
+        size: texture side S in texels (power of two recommended when ``levels > 1``).
+        levels: Laplacian-pyramid levels; level k has side ``size / 2**k`` (1 = plain texture).
+        init_std: standard deviation of the normal initialisation (of every level).
+
+    Shapes:
+        ``uv (B,2,H,W)`` in [0,1], ``body_mask (B,1,H,W)`` in [0,1] -> ``(B,C,H,W)``.
+    """
+
+    def __init__(self, channels: int = 16, size: int = 256, levels: int = 1,
+                 init_std: float = 0.1) -> None:
+        super().__init__()
+        if channels < 1 or size < 1 or levels < 1:
+            raise ValueError(f"NeuralTexture needs channels, size, levels >= 1 "
+                             f"(got {channels}, {size}, {levels})")
+        if size >> (levels - 1) < 1:
+            raise ValueError(f"texture size {size} is too small for {levels} pyramid levels")
+        self.channels = channels
+        self.size = size
+        self.levels = levels
+        self.textures = nn.ParameterList(
+            nn.Parameter(torch.randn(1, channels, size >> k, size >> k) * init_std)
+            for k in range(levels)
+        )
+
+    def full_texture(self) -> torch.Tensor:
+        """The pyramid collapsed to one ``(1,C,S,S)`` texture (bilinear upsampling of levels).
+
+        Sampling this equals :meth:`forward` up to bilinear-of-bilinear interpolation
+        differences; meant for visualisation and export of the texture itself.
+        """
+        out = self.textures[0]
+        for tex in list(self.textures)[1:]:
+            out = out + F.interpolate(tex, size=(self.size, self.size), mode="bilinear",
+                                      align_corners=False)
+        return out
+
+    def forward(self, uv: torch.Tensor, body_mask: torch.Tensor) -> torch.Tensor:
+        """Sample the texture at ``uv``; returns ``(B,C,H,W)`` features, zero where mask is 0."""
+        grid = uv_to_grid(uv)
+        batch = uv.shape[0]
+        out = None
+        for tex in self.textures:
+            sampled = F.grid_sample(tex.expand(batch, -1, -1, -1), grid, mode="bilinear",
+                                    padding_mode="border", align_corners=False)
+            out = sampled if out is None else out + sampled
+        return out * body_mask

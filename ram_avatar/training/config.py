@@ -1,0 +1,303 @@
+"""Training configuration: a dataclass, named presets, YAML save/load with a safe loader.
+
+Presets:
+    ``cpu-256``    tiny generator at 256x256 that trains at a few steps per second on 2 CPU
+                   cores (batch 2); for trying the pipeline end to end on a laptop.
+    ``paper-1024`` the paper's sizes (RAM-Avatar Sec. 4.1 and released code): 48-channel
+                   1024x1024 neural texture, 1024x1024 output, style_dim 512, channel
+                   multiplier 2 (64 channels at 512^2 ... 512 at <= 64^2), Adam lr 1e-3,
+                   betas (0.9, 0.99), batch 2, SmoothL1(beta 0.05) x5, grad clip 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from ram_avatar.errors import RamAvatarError
+from ram_avatar.models.renderer import RendererConfig
+from ram_avatar.utils import atomic_write_text
+
+
+class ConfigError(RamAvatarError, ValueError):
+    """A training config (preset name, YAML file, override) is invalid."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the data (per-subject values live elsewhere).
+
+    Attributes:
+        preset: name of the preset this config started from (informational).
+        model: renderer architecture (:class:`~ram_avatar.models.renderer.RendererConfig`).
+        lr: Adam learning rate.
+        betas: Adam betas.
+        batch_size: images per step (capped to the training set size).
+        max_steps: total steps when ``train`` gets neither ``steps`` nor ``minutes``.
+        l1_weight: weight of the photometric L1 term on the composited image.
+        l1_beta: SmoothL1 beta (0 = plain L1); released code: SmoothL1(beta 0.05) x5.
+        ssim_weight: weight of the (1 - SSIM) term (0 disables it).
+        mask_weight: weight of BCE(alpha, person_mask) (0 disables it).
+        grad_clip: max global gradient norm (0 disables clipping).
+        val_fraction: fraction of frames the CLI holds out for validation.
+        val_items: held-out items used for validation PSNR (first N of the val set).
+        log_interval: steps between TensorBoard scalar logs.
+        preview_interval: steps between preview image grids (TensorBoard + PNG).
+        checkpoint_interval: steps between checkpoints (one is always written at the end).
+        val_interval: steps between validation passes (one always runs at the end).
+        keep_checkpoints: how many most recent checkpoints to keep.
+        seed: seed of model init and data order.
+        amp: mixed precision (float16 autocast + GradScaler), used on CUDA only.
+        num_workers: DataLoader workers.
+    """
+
+    preset: str = "custom"
+    model: RendererConfig = field(default_factory=RendererConfig)
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    batch_size: int = 2
+    max_steps: int = 5000
+    l1_weight: float = 5.0
+    l1_beta: float = 0.05
+    ssim_weight: float = 1.0
+    mask_weight: float = 1.0
+    grad_clip: float = 1.0
+    val_fraction: float = 0.1
+    val_items: int = 8
+    log_interval: int = 10
+    preview_interval: int = 250
+    checkpoint_interval: int = 500
+    val_interval: int = 1000
+    keep_checkpoints: int = 3
+    seed: int = 0
+    amp: bool = True
+    num_workers: int = 0
+
+    # -- (de)serialisation -----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain, YAML/JSON-safe dict (tuples become lists)."""
+        return _plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Build from a dict as written by :meth:`to_dict`; unknown keys or wrong types raise.
+
+        Missing keys take their defaults.
+
+        Raises:
+            ConfigError: unknown key, wrong type or invalid value.
+        """
+        cfg = _from_dict(cls, data, "")
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check value ranges; raises :class:`ConfigError` naming the bad field."""
+        m = self.model
+        checks = [
+            (m.resolution >= 16 and m.resolution & (m.resolution - 1) == 0,
+             f"model.resolution must be a power of two >= 16, got {m.resolution}"),
+            (m.texture_size >= 1 and (m.texture_size >> (m.texture_levels - 1)) >= 1,
+             f"model.texture_size {m.texture_size} too small for {m.texture_levels} levels"),
+            (m.texture_levels >= 1, "model.texture_levels must be >= 1"),
+            (m.texture_channels >= 1, "model.texture_channels must be >= 1"),
+            (m.base_channels >= 1 and m.max_channels >= m.base_channels,
+             "model.base_channels must be >= 1 and <= model.max_channels"),
+            (m.mapping_layers >= 1, "model.mapping_layers must be >= 1"),
+            (m.num_frames is None or m.num_frames >= 1, "model.num_frames must be >= 1"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+             f"betas must be two numbers in [0,1), got {self.betas}"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.max_steps >= 0, "max_steps must be >= 0"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0,1)"),
+            (min(self.log_interval, self.preview_interval, self.checkpoint_interval,
+                 self.val_interval) >= 1, "intervals must be >= 1"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (min(self.l1_weight, self.l1_beta, self.ssim_weight, self.mask_weight,
+                 self.grad_clip) >= 0, "loss weights, l1_beta and grad_clip must be >= 0"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"invalid training config: {msg}")
+
+    def copy(self, **changes) -> "TrainConfig":
+        """Deep copy with top-level fields replaced."""
+        return dataclasses.replace(copy.deepcopy(self), **changes)
+
+
+def _cpu_256() -> TrainConfig:
+    return TrainConfig(
+        preset="cpu-256",
+        model=RendererConfig(resolution=256, texture_channels=16, texture_size=256,
+                             texture_levels=4, base_channels=16, max_channels=64,
+                             style_dim=64, latent_dim=32, mapping_layers=2),
+        batch_size=2, max_steps=5000,
+        log_interval=10, preview_interval=250, checkpoint_interval=500, val_interval=500,
+    )
+
+
+def _paper_1024() -> TrainConfig:
+    return TrainConfig(
+        preset="paper-1024",
+        model=RendererConfig(resolution=1024, texture_channels=48, texture_size=1024,
+                             texture_levels=4, base_channels=64, max_channels=512,
+                             style_dim=512, latent_dim=512, mapping_layers=2),
+        batch_size=2, max_steps=400_000,
+        log_interval=20, preview_interval=1000, checkpoint_interval=10_000,
+        val_interval=5000,
+    )
+
+
+PRESETS: dict[str, typing.Callable[[], TrainConfig]] = {
+    "cpu-256": _cpu_256,
+    "paper-1024": _paper_1024,
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    """A fresh :class:`TrainConfig` of the named preset.
+
+    Raises:
+        ConfigError: unknown name (the message lists the presets).
+    """
+    try:
+        factory = PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown training preset {name!r}; available presets: "
+                          f"{', '.join(sorted(PRESETS))}") from None
+    return factory()
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
+    """Write ``config`` as YAML atomically."""
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read a YAML config written by :func:`save_config` (``yaml.safe_load``).
+
+    Raises:
+        ConfigError: missing file, invalid YAML, unknown keys or wrong types.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read training config {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must contain a YAML mapping of config fields")
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, object] | list[str]) -> TrainConfig:
+    """Return a copy with dotted-key overrides applied, e.g. ``{"model.base_channels": 32}``.
+
+    ``overrides`` may also be a list of ``"key=value"`` strings (values parsed as YAML, so
+    ``lr=2e-4`` gives a float and ``amp=false`` a bool).
+
+    Raises:
+        ConfigError: unknown key or wrong value type.
+    """
+    if isinstance(overrides, (list, tuple)):
+        parsed = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value")
+            key, value = item.split("=", 1)
+            parsed[key.strip()] = yaml.safe_load(value)
+        overrides = parsed
+    data = config.to_dict()
+    for key, value in overrides.items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown config key {key!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config key {key!r}")
+        node[parts[-1]] = list(value) if isinstance(value, tuple) else value
+    return TrainConfig.from_dict(data)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_type(value, tp, name: str):
+    """Validate/coerce ``value`` against annotation ``tp`` (subset used by the configs)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, name)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{name}: bad value {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{name} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_check_type(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return _from_dict(tp, value, name + ".")
+    raise ConfigError(f"{name}: unsupported field type {tp!r}")  # pragma: no cover
+
+
+def _from_dict(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"valid keys: {', '.join(sorted(names))}")
+    kwargs = {k: _check_type(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)

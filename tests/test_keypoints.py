@@ -1,0 +1,195 @@
+"""Tests of ram_avatar.capture.keypoints (MediaPipe Holistic + selfie segmentation, on CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ram_avatar.capture.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, POSE_LEFT_HIP,
+                                          POSE_LEFT_SHOULDER, POSE_LEFT_WRIST, POSE_RIGHT_HIP,
+                                          POSE_RIGHT_SHOULDER, POSE_RIGHT_WRIST, Keypoints2D,
+                                          check_person_found, detect_keypoints,
+                                          filter_hands_by_pose_wrist)
+from ram_avatar.capture.video import VideoWriter, iter_frames, read_frames
+from ram_avatar.errors import NoPersonError, SequenceFormatError
+
+TAIJI = Path(__file__).resolve().parents[1] / "examples" / "taiji.mp4"
+N_FRAMES = 20
+H, W = 720, 1280
+
+
+@pytest.fixture(scope="module")
+def taiji():
+    """Raw Holistic output (no hand filtering) and masks on the first 20 frames of taiji.mp4."""
+    frames = read_frames(TAIJI, 0, N_FRAMES)
+    kp, masks = detect_keypoints(iter(frames), total=None, hand_max_torso_fraction=None)
+    return frames, kp, masks
+
+
+def _torso(kp: Keypoints2D) -> np.ndarray:
+    p = kp.pose[..., :2]
+    return np.linalg.norm((p[:, POSE_LEFT_SHOULDER] + p[:, POSE_RIGHT_SHOULDER]) / 2
+                          - (p[:, POSE_LEFT_HIP] + p[:, POSE_RIGHT_HIP]) / 2, axis=-1)
+
+
+def test_shapes_and_dtypes(taiji):
+    _, kp, masks = taiji
+    assert kp.num_frames == len(kp) == N_FRAMES
+    assert kp.pose.shape == (N_FRAMES, NUM_POSE, 3)
+    assert kp.left_hand.shape == kp.right_hand.shape == (N_FRAMES, NUM_HAND, 3)
+    assert kp.face.shape == (N_FRAMES, NUM_FACE, 3) and NUM_FACE == 478
+    for name in ("pose", "left_hand", "right_hand", "face"):
+        arr = getattr(kp, name)
+        assert arr.dtype == np.float32 and np.isfinite(arr).all()
+        valid = getattr(kp, name + "_valid")
+        assert valid.dtype == bool and valid.shape == (N_FRAMES,)
+        assert not arr[~valid].any(), f"{name} must be zero where invalid"
+    assert masks.shape == (N_FRAMES, H, W) and masks.dtype == np.uint8
+
+
+def test_pose_valid_and_in_pixels(taiji):
+    _, kp, _ = taiji
+    assert kp.pose_valid.all()
+    check_person_found(kp)  # does not raise
+    body = kp.pose[:, [POSE_LEFT_SHOULDER, POSE_RIGHT_SHOULDER, POSE_LEFT_HIP, POSE_RIGHT_HIP]]
+    assert (body[..., 0] > 0).all() and (body[..., 0] < W).all()
+    assert (body[..., 1] > 0).all() and (body[..., 1] < H).all()
+    assert (kp.pose[..., 2] >= 0).all() and (kp.pose[..., 2] <= 1).all()  # visibility
+    assert (_torso(kp) > 50).all()  # pixels, not normalised coordinates
+
+
+def test_hands_are_the_subjects_own(taiji):
+    """Holistic's left hand is the subject's left: its wrist sits on pose landmark 15."""
+    _, kp, _ = taiji
+    torso = _torso(kp)
+    for side, own, other in (("left_hand", POSE_LEFT_WRIST, POSE_RIGHT_WRIST),
+                             ("right_hand", POSE_RIGHT_WRIST, POSE_LEFT_WRIST)):
+        valid = getattr(kp, side + "_valid") & kp.pose_valid
+        assert valid.sum() >= 5, f"too few {side} detections to check"
+        wrist = getattr(kp, side)[:, 0, :2]
+        d_own = np.linalg.norm(wrist - kp.pose[:, own, :2], axis=-1)[valid]
+        d_other = np.linalg.norm(wrist - kp.pose[:, other, :2], axis=-1)[valid]
+        assert (d_own < 0.25 * torso[valid]).all(), f"{side} wrist far from pose wrist {own}"
+        assert (d_own < d_other).all()
+        assert (getattr(kp, side)[valid, :, 2] == 1.0).all()  # conf of a detected hand
+
+
+def test_face_inside_frame(taiji):
+    _, kp, _ = taiji
+    assert kp.face_valid.sum() >= N_FRAMES // 2
+    face = kp.face[kp.face_valid]
+    assert (face[..., 0] >= 0).all() and (face[..., 0] < W).all()
+    assert (face[..., 1] >= 0).all() and (face[..., 1] < H).all()
+    # Face is near the pose nose (landmark 0), and z is in pixels (spread of tens of px).
+    nose = kp.pose[kp.face_valid, 0, :2]
+    assert (np.linalg.norm(face[..., :2].mean(1) - nose, axis=-1) < 60).all()
+    assert 5 < np.ptp(face[..., 2], axis=1).mean() < 300
+
+
+def test_masks_cover_body_and_not_corners(taiji):
+    _, kp, masks = taiji
+    for t in range(N_FRAMES):
+        for j in (POSE_LEFT_SHOULDER, POSE_RIGHT_SHOULDER, POSE_LEFT_HIP, POSE_RIGHT_HIP):
+            x, y = kp.pose[t, j, :2].astype(int)
+            assert masks[t, y, x] > 127, f"frame {t}: landmark {j} at ({x},{y}) not in mask"
+    c = 64
+    corners = np.concatenate([masks[:, :c, :c], masks[:, :c, -c:], masks[:, -c:, :c],
+                              masks[:, -c:, -c:]], axis=1)
+    assert (corners > 127).mean() < 0.05
+    assert (masks > 127).mean() < 0.5  # the person fills less than half the frame
+
+
+def test_filter_keeps_good_hands(taiji):
+    _, kp, _ = taiji
+    filtered = filter_hands_by_pose_wrist(kp, 0.5)
+    np.testing.assert_array_equal(filtered.left_hand_valid, kp.left_hand_valid)
+    np.testing.assert_array_equal(filtered.right_hand_valid, kp.right_hand_valid)
+
+
+def test_npz_round_trip(taiji, tmp_path):
+    _, kp, _ = taiji
+    d = kp.to_npz_dict()
+    assert set(d) == {"kp_pose", "kp_left_hand", "kp_right_hand", "kp_face", "kp_pose_valid",
+                      "kp_left_hand_valid", "kp_right_hand_valid", "kp_face_valid"}
+    np.savez(tmp_path / "kp.npz", **kp.to_npz_dict(prefix="x/"), other=np.arange(3))
+    with np.load(tmp_path / "kp.npz") as data:
+        back = Keypoints2D.from_npz_dict(data, prefix="x/")
+    for name in d:
+        np.testing.assert_array_equal(getattr(back, name[3:]), d[name])
+    with pytest.raises(SequenceFormatError, match="kp_face_valid"):
+        Keypoints2D.from_npz_dict({k: v for k, v in d.items() if k != "kp_face_valid"})
+    bad = dict(d, kp_face=d["kp_face"][:, :468])
+    with pytest.raises(SequenceFormatError, match="478"):
+        Keypoints2D.from_npz_dict(bad)
+
+
+# --------------------------------------------------------------- pure numpy (no MediaPipe)
+
+def _synthetic(num: int = 3) -> Keypoints2D:
+    kp = Keypoints2D.empty(num)
+    kp.pose[:, POSE_LEFT_SHOULDER, :2] = (600, 200)
+    kp.pose[:, POSE_RIGHT_SHOULDER, :2] = (500, 200)
+    kp.pose[:, POSE_LEFT_HIP, :2] = (590, 400)
+    kp.pose[:, POSE_RIGHT_HIP, :2] = (510, 400)   # torso height 200 px
+    kp.pose[:, POSE_LEFT_WRIST, :2] = (650, 380)
+    kp.pose[:, POSE_RIGHT_WRIST, :2] = (450, 380)
+    kp.pose_valid[:] = True
+    kp.left_hand_valid[:] = kp.right_hand_valid[:] = True
+    kp.left_hand[:, :, :2] = (655, 390)           # 11 px from the left wrist: kept
+    kp.left_hand[:, :, 2] = kp.right_hand[:, :, 2] = 1.0
+    kp.right_hand[:, :, :2] = (650, 380)          # on the LEFT wrist, 200 px away: dropped
+    return kp
+
+
+def test_filter_drops_far_hand():
+    kp = _synthetic()
+    kp.pose_valid[2] = False                      # no pose: nothing to check, hand kept
+    kp.pose[2] = 0
+    out = filter_hands_by_pose_wrist(kp, 0.5)
+    assert out.left_hand_valid.all()
+    assert out.right_hand_valid.tolist() == [False, False, True]
+    assert not out.right_hand[:2].any()
+    assert kp.right_hand_valid.all()              # input untouched
+    assert filter_hands_by_pose_wrist(kp, 1.5).right_hand_valid.all()
+
+
+def test_validation_rejects_nan_and_bad_shapes():
+    d = _synthetic().__dict__.copy()
+    with pytest.raises(ValueError, match="NaN"):
+        Keypoints2D(**dict(d, pose=np.full((3, 33, 3), np.nan)))
+    with pytest.raises(ValueError, match=r"\(T, 21, 3\)"):
+        Keypoints2D(**dict(d, left_hand=np.zeros((3, 20, 3))))
+    with pytest.raises(ValueError, match="disagree"):
+        Keypoints2D(**dict(d, face=np.zeros((4, 478, 3))))
+    sub = _synthetic(5).subset(slice(1, 3))
+    assert sub.num_frames == 2 and sub.pose_valid.all()
+
+
+def test_check_person_found_threshold():
+    kp = _synthetic(10)
+    kp.pose_valid[:6] = False
+    with pytest.raises(NoPersonError, match="no person found in 6 of 10 frames"):
+        check_person_found(kp)
+    check_person_found(kp, min_fraction=0.4)
+
+
+# -------------------------------------------------------------------- personless video
+
+def test_personless_video_raises(tmp_path):
+    path = tmp_path / "noise.mp4"
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:240, 0:320].astype(np.float32)
+    with VideoWriter(path, 30, (320, 240)) as writer:
+        for t in range(20):
+            gradient = np.stack([(xx + 8 * t) % 256, (yy + 5 * t) % 256,
+                                 np.full_like(xx, 128.0)], -1)
+            blocks = np.kron(rng.integers(0, 60, (15, 20, 3)), np.ones((16, 16, 1)))
+            writer.write(np.clip(gradient + blocks, 0, 255).astype(np.uint8))
+    kp, masks = detect_keypoints(iter_frames(path), total=20, progress_desc="no person")
+    assert kp.num_frames == 20 and masks.shape == (20, 240, 320)
+    with pytest.raises(NoPersonError) as info:
+        check_person_found(kp, min_fraction=0.5)
+    message = str(info.value)
+    assert "of 20 frames" in message and "whole body is visible" in message

@@ -1,0 +1,161 @@
+"""ONNX export + parity check + dynamic batch in ONNX Runtime; TensorRT guard without tensorrt."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from exporters.onnx_export import OnnxRunner, export_onnx
+from ram_avatar.errors import RamAvatarError
+
+
+class ModConv(nn.Module):
+    """StyleGAN2 modulated conv as 'modulate input / demodulate output' (batch-agnostic)."""
+
+    def __init__(self, c_in, c_out, style_dim, k=3):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(c_out, c_in, k, k) / (c_in * k * k) ** 0.5)
+        self.affine = nn.Linear(style_dim, c_in)
+        self.pad = k // 2
+
+    def forward(self, x, style):
+        s = self.affine(style) + 1.0  # (B, C_in)
+        x = x * s[:, :, None, None]
+        y = F.conv2d(x, self.weight, padding=self.pad)
+        # demod: 1/sqrt(sum_{in,k} (w * s)^2) per (batch, out)
+        d = torch.rsqrt((self.weight.pow(2).sum((2, 3))[None] * s[:, None, :].pow(2)).sum(2) + 1e-8)
+        return y * d[:, :, None, None]
+
+
+class TinyRenderer(nn.Module):
+    """Conv encoder, grid_sample warp of a learned texture by the uv map, modulated conv decoder,
+    dict output like AvatarRenderer."""
+
+    def __init__(self):
+        super().__init__()
+        self.texture = nn.Parameter(torch.randn(1, 4, 16, 16))
+        self.enc = nn.Conv2d(4 + 1, 8, 3, padding=1)
+        self.style = nn.Parameter(torch.randn(1, 6))
+        self.mod = ModConv(8, 8, 6)
+        self.to_rgba = nn.Conv2d(8, 4, 1)
+
+    def forward(self, uv, body_mask):
+        b = uv.shape[0]
+        grid = uv.permute(0, 2, 3, 1) * 2 - 1
+        tex = F.grid_sample(self.texture.expand(b, -1, -1, -1), grid, mode="bilinear",
+                            padding_mode="border", align_corners=False)
+        h = F.leaky_relu(self.enc(torch.cat([tex * body_mask, body_mask], 1)), 0.2)
+        h = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
+        h = F.leaky_relu(self.mod(h, self.style.expand(b, -1)), 0.2)
+        out = self.to_rgba(h)
+        return {"rgb": torch.sigmoid(out[:, :3]), "alpha": torch.sigmoid(out[:, 3:])}
+
+
+def _inputs(b, s=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"uv": torch.rand(b, 2, s, s, generator=g),
+            "body_mask": (torch.rand(b, 1, s, s, generator=g) > 0.3).float()}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = TinyRenderer()
+    path = tmp_path_factory.mktemp("onnx") / "avatar.onnx"
+    report = export_onnx(model, _inputs(2), path, output_names=["rgb", "alpha"])
+    return model, path, report
+
+
+def test_export_report(exported):
+    _, path, report = exported
+    assert path.is_file()
+    assert report["max_abs_diff"] < 1e-4
+    assert report["opset"] == 17
+    assert [i["name"] for i in report["inputs"]] == ["uv", "body_mask"]
+    assert [o["name"] for o in report["outputs"]] == ["rgb", "alpha"]
+    assert report["inputs"][0]["shape"] == ["batch", 2, 24, 24]
+    assert report["outputs"][0]["shape"][0] == "batch"
+    assert report["outputs"][1]["shape"][1] == 1
+    assert report["inputs"][0]["dtype"] == "float32"
+    assert len(report["sha256"]) == 64 and report["size_bytes"] == path.stat().st_size
+    assert report["onnxruntime_version"]
+    json.dumps(report)  # serialisable for export.json
+    # no temporary files left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == ["avatar.onnx"]
+
+
+def test_onnx_checker_passes(exported):
+    import onnx
+
+    onnx.checker.check_model(str(exported[1]))
+    ops = {n.op_type for n in onnx.load(str(exported[1])).graph.node}
+    assert "GridSample" in ops and "Conv" in ops
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_dynamic_batch_in_onnxruntime(exported, batch):
+    model, path, _ = exported
+    runner = OnnxRunner(path)
+    assert runner.providers[-1] == "CPUExecutionProvider"
+    assert runner.input_names == ["uv", "body_mask"]
+    inp = _inputs(batch, seed=batch)
+    out = runner(inp)  # torch tensors accepted
+    with torch.no_grad():
+        ref = model(**inp)
+    for k in ("rgb", "alpha"):
+        assert out[k].shape == tuple(ref[k].shape)
+        assert np.abs(out[k] - ref[k].numpy()).max() < 1e-4
+
+
+def test_runner_rejects_wrong_names(exported):
+    runner = OnnxRunner(exported[1])
+    with pytest.raises(RamAvatarError, match="missing"):
+        runner({"uv": np.zeros((1, 2, 24, 24), np.float32)})
+
+
+def test_positional_inputs_and_tuple_outputs(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 2, 3, padding=1)
+
+        def forward(self, x):
+            y = self.c(x)
+            return y, y.mean((2, 3))
+
+    rep = export_onnx(Net(), {"image": torch.rand(2, 3, 8, 8)}, tmp_path / "n.onnx",
+                      output_names=["feat", "pooled"], dynamic_batch=False)
+    assert rep["inputs"][0]["shape"] == [2, 3, 8, 8]
+    assert rep["max_abs_diff"] < 1e-5
+
+
+def test_failed_export_leaves_no_file(tmp_path):
+    path = tmp_path / "bad.onnx"
+    with pytest.raises(RamAvatarError):
+        export_onnx(TinyRenderer(), _inputs(1), path, output_names=["rgb", "nope"],
+                    exporter="legacy")
+    assert list(tmp_path.iterdir()) == []
+    # a failure after the file was written (parity above atol) removes the temporary file too
+    with pytest.raises(RamAvatarError, match="parity"):
+        export_onnx(TinyRenderer(), _inputs(1), path, output_names=["rgb", "alpha"], atol=-1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runner_missing_file(tmp_path):
+    with pytest.raises(RamAvatarError, match="does not exist"):
+        OnnxRunner(tmp_path / "missing.onnx")
+
+
+def test_tensorrt_missing_gives_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    from exporters.tensorrt import TensorRTRunner, build_engine
+
+    with pytest.raises(RamAvatarError, match=r"TensorRT is not installed: pip install "
+                                             r"'ram-avatar-studio\[tensorrt\]'"):
+        build_engine(tmp_path / "a.onnx", tmp_path / "a.engine")
+    with pytest.raises(RamAvatarError, match="TensorRT is not installed"):
+        TensorRTRunner(tmp_path / "a.engine")

@@ -1,0 +1,320 @@
+"""Tests of ram_avatar.render.rasterizer: analytic single-triangle cases, torch vs moderngl on the
+Anny body mesh, interpolation (UV face corners, per-vertex attributes, gradients) and errors."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from ram_avatar.errors import RamAvatarError
+from ram_avatar.render import rasterizer as R
+from ram_avatar.render.rasterizer import (Fragments, RasterBackendUnavailableError,
+                                          RasterizerError, interpolate, rasterize)
+
+GL_OK = R.moderngl_available()
+needs_gl = pytest.mark.skipif(
+    not GL_OK, reason=f"moderngl backend unavailable: EGL context creation failed ({R._GL._error})")
+BACKENDS = ["torch", pytest.param("moderngl", marks=needs_gl)]
+
+
+def _K(f, cx, cy):
+    return torch.tensor([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
+
+
+def _unproject(K, u, v, z):
+    """Camera point at depth z seen at pixel coordinate (u, v)."""
+    return torch.tensor([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z],
+                        dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# analytic single-triangle tests
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pixel_centre_convention_and_orientation(backend):
+    """A fronto-parallel rectangle over u < 10.4, v < 7.4 covers exactly columns 0..9, rows 0..6
+    (pixel centres at x+0.5), at the top-left of the image (no y flip)."""
+    H, W = 24, 32
+    K = _K(30.0, 16.0, 12.0)
+    z = 2.0
+    corners = [(-50.0, -50.0), (10.4, -50.0), (10.4, 7.4), (-50.0, 7.4)]
+    verts = torch.stack([_unproject(K, u, v, z) for u, v in corners]).float()[None]
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    fr = rasterize(verts, faces, K, (H, W), backend=backend)
+    expected = torch.zeros(H, W, dtype=torch.bool)
+    expected[:7, :10] = True
+    assert torch.equal(fr.mask[0], expected)
+    assert torch.allclose(fr.depth[0][expected], torch.tensor(z), atol=1e-5)
+    assert (fr.depth[0][~expected] == 0).all() and (fr.bary[0][~expected] == 0).all()
+    assert set(fr.face_id[0][expected].tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("flip", [False, True])
+def test_single_triangle_perspective_barycentrics(backend, flip):
+    """The ray through pixel (20, 12) hits a slanted triangle at known barycentric weights."""
+    H, W = 32, 48
+    K = _K(40.0, 23.0, 15.0)
+    px, py = 20, 12
+    w = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    P = _unproject(K, px + 0.5, py + 0.5, 2.0)
+    v1 = _unproject(K, 35.0, 6.0, 1.5)
+    v2 = _unproject(K, 12.0, 26.0, 3.0)
+    v0 = (P - w[1] * v1 - w[2] * v2) / w[0]
+    verts = torch.stack([v0, v1, v2]).float()[None]
+    faces = torch.tensor([[0, 2, 1]] if flip else [[0, 1, 2]])  # both windings are drawn
+    w_exp = w[[0, 2, 1]] if flip else w
+    fr = rasterize(verts, faces, K, (H, W), backend=backend)
+    assert fr.face_id.shape == (1, H, W) and fr.face_id.dtype == torch.int64
+    assert fr.bary.shape == (1, H, W, 3) and fr.bary.dtype == torch.float32
+    assert fr.depth.shape == (1, H, W) and fr.depth.dtype == torch.float32
+    assert fr.face_id[0, py, px] == 0
+    assert torch.allclose(fr.bary[0, py, px].double(), w_exp, atol=2e-4)
+    assert abs(float(fr.depth[0, py, px]) - 2.0) < 1e-4
+    assert fr.face_id[0, 0, 0] == -1 and fr.face_id[0, H - 1, W - 1] == -1
+    m = fr.mask[0]
+    assert torch.allclose(fr.bary[0][m].sum(-1), torch.ones(int(m.sum())), atol=1e-5)
+    zs = verts[0, :, 2]
+    assert (fr.depth[0][m] >= zs.min() - 1e-5).all() and (fr.depth[0][m] <= zs.max() + 1e-5).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_near_plane_culling_and_depth_order(backend):
+    """Triangles with a vertex at z <= NEAR are dropped; the nearer of two overlapping wins."""
+    H, W = 16, 16
+    K = _K(20.0, 8.0, 8.0)
+    tri = lambda z: torch.stack([_unproject(K, u, v, z) for u, v in [(-5, -5), (30, -5), (-5, 30)]])
+    far, near = tri(3.0), tri(1.0)
+    behind = near.clone()
+    behind[0, 2] = -0.5
+    verts = torch.cat([far, near, behind]).float()[None]
+    fr = rasterize(verts, torch.tensor([[0, 1, 2], [3, 4, 5]]), K, (H, W), backend=backend)
+    assert (fr.face_id[0, :10, :10] == 1).all()
+    assert torch.allclose(fr.depth[0, :10, :10], torch.tensor(1.0), atol=1e-5)
+    fr = rasterize(verts, torch.tensor([[6, 7, 8]]), K, (H, W), backend=backend)
+    assert not fr.mask.any()
+    fr = rasterize(verts, torch.tensor([[0, 1, 2], [6, 7, 8]]), K, (H, W), backend=backend)
+    assert set(fr.face_id.unique().tolist()) == {-1, 0}
+
+
+# ----------------------------------------------------------------------------------------------
+# Anny body mesh
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def body():
+    """Anny rest-pose body standing upright 3 m in front of an OpenCV camera."""
+    anny = pytest.importorskip("anny")
+    m = anny.Anny().to(torch.float32)
+    with torch.no_grad():
+        v = m(torch.eye(4).expand(1, m.bone_count, 4, 4))["vertices"]  # z-up, facing -y
+    # world z-up -> camera -y; world front (-y) -> camera -z (towards the camera): x_c = x,
+    # y_c = -z, z_c = y, then 3 m forward.
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    verts = v @ rot.T + torch.tensor([0.0, 0.0, 3.0])
+    return dict(
+        verts=verts.contiguous(),
+        faces=m.get_triangular_faces().long(),
+        uv=m.texture_coordinates.float(),
+        face_uv=m.face_texture_coordinate_indices.long(),
+    )
+
+
+def _body_K(S):
+    return _K(1.2 * S, S / 2, S / 2)
+
+
+def test_body_torch_sanity(body):
+    S = 128
+    fr = rasterize(body["verts"], body["faces"], _body_K(S), (S, S), backend="torch")
+    m = fr.mask[0]
+    assert 0.02 < m.float().mean() < 0.5
+    ys, xs = m.nonzero(as_tuple=True)
+    # head at the top (small row), feet at the bottom: the body is upright and centred
+    assert ys.min() < 0.3 * S and ys.max() > 0.7 * S and abs(xs.float().mean() - S / 2) < 0.05 * S
+    z = body["verts"][0, :, 2]
+    assert (fr.depth[0][m] > z.min() - 1e-4).all() and (fr.depth[0][m] < z.max() + 1e-4).all()
+    # the visible surface is the front: nearer than the mean depth on the torso centre
+    assert fr.depth[0, S // 2 - 5, S // 2] < z.mean()
+    assert torch.allclose(fr.bary[0][m].sum(-1), torch.ones(int(m.sum())), atol=1e-5)
+    assert (fr.bary[0][m] >= 0).all()
+
+
+@needs_gl
+@pytest.mark.parametrize("S", [256, 512])
+def test_body_backends_agree(body, S):
+    K = _body_K(S)
+    ft = rasterize(body["verts"], body["faces"], K, (S, S), backend="torch")
+    fg = rasterize(body["verts"], body["faces"], K, (S, S), backend="moderngl")
+    union = ft.mask | fg.mask
+    inter = ft.mask & fg.mask
+    iou = inter.sum() / union.sum()
+    same = (ft.face_id == fg.face_id) & inter
+    agree_all = (ft.face_id == fg.face_id).float().mean()
+    agree_covered = same.sum() / union.sum()
+    logging.getLogger(__name__).info("S=%d face-id agreement: %.4f of pixels, %.4f of covered, "
+                                     "IoU %.5f", S, agree_all, agree_covered, iou)
+    assert iou > 0.99
+    assert agree_all >= 0.99 and agree_covered >= 0.99
+    assert (ft.bary[same] - fg.bary[same]).abs().median() < 1e-3
+    dz = (ft.depth[same] - fg.depth[same]).abs()
+    assert dz.median() < 1e-5 and dz.max() < 1e-3
+    assert ((ft.depth[inter] - fg.depth[inter]).abs() < 5e-2).float().mean() > 0.99
+
+
+def test_interpolate_uv_face_corners(body):
+    S = 256
+    fr = rasterize(body["verts"], body["faces"], _body_K(S), (S, S), backend="auto")
+    corner_uv = body["uv"][body["face_uv"]]  # (F,3,2) UV has its own index buffer
+    uv = interpolate(fr, corner_uv)
+    assert uv.shape == (1, S, S, 2)
+    m = fr.mask
+    assert (uv[m] >= 0).all() and (uv[m] <= 1).all()
+    assert (uv[~m] == 0).all()
+    assert uv[m].std(0).min() > 0.05  # varies over the body
+    # (B,F,3,C) gives the same result
+    assert torch.allclose(interpolate(fr, corner_uv[None]), uv)
+
+
+def test_interpolate_per_vertex_matches_depth(body):
+    """Interpolating camera-space positions reproduces the depth buffer and the pixel rays."""
+    S = 128
+    K = _body_K(S)
+    verts = body["verts"]
+    fr = rasterize(verts, body["faces"], K, (S, S), backend="torch")
+    P = interpolate(fr, verts)
+    m = fr.mask[0]
+    assert torch.allclose(P[0, ..., 2][m], fr.depth[0][m], atol=1e-4)
+    ys, xs = m.nonzero(as_tuple=True)
+    u = K[0, 0] * P[0, ys, xs, 0] / P[0, ys, xs, 2] + K[0, 2]
+    v = K[1, 1] * P[0, ys, xs, 1] / P[0, ys, xs, 2] + K[1, 2]
+    assert (u - (xs + 0.5)).abs().max() < 1e-2 and (v - (ys + 0.5)).abs().max() < 1e-2
+
+
+def test_interpolate_gradient(body):
+    S = 64
+    fr = rasterize(body["verts"], body["faces"], _body_K(S), (S, S), backend="torch")
+    V = body["verts"].shape[1]
+    attr = torch.rand(1, V, 4, requires_grad=True)
+    out = interpolate(fr, attr)
+    out.sum().backward()
+    g = attr.grad
+    # each covered pixel spreads weight 1 (barycentrics sum to 1) over its face's vertices
+    assert torch.allclose(g.sum(), 4.0 * fr.mask.sum().float(), rtol=1e-4)
+    visible = torch.zeros(V, dtype=torch.bool)
+    visible[body["faces"][fr.face_id[fr.mask]].flatten()] = True
+    assert (g[0][~visible] == 0).all() and (g[0][visible].abs().sum(-1) > 0).all()
+
+
+def test_batch_matches_single(body):
+    S = 96
+    v = body["verts"]
+    verts = torch.cat([v, v + torch.tensor([0.3, 0.0, 1.0])])
+    K = torch.stack([_body_K(S), _K(1.5 * S, S / 2 + 5, S / 2)])
+    for backend in ["torch"] + (["moderngl"] if GL_OK else []):
+        fb = rasterize(verts, body["faces"], K, (S, S), backend=backend)
+        for b in range(2):
+            f1 = rasterize(verts[b:b + 1], body["faces"], K[b], (S, S), backend=backend)
+            assert torch.equal(fb.face_id[b], f1.face_id[0])
+            assert torch.allclose(fb.bary[b], f1.bary[0]) and torch.allclose(fb.depth[b], f1.depth[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# backend selection and errors
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_gl(monkeypatch):
+    """Pretend EGL is unavailable (fresh backend state whose context creation fails)."""
+    state = R._GLState()
+
+    def failing_init():
+        state._pid, state._ctx, state._error = R.os.getpid(), None, "RuntimeError: no EGL (test)"
+
+    monkeypatch.setattr(state, "_init", failing_init)
+    monkeypatch.setattr(R, "_GL", state)
+    return state
+
+
+def _tiny():
+    K = _K(10.0, 4.0, 4.0)
+    verts = torch.stack([_unproject(K, u, v, 1.0) for u, v in [(0, 0), (8, 0), (0, 8)]])
+    return verts.float()[None], torch.tensor([[0, 1, 2]]), K
+
+
+def test_moderngl_unavailable_error(no_gl):
+    verts, faces, K = _tiny()
+    with pytest.raises(RasterBackendUnavailableError, match="backend='torch'") as exc:
+        rasterize(verts, faces, K, (8, 8), backend="moderngl")
+    assert isinstance(exc.value, RamAvatarError)
+
+
+def test_auto_falls_back_to_torch_with_one_warning(no_gl, caplog):
+    verts, faces, K = _tiny()
+    with caplog.at_level(logging.WARNING, logger=R.__name__):
+        a = rasterize(verts, faces, K, (8, 8), backend="auto")
+        rasterize(verts, faces, K, (8, 8), backend="auto")
+    assert len([r for r in caplog.records if "falling back" in r.getMessage()]) == 1
+    t = rasterize(verts, faces, K, (8, 8), backend="torch")
+    assert torch.equal(a.face_id, t.face_id)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(verts=torch.zeros(3, 3)),
+    dict(faces=torch.tensor([[0, 1, 5]])),
+    dict(faces=torch.zeros(2, 3)),
+    dict(K=torch.zeros(3, 3)),
+    dict(K=torch.eye(4)),
+    dict(image_size=(0, 8)),
+    dict(backend="vulkan"),
+])
+def test_rasterize_input_errors(bad):
+    verts, faces, K = _tiny()
+    args = dict(verts=verts, faces=faces, K=K, image_size=(8, 8), backend="torch") | bad
+    with pytest.raises(RasterizerError):
+        rasterize(**args)
+
+
+def test_interpolate_errors():
+    verts, faces, K = _tiny()
+    fr = rasterize(verts, faces, K, (8, 8), backend="torch")
+    with pytest.raises(RasterizerError):
+        interpolate(fr, torch.zeros(8, 8))
+    with pytest.raises(RasterizerError):
+        interpolate(Fragments(fr.face_id, fr.bary, fr.depth), torch.zeros(1, 5, 2))
+    with pytest.raises(RasterizerError):
+        interpolate(fr, torch.zeros(1, 3, 2, dtype=torch.int64))
+
+
+def test_empty_and_offscreen():
+    verts, faces, K = _tiny()
+    fr = rasterize(verts + torch.tensor([100.0, 0.0, 0.0]), faces, K, (8, 8), backend="torch")
+    assert not fr.mask.any() and (fr.depth == 0).all()
+    out = interpolate(fr, torch.ones(1, 3, 2))
+    assert out.shape == (1, 8, 8, 2) and (out == 0).all()
+    fr = rasterize(verts, torch.zeros(0, 3, dtype=torch.int64), K, (8, 8), backend="auto")
+    assert not fr.mask.any()
+    assert np.isfinite(fr.bary.numpy()).all()
+
+
+def test_torch_chunking_invariant(body, monkeypatch):
+    """Splitting the candidate list into tiny chunks (even inside one face) changes nothing."""
+    S = 64
+    K = _body_K(S)
+    ref = rasterize(body["verts"], body["faces"], K, (S, S), backend="torch")
+    monkeypatch.setattr(R, "_CHUNK", 997)
+    out = rasterize(body["verts"], body["faces"], K, (S, S), backend="torch")
+    assert torch.equal(ref.face_id, out.face_id) and torch.equal(ref.bary, out.bary)
+    big_K = _K(400.0, 32.0, 32.0)  # one triangle much larger than a chunk
+    verts, faces, _ = _tiny()
+    a = rasterize(verts * torch.tensor([20.0, 20.0, 1.0]), faces, big_K, (S, S), backend="torch")
+    monkeypatch.setattr(R, "_CHUNK", 1 << 21)
+    b = rasterize(verts * torch.tensor([20.0, 20.0, 1.0]), faces, big_K, (S, S), backend="torch")
+    assert a.mask.float().mean() > 0.3 and torch.equal(a.face_id, b.face_id)
