@@ -13,7 +13,7 @@ H, W = 96, 128
 
 
 def _radial_hand(wrist, scale=8.0):
-    """(21,2) hand with finger c pointing at angle -90 + 40*(c-2) degrees; joints every `scale` px."""
+    """(21,2) hand, finger c pointing at -90 + 40*(c-2) degrees, joints every `scale` px."""
     pts = np.zeros((21, 2))
     pts[0] = wrist
     for c, chain in enumerate(FINGER_CHAINS):
@@ -36,7 +36,8 @@ def _finger_dist(pts, c):
     """(H,W) distance from pixel centres to the polyline of finger c."""
     ys, xs = np.mgrid[0:H, 0:W] + 0.5
     chain = FINGER_CHAINS[c]
-    return np.min([_seg_dist(xs, ys, pts[i], pts[j]) for i, j in zip(chain[:-1], chain[1:])], 0)
+    bones = zip(chain[:-1], chain[1:], strict=True)
+    return np.min([_seg_dist(xs, ys, pts[i], pts[j]) for i, j in bones], 0)
 
 
 def test_hand_map_channels_and_pixels():

@@ -88,7 +88,10 @@ def test_near_plane_culling_and_depth_order(backend):
     """Triangles with a vertex at z <= NEAR are dropped; the nearer of two overlapping wins."""
     H, W = 16, 16
     K = _K(20.0, 8.0, 8.0)
-    tri = lambda z: torch.stack([_unproject(K, u, v, z) for u, v in [(-5, -5), (30, -5), (-5, 30)]])
+
+    def tri(z):
+        return torch.stack([_unproject(K, u, v, z) for u, v in [(-5, -5), (30, -5), (-5, 30)]])
+
     far, near = tri(3.0), tri(1.0)
     behind = near.clone()
     behind[0, 2] = -0.5
@@ -222,7 +225,8 @@ def test_batch_matches_single(body):
         for b in range(2):
             f1 = rasterize(verts[b:b + 1], body["faces"], K[b], (S, S), backend=backend)
             assert torch.equal(fb.face_id[b], f1.face_id[0])
-            assert torch.allclose(fb.bary[b], f1.bary[0]) and torch.allclose(fb.depth[b], f1.depth[0])
+            assert torch.allclose(fb.bary[b], f1.bary[0])
+            assert torch.allclose(fb.depth[b], f1.depth[0])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class FitConfig:
     w_hand_prior: float = 2e-3
     w_limit: float = 1.0
     w_beta: float = 1e-2
-    w_acc: float = 20.0
+    w_acc: float = 1.0
     w_vel: float = 2e-2
     body_angle_limit: float = 2.2  # radians, per joint
     hand_angle_limit: float = 1.6
@@ -282,6 +282,7 @@ def fit_sequence(body: BodyModel, kp: Keypoints2D, K: np.ndarray | torch.Tensor,
     stages.append(("body", cfg.iters_body, ["global_orient", "transl", "body_pose", "betas"]))
     stages.append(("hands", cfg.iters_hands, ["global_orient", "transl", "body_pose", "betas",
                                               "left_hand_pose", "right_hand_pose"]))
+    stages = [s for s in stages if s[1] > 0]
     total = sum(s[1] for s in stages)
     with progress(disable=not show_progress) as bar:
         task = bar.add_task("fitting", total=total, info="")
@@ -298,9 +299,9 @@ def fit_sequence(body: BodyModel, kp: Keypoints2D, K: np.ndarray | torch.Tensor,
                 opt.step()
                 sched.step()
                 if it % 10 == 0 or it == iters - 1:
-                    bar.update(task, info=f"{stage} E={float(loss) / tg.T:.4f}")
+                    bar.update(task, info=f"{stage} E={float(loss.detach()) / tg.T:.4f}")
                 bar.advance(task)
-            log.debug("fit stage %s: %s", stage, {k: round(float(v) / tg.T, 5) for k, v in terms.items()})
+            log.debug("fit stage %s: %s", stage, {k: round(float(v.detach()) / tg.T, 5) for k, v in terms.items()})
     with torch.no_grad():
         q = params()
         return BodyParams(betas=q.betas.detach().cpu(), global_orient=q.global_orient.detach().cpu(),

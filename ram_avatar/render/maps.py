@@ -137,7 +137,7 @@ def draw_hand_map(hands_2d, valid, size, thickness: int = 2) -> torch.Tensor:
     if int(thickness) < 1:
         raise MapInputError(f"thickness must be >= 1, got {thickness}")
 
-    edges = [np.array(list(zip(c[:-1], c[1:])), dtype=np.int64) for c in FINGER_CHAINS]
+    edges = [np.array(list(zip(c[:-1], c[1:], strict=True)), dtype=np.int64) for c in FINGER_CHAINS]
     out = np.zeros((B, 5, H, W), dtype=np.uint8)
     for b in range(B):
         for h in range(2):
