@@ -36,9 +36,9 @@ TORSO = [11, 12, 23, 24]
 class FitConfig:
     """Weights and schedule of the body fit (see module docstring)."""
 
-    iters_global: int = 80
-    iters_body: int = 250
-    iters_hands: int = 120
+    iters_global: int = 40
+    iters_body: int = 150
+    iters_hands: int = 80
     lr: float = 0.03
     sigma: float = 0.05            # Geman-McClure scale, fraction of bbox height
     min_visibility: float = 0.3    # pose landmarks below this visibility are ignored
@@ -48,7 +48,7 @@ class FitConfig:
     w_hand_prior: float = 2e-3
     w_limit: float = 1.0
     w_beta: float = 1e-2
-    w_acc: float = 1.0
+    w_acc: float = 0.05
     w_vel: float = 2e-2
     body_angle_limit: float = 2.2  # radians, per joint
     hand_angle_limit: float = 1.6

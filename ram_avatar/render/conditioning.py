@@ -1,0 +1,128 @@
+"""Conditioning maps of RAM-Avatar (Sec. 4.1): what the neural renderer sees for one frame.
+
+From a posed body and a camera we render, at the renderer's resolution S:
+
+- ``uv`` (B, 2, S, S): texture coordinates of the visible body surface (0 on background); the
+  renderer samples its learnable neural texture there (the body map F_body).
+- ``body_mask`` (B, 1, S, S): 1 where the body mesh covers the pixel.
+- ``hand`` (B, 5, S, S): one channel per finger, skeleton lines of the posed body's projected
+  finger joints (DESIGN.md, "Hands").
+- ``face`` (B, 3, S, S): the tracked face mesh (MediaPipe 478 landmarks) expressed in head-local
+  coordinates and re-posed on the body's head, drawn as contour lines (DESIGN.md, "Face
+  template"), so the face follows the avatar's head under any pose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ram_avatar.body.base import BodyModel, BodyParams
+from ram_avatar.render.maps import draw_face_map, draw_hand_map
+from ram_avatar.render.rasterizer import interpolate, rasterize
+
+MAP_CHANNELS = {"uv": 2, "body_mask": 1, "hand": 5, "face": 3}
+
+
+def project_points(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Pinhole projection (..., 3) camera metres -> (..., 2) pixels with K (3, 3)."""
+    z = points[..., 2:3].clamp(min=1e-4)
+    return (points[..., :2] / z) * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+
+
+def crop_intrinsics(K: np.ndarray, crop: tuple[float, float, float], size: int) -> np.ndarray:
+    """Intrinsics of a square crop ``(x0, y0, side)`` (pixels) resized to ``size`` x ``size``."""
+    x0, y0, side = crop
+    Kc = np.array(K, dtype=np.float64).copy()
+    Kc[0, 2] -= x0
+    Kc[1, 2] -= y0
+    Kc[:2] *= size / side
+    return Kc
+
+
+def face_to_head_local(face_px: np.ndarray, head_T: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Lift MediaPipe face landmarks to 3D and express them in the head's local frame.
+
+    The landmark depth is MediaPipe's relative z (pixel units) around the head joint's depth:
+    Z_i = Z_head + z_i * Z_head / f, X_i = (u_i - cx) Z_i / fx, Y_i = (v_i - cy) Z_i / fy.
+
+    Args:
+        face_px: (T, 478, 3) [u, v, z_px].
+        head_T: (T, 4, 4) world (camera) transform of the fitted head.
+        K: (3, 3) intrinsics.
+    Returns:
+        (T, 478, 3) head-local coordinates, metres.
+    """
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    zh = head_T[:, 2, 3][:, None]
+    Z = zh + face_px[..., 2] * zh / fx
+    X = (face_px[..., 0] - cx) * Z / fx
+    Y = (face_px[..., 1] - cy) * Z / fy
+    P = np.stack([X, Y, Z], -1)
+    R, t = head_T[:, :3, :3], head_T[:, :3, 3]
+    return np.einsum("tji,tnj->tni", R, P - t[:, None])  # R^T (P - t)
+
+
+def fill_invalid(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Replace frames where ``valid`` is False by the nearest valid frame's values ((T, ...)).
+
+    When no frame is valid the input is returned unchanged.
+    """
+    if valid.all() or not valid.any():
+        return values
+    idx = np.nonzero(valid)[0]
+    nearest = idx[np.abs(np.arange(len(valid))[:, None] - idx[None]).argmin(1)]
+    return values[nearest]
+
+
+class ConditioningRenderer:
+    """Renders the conditioning maps of posed bodies (module docstring).
+
+    Args:
+        body: the subject's body model.
+        backend: rasterizer backend (``auto``, ``torch``, ``moderngl``).
+    """
+
+    def __init__(self, body: BodyModel, backend: str = "auto"):
+        self.body = body
+        self.backend = backend
+        self.uv_corners = body.uv_coords[body.uv_faces]  # (F, 3, 2)
+
+    @torch.no_grad()
+    def render(self, params: BodyParams, face_local: np.ndarray | torch.Tensor | None,
+               K: np.ndarray, size: int, face_valid: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """Render the maps of a batch of B poses.
+
+        Args:
+            params: BodyParams of batch B (betas (1, n) broadcast).
+            face_local: (B, 478, 3) head-local face landmarks, or None (empty face map).
+            K: (3, 3) intrinsics of the S x S output (see :func:`crop_intrinsics`).
+            size: S, output resolution in pixels.
+            face_valid: (B,) bool; frames without a face draw an empty face map.
+        Returns:
+            dict ``uv`` (B,2,S,S), ``body_mask`` (B,1,S,S), ``hand`` (B,5,S,S), ``face`` (B,3,S,S),
+            float32 on CPU, plus ``hands_2d`` (B,2,21,2) and ``face_2d`` (B,478,2) pixels.
+        """
+        device = self.body.device
+        Kt = torch.as_tensor(K, dtype=torch.float32, device=device)
+        out = self.body(params.to(device), return_vertices=True)
+        B = out.vertices.shape[0]
+        frags = rasterize(out.vertices, self.body.faces, Kt, (size, size), backend=self.backend)
+        uv = interpolate(frags, self.uv_corners.to(device), corner=True)      # (B,S,S,2)
+        mask = (frags.face_id >= 0).float()[:, None]
+        thick = max(1, size // 128)
+        hands_2d = project_points(out.hand_landmarks, Kt)                    # (B,2,21,2)
+        hand = draw_hand_map(hands_2d.cpu(), torch.ones(B, 2, dtype=torch.bool), (size, size), thick)
+        if face_local is not None:
+            fl = torch.as_tensor(np.asarray(face_local), dtype=torch.float32, device=device)
+            H = out.head_transform
+            fw = torch.einsum("bij,bnj->bni", H[:, :3, :3], fl) + H[:, None, :3, 3]
+            face_2d = project_points(fw, Kt)
+            fv = np.ones(B, bool) if face_valid is None else np.asarray(face_valid, bool)
+            face = draw_face_map(face_2d.cpu(), fv, (size, size), max(1, size // 256))
+        else:
+            face_2d = torch.zeros(B, 478, 2)
+            face = torch.zeros(B, 3, size, size)
+        return {"uv": uv.permute(0, 3, 1, 2).contiguous().cpu(), "body_mask": mask.cpu(),
+                "hand": hand.cpu(), "face": face.cpu(), "hands_2d": hands_2d.cpu(),
+                "face_2d": face_2d.cpu(), "vertices": out.vertices.cpu()}
