@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from ram_avatar.body.base import BodyModel, BodyParams
 from ram_avatar.capture.fitting import FitConfig, fit_sequence, reprojection_errors
 from ram_avatar.capture.keypoints import Keypoints2D, check_person_found, detect_keypoints
 from ram_avatar.capture.video import VideoWriter, iter_frames, probe_video
+from ram_avatar.errors import VideoError
 from ram_avatar.io.camera import camera_for_video, undistort_points
 from ram_avatar.io.sequence import OVERLAY, SOURCE, FittedSequence
 from ram_avatar.render.conditioning import face_to_head_local, fill_invalid
@@ -44,22 +46,19 @@ def undistort_keypoints(kp: Keypoints2D, K: np.ndarray, dist: np.ndarray) -> Key
     return out
 
 
-def training_crop(kp: Keypoints2D, masks: np.ndarray, width: int, height: int,
-                  margin: float = 0.12) -> list[float]:
+def training_crop(kp: Keypoints2D, margin: float = 0.15) -> list[float]:
     """A fixed square crop ``[x0, y0, side]`` (pixels) containing the person in every frame.
 
-    From the union of person-mask bounding boxes (falling back to pose keypoints), enlarged by
-    ``margin`` on each side; the square may extend past the image (padded when cropping).
+    From the 1st-99th percentile extent of the visible pose keypoints over all frames (robust
+    to a few wrong detections), enlarged by ``margin`` of the extent on each side (the head
+    top and hair lie above the eye landmarks); the square may extend past the image (it is
+    zero-padded when cropping).
     """
-    fg = masks > 127
-    ys = np.nonzero(fg.any(axis=(0, 2)))[0]
-    xs = np.nonzero(fg.any(axis=(0, 1)))[0]
-    if len(xs) == 0:
-        pts = kp.pose[kp.pose_valid][..., :2].reshape(-1, 2)
-        x_lo, y_lo = pts.min(0)
-        x_hi, y_hi = pts.max(0)
-    else:
-        x_lo, x_hi, y_lo, y_hi = xs[0], xs[-1], ys[0], ys[-1]
+    vis = (kp.pose[..., 2] > 0.5) & kp.pose_valid[:, None]
+    pts = kp.pose[vis][:, :2]
+    if len(pts) == 0:
+        raise ValueError("no visible pose keypoints to place the training crop")
+    (x_lo, y_lo), (x_hi, y_hi) = np.percentile(pts, 1, axis=0), np.percentile(pts, 99, axis=0)
     side = max(x_hi - x_lo, y_hi - y_lo) * (1 + 2 * margin)
     cx, cy = (x_lo + x_hi) / 2, (y_lo + y_hi) / 2
     return [float(cx - side / 2), float(cy - side / 2), float(side)]
@@ -112,10 +111,67 @@ def write_overlay(path: Path, video: Path, start: int, end: int, fps: float, bod
                 bar.advance(task)
 
 
+@dataclass
+class Tracked:
+    """Result of :func:`track_video`: keypoints (undistorted), masks, fitted parameters."""
+
+    info: object            # VideoInfo
+    start: int
+    end: int
+    camera: dict            # K, dist, source (+ fov_deg / focal estimate)
+    keypoints: Keypoints2D  # as detected (distorted pixels)
+    keypoints_fit: Keypoints2D  # undistorted, what the body was fitted to
+    masks: np.ndarray       # (T, H, W) uint8
+    params: BodyParams
+    errors: dict            # per-frame reprojection errors (fitting.reprojection_errors)
+    face_local: np.ndarray  # (T, 478, 3) head-local face mesh (invalid frames filled)
+    timings: dict
+
+
+def track_video(video: str | Path, body: BodyModel, start: int = 0, end: int | None = None,
+                camera: str | Path | None = None, device="cpu", fit_config: FitConfig | None = None,
+                estimate_focal: bool = False, min_person_fraction: float = 0.5) -> Tracked:
+    """Decode, detect keypoints and masks, fit ``body`` to every frame of ``video[start:end]``.
+
+    Raises:
+        VideoError: missing/corrupt video or an empty frame range.
+        NoPersonError: no person found in most frames.
+    """
+    t0 = time.time()
+    video = Path(video)
+    info = probe_video(video)
+    end = info.frame_count if end is None else min(int(end), info.frame_count)
+    if not 0 <= start < end:
+        raise VideoError(f"empty frame range [{start}, {end}) for {video} with {info.frame_count} frames; "
+                         "check --start/--end")
+    cam = camera_for_video(info.width, info.height, camera)
+    timings = {}
+    kp, masks = detect_keypoints(iter_frames(video, start, end), total=end - start)
+    check_person_found(kp, min_person_fraction)
+    timings["keypoints_s"] = time.time() - t0
+    kp_fit = undistort_keypoints(kp, cam["K"], cam["dist"])
+    if estimate_focal and camera is None:
+        from ram_avatar.capture.focal import estimate_focal_for_capture
+
+        K, entry = estimate_focal_for_capture(body, kp_fit, info.width, info.height, device)
+        cam = {**cam, "K": np.asarray(K), "source": "estimated_focal", "focal_estimate": entry}
+    t1 = time.time()
+    params = fit_sequence(body, kp_fit, cam["K"], fit_config, device=device)
+    timings["fit_s"] = time.time() - t1
+    Kt = torch.as_tensor(cam["K"], dtype=torch.float32, device=device)
+    errors = reprojection_errors(body, params, kp_fit, Kt)
+    with torch.no_grad():
+        head_T = body(params.to(device), return_vertices=False).head_transform.cpu().numpy()
+    face_local = face_to_head_local(kp_fit.face, head_T, cam["K"])
+    face_local = fill_invalid(face_local, kp.face_valid) if kp.face_valid.any() else np.zeros_like(face_local)
+    return Tracked(info=info, start=start, end=end, camera=cam, keypoints=kp, keypoints_fit=kp_fit,
+                   masks=masks, params=params, errors=errors, face_local=face_local, timings=timings)
+
+
 def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int | None = None,
             camera: str | Path | None = None, body_model: str = "anny", model_path=None,
             device: str = "auto", fit_config: FitConfig | None = None, overlay: bool = True,
-            min_person_fraction: float = 0.5) -> FittedSequence:
+            min_person_fraction: float = 0.5, estimate_focal: bool = False) -> FittedSequence:
     """Capture a subject from a monocular video.
 
     Args:
@@ -128,6 +184,7 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
         fit_config: FitConfig overrides.
         overlay: also write ``overlay.mp4``.
         min_person_fraction: fail when a person is found in fewer frames than this fraction.
+        estimate_focal: without ``camera``, estimate the focal length from the video itself.
     Returns:
         The saved FittedSequence.
     Raises:
@@ -139,51 +196,28 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
     """
     t0 = time.time()
     video = Path(video)
-    info = probe_video(video)
-    end = info.frame_count if end is None else min(int(end), info.frame_count)
-    if not 0 <= start < end:
-        from ram_avatar.errors import VideoError
-
-        raise VideoError(f"empty frame range [{start}, {end}) for {video} with {info.frame_count} frames")
     dev = resolve_device(device)
     body = load_body_model(body_model, model_path=model_path, device=dev)
-    cam = camera_for_video(info.width, info.height, camera)
-    K = cam["K"]
-    timings = {}
-
-    kp, masks = detect_keypoints(iter_frames(video, start, end), total=end - start)
-    check_person_found(kp, min_person_fraction)
-    timings["keypoints_s"] = time.time() - t0
-    kp_fit = undistort_keypoints(kp, K, cam["dist"])
-
-    t1 = time.time()
-    params = fit_sequence(body, kp_fit, K, fit_config, device=dev)
-    timings["fit_s"] = time.time() - t1
-    errors = reprojection_errors(body, params, kp_fit, torch.as_tensor(K, dtype=torch.float32, device=dev))
+    tr = track_video(video, body, start, end, camera, dev, fit_config, estimate_focal, min_person_fraction)
+    kp, errors, K, info, timings = tr.keypoints, tr.errors, tr.camera["K"], tr.info, tr.timings
     valid = kp.pose_valid & (np.nan_to_num(errors["body"], nan=1.0) < MAX_VALID_BODY_ERROR)
-
-    with torch.no_grad():
-        head_T = body(params.to(dev), return_vertices=False).head_transform.cpu().numpy()
-    face_local = face_to_head_local(kp_fit.face, head_T, K)
-    face_local = fill_invalid(face_local, kp.face_valid)
-    if not kp.face_valid.any():
-        face_local = np.zeros_like(face_local)
 
     def med(a):
         a = a[~np.isnan(a)]
         return float(np.median(a)) if len(a) else None
 
+    cam = tr.camera
     manifest = {
-        "source": {"name": video.name, "sha256": _sha256(video), "start": int(start), "end": int(end),
+        "source": {"name": video.name, "sha256": _sha256(video), "start": int(tr.start), "end": int(tr.end),
                    "frame_count": info.frame_count},
         "fps": float(info.fps), "width": info.width, "height": info.height,
-        "frames": int(end - start), "valid_frames": int(valid.sum()),
+        "frames": int(tr.end - tr.start), "valid_frames": int(valid.sum()),
         "camera": {"K": np.asarray(K).tolist(), "dist": np.asarray(cam["dist"]).tolist(),
-                   "source": cam["source"], **({"fov_deg": cam["fov_deg"]} if "fov_deg" in cam else {})},
+                   **{k: v for k, v in cam.items() if k not in ("K", "dist")}},
         "body_model": {"name": body.name, "num_betas": body.num_betas,
                        "num_body_joints": body.num_body_joints, "num_expression": body.num_expression,
                        "model_path": str(model_path) if model_path else None},
-        "crop": training_crop(kp, masks, info.width, info.height),
+        "crop": training_crop(kp),
         "valid": valid.astype(int).tolist(),
         "reprojection_error": {
             "unit": "fraction of the person's bounding-box height",
@@ -192,18 +226,20 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
         "fit_config": (fit_config or FitConfig()).to_dict(),
         "timings": timings,
     }
-    seq = FittedSequence(params=params, keypoints=kp, valid=valid, face_local=face_local, manifest=manifest)
+    seq = FittedSequence(params=tr.params, keypoints=kp, valid=valid, face_local=tr.face_local,
+                         manifest=manifest)
 
     subject_dir = Path(subject_dir)
     subject_dir.mkdir(parents=True, exist_ok=True)
     final = subject_dir / "sequence"
     tmp = Path(tempfile.mkdtemp(prefix=".sequence.", dir=subject_dir))
     try:
-        seq.save(tmp, masks=masks)
+        seq.save(tmp, masks=tr.masks)
         shutil.copyfile(video, tmp / SOURCE)
         if overlay:
             t2 = time.time()
-            write_overlay(tmp / OVERLAY, video, start, end, info.fps, body, params, kp_fit, K)
+            write_overlay(tmp / OVERLAY, video, tr.start, tr.end, info.fps, body, tr.params,
+                          tr.keypoints_fit, K)
             timings["overlay_s"] = time.time() - t2
         timings["total_s"] = time.time() - t0
         seq.manifest["timings"] = timings

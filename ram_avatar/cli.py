@@ -1,0 +1,191 @@
+"""The ``ram-avatar`` command line.
+
+Core verbs live here (capture, info, train, drive, evaluate, demo). Verbs implemented by the
+top-level packages that depend on ``ram_avatar`` (``exporters``: export; ``calibration``:
+calibrate; ``gui``: live) register themselves through the ``ram_avatar.commands`` entry-point
+group, so imports keep going one way (those packages -> ram_avatar, never back).
+
+Every user-fixable error (:class:`~ram_avatar.errors.RamAvatarError`) is printed as one message
+saying what was wrong and what to do, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from ram_avatar.errors import RamAvatarError
+
+log = logging.getLogger("ram_avatar")
+
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="compute device (default: auto = CUDA when available)")
+
+
+# --- verbs ----------------------------------------------------------------------------------
+
+def cmd_capture(a) -> int:
+    from ram_avatar.capture.pipeline import capture, sequence_info
+
+    seq = capture(a.video, a.output, start=a.start, end=a.end, camera=a.camera,
+                  body_model=a.body_model, model_path=a.model_path, device=a.device,
+                  overlay=not a.no_overlay, estimate_focal=a.estimate_focal)
+    _print_json(sequence_info(seq))
+    return 0
+
+
+def cmd_info(a) -> int:
+    from ram_avatar.capture.pipeline import sequence_info
+    from ram_avatar.io.sequence import load_sequence
+
+    info = sequence_info(load_sequence(a.subject))
+    if a.json:
+        _print_json(info)
+    else:
+        for k, v in info.items():
+            sys.stdout.write(f"{k}: {v}\n")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from ram_avatar.training.run import train_subject
+
+    summary = train_subject(a.subject, preset=a.preset, steps=a.steps, minutes=a.minutes,
+                            run_name=a.run, device=a.device, overrides=a.set)
+    _print_json(summary)
+    return 0
+
+
+def cmd_drive(a) -> int:
+    from ram_avatar.drive import drive
+
+    _print_json(drive(a.subject, a.source, a.output, backend=a.backend, device=a.device,
+                      run_name=a.run, camera=a.camera, driver=a.driver, mda=a.mda))
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from ram_avatar.eval.evaluate import evaluate_subject
+
+    _print_json(evaluate_subject(a.subject, run_name=a.run, device=a.device,
+                                 lpips_weights=a.lpips_weights, mda=a.mda, source=a.source))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    """capture -> train -> export -> drive on the bundled sample videos."""
+    from ram_avatar.demo import run_demo
+
+    _print_json(run_demo(Path(a.output), minutes=a.minutes, device=a.device, run_verb=run_verb))
+    return 0
+
+
+def run_verb(argv: list[str]) -> int:
+    """Run one ``ram-avatar`` verb in this process (used by the demo to chain the stages)."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ram-avatar", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("capture", help="fit body/face/hand templates to every frame of a video")
+    p.add_argument("video")
+    p.add_argument("-o", "--output", required=True, help="subject directory to write")
+    p.add_argument("--start", type=int, default=0, help="first frame (inclusive)")
+    p.add_argument("--end", type=int, default=None, help="last frame (exclusive)")
+    p.add_argument("--camera", default=None, help="camera.json from `ram-avatar calibrate camera`")
+    p.add_argument("--estimate-focal", action="store_true",
+                   help="without --camera: estimate the focal length from the video itself")
+    p.add_argument("--body-model", default="anny", choices=["anny", "smplx"])
+    p.add_argument("--model-path", default=None, help="directory with SMPLX_NEUTRAL.npz (smplx)")
+    p.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
+    _add_device(p)
+    p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("info", help="summary of a captured subject")
+    p.add_argument("subject")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train the avatar renderer (resumes from the latest checkpoint)")
+    p.add_argument("subject")
+    p.add_argument("--preset", default="cpu-256", help="cpu-256 | paper-1024")
+    p.add_argument("--steps", type=int, default=None, help="train up to this total step count")
+    p.add_argument("--minutes", type=float, default=None, help="train for this many minutes")
+    p.add_argument("--run", default="default", help="run name under SUBJECT/runs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set batch_size=4 (repeatable)")
+    _add_device(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("drive", help="drive the avatar with another video's motion (offline)")
+    p.add_argument("subject")
+    p.add_argument("--source", required=True, help="driving video")
+    p.add_argument("-o", "--output", required=True, help="output mp4 (driver | avatar)")
+    p.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
+    p.add_argument("--run", default="default")
+    p.add_argument("--camera", default=None, help="camera.json of the driving video")
+    p.add_argument("--driver", default=None, help="driver.json from `ram-avatar calibrate driver`")
+    p.add_argument("--mda", default="auto", choices=["auto", "on", "off", "both"],
+                   help="motion distribution alignment (auto: on when fitted)")
+    _add_device(p)
+    p.set_defaults(func=cmd_drive)
+
+    p = sub.add_parser("evaluate", help="metrics on the held-out frames -> metrics.json")
+    p.add_argument("subject")
+    p.add_argument("--run", default="default")
+    p.add_argument("--lpips-weights", default=None, help="AlexNet ImageNet weights for LPIPS")
+    p.add_argument("--mda", action="store_true", help="motion-alignment metrics (needs --source)")
+    p.add_argument("--source", default=None, help="driving video for --mda")
+    _add_device(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="capture -> train -> export -> drive on the bundled videos")
+    p.add_argument("-o", "--output", default="demo_out", help="working directory")
+    p.add_argument("--minutes", type=float, default=20.0, help="training minutes")
+    _add_device(p)
+    p.set_defaults(func=cmd_demo)
+
+    for ep in entry_points(group="ram_avatar.commands"):
+        try:
+            register = ep.load()
+        except ImportError as e:  # optional extra not installed (e.g. the Qt app)
+            log.debug("command plug-in %s unavailable: %s", ep.name, e)
+            continue
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ram_avatar.utils import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except RamAvatarError as e:
+        log.error("%s", e)
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: outputs written so far are intact; re-run to resume\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""``ram-avatar evaluate``: image metrics of the trained renderer on held-out frames (Sec. 4.2).
+
+The held-out frames are the last ``val_fraction`` of the capture (never trained on). For each,
+the renderer gets that frame's conditioning maps and the mean style code (test-time setting);
+its output is compared with the real cropped frame:
+
+- ``psnr``, ``ssim`` over the whole crop; ``psnr_masked``, ``ssim_masked`` inside the person
+  mask (selfie segmentation);
+- ``lpips`` (AlexNet LPIPS v0.1) and ``tlpips`` only when the ImageNet weights are available,
+  else ``null`` (never computed with random weights);
+- ``temporal_stability``: mean |(G[t]-G[t-1]) - (I[t]-I[t-1])| on consecutive held-out frames
+  (weights-free, always).
+FID needs an Inception network with ImageNet weights and far more frames than a single
+held-out clip; it is not computed here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ram_avatar.eval.metrics import load_lpips, psnr, ssim, temporal_lpips, temporal_stability
+from ram_avatar.io.sequence import load_sequence
+from ram_avatar.training.data import SubjectDataset, split_frames
+from ram_avatar.training.run import load_renderer, run_dir
+from ram_avatar.utils import atomic_write_text, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict(model, dataset: SubjectDataset, device, batch: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the renderer over a dataset with the mean style code.
+
+    Returns:
+        (pred (N,3,S,S), real (N,3,S,S), person_mask (N,1,S,S)), float in [0, 1], on CPU.
+    """
+    preds, reals, masks = [], [], []
+    for c in range(0, len(dataset), batch):
+        items = [dataset[i] for i in range(c, min(len(dataset), c + batch))]
+        maps = {k: torch.stack([it[k] for it in items]).to(device) for k in ("uv", "body_mask", "hand", "face")}
+        preds.append(model(**maps, frame_index=None)["rgb"].clamp(0, 1).cpu())
+        reals.append(torch.stack([it["image"] for it in items]))
+        masks.append(torch.stack([it["person_mask"] for it in items]))
+    return torch.cat(preds), torch.cat(reals), torch.cat(masks)
+
+
+def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device: str = "auto",
+                     lpips_weights: str | None = None, mda: bool = False, source: str | None = None) -> dict:
+    """Evaluate a trained run on its held-out frames; writes ``<run>/metrics.json``.
+
+    Returns:
+        dict with psnr, ssim, psnr_masked, ssim_masked, lpips, tlpips, temporal_stability,
+        frames, step (and the motion-alignment metrics when ``mda``).
+    Raises:
+        CheckpointError: nothing trained; SequenceFormatError: no capture.
+    """
+    subject_dir = Path(subject_dir)
+    dev = resolve_device(device)
+    seq = load_sequence(subject_dir)
+    model, info = load_renderer(subject_dir, run_name, dev)
+    cfg = info["config"]
+    _, val = split_frames(seq, cfg.val_fraction)
+    ds = SubjectDataset(seq, val, cfg.model.resolution)
+    pred, real, mask = predict(model, ds, dev)
+    m = (mask > 0.5).float()
+    lp = load_lpips("alex", backbone_path=lpips_weights, device="cpu")
+    consecutive = np.all(np.diff(val) == 1) and len(val) > 1
+    res = {
+        "frames": len(val), "frame_indices": [int(v) for v in val], "step": info["step"],
+        "psnr": float(psnr(pred, real).mean()), "ssim": float(ssim(pred, real).mean()),
+        "psnr_masked": float(psnr(pred, real, m).mean()), "ssim_masked": float(ssim(pred, real, m).mean()),
+        "lpips": float(lp(pred, real).mean()) if lp is not None else None,
+        "tlpips": float(temporal_lpips(lp, pred, real)) if (lp is not None and consecutive) else None,
+        "temporal_stability": float(temporal_stability(pred, real)) if consecutive else None,
+        "fid": None,
+        "resolution": cfg.model.resolution, "preset": cfg.preset,
+    }
+    if lp is None:
+        res["lpips_note"] = ("ImageNet AlexNet weights not found (alexnet-owt-7be5be79.pth): pass "
+                             "--lpips-weights or put them in $RAM_AVATAR_WEIGHTS / the torch hub cache")
+    if mda:
+        if source is None:
+            from ram_avatar.errors import RamAvatarError
+
+            raise RamAvatarError("--mda needs --source VIDEO (the driving video to measure)")
+        from ram_avatar.motion.metrics import evaluate_mda
+
+        res["mda"] = evaluate_mda(subject_dir, source, device=dev)
+    out = run_dir(subject_dir, run_name) / "metrics.json"
+    atomic_write_text(out, json.dumps(res, indent=1))
+    res["metrics_file"] = str(out)
+    return res
