@@ -103,6 +103,7 @@ class SubjectDataset(Dataset):
 
     def __init__(self, seq: FittedSequence, indices: np.ndarray, size: int, backend: str = "auto", body=None):
         self.indices = np.asarray(indices, dtype=np.int64)
+        self.num_frames = seq.num_frames  # rows of the per-frame latent table
         self.size = size
         crop = seq.manifest["crop"]
         start = seq.manifest["source"]["start"]
@@ -123,6 +124,7 @@ class SubjectDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = {k: v[0] for k, v in maps_to_float({k: m[i:i + 1] for k, m in self.maps.items()}).items()}
         item["image"] = self.images[i].float() / 255.0
-        item["person_mask"] = self.masks[i].float() / 255.0
+        # selfie segmentation misses legs and feet: the fitted body's silhouette completes it
+        item["person_mask"] = torch.maximum(self.masks[i].float() / 255.0, item["body_mask"])
         item["frame_index"] = int(self.indices[i])
         return item
