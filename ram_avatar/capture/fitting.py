@@ -48,7 +48,7 @@ class FitConfig:
     w_hand_prior: float = 2e-3
     w_limit: float = 1.0
     w_beta: float = 1e-2
-    w_acc: float = 0.05
+    w_acc: float = 0.002
     w_vel: float = 2e-2
     body_angle_limit: float = 2.2  # radians, per joint
     hand_angle_limit: float = 1.6
@@ -284,6 +284,19 @@ def fit_sequence(body: BodyModel, kp: Keypoints2D, K: np.ndarray | torch.Tensor,
                                               "left_hand_pose", "right_hand_pose"]))
     stages = [s for s in stages if s[1] > 0]
     total = sum(s[1] for s in stages)
+    # The fit is thousands of small tensor ops; on CPU intra-op threads only add
+    # synchronisation (and stall badly when the cores are shared), so it runs single-threaded.
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _optimise(stages, total, leaves, energy, params, tg, cfg, show_progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _optimise(stages, total, leaves, energy, params, tg, cfg, show_progress) -> BodyParams:
+    """Run the Adam stages of :func:`fit_sequence` and return the fitted parameters on CPU."""
     with progress(disable=not show_progress) as bar:
         task = bar.add_task("fitting", total=total, info="")
         for stage, iters, names in stages:
