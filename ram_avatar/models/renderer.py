@@ -37,6 +37,9 @@ class RendererConfig:
         num_frames: rows of the per-frame latent table (max frame index + 1); ``None`` until
             the trainer resolves it from the dataset (then treated as 1).
         wavelet_output: Haar-wavelet ToRGB + inverse Haar (released RAM-Avatar code).
+        alpha_mask_prior: initial value of a learned scale ``a`` adding ``a * (2 m - 1)`` to the
+            alpha logit (m = body mask): the template silhouette is the starting guess of the
+            person's alpha and the generator learns the residual (hair, loose clothes). 0 = off.
     """
 
     resolution: int = 256
@@ -53,6 +56,7 @@ class RendererConfig:
     mapping_layers: int = 2
     num_frames: int | None = None
     wavelet_output: bool = True
+    alpha_mask_prior: float = 3.0
 
     @property
     def in_channels(self) -> int:
@@ -95,6 +99,7 @@ class AvatarRenderer(nn.Module):
         s = config.resolution
         # stored as a logit so the background stays in [0,1]; 0 -> grey 0.5
         self.background_logit = nn.Parameter(torch.zeros(1, 3, s, s))
+        self.alpha_prior = nn.Parameter(torch.tensor(float(config.alpha_mask_prior)))
 
     def background(self) -> torch.Tensor:
         """The learned background image ``(1,3,S,S)`` in [0,1]."""
@@ -108,7 +113,7 @@ class AvatarRenderer(nn.Module):
         x = torch.cat([features, hand, face, body_mask], dim=1)
         out = self.generator(x, frame_index)
         fg = torch.sigmoid(out[:, :3])
-        alpha_logit = out[:, 3:4]
+        alpha_logit = out[:, 3:4] + self.alpha_prior * (2.0 * body_mask - 1.0)
         alpha = torch.sigmoid(alpha_logit)
         bg = self.background()
         rgb = alpha * fg + (1.0 - alpha) * bg

@@ -1,1 +1,13 @@
-"""training"""
+"""Training: configs and presets, checkpoints, the training loop."""
+
+from ram_avatar.training.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint,
+                                            save_checkpoint)
+from ram_avatar.training.config import (PRESETS, ConfigError, TrainConfig, get_preset,
+                                        load_config, save_config)
+from ram_avatar.training.trainer import split_train_val, train
+
+__all__ = [
+    "PRESETS", "ConfigError", "TrainConfig", "get_preset", "latest_checkpoint",
+    "list_checkpoints", "load_checkpoint", "load_config", "save_checkpoint", "save_config",
+    "split_train_val", "train",
+]

@@ -173,6 +173,49 @@ def save_run_checkpoint(run_dir: str | os.PathLike, model: nn.Module,
 # load
 
 
+def _open_error(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is corrupt or not a safetensors file ({exc}); delete it to resume "
+        "from an earlier checkpoint, or start a new run directory")
+
+
+def _parse_metadata(path: Path, header: dict | None) -> dict:
+    header = header or {}
+    if "ram_avatar" not in header:
+        raise CheckpointError(f"{path} is a safetensors file but not a RAM-Avatar checkpoint "
+                              "(no 'ram_avatar' metadata)")
+    try:
+        meta = json.loads(header["ram_avatar"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a RAM-Avatar checkpoint (format "
+                              f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+    if int(meta.get("version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer RAM-Avatar (checkpoint format "
+                              f"{meta.get('version')} > {FORMAT_VERSION}); upgrade ram-avatar")
+    return meta
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """Only the JSON metadata of a checkpoint (step, config, ...), without reading tensors.
+
+    Raises:
+        CheckpointError: missing, unreadable or not a RAM-Avatar checkpoint.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            header = fh.metadata()
+    except Exception as exc:  # safetensors raises SafetensorError / OSError / ValueError ...
+        raise _open_error(path, exc) from None
+    return _parse_metadata(path, header)
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a checkpoint file: ``(tensors on CPU, metadata dict)``.
 
@@ -187,29 +230,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     try:
         tensors = {}
         with safe_open(str(path), framework="pt", device="cpu") as fh:
-            header = fh.metadata() or {}
+            header = fh.metadata()
             for key in fh.keys():
                 tensors[key] = fh.get_tensor(key)
-    except CheckpointError:
-        raise
     except Exception as exc:  # safetensors raises SafetensorError / OSError / ValueError ...
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a safetensors file ({exc}); delete it to "
-            "resume from an earlier checkpoint, or start a new run directory") from None
-    if "ram_avatar" not in header:
-        raise CheckpointError(f"{path} is a safetensors file but not a RAM-Avatar checkpoint "
-                              "(no 'ram_avatar' metadata)")
-    try:
-        meta = json.loads(header["ram_avatar"])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a RAM-Avatar checkpoint (format "
-                              f"{meta.get('format') if isinstance(meta, dict) else None!r})")
-    if int(meta.get("version", -1)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer RAM-Avatar (checkpoint format "
-                              f"{meta.get('version')} > {FORMAT_VERSION}); upgrade ram-avatar")
-    return tensors, meta
+        raise _open_error(path, exc) from None
+    return tensors, _parse_metadata(path, header)
 
 
 def _load_model(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -37,7 +37,11 @@ class TrainConfig:
     Attributes:
         preset: name of the preset this config started from (informational).
         model: renderer architecture (:class:`~ram_avatar.models.renderer.RendererConfig`).
-        lr: Adam learning rate.
+        lr: Adam learning rate (generator).
+        texture_lr_mult: learning-rate multiplier of the neural texture.
+        background_lr_mult: learning-rate multiplier of the background image.
+        init_background: initialise the background from the training images' pixels outside
+            the person mask (static camera); grey where no frame shows background.
         betas: Adam betas.
         batch_size: images per step (capped to the training set size).
         max_steps: total steps when ``train`` gets neither ``steps`` nor ``minutes``.
@@ -61,6 +65,9 @@ class TrainConfig:
     preset: str = "custom"
     model: RendererConfig = field(default_factory=RendererConfig)
     lr: float = 1e-3
+    texture_lr_mult: float = 1.0
+    background_lr_mult: float = 1.0
+    init_background: bool = True
     betas: tuple[float, float] = (0.9, 0.99)
     batch_size: int = 2
     max_steps: int = 5000
@@ -113,6 +120,8 @@ class TrainConfig:
             (m.mapping_layers >= 1, "model.mapping_layers must be >= 1"),
             (m.num_frames is None or m.num_frames >= 1, "model.num_frames must be >= 1"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.texture_lr_mult > 0 and self.background_lr_mult > 0,
+             "texture_lr_mult and background_lr_mult must be > 0"),
             (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
              f"betas must be two numbers in [0,1), got {self.betas}"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
@@ -140,6 +149,7 @@ def _cpu_256() -> TrainConfig:
         model=RendererConfig(resolution=256, texture_channels=16, texture_size=256,
                              texture_levels=4, base_channels=16, max_channels=64,
                              style_dim=64, latent_dim=32, mapping_layers=2),
+        texture_lr_mult=10.0,  # few thousand steps on CPU: let the texture catch up
         batch_size=2, max_steps=5000,
         log_interval=10, preview_interval=250, checkpoint_interval=500, val_interval=500,
     )
@@ -151,7 +161,7 @@ def _paper_1024() -> TrainConfig:
         model=RendererConfig(resolution=1024, texture_channels=48, texture_size=1024,
                              texture_levels=4, base_channels=64, max_channels=512,
                              style_dim=512, latent_dim=512, mapping_layers=2),
-        batch_size=2, max_steps=400_000,
+        texture_lr_mult=1.0, batch_size=2, max_steps=400_000,
         log_interval=20, preview_interval=1000, checkpoint_interval=10_000,
         val_interval=5000,
     )
@@ -276,6 +286,11 @@ def _check_type(value, tp, name: str):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
         return float(value)
