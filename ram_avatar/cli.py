@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -21,6 +22,11 @@ from pathlib import Path
 from ram_avatar.errors import RamAvatarError
 
 log = logging.getLogger("ram_avatar")
+
+# OpenMP threads that spin while waiting stall badly when the cores are shared (e.g. the
+# MediaPipe graph or another job next to training); passive waiting costs little otherwise.
+# Set before torch is imported by any verb; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 
