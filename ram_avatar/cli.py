@@ -97,6 +97,22 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def cmd_bench(a) -> int:
+    """Benchmarks (speed and memory targets are checked here, never in timed tests)."""
+    if a.what == "render":
+        from ram_avatar.bench_render import bench_render
+
+        _print_json(bench_render(resolutions=tuple(a.resolution or (256, 512, 1024)), device=a.device))
+    else:
+        if a.subject is None:
+            raise RamAvatarError("ram-avatar bench live needs SUBJECT_DIR")
+        from ram_avatar.bench import bench_live
+
+        res = a.resolution[0] if a.resolution else None
+        _print_json(bench_live(a.subject, resolution=res, device=a.device, backend=a.backend, frames=a.frames))
+    return 0
+
+
 def run_verb(argv: list[str]) -> int:
     """Run one ``ram-avatar`` verb in this process (used by the demo to chain the stages)."""
     args = build_parser().parse_args(argv)
@@ -165,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=20.0, help="training minutes")
     _add_device(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks: render (components) or live (end to end)")
+    p.add_argument("what", choices=["render", "live"])
+    p.add_argument("subject", nargs="?", default=None, help="subject directory (bench live)")
+    p.add_argument("--resolution", type=int, action="append", default=None, help="repeatable")
+    p.add_argument("--backend", default="onnx", choices=["onnx", "torch", "tensorrt"])
+    p.add_argument("--frames", type=int, default=60)
+    _add_device(p)
+    p.set_defaults(func=cmd_bench)
 
     for ep in entry_points(group="ram_avatar.commands"):
         try:
