@@ -21,7 +21,7 @@ from exporters.onnx_export import export_onnx
 from ram_avatar.io.sequence import load_sequence
 from ram_avatar.training.data import maps_to_float, render_sequence_maps, split_frames
 from ram_avatar.training.run import load_renderer
-from ram_avatar.utils import atomic_write_text
+from ram_avatar.utils import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,10 @@ def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int
     wrapper = RendererExport(model).eval()
     report = export_onnx(wrapper, {k: maps[k] for k in INPUT_NAMES}, out_dir / "avatar.onnx",
                          output_names=["rgb"], dynamic_batch=True, opset=opset)
-    import hashlib
-
     report.update({
         "subject": str(subject_dir), "run": run_name, "resolution": S,
         "checkpoint": str(info["checkpoint"]), "checkpoint_step": info["step"],
-        "checkpoint_sha256": hashlib.sha256(Path(info["checkpoint"]).read_bytes()).hexdigest(),
+        "checkpoint_sha256": sha256_file(info["checkpoint"]),
         "parity_frames": [int(f) for f in frames],
     })
     if tensorrt:

@@ -19,7 +19,6 @@ a grouped conv with ``groups=batch`` bakes the batch size into the graph; the eq
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
@@ -34,7 +33,7 @@ import torch.nn as nn
 
 from ram_avatar.errors import RamAvatarError
 from ram_avatar.runtime.engines import OnnxRunner, default_providers  # noqa: F401  (re-exported)
-from ram_avatar.utils import atomic_path
+from ram_avatar.utils import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +78,6 @@ def _kwargs_mode(module: nn.Module, inputs: Mapping[str, torch.Tensor]) -> bool:
         return True
     except (TypeError, ValueError):
         return False
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _value_info(vi) -> dict[str, Any]:
@@ -238,7 +229,7 @@ def export_onnx(module: nn.Module, inputs: Mapping[str, torch.Tensor], path: str
             "torch_version": torch.__version__,
             "onnx_version": onnx.__version__,
             "onnxruntime_version": ort.__version__,
-            "sha256": _sha256(path),
+            "sha256": sha256_file(path),
             "size_bytes": path.stat().st_size,
             "export_seconds": round(export_s, 3),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -72,23 +73,44 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def setup_logging(verbose: bool = False) -> None:
     """Configure the ``ram_avatar`` logger with rich output (INFO, or DEBUG when verbose)."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False, console=Console(stderr=True))],
     )
 
 
 def progress(**kwargs):
-    """A rich Progress bar with the project's standard columns (transient=False)."""
+    """A rich Progress bar with the project's standard columns, drawn on stderr (stdout carries
+    the verbs' JSON results)."""
+    from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
+    kwargs.setdefault("console", Console(stderr=True))
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
         **kwargs,
     )
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (streamed; cached per path/size/mtime within the process)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]

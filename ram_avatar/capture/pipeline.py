@@ -26,7 +26,7 @@ from ram_avatar.errors import VideoError
 from ram_avatar.io.camera import camera_for_video, undistort_points
 from ram_avatar.io.sequence import OVERLAY, SOURCE, FittedSequence
 from ram_avatar.render.conditioning import face_to_head_local, fill_invalid
-from ram_avatar.utils import progress, resolve_device
+from ram_avatar.utils import progress, resolve_device, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
 
     cam = tr.camera
     manifest = {
-        "source": {"name": video.name, "sha256": _sha256(video), "start": int(tr.start), "end": int(tr.end),
+        "source": {"name": video.name, "sha256": sha256_file(video), "start": int(tr.start), "end": int(tr.end),
                    "frame_count": info.frame_count},
         "fps": float(info.fps), "width": info.width, "height": info.height,
         "frames": int(tr.end - tr.start), "valid_frames": int(valid.sum()),
@@ -259,16 +259,6 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
              seq.num_frames, valid.sum(), manifest["reprojection_error"]["body"]["median"] or float("nan"),
              timings["total_s"])
     return seq
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sequence_info(seq: FittedSequence) -> dict:

@@ -26,7 +26,6 @@ Search order for every weight file: an explicit path (file or folder), then each
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -38,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ram_avatar.errors import RamAvatarError
+from ram_avatar.utils import sha256_file  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -328,21 +328,6 @@ def find_weight_file(names: str | Sequence[str], path: str | os.PathLike | None 
     return None
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (streamed; cached per path/size/mtime within the process)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def _verify_sha(path: Path, expected: str, check_hash: bool) -> None:
