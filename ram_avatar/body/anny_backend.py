@@ -57,6 +57,12 @@ _POSE_SOURCES = {
 @functools.lru_cache(maxsize=2)
 def _load_anny():
     try:
+        try:  # NVIDIA Warp (an Anny dependency) prints a banner on stdout, where verbs print JSON
+            import warp
+
+            warp.config.quiet = True
+        except ImportError:
+            pass
         import anny
     except ImportError as e:  # pragma: no cover - core dependency
         raise ModelFileError("the 'anny' package is not installed: pip install anny") from e

@@ -1,1 +1,25 @@
-"""runtime"""
+"""Live runtime of RAM-Avatar: camera frame -> tracking -> pose -> (MDA) -> maps -> avatar frame.
+
+* :class:`~ram_avatar.runtime.avatar_runtime.AvatarRuntime` — the per-frame pipeline
+  (``process(frame_rgb) -> (avatar_rgb, stats)``) with ONNX Runtime, torch or TensorRT renderers.
+* :mod:`~ram_avatar.runtime.tracking` — MediaPipe Holistic in video mode and the warm-started
+  per-frame body fit.
+* :mod:`~ram_avatar.runtime.retarget` — offline (whole-clip) retargeting used by ``drive``.
+* :mod:`~ram_avatar.runtime.engines` — ONNX Runtime session wrapper; :mod:`~ram_avatar.runtime.trt`
+  — TensorRT 10 engine runner (optional extra).
+
+The runtime imports neither ``ram_avatar.training`` nor ``ram_avatar.capture.pipeline`` (the
+live app stays light). Names are imported lazily, so ``import ram_avatar.runtime`` is cheap.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AvatarRuntime", "LiveRetargeter", "load_renderer_engine", "STAGES"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from ram_avatar.runtime import avatar_runtime
+
+        return getattr(avatar_runtime, name)
+    raise AttributeError(f"module 'ram_avatar.runtime' has no attribute {name!r}")

@@ -1,0 +1,432 @@
+"""``ram-avatar live``: the PySide6 window that drives an avatar from a webcam or a video.
+
+Layout: the avatar at display size (left; scaled to the window, aspect kept) with a message
+line above it; on the right the source (webcam index or video file, Browse..., Start), a
+source preview, toggles (skeleton overlay, motion alignment, virtual camera), Record, and the
+readouts: FPS, per-stage latency (ms) and dropped frames.
+
+All work runs on a :class:`gui.worker.LiveWorker` on its own ``QThread``; the GUI thread only
+draws what the worker sends, so the window never freezes. A lost or missing webcam, a failing
+reader or the end of a video shows a message while the reader retries (see
+:class:`gui.sources.LatestFrameReader`).
+
+Headless use (tests, CI, benchmarks): ``QT_QPA_PLATFORM=offscreen`` and
+``ram-avatar live SUBJECT --source FILE --frames N --screenshot out.png`` run N frames through
+the real window and save a grab of it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt, QThread, QTimer, Signal
+from PySide6.QtGui import QFont, QImage, QPixmap
+from PySide6.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gui.sources import open_source
+from gui.worker import LiveWorker, virtual_camera_available
+
+__all__ = ["LiveWindow", "ImageView", "run_live", "to_qimage", "STAGE_NAMES"]
+
+log = logging.getLogger(__name__)
+
+STAGE_NAMES = ("track", "fit", "retarget", "align", "maps", "render", "total")
+#: side of the avatar view at start-up (it grows with the window)
+DISPLAY_SIZE = 512
+
+
+def to_qimage(img: np.ndarray) -> QImage:
+    """(H, W, 3) uint8 RGB -> a QImage that owns a copy of the pixels."""
+    img = np.ascontiguousarray(img)
+    h, w = img.shape[:2]
+    return QImage(img.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+
+
+class ImageView(QLabel):
+    """A label that shows the latest image scaled to its size, aspect ratio kept."""
+
+    def __init__(self, min_size: int, text: str = ""):
+        super().__init__(text)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setMinimumSize(min_size, min_size)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setStyleSheet("background: #202020; color: #bbbbbb;")
+        self._image: QImage | None = None
+
+    def set_image(self, img: np.ndarray) -> None:
+        self._image = to_qimage(img)
+        self._refresh()
+
+    def resizeEvent(self, event):  # noqa: N802 (Qt API)
+        super().resizeEvent(event)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._image is None:
+            return
+        pix = QPixmap.fromImage(self._image).scaled(
+            self.size(), Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+        self.setPixmap(pix)
+
+
+class LiveWindow(QMainWindow):
+    """The live avatar window (module docstring).
+
+    Args:
+        subject_dir: the avatar to drive.
+        source: initial source (webcam index, ``"0"``, or a video path); None: wait for the user.
+        backend, device, mda, camera, run_name: passed to the runtime.
+        runtime_factory: overrides how the runtime is built (tests); default builds
+            :class:`~ram_avatar.runtime.avatar_runtime.AvatarRuntime`.
+        source_factory: overrides how a source spec is opened (tests); default
+            :func:`gui.sources.open_source`.
+        loop: restart video files at their end.
+        retry_s: seconds between reopening attempts of a failed source.
+        record_dir: folder of recordings (default: the current directory).
+
+    Signals:
+        frame_shown(int): a new avatar frame was drawn (argument: frames processed so far).
+        status_changed(str, str): a status message was shown (level, text).
+    """
+
+    frame_shown = Signal(int)
+    status_changed = Signal(str, str)
+
+    def __init__(self, subject_dir: str | Path, source=None, backend: str = "onnx",
+                 device: str = "cpu", mda: bool = False, camera: str | Path | None = None,
+                 run_name: str = "default", runtime_factory: Callable[[], object] | None = None,
+                 source_factory: Callable[[object], object] | None = None, loop: bool = False,
+                 retry_s: float = 1.0, record_dir: str | Path | None = None):
+        super().__init__()
+        self.subject_dir = Path(subject_dir)
+        self.setWindowTitle(f"RAM-Avatar live - {self.subject_dir.name}")
+        self.record_dir = Path(record_dir) if record_dir else Path.cwd()
+        self.frames_shown = 0
+        self.last_packet: dict | None = None
+        self.messages: list[tuple[str, str]] = []
+        self.recording = False
+        self.recording_path: str | None = None
+        if runtime_factory is None:
+            def runtime_factory():
+                from ram_avatar.runtime.avatar_runtime import AvatarRuntime
+
+                return AvatarRuntime(self.subject_dir, backend=backend, device=device, mda=mda,
+                                     camera=camera, run_name=run_name)
+        self.worker = LiveWorker(runtime_factory, source_factory or open_source, retry_s=retry_s,
+                                 loop=loop)
+        self._build_ui(source)
+        self.mda_box.setChecked(bool(mda))
+        self.worker.set_mda(bool(mda))
+        self.thread = QThread(self)
+        self.thread.setObjectName("avatar-worker")
+        self.worker.moveToThread(self.thread)
+        self.thread.started.connect(self.worker.run)
+        self.worker.frame_ready.connect(self._on_frame)
+        self.worker.status.connect(self.show_status)
+        self.worker.runtime_ready.connect(self._on_runtime_ready)
+        self.worker.recording_changed.connect(self._on_recording_changed)
+        self.worker.virtual_camera_changed.connect(self._on_vcam_changed)
+        self.worker.finished.connect(self.thread.quit)
+        self.thread.start()
+        if source is not None and str(source) != "":
+            self.start_source(source)
+
+    # -- UI -----------------------------------------------------------------------------------
+    def _build_ui(self, source) -> None:
+        central = QWidget()
+        root = QHBoxLayout(central)
+        left = QVBoxLayout()
+        self.message = QLabel("starting ...")
+        self.message.setWordWrap(True)
+        self.message.setMinimumWidth(DISPLAY_SIZE)
+        self.message.setMaximumWidth(2 * DISPLAY_SIZE)
+        left.addWidget(self.message)
+        self.avatar_view = ImageView(DISPLAY_SIZE, "the avatar appears here")
+        left.addWidget(self.avatar_view, 1)
+        root.addLayout(left, 1)
+
+        panel = QVBoxLayout()
+        src_box = QGroupBox("Source")
+        src = QVBoxLayout(src_box)
+        row = QHBoxLayout()
+        self.source_edit = QLineEdit("" if source is None else str(source))
+        self.source_edit.setPlaceholderText("webcam index (0) or video file")
+        self.source_edit.returnPressed.connect(self._start_clicked)
+        row.addWidget(self.source_edit, 1)
+        browse = QPushButton("Browse...")
+        browse.clicked.connect(self._browse)
+        row.addWidget(browse)
+        src.addLayout(row)
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self._start_clicked)
+        src.addWidget(self.start_button)
+        self.preview = ImageView(160, "no source")
+        self.preview.setMinimumSize(256, 144)
+        self.preview.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+        src.addWidget(self.preview)
+        panel.addWidget(src_box)
+
+        opts = QGroupBox("Options")
+        ol = QVBoxLayout(opts)
+        self.overlay_box = QCheckBox("Skeleton overlay")
+        self.overlay_box.toggled.connect(lambda on: self.worker.set_overlay(on))
+        ol.addWidget(self.overlay_box)
+        self.mda_box = QCheckBox("Motion alignment (MDA)")
+        self.mda_box.setEnabled(False)
+        self.mda_box.setToolTip("available once the avatar is loaded, when `ram-avatar fit-mda` was run")
+        self.mda_box.toggled.connect(lambda on: self.worker.set_mda(on))
+        ol.addWidget(self.mda_box)
+        self.vcam_box = QCheckBox("Virtual camera")
+        ok, why = virtual_camera_available()
+        self.vcam_box.setEnabled(ok)
+        self.vcam_box.setToolTip(why)
+        self.vcam_box.clicked.connect(lambda on: self.worker.set_virtual_camera(on))
+        ol.addWidget(self.vcam_box)
+        self.record_button = QPushButton("Record")
+        self.record_button.setCheckable(True)
+        self.record_button.clicked.connect(self._record_clicked)
+        ol.addWidget(self.record_button)
+        panel.addWidget(opts)
+
+        stats = QGroupBox("Performance")
+        form = QFormLayout(stats)
+        mono = QFont("monospace")
+        mono.setStyleHint(QFont.StyleHint.Monospace)
+        self.fps_label = QLabel("FPS: -")
+        big = QFont(mono)
+        big.setPointSize(big.pointSize() + 4)
+        big.setBold(True)
+        self.fps_label.setFont(big)
+        form.addRow(self.fps_label)
+        self.latency_labels: dict[str, QLabel] = {}
+        for name in STAGE_NAMES:
+            lab = QLabel("-")
+            lab.setFont(mono)
+            self.latency_labels[name] = lab
+            form.addRow(f"{name} (ms)", lab)
+        self.dropped_label = QLabel("0")
+        form.addRow("dropped frames", self.dropped_label)
+        self.info_label = QLabel("-")
+        self.info_label.setWordWrap(True)
+        form.addRow("renderer", self.info_label)
+        panel.addWidget(stats)
+        panel.addStretch(1)
+        side = QWidget()
+        side.setLayout(panel)
+        side.setFixedWidth(300)
+        root.addWidget(side)
+        self.setCentralWidget(central)
+        self.statusBar().showMessage("starting ...")
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        return QSize(DISPLAY_SIZE + 340, DISPLAY_SIZE + 60)
+
+    # -- actions ------------------------------------------------------------------------------
+    def start_source(self, spec) -> None:
+        """Switch the worker to ``spec`` (webcam index or video path)."""
+        self.source_edit.setText(str(spec))
+        self.show_status("info", f"opening {spec} ...")
+        self.worker.set_source(spec)
+
+    def _start_clicked(self) -> None:
+        spec = self.source_edit.text().strip()
+        if not spec:
+            self.show_status("warning", "enter a webcam index (e.g. 0) or choose a video file")
+            return
+        self.start_source(spec)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Driving video", str(Path.cwd()),
+                                              "Videos (*.mp4 *.mov *.avi *.mkv *.webm);;All files (*)")
+        if path:
+            self.start_source(path)
+
+    def _record_clicked(self, on: bool) -> None:
+        if on:
+            stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+            self.start_recording(self.record_dir / f"ram_avatar_live_{stamp}.mp4")
+        else:
+            self.stop_recording()
+
+    def start_recording(self, path: str | Path) -> None:
+        self.record_button.setChecked(True)
+        self.worker.start_recording(path)
+
+    def stop_recording(self) -> None:
+        self.record_button.setChecked(False)
+        self.worker.stop_recording()
+
+    # -- worker signals -----------------------------------------------------------------------
+    def show_status(self, level: str, text: str) -> None:
+        self.messages.append((level, text))
+        color = {"error": "#d03030", "warning": "#c08000", "ended": "#c08000"}.get(level, "#3070c0")
+        self.message.setText(text)
+        self.message.setStyleSheet(f"color: {color}; font-weight: bold;")
+        self.statusBar().showMessage(text)
+        self.status_changed.emit(level, text)
+
+    def _on_runtime_ready(self, info: dict) -> None:
+        self.info_label.setText(f"{info['backend']} {info['resolution']}x{info['resolution']}\n"
+                                f"{', '.join(info['providers'])}")
+        self.mda_box.setEnabled(bool(info["mda_available"]))
+        self.mda_box.setToolTip(str(info["mda_status"]))
+        if not info["mda_available"]:
+            self.mda_box.setChecked(False)
+
+    def _on_frame(self, packet: dict) -> None:
+        self.last_packet = packet
+        self.avatar_view.set_image(packet["avatar"])
+        self.preview.set_image(packet["preview"])
+        self.fps_label.setText(f"FPS: {packet['fps']:.1f}")
+        for name, lab in self.latency_labels.items():
+            v = packet["stats"].get(name)
+            lab.setText("-" if v is None else f"{v:7.1f}")
+        self.dropped_label.setText(str(packet["dropped"]))
+        self.frames_shown += 1
+        self.frame_shown.emit(packet["frames"])
+
+    def _on_recording_changed(self, on: bool, text: str) -> None:
+        self.recording = on
+        if on:
+            self.recording_path = text
+        self.record_button.setChecked(on)
+        self.record_button.setText("Stop recording" if on else "Record")
+        self.show_status("info" if on or text.startswith("saved") else "warning", text)
+
+    def _on_vcam_changed(self, on: bool, text: str) -> None:
+        self.vcam_box.setChecked(on)
+        self.show_status("info" if on or text.endswith("off") else "warning", text)
+
+    # -- shutdown -----------------------------------------------------------------------------
+    def shutdown(self, timeout_ms: int = 10000) -> bool:
+        """Stop the worker and wait for its thread; True when it ended in time."""
+        self.worker.stop()
+        self.thread.quit()
+        return bool(self.thread.wait(timeout_ms))
+
+    def closeEvent(self, event):  # noqa: N802 (Qt API)
+        self.shutdown()
+        super().closeEvent(event)
+
+
+def _ensure_platform(headless: bool) -> None:
+    """Use Qt's offscreen platform when asked to, or when there is no display at all."""
+    if "QT_QPA_PLATFORM" in os.environ:
+        return
+    if headless or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                        or sys.platform in ("win32", "darwin")):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
+
+def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device: str = "cpu",
+             mda: bool = False, camera: str | Path | None = None, run_name: str = "default",
+             frames: int | None = None, screenshot: str | Path | None = None,
+             record: str | Path | None = None, loop: bool = False, timeout_s: float = 600.0,
+             headless: bool | None = None, overlay: bool = False) -> dict:
+    """Open the live window; with ``frames`` / ``screenshot`` run that many frames and close.
+
+    Args:
+        frames: process this many frames, then save ``screenshot`` (if given) and quit.
+        screenshot: PNG path of a grab of the whole window (after ``frames`` frames, default 30).
+        record: start recording the avatar to this mp4 at once.
+        overlay: start with the skeleton overlay on.
+        timeout_s: in ``frames`` mode, give up after this many seconds.
+        headless: force the offscreen platform (default: when ``frames`` / ``screenshot`` are
+            given, or when there is no display).
+    Returns:
+        summary: frames processed, fps, mean per-stage latency (ms), screenshot path, messages.
+    """
+    if screenshot is not None and frames is None:
+        frames = 30
+    _ensure_platform(bool(headless) if headless is not None else frames is not None)
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    win = LiveWindow(subject_dir, source=source, backend=backend, device=device, mda=mda,
+                     camera=camera, run_name=run_name, loop=loop)
+    win.resize(win.sizeHint())
+    win.overlay_box.setChecked(bool(overlay))
+    win.show()
+    if record is not None:
+        win.start_recording(record)
+    sums: dict[str, float] = {}
+    result = {"frames": 0, "completed": frames is None}
+
+    def on_frame(n: int) -> None:
+        if frames is None:
+            return
+        stats = win.last_packet["stats"]
+        if not stats.get("full_fit"):
+            for k in STAGE_NAMES:
+                sums[k] = sums.get(k, 0.0) + float(stats[k])
+            sums["_n"] = sums.get("_n", 0.0) + 1
+        result["frames"] = n
+        if n >= frames:
+            result["completed"] = True
+            finish()
+
+    def on_status(level: str, text: str) -> None:
+        if frames is None:
+            return
+        if level == "ended" or (level == "error" and text.startswith("cannot load the avatar")):
+            QTimer.singleShot(200, finish)  # the source ended / the avatar failed before N frames
+
+    finished = {"done": False}
+
+    def finish() -> None:
+        if finished["done"]:
+            return
+        finished["done"] = True
+        if record is not None:
+            win.stop_recording()
+        app.processEvents()
+        if screenshot is not None:
+            Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+            win.grab().save(str(screenshot))
+        app.quit()
+
+    win.frame_shown.connect(on_frame)
+    win.status_changed.connect(on_status)
+    if frames is not None:
+        QTimer.singleShot(int(timeout_s * 1000), finish)
+    app.exec()
+    win.shutdown()
+    n = sums.pop("_n", 0.0)
+    return {"frames": result["frames"], "completed": bool(result["completed"]),
+            "fps": round(float(win.worker.fps), 2),
+            "latency_ms_mean": {k: round(v / n, 1) for k, v in sums.items()} if n else {},
+            "screenshot": str(screenshot) if screenshot else None,
+            "messages": [m for _, m in win.messages[-5:]]}
+
+
+def main(argv: list[str] | None = None) -> int:  # pragma: no cover - `python -m gui.app`
+    import argparse
+
+    from gui.cli import add_arguments, run_from_args
+
+    p = argparse.ArgumentParser(prog="ram-avatar-live")
+    add_arguments(p)
+    return run_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

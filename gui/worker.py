@@ -1,0 +1,304 @@
+"""The live app's processing worker: runs the avatar runtime off the GUI thread.
+
+:class:`LiveWorker` lives on its own ``QThread``. Its loop takes the newest frame from a
+:class:`~gui.sources.LatestFrameReader` (stale frames are dropped, never queued), runs
+:meth:`ram_avatar.runtime.avatar_runtime.AvatarRuntime.process`, records / forwards the avatar
+frame (mp4 via :class:`ram_avatar.capture.video.VideoWriter`, virtual camera via
+``pyvirtualcam``), draws the optional skeleton overlay and emits one packet per frame to the
+GUI. Controls (source, overlay, MDA, recording, virtual camera) are plain thread-safe setters
+read by the loop, so the GUI never waits for the worker. Nothing that goes wrong in the loop
+(source lost, a failing frame, a recorder error) ends it: it is reported through
+:attr:`LiveWorker.status` and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+from PySide6.QtCore import QObject, Signal, Slot
+
+from gui.overlay import draw_keypoints, draw_skeleton
+from gui.sources import LatestFrameReader, open_source
+
+log = logging.getLogger(__name__)
+
+#: width in pixels of the source preview sent to the GUI
+PREVIEW_WIDTH = 256
+
+
+def virtual_camera_available() -> tuple[bool, str]:
+    """(available, reason): pyvirtualcam importable (a backend is only checked when opened)."""
+    try:
+        import pyvirtualcam  # noqa: F401
+    except ImportError as e:
+        return False, f"pyvirtualcam is not installed ({e}): pip install 'ram-avatar-studio[gui]'"
+    return True, "pyvirtualcam"
+
+
+class LiveWorker(QObject):
+    """Processing loop of the live app (module docstring).
+
+    Args:
+        runtime_factory: builds the :class:`~ram_avatar.runtime.avatar_runtime.AvatarRuntime`
+            (called on the worker thread, so loading never blocks the GUI).
+        source_factory: ``spec -> FrameSource`` (default :func:`gui.sources.open_source`).
+        retry_s: seconds between attempts to reopen a failed source.
+        loop: restart video files at their end.
+        realtime: pace video files at their frame rate (as a camera would deliver them).
+
+    Signals:
+        frame_ready(dict): ``avatar`` (S,S,3) uint8 for display, ``preview`` (h,w,3) uint8 source
+            thumbnail, ``stats`` (per-stage ms), ``fps``, ``frames`` (processed so far),
+            ``dropped`` (frames the reader dropped), ``person``.
+        status(str, str): level (``info`` | ``warning`` | ``error`` | ``ended``) and message.
+        runtime_ready(dict): resolution, backend, providers, mda_available, mda_status.
+        recording_changed(bool, str): recording on/off and the file path / error message.
+        virtual_camera_changed(bool, str): virtual camera on/off and a message.
+        finished(): the loop has ended (after :meth:`stop`, or when the avatar cannot load).
+    """
+
+    frame_ready = Signal(object)
+    status = Signal(str, str)
+    runtime_ready = Signal(object)
+    recording_changed = Signal(bool, str)
+    virtual_camera_changed = Signal(bool, str)
+    finished = Signal()
+
+    def __init__(self, runtime_factory: Callable[[], object],
+                 source_factory: Callable[[object], object] = open_source, retry_s: float = 1.0,
+                 loop: bool = False, realtime: bool = True):
+        super().__init__()
+        self.runtime_factory = runtime_factory
+        self.source_factory = source_factory
+        self.retry_s = retry_s
+        self.loop = loop
+        self.realtime = realtime
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pending_source = None
+        self._has_pending = False
+        self.overlay = False
+        self.mda = False
+        self._record_request: tuple[str, str | None] | None = None  # ("start", path) | ("stop", None)
+        self._vcam_request: bool | None = None
+        self.runtime = None
+        self.reader: LatestFrameReader | None = None
+        self.frames = 0
+        self.errors = 0
+        self.fps = 0.0
+
+    # -- controls (any thread) ----------------------------------------------------------------
+    def set_source(self, spec) -> None:
+        """Switch to another source (webcam index or file); restarts tracking."""
+        with self._lock:
+            self._pending_source, self._has_pending = spec, True
+
+    def set_overlay(self, on: bool) -> None:
+        self.overlay = bool(on)
+
+    def set_mda(self, on: bool) -> None:
+        self.mda = bool(on)
+
+    def start_recording(self, path: str | Path) -> None:
+        with self._lock:
+            self._record_request = ("start", str(path))
+
+    def stop_recording(self) -> None:
+        with self._lock:
+            self._record_request = ("stop", None)
+
+    def set_virtual_camera(self, on: bool) -> None:
+        with self._lock:
+            self._vcam_request = bool(on)
+
+    def stop(self) -> None:
+        """Ask the loop to end (returns at once; the thread finishes within ~0.1 s + one frame)."""
+        self._stop.set()
+
+    # -- loop (worker thread) -----------------------------------------------------------------
+    @Slot()
+    def run(self) -> None:
+        self.status.emit("info", "loading the avatar ...")
+        try:
+            self.runtime = self.runtime_factory()
+        except Exception as e:  # noqa: BLE001 - shown to the user, the window stays usable
+            log.exception("cannot load the avatar")
+            self.status.emit("error", f"cannot load the avatar: {e}")
+            self.finished.emit()
+            return
+        rt = self.runtime
+        self.runtime_ready.emit({
+            "resolution": rt.resolution, "backend": rt.engine.name,
+            "providers": list(getattr(rt.engine, "providers", [])),
+            "mda_available": rt.mda_available, "mda_status": rt.mda_status})
+        self.status.emit("info", "avatar loaded; waiting for a source")
+        writer = vcam = None
+        last_seq = 0
+        last_done = None
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    pending, has_pending = self._pending_source, self._has_pending
+                    self._has_pending = False
+                    rec, self._record_request = self._record_request, None
+                    vreq, self._vcam_request = self._vcam_request, None
+                if rec is not None:
+                    writer = self._handle_record(rec, writer)
+                if vreq is not None:
+                    vcam = self._handle_vcam(vreq, vcam)
+                if has_pending:
+                    if self.reader is not None:
+                        self.reader.stop()
+                    rt.reset()
+                    last_seq, last_done = 0, None
+                    self.reader = LatestFrameReader(
+                        lambda spec=pending: self.source_factory(spec), retry_s=self.retry_s,
+                        loop=self.loop, realtime=self.realtime, on_status=self._reader_status).start()
+                if self.reader is None:
+                    self._stop.wait(0.05)
+                    continue
+                item = self.reader.get(timeout=0.1, after=last_seq)
+                if item is None:
+                    continue
+                last_seq, frame = item
+                if rt.mda_enabled != (self.mda and rt.mda_available):
+                    rt.set_mda(self.mda)
+                rt.want_landmarks = self.overlay
+                try:
+                    img, stats = rt.process(frame)
+                except Exception as e:  # noqa: BLE001 - report, keep going with the next frame
+                    self.errors += 1
+                    log.exception("processing a frame failed")
+                    self.status.emit("error", f"processing a frame failed: {e}")
+                    self._stop.wait(0.05)
+                    continue
+                now = time.perf_counter()
+                if last_done is not None:
+                    inst = 1.0 / max(now - last_done, 1e-6)
+                else:
+                    inst = 1000.0 / max(stats["total"], 1e-3)
+                self.fps = inst if self.frames == 0 else 0.8 * self.fps + 0.2 * inst
+                last_done = now
+                self.frames += 1
+                if writer is not None:
+                    writer = self._record_frame(writer, img)
+                if vcam is not None:
+                    vcam = self._send_vcam(vcam, img)
+                self.frame_ready.emit(self._packet(img, frame, stats))
+        finally:
+            if self.reader is not None:
+                self.reader.stop()
+            if writer is not None:
+                self._close_writer(writer)
+            if vcam is not None:
+                _close_quietly(vcam)
+            try:
+                rt.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing the runtime failed", exc_info=True)
+            self.finished.emit()
+
+    def _reader_status(self, level: str, message: str) -> None:
+        self.status.emit(level, message)
+
+    def _packet(self, img: np.ndarray, frame: np.ndarray, stats: dict) -> dict:
+        rt = self.runtime
+        last = rt.last
+        h, w = frame.shape[:2]
+        s = PREVIEW_WIDTH / w
+        preview = cv2.resize(frame, (PREVIEW_WIDTH, max(1, int(round(h * s)))), interpolation=cv2.INTER_AREA)
+        display = img
+        if self.overlay:
+            preview = draw_keypoints(preview, last.keypoints, scale=s)
+            display = draw_skeleton(img, last.avatar_pose_2d, last.pose_mask, last.avatar_hands_2d)
+        return {"avatar": display, "preview": preview, "stats": stats, "fps": self.fps,
+                "frames": self.frames, "dropped": self.reader.frames_dropped if self.reader else 0,
+                "person": bool(stats.get("person"))}
+
+    # -- recording / virtual camera -----------------------------------------------------------
+    def _handle_record(self, request, writer):
+        from ram_avatar.capture.video import VideoWriter
+
+        kind, path = request
+        if writer is not None:
+            self._close_writer(writer)
+            writer = None
+        if kind == "start":
+            S = self.runtime.resolution
+            fps = max(1, int(round(self.fps))) if self.fps > 0 else 25
+            try:
+                writer = VideoWriter(path, fps, (S, S)).__enter__()
+            except Exception as e:  # noqa: BLE001
+                self.recording_changed.emit(False, f"cannot record to {path}: {e}")
+                return None
+            self.recording_changed.emit(True, f"recording to {path} at {fps} fps")
+        return writer
+
+    def _record_frame(self, writer, img):
+        try:
+            writer.write(img)
+            return writer
+        except Exception as e:  # noqa: BLE001
+            self.recording_changed.emit(False, f"recording stopped: {e}")
+            _close_quietly(writer, error=e)
+            return None
+
+    def _close_writer(self, writer) -> None:
+        try:
+            if writer.frames_written == 0:
+                writer.__exit__(RuntimeError, RuntimeError("no frames"), None)  # discard the file
+                self.recording_changed.emit(False, f"nothing recorded to {writer.path}")
+            else:
+                writer.__exit__(None, None, None)
+                self.recording_changed.emit(False, f"saved {writer.frames_written} frames to {writer.path}")
+        except Exception as e:  # noqa: BLE001
+            self.recording_changed.emit(False, f"saving {writer.path} failed: {e}")
+
+    def _handle_vcam(self, on: bool, vcam):
+        if vcam is not None:
+            _close_quietly(vcam)
+            vcam = None
+        if not on:
+            self.virtual_camera_changed.emit(False, "virtual camera off")
+            return None
+        ok, why = virtual_camera_available()
+        if not ok:
+            self.virtual_camera_changed.emit(False, why)
+            return None
+        import pyvirtualcam
+
+        S = self.runtime.resolution
+        try:
+            vcam = pyvirtualcam.Camera(width=S, height=S, fps=30, fmt=pyvirtualcam.PixelFormat.RGB)
+        except Exception as e:  # noqa: BLE001 - no v4l2loopback / OBS backend, ...
+            self.virtual_camera_changed.emit(False, f"virtual camera unavailable: {e}")
+            return None
+        self.virtual_camera_changed.emit(True, f"virtual camera on: {vcam.device}")
+        return vcam
+
+    def _send_vcam(self, vcam, img):
+        try:
+            vcam.send(np.ascontiguousarray(img))
+            return vcam
+        except Exception as e:  # noqa: BLE001
+            self.virtual_camera_changed.emit(False, f"virtual camera stopped: {e}")
+            _close_quietly(vcam)
+            return None
+
+
+def _close_quietly(obj, error: BaseException | None = None) -> None:
+    try:
+        if hasattr(obj, "close"):
+            obj.close()
+        elif error is not None:
+            obj.__exit__(type(error), error, None)
+        else:
+            obj.__exit__(None, None, None)
+    except Exception:  # noqa: BLE001
+        log.debug("closing %r failed", obj, exc_info=True)

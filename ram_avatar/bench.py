@@ -1,0 +1,238 @@
+"""``ram-avatar bench live``: end-to-end speed of the live runtime, per stage, per resolution.
+
+Frames of a driving video (default: the subject's own ``sequence/source.mp4``) are decoded
+into memory first (a camera delivers decoded frames), then fed one by one to
+:meth:`ram_avatar.runtime.avatar_runtime.AvatarRuntime.process` exactly as the live app does.
+The first ``warmup`` frames (the first one gets the full body fit; graph and EGL warm-up) are
+not timed. Reported per resolution: frames per second of the sequential pipeline, end-to-end
+latency (mean / median / p90 / max, ms) and the mean of every stage (track, fit, retarget,
+align, maps, render).
+
+Resolutions other than the subject's own renderer are timed with a **randomly initialised
+renderer** of the same architecture (``cpu-256`` channel sizes at that resolution), exported
+to ONNX in a temporary folder (or run in torch): its output is noise, its cost is the cost of
+that architecture. Such entries say ``"renderer": "random-init (timing only)"``.
+
+Timings are wall clock (``time.perf_counter``); on CUDA every stage ends on the host with its
+results copied back, so stage times include synchronisation. The CUDA / TensorRT path is code
+complete but unmeasured on the CPU-only development machines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ram_avatar.errors import RamAvatarError
+from ram_avatar.runtime.avatar_runtime import (
+    STAGES,
+    AvatarRuntime,
+    OnnxRenderer,
+    TorchRenderer,
+    load_renderer_engine,
+)
+from ram_avatar.utils import resolve_device
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESOLUTIONS = (256, 512, 1024)
+
+
+def _subject_resolution(subject_dir: Path, backend: str, run_name: str) -> int | None:
+    """Side of the subject's own renderer for ``backend`` (None when there is none)."""
+    if backend == "onnx":
+        meta = subject_dir / "export" / "export.json"
+        if meta.is_file():
+            try:
+                return int(json.loads(meta.read_text())["resolution"])
+            except (ValueError, KeyError):
+                return None
+        return None
+    if backend == "torch":
+        import yaml
+
+        cfg = subject_dir / "runs" / run_name / "config.yaml"
+        if cfg.is_file():
+            return int(yaml.safe_load(cfg.read_text())["model"]["resolution"])
+        return None
+    return None  # tensorrt: read from the engine when it loads
+
+
+def random_renderer(resolution: int, seed: int = 0):
+    """A randomly initialised :class:`AvatarRenderer` with the ``cpu-256`` preset's channel
+    sizes at ``resolution`` (timing only)."""
+    from ram_avatar.models.renderer import AvatarRenderer, RendererConfig
+
+    torch.manual_seed(seed)
+    cfg = RendererConfig(resolution=int(resolution), texture_channels=16, texture_size=256,
+                         texture_levels=4, base_channels=16, max_channels=64, style_dim=64,
+                         latent_dim=32, mapping_layers=2)
+    return AvatarRenderer(cfg).eval()
+
+
+class _RgbOnly(torch.nn.Module):
+    """Timing-only export view of a renderer: the 4 base maps in, ``rgb`` out (the subject's
+    real export goes through ``exporters.avatar``; ram_avatar must not import exporters)."""
+
+    def __init__(self, renderer: torch.nn.Module):
+        super().__init__()
+        self.renderer = renderer
+
+    def forward(self, uv, body_mask, hand, face):
+        return self.renderer(uv, body_mask, hand, face, None)["rgb"]
+
+
+def export_random_onnx(resolution: int, path: str | Path) -> Path:
+    """Export :func:`random_renderer` at ``resolution`` to ONNX (opset 17, TorchScript
+    exporter, batch 1): inputs uv, body_mask, hand, face; output rgb."""
+    S = int(resolution)
+    wrapper = _RgbOnly(random_renderer(S)).eval()
+    args = (torch.rand(1, 2, S, S), torch.ones(1, 1, S, S), torch.zeros(1, 5, S, S), torch.zeros(1, 3, S, S))
+    path = Path(path)
+    with torch.no_grad():
+        torch.onnx.export(wrapper, args, str(path), dynamo=False, opset_version=17,
+                          input_names=["uv", "body_mask", "hand", "face"], output_names=["rgb"],
+                          do_constant_folding=True)
+    return path
+
+
+def _load_frames(source: Path, start: int, count: int) -> list[np.ndarray]:
+    from ram_avatar.capture.video import iter_frames, probe_video
+
+    info = probe_video(source)
+    frames = []
+    s = start if start < info.frame_count else 0
+    while len(frames) < count:
+        before = len(frames)
+        for f in iter_frames(source, s, min(info.frame_count, s + count - len(frames))):
+            frames.append(f)
+        if len(frames) == before:
+            break
+        s = 0  # wrap around short videos
+    if not frames:
+        raise RamAvatarError(f"{source} has no frames to benchmark with")
+    return frames
+
+
+def _summary(values: list[float]) -> dict:
+    a = np.asarray(values, float)
+    return {"mean": round(float(a.mean()), 1), "median": round(float(np.median(a)), 1),
+            "p90": round(float(np.percentile(a, 90)), 1), "max": round(float(a.max()), 1)}
+
+
+def bench_live(subject_dir: str | Path, resolution: int | None = None, device: str = "auto",
+               backend: str = "onnx", frames: int = 60, source: str | Path | None = None,
+               warmup: int = 3, run_name: str = "default", mda: str = "auto") -> dict:
+    """Benchmark the live runtime end to end (module docstring).
+
+    Args:
+        subject_dir: captured + trained (+ exported) subject.
+        resolution: one renderer side, or None for 256, 512 and 1024.
+        device: ``auto`` | ``cpu`` | ``cuda``.
+        backend: ``onnx`` | ``torch`` | ``tensorrt``.
+        frames: timed frames per resolution.
+        source: driving video (default: the subject's ``sequence/source.mp4``, from the
+            captured range).
+        warmup: untimed frames before timing (the first gets the full fit).
+        run_name: training run (torch backend).
+        mda: motion alignment ``auto`` (on when the subject has a fitted aligner), ``on`` or
+            ``off``.
+    Returns:
+        JSON-able dict: machine info and, per resolution, ``fps``, ``latency_ms`` (end to
+        end), ``stages_ms`` (means), ``renderer`` (``subject`` or ``random-init (timing
+        only)``), providers, frames with a person.
+    Raises:
+        RamAvatarError: bad subject, backend or source.
+    """
+    subject_dir = Path(subject_dir)
+    dev = resolve_device(device)
+    if frames < 1:
+        raise RamAvatarError("--frames must be at least 1")
+    resolutions = list(DEFAULT_RESOLUTIONS) if resolution is None else [int(resolution)]
+    seq_dir = subject_dir / "sequence"
+    if source is None:
+        source = seq_dir / "source.mp4"
+        try:
+            start = int(json.loads((seq_dir / "manifest.json").read_text())["source"]["start"])
+        except (OSError, ValueError, KeyError):
+            start = 0
+    else:
+        start = 0
+    source = Path(source)
+    video = _load_frames(source, start, warmup + frames)
+    own = _subject_resolution(subject_dir, backend, run_name)
+    report: dict = {
+        "benchmark": "live runtime, sequential: track -> fit -> retarget -> align -> maps -> render",
+        "subject": str(subject_dir), "source": str(source),
+        "frame_size": [int(video[0].shape[1]), int(video[0].shape[0])],
+        "backend": backend, "device": str(dev), "frames": frames, "warmup": warmup,
+        "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+                    "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None},
+        "results": {},
+    }
+    if dev.type == "cpu":
+        report["note"] = "CPU only: the CUDA / TensorRT path is code complete but unmeasured here"
+    with tempfile.TemporaryDirectory(prefix="ram_avatar_bench_") as tmp:
+        for R in resolutions:
+            entry: dict = {}
+            try:
+                if backend == "tensorrt" or own == R:
+                    engine = load_renderer_engine(subject_dir, backend, dev, run_name, None)
+                    if engine.resolution != R:
+                        raise RamAvatarError(
+                            f"the subject's {backend} renderer is {engine.resolution}x"
+                            f"{engine.resolution}; other sizes need their own engine (unmeasured)")
+                    entry["renderer"] = "subject"
+                elif backend == "onnx":
+                    path = export_random_onnx(R, Path(tmp) / f"random_{R}.onnx")
+                    engine = OnnxRenderer(path, dev)
+                    entry["renderer"] = "random-init (timing only)"
+                elif backend == "torch":
+                    engine = TorchRenderer.from_model(random_renderer(R), dev)
+                    entry["renderer"] = "random-init (timing only)"
+                else:
+                    raise RamAvatarError(f"unknown backend {backend!r}: use onnx, torch or tensorrt")
+                entry.update(_run(subject_dir, backend, dev, engine, video, warmup, run_name, mda))
+            except RamAvatarError as e:
+                entry["error"] = str(e)
+            report["results"][str(R)] = entry
+            log.info("bench live %s: %s", R, {k: entry.get(k) for k in ("fps", "renderer", "error")})
+    return report
+
+
+def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warmup: int,
+         run_name: str, mda: str) -> dict:
+    rt = AvatarRuntime(subject_dir, backend=backend, device=str(dev), run_name=run_name, engine=engine,
+                       mda=mda in ("auto", "on"))
+    if mda == "on" and not rt.mda_available:
+        raise RamAvatarError(f"motion alignment asked for but {rt.mda_status}")
+    rt.want_landmarks = False  # no overlay in the benchmark
+    stats: list[dict] = []
+    person = 0
+    try:
+        for i, frame in enumerate(video):
+            _, st = rt.process(frame)
+            if i >= warmup:
+                stats.append(st)
+                person += bool(st["person"])
+    finally:
+        rt.close()
+    total = [s["total"] for s in stats]
+    wall = sum(total) / 1000.0
+    return {
+        "resolution": rt.resolution, "providers": list(getattr(engine, "providers", [])),
+        "fps": round(len(stats) / wall, 2),
+        "latency_ms": _summary(total),
+        "stages_ms": {k: round(float(np.mean([s[k] for s in stats])), 1) for k in STAGES},
+        "frames_with_person": person, "timed_frames": len(stats),
+        "mda": rt.mda_enabled, "raster_backend": rt.cond.backend,
+    }

@@ -1,0 +1,679 @@
+"""The live avatar runtime: one camera frame in, one avatar frame out (RAM-Avatar, live path).
+
+Per frame, in order (each stage timed, see :data:`STAGES`):
+
+``track``
+    MediaPipe Holistic in video mode (:class:`~ram_avatar.runtime.tracking.HolisticTracker`).
+``fit``
+    body fit warm-started from the previous frame, few Adam iterations, batch 1, the avatar's
+    shape fixed (:class:`~ram_avatar.runtime.tracking.BodyTracker`); the first frame with a
+    person gets a full fit. A frame without a person keeps the last pose (before anyone was
+    seen: the avatar's first training pose).
+``retarget``
+    onto the avatar's framing (:class:`LiveRetargeter`): the streaming counterpart of
+    :func:`ram_avatar.runtime.retarget.retarget` with running medians instead of clip medians.
+``align``
+    optional motion distribution alignment (Sec. 3.3): ``ram_avatar.motion.mda.MotionAligner``
+    of the subject, streamed one frame at a time; skipped when not fitted or not installed.
+``maps``
+    conditioning maps in the avatar's training crop
+    (:class:`~ram_avatar.render.conditioning.ConditioningRenderer`, moderngl or torch raster);
+    for the full renderer also whatever extra maps its inputs name (expanded mesh, canonical
+    positions) and the previous frame's maps (temporal attention), see :data:`EXTRA_MAP_NAMES`.
+``render``
+    the neural renderer: ONNX Runtime (``onnx``, default; CPU, or CUDA/TensorRT providers on a
+    GPU), the latest training checkpoint in torch (``torch``) or a TensorRT engine
+    (``tensorrt``, :mod:`ram_avatar.runtime.trt`).
+
+The runtime imports neither ``ram_avatar.training`` nor ``ram_avatar.capture.pipeline`` nor
+``exporters``: the torch backend reads the run's ``config.yaml`` and safetensors checkpoint
+itself. Tracking uses the capture package's keypoint record and fitting energy (pure
+functions, see :mod:`ram_avatar.runtime.tracking`).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ram_avatar.body import load_body_model
+from ram_avatar.body.base import BodyModel, BodyParams
+from ram_avatar.errors import CheckpointError, RamAvatarError
+from ram_avatar.io.camera import default_intrinsics, load_camera, undistort_points
+from ram_avatar.io.sequence import load_sequence
+from ram_avatar.render.conditioning import (
+    ConditioningRenderer,
+    crop_intrinsics,
+    face_to_head_local,
+    project_points,
+)
+from ram_avatar.runtime.retarget import FOOT_LANDMARKS, ground_level
+from ram_avatar.runtime.tracking import BodyTracker, HolisticTracker, LiveFitConfig
+from ram_avatar.utils import resolve_device
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AvatarRuntime", "LiveRetargeter", "OnnxRenderer", "TorchRenderer",
+           "TensorRTRenderer", "load_renderer_engine", "STAGES", "MAP_NAMES"]
+
+#: timed stages of :meth:`AvatarRuntime.process`, in order (``total`` is added to the stats)
+STAGES = ("track", "fit", "retarget", "align", "maps", "render")
+#: renderer inputs of every renderer (docs/INTERFACES.md)
+MAP_NAMES = ("uv", "body_mask", "hand", "face")
+#: optional inputs of the full renderer (ram_avatar.models.renderer), all rendered by the runtime:
+#: expanded-mesh maps, canonical-position maps (triplane) and the previous frame's maps
+EXTRA_MAP_NAMES = ("uv_expanded", "body_mask_expanded", "prev_uv", "prev_body_mask", "canon",
+                   "canon_expanded", "prev_canon")
+
+
+# --------------------------------------------------------------------------------------------
+# renderer engines: maps (1, C, S, S) float32 -> rgb (1, 3, S, S) float32 in [0, 1]
+
+
+class RendererEngine(Protocol):
+    name: str
+    resolution: int
+    providers: list[str]
+    input_names: tuple[str, ...]
+
+    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray: ...
+
+
+class OnnxRenderer:
+    """The exported renderer in ONNX Runtime.
+
+    Args:
+        path: ``avatar.onnx`` (inputs uv, body_mask, hand, face; output ``rgb``).
+        device: ``cpu`` uses the CPU provider only; ``cuda`` prefers TensorRT > CUDA > CPU
+            providers among those installed (:func:`ram_avatar.runtime.engines.default_providers`).
+    """
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, device: torch.device):
+        from ram_avatar.runtime.engines import OnnxRunner, default_providers
+
+        providers = ["CPUExecutionProvider"] if device.type == "cpu" else default_providers()
+        self.runner = OnnxRunner(path, providers=providers)
+        self.providers = list(self.runner.providers)
+        names = self.runner.input_names
+        unknown = [n for n in names if n not in MAP_NAMES + EXTRA_MAP_NAMES]
+        shape = self.runner.session.get_inputs()[names.index("body_mask")].shape \
+            if "body_mask" in names else None
+        if (unknown or shape is None or not isinstance(shape[-1], int)
+                or "rgb" not in self.runner.output_names):
+            raise RamAvatarError(f"{path} is not an avatar renderer of this version (inputs {names}, "
+                                 f"outputs {self.runner.output_names}); re-run `ram-avatar export`")
+        self.resolution = int(shape[-1])
+        self.input_names = tuple(names)
+        self.path = Path(path)
+
+    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
+        return self.runner({k: maps[k] for k in self.input_names})["rgb"]
+
+
+def _model_inputs(model) -> tuple[str, ...]:
+    """Inputs an AvatarRenderer reads (``input_names()`` of newer models, else the 4 base maps)."""
+    names = getattr(model, "input_names", None)
+    return tuple(names()) if callable(names) else MAP_NAMES
+
+
+def _latest_checkpoint(run: Path) -> Path | None:
+    best, best_step = None, -1
+    for p in (run / "checkpoints").glob("step_*.safetensors"):
+        m = re.fullmatch(r"step_(\d+)\.safetensors", p.name)
+        if m and int(m.group(1)) > best_step:
+            best, best_step = p, int(m.group(1))
+    return best
+
+
+class TorchRenderer:
+    """The latest checkpoint of a training run, evaluated in torch (mean style code).
+
+    Reads ``<subject>/runs/<run>/config.yaml`` (``model`` section -> RendererConfig) and the
+    model tensors of the newest ``checkpoints/step_*.safetensors`` without importing the
+    training package.
+
+    Raises:
+        CheckpointError: no run / checkpoint, or tensors that do not match the config.
+    """
+
+    name = "torch"
+
+    def __init__(self, subject_dir: str | Path, run_name: str, device: torch.device):
+        import yaml
+        from safetensors import safe_open
+
+        from ram_avatar.models.renderer import AvatarRenderer, RendererConfig
+
+        run = Path(subject_dir) / "runs" / run_name
+        ckpt = _latest_checkpoint(run) if run.is_dir() else None
+        if ckpt is None or not (run / "config.yaml").is_file():
+            raise CheckpointError(f"no trained renderer in {run}: run `ram-avatar train {subject_dir}` "
+                                  "first, or use --backend onnx with an exported avatar")
+        try:
+            cfg = yaml.safe_load((run / "config.yaml").read_text())["model"]
+            known = RendererConfig.__dataclass_fields__
+            config = RendererConfig(**{k: v for k, v in cfg.items() if k in known})
+            model = AvatarRenderer(config)
+            with safe_open(str(ckpt), framework="pt", device="cpu") as fh:
+                state = {k[len("model."):]: fh.get_tensor(k) for k in fh.keys() if k.startswith("model.")}
+            model.load_state_dict(state, strict=True)
+        except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
+            raise CheckpointError(f"cannot load the renderer of {run} ({ckpt.name}): {e}") from e
+        self.model = model.to(device).eval()
+        self.device = device
+        self.threads = torch.get_num_threads()  # the runtime runs its other stages on 1 thread
+        self.resolution = int(config.resolution)
+        self.input_names = _model_inputs(model)
+        self.providers = [f"torch:{device}"]
+        self.checkpoint = ckpt
+
+    @classmethod
+    def from_model(cls, model, device: torch.device | str = "cpu") -> "TorchRenderer":
+        """Wrap an in-memory :class:`AvatarRenderer` (e.g. a timing-only random one)."""
+        self = cls.__new__(cls)
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.threads = torch.get_num_threads()
+        self.resolution = int(model.config.resolution)
+        self.input_names = _model_inputs(model)
+        self.providers = [f"torch:{self.device}"]
+        self.checkpoint = None
+        return self
+
+    @torch.inference_mode()
+    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
+        before = torch.get_num_threads()
+        torch.set_num_threads(getattr(self, "threads", before))  # convolutions use every core
+        try:
+            feed = {k: (maps[k].to(self.device) if k in self.input_names else None) for k in MAP_NAMES}
+            feed.update({k: maps[k].to(self.device) for k in self.input_names if k not in MAP_NAMES})
+            out = self.model(**feed, frame_index=None)["rgb"]
+            return out.float().cpu().numpy()
+        finally:
+            torch.set_num_threads(before)
+
+
+class TensorRTRenderer:
+    """The renderer as a TensorRT engine (``export/avatar.engine``); CUDA only, unmeasured."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: str | Path, device: torch.device):
+        from ram_avatar.runtime.trt import TensorRTEngine
+
+        if device.type != "cuda":
+            raise RamAvatarError("--backend tensorrt needs --device cuda (an NVIDIA GPU)")
+        self.engine = TensorRTEngine(path, device)
+        shape = self.engine.input_shapes.get("body_mask")
+        if shape is None or shape[-1] <= 0:
+            raise RamAvatarError(f"{path} has no fixed-size 'body_mask' input; rebuild it with "
+                                 "`ram-avatar export --tensorrt`")
+        self.resolution = int(shape[-1])
+        self.input_names = tuple(self.engine.input_names)
+        self.providers = [f"tensorrt:{device}"]
+        self.device = device
+
+    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
+        out = self.engine({k: maps[k] for k in self.input_names})["rgb"]
+        return out.float().cpu().numpy()  # .cpu() synchronises the stream
+
+
+def load_renderer_engine(subject_dir: str | Path, backend: str = "onnx",
+                         device: torch.device | str = "cpu", run_name: str = "default",
+                         resolution: int | None = None, model_path: str | Path | None = None):
+    """The avatar's renderer behind one call signature (see :class:`OnnxRenderer`, ...).
+
+    Args:
+        subject_dir: the subject directory.
+        backend: ``onnx`` | ``torch`` | ``tensorrt``.
+        device: torch device (``cuda`` selects GPU providers / the engine's GPU).
+        run_name: training run (torch backend).
+        resolution: expected renderer side S; for ``onnx`` / ``tensorrt``
+            ``export/avatar_<S>.onnx`` / ``.engine`` is used when it exists. None: whatever
+            the subject's export or run has.
+        model_path: explicit .onnx / .engine file (overrides the subject's export).
+    Raises:
+        RamAvatarError: unknown backend, missing export/engine/checkpoint, or a renderer whose
+            resolution differs from ``resolution``.
+    """
+    subject_dir = Path(subject_dir)
+    device = resolve_device(device)
+    export = subject_dir / "export"
+    if backend == "tensorrt" and device.type != "cuda":
+        raise RamAvatarError("--backend tensorrt needs an NVIDIA GPU (--device cuda) with TensorRT "
+                             "installed (pip install 'ram-avatar-studio[tensorrt]'); on this machine "
+                             "use --backend onnx")
+    if backend in ("onnx", "tensorrt"):
+        ext = ".onnx" if backend == "onnx" else ".engine"
+        if model_path is not None:
+            path = Path(model_path)
+        elif resolution is not None and (export / f"avatar_{resolution}{ext}").is_file():
+            path = export / f"avatar_{resolution}{ext}"
+        else:
+            path = export / f"avatar{ext}"
+        if not path.is_file():
+            if backend == "tensorrt":
+                raise RamAvatarError(f"{path} not found: build it on this GPU machine with "
+                                     f"`ram-avatar export {subject_dir} --tensorrt`, or use --backend onnx")
+            raise RamAvatarError(f"{path} not found: run `ram-avatar export {subject_dir}` first, "
+                                 "or use --backend torch")
+        engine = OnnxRenderer(path, device) if backend == "onnx" else TensorRTRenderer(path, device)
+    elif backend == "torch":
+        engine = TorchRenderer(subject_dir, run_name, device)
+    else:
+        raise RamAvatarError(f"unknown renderer backend {backend!r}: use onnx, torch or tensorrt")
+    if resolution is not None and int(resolution) != engine.resolution:
+        raise RamAvatarError(f"the {backend} renderer of {subject_dir} is {engine.resolution}x"
+                             f"{engine.resolution}, but resolution {resolution} was asked for; "
+                             f"train and export the avatar at {resolution} (or omit --resolution)")
+    return engine
+
+
+# --------------------------------------------------------------------------------------------
+# rasterizer per thread
+
+_tls = threading.local()
+
+
+def _moderngl_works_in_this_thread() -> bool:
+    """Rasterize one triangle with moderngl and the torch reference and compare coverage.
+
+    The moderngl backend keeps one process-wide EGL context, current only in the thread that
+    created it; from another thread its draws silently return garbage. The live app renders
+    on a worker thread, so the runtime checks once per thread and falls back to the torch
+    rasterizer (about as fast at 256-512 px) where the check fails.
+    """
+    from ram_avatar.render.rasterizer import rasterize
+
+    verts = torch.tensor([[[-0.5, -0.5, 2.0], [0.5, -0.5, 2.0], [0.0, 0.5, 2.0]]])
+    faces = torch.tensor([[0, 1, 2]])
+    K = torch.tensor([[16.0, 0.0, 8.0], [0.0, 16.0, 8.0], [0.0, 0.0, 1.0]])
+    try:
+        gl = rasterize(verts, faces, K, (16, 16), backend="moderngl").face_id
+    except Exception:  # noqa: BLE001 - unavailable, or GL errors from a context of another thread
+        return False
+    ref = rasterize(verts, faces, K, (16, 16), backend="torch").face_id
+    return int(((gl >= 0) != (ref >= 0)).sum()) <= 4  # a few edge pixels may differ
+
+
+def raster_backend_for_this_thread(requested: str = "auto") -> str:
+    """``requested`` if it works in the calling thread, else ``torch`` (checked once per thread)."""
+    if requested == "torch":
+        return requested
+    ok = getattr(_tls, "moderngl_ok", None)
+    if ok is None:
+        ok = _tls.moderngl_ok = _moderngl_works_in_this_thread()
+        if not ok:
+            log.warning("the moderngl rasterizer cannot be used from thread %r (its EGL context "
+                        "belongs to another thread or is unavailable); using the torch rasterizer",
+                        threading.current_thread().name)
+    return requested if ok else "torch"
+
+
+# --------------------------------------------------------------------------------------------
+# streaming retargeting
+
+
+class LiveRetargeter:
+    """Per-frame retargeting onto the avatar (streaming :func:`ram_avatar.runtime.retarget.retarget`).
+
+    Same rules as the offline version, with clip-wide medians replaced by running medians over
+    the last ``window`` frames:
+
+    1. the driver's orientation, body and finger poses are kept, the avatar's ``betas`` used
+       (the driver is tracked with the avatar's shape, so no bone-length rescaling is needed);
+    2. root placement: the driver's displacement from its running-median position is added to
+       the avatar's median training position, so the avatar stays framed as in its training
+       crop while following the driver's moves (a driver who settles somewhere else is
+       re-centred over ``window`` frames);
+    3. feet on the ground: the vertical offset puts the running median of the lowest foot
+       landmark on the avatar's training ground level (jumps keep their height);
+    4. expression: the driver's head-local face mesh minus its running mean (exponential,
+       ``face_momentum``), added to the avatar's median face mesh.
+
+    Args:
+        body: the shared body model.
+        avatar: the avatar's captured BodyParams (batch T_a).
+        avatar_face_local: (T_a, 478, 3) head-local face meshes.
+        train_mask: (T_a,) bool, frames used for the placement statistics.
+        window: running-median window in frames.
+        face_momentum: weight of the old mean in the driver's running face mean.
+    """
+
+    def __init__(self, body: BodyModel, avatar: BodyParams, avatar_face_local: np.ndarray,
+                 train_mask: np.ndarray | None = None, window: int = 150, face_momentum: float = 0.97):
+        sel = np.ones(avatar.batch_size, bool) if train_mask is None else np.asarray(train_mask, bool)
+        if not sel.any():
+            sel = np.ones(avatar.batch_size, bool)
+        idx = np.nonzero(sel)[0]
+        a_sel = avatar.index(torch.as_tensor(idx))
+        self.betas = avatar.betas.detach().cpu().clone()
+        self.center = a_sel.transl.median(0).values.cpu()
+        self.ground = ground_level(body, a_sel)
+        self.face_base = np.median(np.asarray(avatar_face_local)[sel], axis=0).astype(np.float32)
+        self.rest = avatar.index(torch.as_tensor(idx[:1])).to("cpu")
+        self.window = int(window)
+        self.face_momentum = float(face_momentum)
+        self.reset()
+
+    def reset(self) -> None:
+        self._transl: collections.deque = collections.deque(maxlen=self.window)
+        self._feet: collections.deque = collections.deque(maxlen=self.window)
+        self._face_mean: np.ndarray | None = None
+
+    def __call__(self, driver: BodyParams, driver_landmarks: torch.Tensor,
+                 driver_face_local: np.ndarray | None) -> tuple[BodyParams, np.ndarray, torch.Tensor]:
+        """Retarget one frame.
+
+        Args:
+            driver: BodyParams of batch 1 fitted with the avatar's betas.
+            driver_landmarks: (33, 3) pose landmarks of ``driver`` (camera metres).
+            driver_face_local: (478, 3) the driver's head-local face mesh, or None (no face).
+        Returns:
+            (avatar BodyParams batch 1, face_local (478, 3), shift (3,) metres added to every
+            point of the driver's body).
+        """
+        d_t = driver.transl[0].detach().cpu().float()
+        self._transl.append(d_t.numpy().astype(np.float64))
+        med = torch.from_numpy(np.median(np.stack(self._transl), axis=0)).float()
+        shift = self.center + (d_t - med) - d_t
+        feet = float(driver_landmarks[FOOT_LANDMARKS, 1].max().cpu()) + float(shift[1])
+        self._feet.append(feet)
+        shift = shift.clone()
+        shift[1] += self.ground - float(np.median(np.asarray(self._feet)))
+        out = replace(driver.to("cpu"), betas=self.betas.clone(), transl=(d_t + shift)[None])
+        face = self.face_base
+        if driver_face_local is not None:
+            f = np.asarray(driver_face_local, np.float32)
+            m = self.face_momentum
+            self._face_mean = f.copy() if self._face_mean is None else m * self._face_mean + (1 - m) * f
+            face = self.face_base + (f - self._face_mean)
+        return out, face, shift
+
+
+# --------------------------------------------------------------------------------------------
+# the runtime
+
+
+@dataclass
+class FrameResult:
+    """What :meth:`AvatarRuntime.process` saw and produced for the latest frame (for overlays).
+
+    Attributes:
+        keypoints: the driver's Keypoints2D (T = 1), pixels of the input frame.
+        person: a person was tracked in this frame.
+        avatar_pose_2d: (33, 2) avatar pose landmarks in avatar-image pixels, or None.
+        pose_mask: (33,) bool, landmarks the body model defines.
+        avatar_hands_2d: (2, 21, 2) avatar hand landmarks in avatar-image pixels, or None.
+        full_fit: this frame was fitted from scratch (first frame, or person found again).
+    """
+
+    keypoints: object = None
+    person: bool = False
+    avatar_pose_2d: np.ndarray | None = None
+    pose_mask: np.ndarray | None = None
+    avatar_hands_2d: np.ndarray | None = None
+    full_fit: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _expand_offset(subject_dir: Path, run_name: str) -> float:
+    """``model.expand_offset`` of the run's config.yaml (metres), else the renderer default."""
+    import yaml
+
+    try:
+        return float(yaml.safe_load((subject_dir / "runs" / run_name / "config.yaml").read_text())
+                     ["model"]["expand_offset"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        from ram_avatar.models.renderer import RendererConfig
+
+        return float(getattr(RendererConfig(), "expand_offset", 0.01))
+
+
+def _train_mask(subject_dir: Path, seq, run_name: str) -> np.ndarray:
+    """Frames the renderer was trained on (the run's split.json), else the valid frames."""
+    split = subject_dir / "runs" / run_name / "split.json"
+    mask = np.zeros(seq.num_frames, bool)
+    try:
+        idx = np.asarray(json.loads(split.read_text())["train"], dtype=np.int64)
+        idx = idx[(idx >= 0) & (idx < seq.num_frames)]
+        mask[idx] = True
+    except (OSError, ValueError, KeyError, TypeError):
+        mask = seq.valid.copy()
+    return mask if mask.any() else np.ones(seq.num_frames, bool)
+
+
+class AvatarRuntime:
+    """Drive a trained avatar from live frames (module docstring).
+
+    Args:
+        subject_dir: captured + trained (+ exported, for ``onnx`` / ``tensorrt``) subject.
+        backend: renderer backend ``onnx`` | ``torch`` | ``tensorrt``.
+        device: ``auto`` | ``cpu`` | ``cuda``: body model, fit and the renderer's device.
+        resolution: expected renderer side S (None: the subject's renderer; see
+            :func:`load_renderer_engine`).
+        mda: start with motion distribution alignment on (when the subject has one fitted;
+            otherwise a warning and :attr:`mda_status` says why).
+        run_name: training run (torch backend, train split).
+        camera: camera.json of the live camera (default: the default field of view).
+        fit: :class:`~ram_avatar.runtime.tracking.LiveFitConfig`.
+        raster_backend: conditioning-map rasterizer (``auto``, ``moderngl``, ``torch``).
+        model_path: explicit renderer file (.onnx / .engine), e.g. a timing-only renderer.
+        engine: a ready renderer engine (anything with ``name``, ``resolution``, ``providers``
+            and ``__call__(maps) -> (1, 3, S, S)`` float32); overrides ``backend``.
+
+    Call :meth:`process` with consecutive frames of one stream; :meth:`reset` starts a new
+    stream (another source). Not thread-safe: use it from one thread.
+
+    Raises:
+        SequenceFormatError / CheckpointError / RamAvatarError: missing or broken subject,
+            export, checkpoint or engine.
+    """
+
+    def __init__(self, subject_dir: str | Path, backend: str = "onnx", device: str = "cpu",
+                 resolution: int | None = None, mda: bool = False, run_name: str = "default",
+                 camera: str | Path | None = None, fit: LiveFitConfig | None = None,
+                 raster_backend: str = "auto", model_path: str | Path | None = None,
+                 engine=None):
+        self.subject_dir = Path(subject_dir)
+        self.device = resolve_device(device)
+        self.backend = backend
+        seq = load_sequence(self.subject_dir)
+        self.engine = engine if engine is not None else load_renderer_engine(
+            self.subject_dir, backend, self.device, run_name, resolution, model_path)
+        self.resolution = self.engine.resolution
+        self.input_names = tuple(getattr(self.engine, "input_names", MAP_NAMES))
+        self._render_kw: dict = {}
+        if any(n in self.input_names for n in ("uv_expanded", "body_mask_expanded", "canon_expanded")):
+            self._render_kw["expand_offset"] = _expand_offset(self.subject_dir, run_name)
+        if any(n in self.input_names for n in ("canon", "canon_expanded", "prev_canon")):
+            self._render_kw["canonical"] = True
+        self._prev_maps: dict[str, torch.Tensor] = {}
+        bm = seq.manifest["body_model"]
+        self.body = load_body_model(bm["name"], model_path=bm.get("model_path"), device=self.device)
+        mask = _train_mask(self.subject_dir, seq, run_name)
+        self.retargeter = LiveRetargeter(self.body, seq.params, seq.face_local, mask)
+        self.K_avatar = crop_intrinsics(seq.K, seq.manifest["crop"], self.resolution)
+        self.raster_backend = raster_backend
+        self.cond = ConditioningRenderer(self.body, backend=raster_backend)
+        self.tracker = HolisticTracker()
+        self.fitter = BodyTracker(self.body, seq.params.betas, fit, self.device)
+        self.camera_path = camera
+        self._cams: dict[tuple[int, int], dict] = {}
+        self.aligner = None
+        self.mda_status = "off"
+        self._load_aligner()
+        self.mda_enabled = bool(mda) and self.aligner is not None
+        if mda and self.aligner is None:
+            log.warning("motion alignment requested but unavailable: %s", self.mda_status)
+        self._target: BodyParams | None = None
+        self._face = self.retargeter.face_base
+        self._shift: torch.Tensor | None = None
+        self.last = FrameResult()
+        self.frames = 0
+        self.want_landmarks = True
+        self.pose_mask = self.body.pose_landmark_mask.cpu().numpy().astype(bool)
+
+    # -- motion alignment ---------------------------------------------------------------------
+    def _load_aligner(self) -> None:
+        if self.body.name != "anny":
+            self.mda_status = f"unavailable: motion alignment needs the anny body model, not {self.body.name}"
+            return
+        try:
+            from ram_avatar.motion.mda import MotionAligner
+        except ImportError as e:
+            self.mda_status = f"unavailable: motion alignment module not installed ({e})"
+            return
+        try:
+            self.aligner = MotionAligner.load(self.subject_dir, device=self.device)
+            self.mda_status = "available"
+        except (FileNotFoundError, RamAvatarError) as e:
+            self.mda_status = f"unavailable: {e}"
+
+    @property
+    def mda_available(self) -> bool:
+        return self.aligner is not None
+
+    def set_mda(self, on: bool) -> bool:
+        """Switch motion alignment on/off (no-op when unavailable); returns the new state."""
+        on = bool(on) and self.aligner is not None
+        if on and not self.mda_enabled:
+            self.aligner.reset()
+        self.mda_enabled = on
+        return on
+
+    # -- stream control -----------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start a new stream: tracking, fit warm start, running medians and MDA state."""
+        self.tracker.reset()
+        self.fitter.reset()
+        self.retargeter.reset()
+        if self.aligner is not None:
+            self.aligner.reset()
+        self._target, self._face, self._shift = None, self.retargeter.face_base, None
+        self._prev_maps = {}
+        self.last = FrameResult()
+
+    def close(self) -> None:
+        self.tracker.close()
+
+    def __enter__(self) -> "AvatarRuntime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def camera(self, width: int, height: int) -> dict:
+        """Intrinsics of the live camera at ``width`` x ``height`` (cached per size)."""
+        key = (int(width), int(height))
+        if key not in self._cams:
+            if self.camera_path is not None:
+                self._cams[key] = load_camera(self.camera_path, *key)
+            else:
+                self._cams[key] = {"K": default_intrinsics(*key), "dist": np.zeros(5)}
+        return self._cams[key]
+
+    # -- per frame ----------------------------------------------------------------------------
+    def process(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Track, fit, retarget, align and render one frame.
+
+        Args:
+            frame_rgb: (H, W, 3) uint8 RGB camera frame.
+        Returns:
+            (avatar (S, S, 3) uint8 RGB, stats) with stats the per-stage latencies in ms
+            (:data:`STAGES` and ``total``) plus ``person`` (bool) and ``full_fit`` (bool).
+        Raises:
+            ValueError: a frame that is not (H, W, 3) uint8.
+
+        On CPU the torch work of the small-op stages (fit, body model, maps) runs on one
+        intra-op thread: it is bound by per-op overhead, and threads that spin while waiting
+        stall badly when the cores are shared (with MediaPipe, ONNX Runtime or another job).
+        """
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            return self._process(frame_rgb)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _process(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, dict]:
+        t = [time.perf_counter()]
+        frame_rgb = np.asarray(frame_rgb)
+        kp = self.tracker(frame_rgb)
+        t.append(time.perf_counter())
+        h, w = frame_rgb.shape[:2]
+        cam = self.camera(w, h)
+        K = cam["K"]
+        if np.any(cam["dist"]):
+            kp = kp.subset(slice(None))
+            for name in ("pose", "left_hand", "right_hand", "face"):
+                arr = getattr(kp, name).copy()
+                arr[..., :2] = undistort_points(arr[..., :2], K, cam["dist"])
+                setattr(kp, name, arr)
+        params = self.fitter(kp, K)
+        t.append(time.perf_counter())
+        landmarks = None
+        if params is not None:
+            with torch.no_grad():
+                out = self.body(params.to(self.device), return_vertices=False)
+            lm = out.pose_landmarks[0].cpu()
+            face_d = None
+            if kp.face_valid[0]:
+                face_d = face_to_head_local(kp.face[:1].astype(np.float64),
+                                            out.head_transform.cpu().numpy().astype(np.float64), K)[0]
+            self._target, self._face, self._shift = self.retargeter(params, lm, face_d)
+            landmarks = lm + self._shift
+        elif self._target is None:
+            self._target = self.retargeter.rest
+        target = self._target
+        t.append(time.perf_counter())
+        if self.mda_enabled and params is not None:
+            bp = self.aligner.step(target.body_pose[0])
+            target = replace(target, body_pose=torch.as_tensor(bp, dtype=torch.float32)[None].cpu())
+            landmarks = None
+            if self.want_landmarks:
+                with torch.no_grad():
+                    out = self.body(target.to(self.device), return_vertices=False)
+                    landmarks = out.pose_landmarks[0].cpu()
+        t.append(time.perf_counter())
+        self.cond.backend = raster_backend_for_this_thread(self.raster_backend)
+        maps = self.cond.render(target, self._face[None], self.K_avatar, self.resolution,
+                                **self._render_kw)
+        for name in self.input_names:
+            if name.startswith("prev_"):  # the previous frame's maps (this frame's on the first)
+                maps[name] = self._prev_maps.get(name[5:], maps[name[5:]])
+        self._prev_maps = {k: maps[k] for k in ("uv", "body_mask", "canon") if k in maps}
+        t.append(time.perf_counter())
+        rgb = self.engine(maps)
+        img = (np.clip(rgb[0], 0, 1).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+        t.append(time.perf_counter())
+        if landmarks is None and params is None and self.last.avatar_pose_2d is not None:
+            pose2d = self.last.avatar_pose_2d  # holding the last pose
+        elif landmarks is not None:
+            Kt = torch.as_tensor(self.K_avatar, dtype=torch.float32)
+            pose2d = project_points(landmarks, Kt).numpy()
+        else:
+            pose2d = None
+        self.last = FrameResult(keypoints=kp, person=params is not None, avatar_pose_2d=pose2d,
+                                pose_mask=self.pose_mask, avatar_hands_2d=maps["hands_2d"][0].numpy(),
+                                full_fit=params is not None and self.fitter.last_was_init)
+        self.last_maps = {k: maps[k] for k in dict.fromkeys(MAP_NAMES + self.input_names)}
+        self.frames += 1
+        stats = {name: 1000.0 * (t[i + 1] - t[i]) for i, name in enumerate(STAGES)}
+        stats["total"] = 1000.0 * (t[-1] - t[0])
+        stats["person"] = params is not None
+        stats["full_fit"] = self.last.full_fit
+        return img, stats

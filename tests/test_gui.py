@@ -1,0 +1,236 @@
+"""The PySide6 live app (issue 5), offscreen: real window, real runtime, video-file sources.
+
+* the app driven from a video file draws the avatar and updates the FPS / latency readouts;
+* a reader that raises after k frames, and the end of a video, are survived: a message is
+  shown, the window keeps responding and frames resume after the retry / a new Start;
+* a missing webcam shows a message and keeps retrying;
+* ``ram-avatar live --frames N --screenshot PNG`` (the CLI verb) saves a grab of the window.
+
+A screenshot of the first test is saved in its tmp dir, and copied to
+``$RAM_AVATAR_LIVE_SCREENSHOT`` when that is set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+pytest.importorskip("PySide6.QtWidgets", reason="the live app needs PySide6 (extra [gui])")
+
+from live_fixture import BASKETBALL, TAIJI, live_subject  # noqa: E402,F401 - session fixture
+
+
+@pytest.fixture(scope="module")
+def qapp():
+    from PySide6.QtWidgets import QApplication
+
+    # The moderngl rasterizer's EGL context is current only in the thread that created it:
+    # create it on the main thread (where the other tests rasterize) before any worker thread
+    # runs; the runtime then uses the torch rasterizer on its worker thread.
+    from ram_avatar.render.rasterizer import moderngl_available
+
+    moderngl_available()
+    return QApplication.instance() or QApplication([])
+
+
+def _wait(app, cond, timeout: float, what: str) -> float:
+    """Process events until ``cond()``; returns the longest gap between event-loop passes (s)."""
+    t0 = last = time.monotonic()
+    gap = 0.0
+    while not cond():
+        app.processEvents()
+        now = time.monotonic()
+        gap, last = max(gap, now - last), now
+        if now - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+    return gap
+
+
+def _grab(widget) -> np.ndarray:
+    from PySide6.QtGui import QImage
+
+    img = widget.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+    w, h, bpl = img.width(), img.height(), img.bytesPerLine()
+    rows = np.frombuffer(img.constBits(), np.uint8, count=h * bpl).reshape(h, bpl)
+    return rows[:, :3 * w].reshape(h, w, 3).copy()
+
+
+def _window(qapp, subject, **kw):
+    from gui.app import LiveWindow
+
+    win = LiveWindow(subject, backend="onnx", device="cpu", retry_s=0.2, **kw)
+    win.resize(win.sizeHint())
+    win.show()
+    return win
+
+
+def _close(qapp, win) -> None:
+    assert win.shutdown(20000), "the worker thread did not stop"
+    win.close()
+    win.deleteLater()
+    qapp.processEvents()
+
+
+def test_app_drives_avatar_from_video_file(qapp, live_subject, tmp_path):  # noqa: F811
+    win = _window(qapp, live_subject, source=str(BASKETBALL))
+    try:
+        win.overlay_box.setChecked(True)
+        gap = _wait(qapp, lambda: win.frames_shown >= 4, 180, "4 avatar frames")
+        assert gap < 5.0, f"the GUI event loop stalled for {gap:.1f} s"
+        shot = tmp_path / "live_window.png"
+        assert win.grab().save(str(shot)) and shot.stat().st_size > 0
+        if os.environ.get("RAM_AVATAR_LIVE_SCREENSHOT"):
+            shutil.copyfile(shot, os.environ["RAM_AVATAR_LIVE_SCREENSHOT"])
+        view = _grab(win.avatar_view)
+        assert view.shape[0] >= 256 and view.reshape(-1, 3).std(0).max() > 5.0   # avatar drawn
+        fps = float(win.fps_label.text().split(":")[1])
+        assert fps > 0
+        for name in ("track", "fit", "maps", "render", "total"):
+            assert float(win.latency_labels[name].text()) >= 0
+        assert float(win.latency_labels["total"].text()) > 0
+        S = win.worker.runtime.resolution
+        assert win.last_packet["avatar"].shape == (S, S, 3)
+        assert not win.mda_box.isEnabled()       # no motion aligner fitted for this subject
+        assert "onnx" in win.info_label.text()
+        # record a few frames to mp4
+        from ram_avatar.capture.video import probe_video
+
+        rec, n0 = tmp_path / "rec.mp4", win.frames_shown
+        win.start_recording(rec)
+        _wait(qapp, lambda: win.frames_shown >= n0 + 2 and win.recording, 120, "recorded frames")
+        win.stop_recording()
+        _wait(qapp, lambda: any(m.startswith("saved") for _, m in win.messages), 30, "the saved recording")
+        assert rec.is_file() and probe_video(rec).frame_count >= 1
+    finally:
+        _close(qapp, win)
+
+
+class _FlakySource:
+    """A video-file source that raises after ``fail_after`` frames, or ends after ``end_after``.
+
+    It behaves like a slow camera: frame k is delivered once ``processed()`` says the app has
+    processed the k - 1 frames before it, so the test does not depend on the machine's speed.
+    """
+
+    def __init__(self, processed, fail_after=None, end_after=None):
+        from gui.sources import VideoFileSource
+
+        self.inner = VideoFileSource(TAIJI)
+        self.name, self.fps, self.live = "flaky camera", 30.0, True
+        self.fail_after, self.end_after, self.n = fail_after, end_after, 0
+        self.processed, self.base = processed, processed()
+
+    def read(self):
+        deadline = time.monotonic() + 120
+        while self.processed() - self.base < self.n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.n += 1
+        if self.fail_after is not None and self.n > self.fail_after:
+            raise OSError("device unplugged")
+        if self.end_after is not None and self.n > self.end_after:
+            return None
+        return self.inner.read()
+
+    def close(self):
+        self.inner.close()
+
+
+def test_app_survives_failing_reader_and_end_of_video(qapp, live_subject):  # noqa: F811
+    opened, holder = [], {}
+
+    def factory(spec):
+        opened.append(spec)
+        processed = lambda: holder["win"].worker.frames  # noqa: E731
+        # first open: unplugged after 3 frames; second: plays 3 frames and ends; later: the same
+        if len(opened) == 1:
+            return _FlakySource(processed, fail_after=3)
+        return _FlakySource(processed, end_after=3)
+
+    win = holder["win"] = _window(qapp, live_subject, source="cam", source_factory=factory)
+    try:
+        _wait(qapp, lambda: any("lost" in m for _, m in win.messages), 180, "the 'lost' message")
+        assert any(lvl == "error" and "device unplugged" in m for lvl, m in win.messages)
+        n_at_error = win.worker.frames
+        assert n_at_error >= 2
+        # the reader reopens the source by itself and frames flow again, then the video ends
+        _wait(qapp, lambda: any(lvl == "ended" for lvl, _ in win.messages), 120, "the end of the video")
+        assert len(opened) >= 2 and win.worker.frames > n_at_error
+        assert "ended" in win.message.text()
+        # the window keeps responding: a timer fires, the window can be grabbed
+        fired = []
+        from PySide6.QtCore import QTimer
+
+        QTimer.singleShot(50, lambda: fired.append(True))
+        _wait(qapp, lambda: fired, 10, "a GUI timer")
+        assert _grab(win).size > 0
+        assert win.thread.isRunning()
+        # pressing Start again plays a new source
+        before = win.frames_shown
+        win.source_edit.setText("again")
+        win.start_button.click()
+        _wait(qapp, lambda: win.frames_shown > before, 120, "frames after Start")
+    finally:
+        _close(qapp, win)
+
+
+class _FakeRuntime:
+    """Stands in for AvatarRuntime where only the app's source handling is tested."""
+
+    resolution = 64
+    mda_available, mda_status, mda_enabled, want_landmarks = False, "not fitted", False, False
+
+    class engine:  # noqa: N801
+        name, providers = "fake", ["none"]
+
+    def __init__(self):
+        from ram_avatar.runtime.avatar_runtime import FrameResult
+
+        self.last = FrameResult()
+
+    def process(self, frame):
+        img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        stats = {k: 1.0 for k in ("track", "fit", "retarget", "align", "maps", "render")}
+        return img, {**stats, "total": 6.0, "person": False, "full_fit": False}
+
+    def set_mda(self, on):
+        return False
+
+    def reset(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_app_missing_webcam_shows_message_and_retries(qapp):
+    from gui.app import LiveWindow
+
+    win = LiveWindow("unused", source="9", runtime_factory=_FakeRuntime, retry_s=0.1)
+    win.show()
+    try:
+        _wait(qapp, lambda: sum("webcam 9" in m for _, m in win.messages) >= 2, 30,
+              "repeated 'webcam 9' messages")
+        assert win.messages[-1][0] == "error" and "not found" in win.messages[-1][1]
+        assert win.worker.reader.failures >= 2                # it keeps retrying
+        assert win.thread.isRunning()
+    finally:
+        _close(qapp, win)
+
+
+def test_live_cli_frames_and_screenshot(qapp, live_subject, tmp_path, capsys):  # noqa: F811
+    import json
+
+    from ram_avatar.cli import main
+
+    shot = tmp_path / "cli_shot.png"
+    rc = main(["live", str(live_subject), "--source", str(TAIJI), "--device", "cpu",
+               "--frames", "3", "--screenshot", str(shot), "--timeout", "180"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["completed"] and out["frames"] >= 3
+    assert shot.is_file() and shot.stat().st_size > 1000

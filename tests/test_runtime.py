@@ -1,0 +1,185 @@
+"""Live runtime (issue 5): per-frame pipeline, torch/ONNX parity, streaming retargeting, errors.
+
+Uses the tiny subject of tests/live_fixture.py (20 captured frames, 4 training steps).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from live_fixture import TAIJI, live_subject  # noqa: F401 - session fixture
+
+from ram_avatar.errors import RamAvatarError
+
+#: stated tolerance of torch vs ONNX Runtime on the same conditioning maps (float RGB in [0, 1])
+PARITY_ATOL = 1e-4
+
+
+def _frames(start: int, count: int) -> list[np.ndarray]:
+    from ram_avatar.capture.video import iter_frames
+
+    return list(iter_frames(TAIJI, start, start + count))
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    blank = np.zeros((720, 1280, 3), np.uint8)
+    return [blank] + _frames(104, 3) + [blank]
+
+
+def _run(rt, frames):
+    outs, stats = [], []
+    for f in frames:
+        img, st = rt.process(f)
+        outs.append(img)
+        stats.append(st)
+    return outs, stats
+
+
+def test_runtime_process_and_torch_onnx_parity(live_subject, frames):  # noqa: F811
+    from ram_avatar.runtime import STAGES, AvatarRuntime
+    from ram_avatar.runtime.avatar_runtime import TorchRenderer
+
+    with AvatarRuntime(live_subject, backend="onnx", device="cpu") as rt:
+        S = rt.resolution
+        assert S == json.loads((live_subject / "export" / "export.json").read_text())["resolution"]
+        # no motion aligner fitted: skipped gracefully, cannot be switched on
+        assert not rt.mda_available and "fit-mda" in rt.mda_status
+        assert rt.set_mda(True) is False and rt.mda_enabled is False
+        outs, stats = _run(rt, frames)
+        maps = rt.last_maps
+        onnx_rgb = rt.engine(maps)
+    for img, st in zip(outs, stats):
+        assert img.shape == (S, S, 3) and img.dtype == np.uint8
+        assert img.std() > 1.0                               # the avatar is drawn, not a flat image
+        assert set(STAGES) | {"total"} <= set(st)
+        assert all(st[k] >= 0 for k in STAGES)
+        assert st["total"] == pytest.approx(sum(st[k] for k in STAGES), rel=1e-6, abs=1e-3)
+    # frame 0: nobody yet -> the avatar's rest pose; 1: full fit; 2-3: warm-started; 4: lost -> hold
+    assert [s["person"] for s in stats] == [False, True, True, True, False]
+    assert [s["full_fit"] for s in stats] == [False, True, False, False, False]
+    assert np.array_equal(outs[4], outs[3])                # last pose kept while nobody is seen
+
+    # parity 1: the same conditioning maps through torch (the run's checkpoint) and ONNX Runtime
+    torch_engine = TorchRenderer(live_subject, "default", torch.device("cpu"))
+    torch_rgb = torch_engine(maps)
+    assert np.abs(torch_rgb - onnx_rgb).max() < PARITY_ATOL
+    # parity 2: the whole pipeline with the torch backend (tracking and fit are deterministic)
+    with AvatarRuntime(live_subject, backend="torch", device="cpu") as rt_t:
+        outs_t, _ = _run(rt_t, frames)
+    for a, b in zip(outs, outs_t):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_live_retargeter_keeps_avatar_framed(live_subject, anny_body):  # noqa: F811
+    from dataclasses import replace
+
+    from ram_avatar.io.sequence import load_sequence
+    from ram_avatar.runtime import LiveRetargeter
+    from ram_avatar.runtime.retarget import FOOT_LANDMARKS
+
+    seq = load_sequence(live_subject)
+    rt = LiveRetargeter(anny_body, seq.params, seq.face_local)
+    drv = seq.params.index(torch.arange(3, 4))
+    far = replace(drv, transl=drv.transl + torch.tensor([[1.5, 0.0, 2.0]]))  # driver elsewhere
+    with torch.no_grad():
+        lm = anny_body(far, return_vertices=False).pose_landmarks[0]
+    out, face, _ = rt(far, lm, None)
+    # first frame: the avatar stands at its median training position, feet on its ground
+    assert torch.allclose(out.transl[0, [0, 2]], rt.center[[0, 2]], atol=1e-5)
+    assert torch.equal(out.betas, seq.params.betas)
+    assert torch.equal(out.body_pose, far.body_pose)
+    with torch.no_grad():
+        lm_out = anny_body(out, return_vertices=False).pose_landmarks[0]
+    assert float(lm_out[FOOT_LANDMARKS, 1].max()) == pytest.approx(rt.ground, abs=1e-4)
+    assert np.allclose(face, rt.face_base)                 # no driver face -> the avatar's own
+    # the driver steps 0.2 m right: the avatar follows the displacement from the running median
+    step = replace(far, transl=far.transl + torch.tensor([[0.2, 0.0, 0.0]]))
+    out2, _, _ = rt(step, lm + torch.tensor([0.2, 0.0, 0.0]), None)
+    assert float(out2.transl[0, 0] - out.transl[0, 0]) == pytest.approx(0.1, abs=1e-4)  # median of 2
+
+
+def test_renderer_engine_errors(live_subject, tmp_path):  # noqa: F811
+    from ram_avatar.runtime.avatar_runtime import load_renderer_engine
+
+    with pytest.raises(RamAvatarError, match="resolution 512"):
+        load_renderer_engine(live_subject, "onnx", "cpu", resolution=512)
+    with pytest.raises(RamAvatarError, match="onnx, torch or tensorrt"):
+        load_renderer_engine(live_subject, "jax", "cpu")
+    with pytest.raises(RamAvatarError, match="TensorRT|CUDA|cuda"):
+        load_renderer_engine(live_subject, "tensorrt", "cpu")
+    bare = tmp_path / "bare"
+    shutil.copytree(live_subject / "sequence", bare / "sequence")
+    with pytest.raises(RamAvatarError, match="ram-avatar export"):
+        load_renderer_engine(bare, "onnx", "cpu")
+    with pytest.raises(RamAvatarError, match="ram-avatar train"):
+        load_renderer_engine(bare, "torch", "cpu")
+
+
+def test_tensorrt_import_is_guarded():
+    from ram_avatar.runtime import trt
+
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(RamAvatarError, match="pip install"):
+            trt.import_tensorrt()
+        assert trt.tensorrt_available() is False
+
+
+def test_bench_live_smoke(live_subject):  # noqa: F811
+    """The benchmark runs and reports every stage (no timing assertions: see `ram-avatar bench`)."""
+    from ram_avatar.bench import bench_live
+    from ram_avatar.runtime import STAGES
+
+    rep = bench_live(live_subject, resolution=256, device="cpu", backend="onnx", frames=2, warmup=1)
+    r = rep["results"]["256"]
+    assert r["renderer"] == "subject" and r["timed_frames"] == 2 and r["fps"] > 0
+    assert set(r["stages_ms"]) == set(STAGES)
+    json.dumps(rep)
+
+
+def test_runtime_feeds_full_renderer_extra_maps(live_subject):  # noqa: F811
+    """A full-variant renderer (dual attention + branches) gets its expanded-mesh and
+    previous-frame maps from the runtime."""
+    from ram_avatar.models.renderer import AvatarRenderer, RendererConfig
+    from ram_avatar.runtime import AvatarRuntime
+    from ram_avatar.runtime.avatar_runtime import TorchRenderer
+
+    if "variant" not in RendererConfig.__dataclass_fields__:
+        pytest.skip("this renderer version has no full variant")
+    torch.manual_seed(0)
+    cfg = RendererConfig(resolution=128, variant="full", texture_channels=8, texture_size=64,
+                         base_channels=8, max_channels=16, style_dim=16, latent_dim=8,
+                         attention_channels=8, branch_channels=4, branch_hidden=4)
+    engine = TorchRenderer.from_model(AvatarRenderer(cfg), "cpu")
+    assert {"uv_expanded", "prev_uv"} <= set(engine.input_names)
+    with AvatarRuntime(live_subject, engine=engine, device="cpu") as rt:
+        img0, _ = rt.process(_frames(104, 1)[0])
+        first = {k: v.clone() for k, v in rt.last_maps.items()}
+        img1, _ = rt.process(_frames(110, 1)[0])
+        maps = rt.last_maps
+    assert img0.shape == img1.shape == (128, 128, 3)
+    for name in engine.input_names:
+        assert maps[name].shape[-2:] == (128, 128), name
+    assert torch.equal(first["prev_uv"], first["uv"])        # first frame: its own maps
+    assert torch.equal(maps["prev_uv"], first["uv"])         # then the previous frame's
+    assert maps["body_mask_expanded"].sum() > maps["body_mask"].sum()
+
+
+def test_runtime_import_boundaries():
+    """DESIGN: the runtime (and the live app) import neither training nor the capture pipeline
+    nor exporters."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ram_avatar.runtime.avatar_runtime, ram_avatar.runtime.trt, ram_avatar.bench, "
+            "ram_avatar.models.renderer, gui.sources, gui.overlay\n"
+            "bad = [m for m in sys.modules if m.startswith(('ram_avatar.training', "
+            "'ram_avatar.capture.pipeline', 'exporters'))]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
