@@ -77,7 +77,8 @@ def cmd_drive(a) -> int:
     from ram_avatar.drive import drive
 
     _print_json(drive(a.subject, a.source, a.output, backend=a.backend, device=a.device,
-                      run_name=a.run, camera=a.camera, driver=a.driver, mda=a.mda))
+                      run_name=a.run, camera=a.camera, driver=a.driver, mda=a.mda,
+                      mda_strength=a.mda_strength))
     return 0
 
 
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--driver", default=None, help="driver.json from `ram-avatar calibrate driver`")
     p.add_argument("--mda", default="auto", choices=["auto", "on", "off", "both"],
                    help="motion distribution alignment (auto: on when fitted)")
+    p.add_argument("--mda-strength", type=float, default=1.0, help="0 = source pose, 1 = aligned")
     _add_device(p)
     p.set_defaults(func=cmd_drive)
 
@@ -190,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=60)
     _add_device(p)
     p.set_defaults(func=cmd_bench)
+
+    from ram_avatar.motion.cli import register as register_motion  # train-prior, fit-mda, retarget
+
+    register_motion(sub)
 
     for ep in entry_points(group="ram_avatar.commands"):
         try:

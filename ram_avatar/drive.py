@@ -88,7 +88,7 @@ def _load_aligner(subject_dir: Path, mda: str):
         from ram_avatar.motion.mda import MotionAligner
 
         return MotionAligner.load(subject_dir)
-    except (ImportError, FileNotFoundError, RamAvatarError) as e:
+    except RamAvatarError as e:
         if mda in ("on", "both"):
             raise RamAvatarError(f"--mda {mda} needs a fitted motion aligner: run "
                                  f"`ram-avatar fit-mda {subject_dir}` first ({e})") from e
@@ -97,7 +97,8 @@ def _load_aligner(subject_dir: Path, mda: str):
 
 def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backend: str = "onnx",
           device: str = "auto", run_name: str = "default", camera: str | Path | None = None,
-          driver: str | Path | None = None, mda: str = "auto", batch: int = 4) -> dict:
+          driver: str | Path | None = None, mda: str = "auto", mda_strength: float = 1.0,
+          batch: int = 4) -> dict:
     """Drive the avatar of ``subject_dir`` with the motion in ``source``; write ``output``.
 
     Args:
@@ -110,6 +111,7 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
         camera: camera.json of the driving video.
         driver: driver.json (``calibrate driver``) giving the driver's body shape.
         mda: ``auto`` (on when fitted), ``on``, ``off``, or ``both`` (side by side).
+        mda_strength: blend between the source pose (0) and the aligned pose (1).
     Returns:
         summary dict: frames, fps, output path, timings, retargeting info.
     Raises:
@@ -138,9 +140,7 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
     target, face_local, info = retarget(drv, seq.params, body, tracked.face_local, seq.face_local, mask)
     variants = {"avatar": target}
     if aligner is not None:
-        from dataclasses import replace
-
-        aligned = replace(target, body_pose=torch.as_tensor(aligner.align(target.body_pose), dtype=torch.float32))
+        aligned = aligner.align_params(target, strength=mda_strength, fps=tracked.info.fps)
         variants = {"avatar_mda": aligned} if mda != "both" else {"avatar": target, "avatar_mda": aligned}
     T = tracked.end - tracked.start
     S = engine.resolution

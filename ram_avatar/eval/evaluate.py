@@ -88,10 +88,31 @@ def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device:
             from ram_avatar.errors import RamAvatarError
 
             raise RamAvatarError("--mda needs --source VIDEO (the driving video to measure)")
-        from ram_avatar.motion.metrics import evaluate_mda
-
         res["mda"] = evaluate_mda(subject_dir, source, device=dev)
     out = run_dir(subject_dir, run_name) / "metrics.json"
     atomic_write_text(out, json.dumps(res, indent=1))
     res["metrics_file"] = str(out)
     return res
+
+
+def evaluate_mda(subject_dir: str | Path, source: str | Path, device="cpu", strength: float = 1.0) -> dict:
+    """Motion-distribution-alignment measurements (Sec. 3.3) of a driving video on a subject.
+
+    Tracks the driving video (keypoints + body fit, as capture), then measures with
+    :func:`ram_avatar.motion.metrics.mda_metrics`: ``id_angle_change_deg``,
+    ``id_position_change_mm`` (held-out subject poses), ``ood_nn_distance_before/after``,
+    ``arm_correlation``, ``jerk_before/after`` (driving poses).
+
+    Raises:
+        CheckpointError: no fitted aligner (run ``ram-avatar fit-mda``); VideoError/NoPersonError.
+    """
+    from ram_avatar.body import load_body_model
+    from ram_avatar.capture.pipeline import track_video
+    from ram_avatar.motion.metrics import mda_metrics
+
+    seq = load_sequence(subject_dir)
+    bm = seq.manifest["body_model"]
+    body = load_body_model(bm["name"], model_path=bm.get("model_path"), device=device)
+    tracked = track_video(source, body, device=device)
+    return mda_metrics(subject_dir, tracked.params, strength=strength, body=body, sequence=seq,
+                       source_fps=tracked.info.fps)

@@ -1,0 +1,566 @@
+"""Motion Distribution Alignment: avatar-specific decoder and runtime filter (RAM-Avatar Sec. 3.3).
+
+A renderer trained on one video only knows that video's poses. Sec. 3.3 maps driving poses into
+the avatar's pose distribution while keeping their meaning: the robust encoder of a pose VAE
+trained on large mocap (:mod:`ram_avatar.motion.prior`) is frozen, and a new decoder
+``p(pose_t | z_t, pose_{t-1})`` is trained *only on the subject's captured poses*. At run time
+each driving pose is encoded, decoded by the avatar decoder conditioned on the previous output,
+and so lands on poses the renderer has seen (a standing-only video turns driven kicks into
+standing, while the arms keep following the driver).
+
+Design choices beyond the paper's text (all documented in ``<subject>/mda/mda.json``):
+
+* poses are the 18 anatomical group rotations (:mod:`ram_avatar.motion.retarget`);
+* training inputs are the subject's poses with small rotation noise and, for part of each
+  batch, *corrupted body regions*: legs, torso/head or an arm are moved towards a random pose
+  sampled from the prior (generic human poses; no mocap is needed at fit time) while the target
+  stays the subject's own pose. The decoder thus learns to project out-of-distribution regions
+  back onto the subject's poses and to keep in-distribution regions;
+* the condition ``pose_{t-1}`` is the subject's pose 1-3 frames earlier plus noise (sometimes
+  the mean pose), so the decoder cannot just copy it; at run time it is the decoder's previous
+  output;
+* a smoothness term asks slightly perturbed inputs (``smooth_noise_deg``) to decode to close
+  outputs, so that noisy driving poses do not turn into jitter;
+* the filter changes only ``body_pose``; each group's correction is spread over Anny's bones
+  the way the source spread the group (:func:`~ram_avatar.motion.retarget.replace_groups`);
+  fingers, jaw, face, ``global_orient`` and ``transl`` pass through;
+* ``strength`` slerps every group between source (0) and aligned (1) rotations; the
+  correction (aligned x source^T) is smoothed over time by a One-Euro filter
+  (``filter_*`` settings), which adds no lag to the source's own motion.
+
+Files: ``<subject>/mda/mda.safetensors`` (frozen encoder copy + avatar decoder, so the subject
+folder is self-contained) and ``<subject>/mda/mda.json`` (config, prior provenance, frames).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ram_avatar.errors import CheckpointError, RamAvatarError
+from ram_avatar.motion.prior import (FEATURES, GroupFK, PosePrior, PriorConfig, _mlp,
+                                     geodesic_deg, load_prior, rotmat_to_6d, sixd_to_rotmat)
+from ram_avatar.motion.retarget import (GROUP_NAMES, NUM_GROUPS, body_pose_to_groups,
+                                        replace_groups)
+from ram_avatar.utils import atomic_path, atomic_write_text, progress, resolve_device
+
+log = logging.getLogger(__name__)
+
+MDA_DIR = "mda"
+MDA_WEIGHTS = "mda.safetensors"
+MDA_META = "mda.json"
+MDA_FORMAT = "ram-avatar-mda"
+MDA_VERSION = 1
+
+#: body regions (group names) that the training corruption moves together
+REGIONS = {
+    "legs": [g for g in GROUP_NAMES if g.split(".")[0] in ("hip", "knee", "ankle")],
+    "torso": ["spine_low", "spine_up", "neck", "head"],
+    "arm.L": [g for g in GROUP_NAMES if g.endswith(".L") and g.split(".")[0] in ("clavicle", "shoulder", "elbow", "wrist")],
+    "arm.R": [g for g in GROUP_NAMES if g.endswith(".R") and g.split(".")[0] in ("clavicle", "shoulder", "elbow", "wrist")],
+}
+
+
+@dataclass
+class MDAConfig:
+    """Settings of the avatar decoder, its training and the runtime filter (saved in ``mda.json``).
+
+    Attributes:
+        hidden, layers, dropout: decoder MLP size.
+        steps, minutes, batch_size, lr: optimisation (stops at whichever of steps / minutes
+            comes first).
+        val_fraction: held-out tail of the capture (never trained on; same rule as training).
+        input_noise_deg: rotation noise on the encoder input poses (per group, degrees).
+        prev_noise_deg, prev_max_gap, prev_mean_prob: the ``pose_{t-1}`` condition is the pose
+            1..gap frames earlier with this much noise, or the mean pose with this probability.
+        corrupt_prob, region_prob, corrupt_min: fraction of a batch whose body regions are
+            moved (slerp by ``corrupt_min``..1) towards random prior samples, and the chance of
+            each region.
+        sample_latent: train on ``z ~ q(z|x)`` rather than its mean.
+        residual: decoder = frozen generic decoder + learned correction (else plain MLP).
+        w_rot, w_pos, w_smooth, smooth_noise_deg: loss weights (rotation Frobenius, FK points
+            in m^2, local smoothness under ``smooth_noise_deg`` input perturbations).
+        filter_on: ``"correction"`` (filter aligned x source^T; the source passes without lag)
+            or ``"output"`` (filter the aligned pose; smoother, lags a little).
+        filter_min_cutoff_hz, filter_beta, filter_d_cutoff_hz: One-Euro filter (``None``
+            cutoff disables it).
+    """
+
+    hidden: int = 256
+    layers: int = 3
+    dropout: float = 0.0
+    steps: int = 3000
+    minutes: float | None = None
+    batch_size: int = 256
+    lr: float = 1e-3
+    val_fraction: float = 0.1
+    input_noise_deg: float = 4.0
+    prev_noise_deg: float = 15.0
+    prev_max_gap: int = 3
+    prev_mean_prob: float = 0.2
+    corrupt_prob: float = 0.6
+    region_prob: tuple = (("legs", 0.6), ("torso", 0.4), ("arm.L", 0.12), ("arm.R", 0.12))
+    corrupt_min: float = 0.3
+    sample_latent: bool = True
+    residual: bool = True
+    w_rot: float = 1.0
+    w_pos: float = 50.0
+    w_smooth: float = 1.0
+    smooth_noise_deg: float = 3.0
+    filter_on: str = "correction"
+    filter_min_cutoff_hz: float | None = 1.0
+    filter_beta: float = 0.5
+    filter_d_cutoff_hz: float = 1.0
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# rotation helpers
+
+def _log(R: torch.Tensor) -> torch.Tensor:
+    import roma
+    return roma.rotmat_to_rotvec(R)
+
+
+def _exp(v: torch.Tensor) -> torch.Tensor:
+    import roma
+    return roma.rotvec_to_rotmat(v)
+
+
+def slerp(R0: torch.Tensor, R1: torch.Tensor, t) -> torch.Tensor:
+    """Geodesic interpolation ``R0 exp(t log(R0^T R1))``; R0, R1 (..., 3, 3), t scalar or (...)."""
+    t = torch.as_tensor(t, dtype=R0.dtype, device=R0.device)
+    v = _log(R0.transpose(-1, -2) @ R1)
+    return R0 @ _exp(v * t[..., None] if t.dim() else v * t)
+
+
+def _random_rotations(shape, deg: float, gen: torch.Generator, device) -> torch.Tensor:
+    v = torch.randn(*shape, 3, generator=gen) * math.radians(deg) / math.sqrt(3)
+    return _exp(v.to(device))
+
+
+# ----------------------------------------------------------------------------------------------
+# model
+
+class AvatarDecoder(nn.Module):
+    """``p(pose_t | z_t, pose_{t-1})``: the avatar-specific decoder.
+
+    An MLP reads the latent (D) and the previous pose's group rotations (18 x 6D). With
+    ``base`` (the prior's frozen generic decoder, a copy) it also reads the generic decoding
+    ``B(z)`` and outputs a per-group correction rotation applied to it, initialised at zero
+    (``residual`` form: the untrained decoder is the generic one); without, it outputs the
+    group rotations directly (6D). Output: (B, 18, 3, 3).
+    """
+
+    def __init__(self, latent_dim: int, hidden: int = 256, layers: int = 3, dropout: float = 0.0,
+                 base: nn.Module | None = None):
+        super().__init__()
+        self.residual = base is not None
+        n_in = latent_dim + FEATURES * (2 if self.residual else 1)
+        self.net = _mlp(n_in, hidden, layers, NUM_GROUPS * 3 if self.residual else FEATURES, dropout)
+        if self.residual:
+            self.base = base
+            self.base.requires_grad_(False)
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+
+    def train(self, mode: bool = True) -> "AvatarDecoder":
+        super().train(mode)
+        if self.residual:
+            self.base.eval()  # frozen: no dropout
+        return self
+
+    def forward(self, z: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """z (B, D), prev (B, 18, 3, 3) -> (B, 18, 3, 3)."""
+        feats = [z, rotmat_to_6d(prev).flatten(1)]
+        if self.residual:
+            base = sixd_to_rotmat(self.base(z).view(-1, NUM_GROUPS, 6))
+            feats.append(rotmat_to_6d(base).flatten(1))
+            delta = self.net(torch.cat(feats, -1)).view(-1, NUM_GROUPS, 3)
+            return base @ _exp(delta)
+        h = self.net(torch.cat(feats, -1))
+        return sixd_to_rotmat(h.view(-1, NUM_GROUPS, 6))
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+def split_subject_frames(valid: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Temporal split of a capture (same rule as training): the last ``val_fraction`` of the
+    frames is held out; only valid frames are returned.
+
+    Returns:
+        (train_indices, held_out_indices) into the sequence.
+    """
+    T = len(valid)
+    n_val = max(1, int(round(T * val_fraction))) if val_fraction > 0 else 0
+    cut = T - n_val
+    frames = np.arange(T)
+    return frames[:cut][valid[:cut]], frames[cut:][valid[cut:]]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _region_masks(cfg: MDAConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    names = [r for r, _ in cfg.region_prob]
+    probs = torch.tensor([p for _, p in cfg.region_prob])
+    masks = torch.zeros(len(names), NUM_GROUPS, dtype=torch.bool)
+    for i, r in enumerate(names):
+        for g in REGIONS[r]:
+            masks[i, GROUP_NAMES.index(g)] = True
+    return masks, probs
+
+
+# ----------------------------------------------------------------------------------------------
+# fitting
+
+def fit_mda(subject_dir: str | Path, steps: int | None = None, minutes: float | None = None,
+            prior: str | Path | PosePrior | None = None, config: MDAConfig | None = None,
+            device: str = "cpu", poses: np.ndarray | None = None, valid: np.ndarray | None = None) -> dict:
+    """Train the avatar-specific decoder of a captured subject (Sec. 3.3).
+
+    Reads ``<subject>/sequence`` (training split only: valid frames outside the held-out last
+    ``config.val_fraction``), keeps the prior's encoder frozen, trains the conditional decoder
+    and writes ``<subject>/mda/mda.safetensors`` + ``mda.json`` atomically.
+
+    Args:
+        subject_dir: subject directory (with ``sequence/``).
+        steps: optimiser steps (default ``config.steps``); ``minutes``: wall-clock budget.
+        prior: prior directory or loaded :class:`PosePrior` (default: the shipped prior).
+        config: :class:`MDAConfig`.
+        device: ``cpu`` / ``cuda`` / ``auto``.
+        poses, valid: (T, 35, 3) body poses and (T,) validity to use instead of the sequence
+            (tests); the held-out split still applies.
+    Returns:
+        The metadata written to ``mda.json``.
+    Raises:
+        SequenceFormatError: no readable FittedSequence; CheckpointError: no prior;
+        RamAvatarError: too few valid training frames.
+    """
+    cfg = config or MDAConfig()
+    if steps is not None:
+        cfg.steps = int(steps)
+    if minutes is not None:
+        cfg.minutes = float(minutes)
+    dev = resolve_device(device)
+    subject_dir = Path(subject_dir)
+    if poses is None:
+        from ram_avatar.io.sequence import load_sequence
+        seq = load_sequence(subject_dir)
+        if seq.manifest.get("body_model", {}).get("name", "anny") != "anny":
+            raise RamAvatarError("fit-mda supports subjects captured with the 'anny' body model "
+                                 f"(this one uses {seq.manifest['body_model'].get('name')!r})")
+        poses = seq.params.body_pose.numpy()
+        valid = seq.valid
+    poses = np.asarray(poses, dtype=np.float32)
+    valid = np.ones(len(poses), bool) if valid is None else np.asarray(valid, bool)
+    tr, va = split_subject_frames(valid, cfg.val_fraction)
+    if len(tr) < 8:
+        raise RamAvatarError(f"{subject_dir}: only {len(tr)} valid training frames; fit-mda needs at least 8 "
+                             "(re-capture a longer video)")
+    prior_path = None
+    if not isinstance(prior, PosePrior):
+        from ram_avatar.motion.prior import DEFAULT_PRIOR_DIR, WEIGHTS
+        prior_path = Path(prior) if prior is not None else DEFAULT_PRIOR_DIR
+        prior = load_prior(prior_path, dev)
+    prior = prior.to(dev).eval().requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    G_all = body_pose_to_groups(torch.from_numpy(poses).double()).float().to(dev)   # (T, 18, 3, 3)
+    G_tr = G_all[torch.from_numpy(tr).to(dev)]
+    mean_pose = _mean_rotations(G_tr)
+    # previous frames: index of the training frame k steps earlier (itself when not available)
+    pos_in_tr = {int(f): i for i, f in enumerate(tr)}
+    prev_idx = torch.zeros(cfg.prev_max_gap, len(tr), dtype=torch.long)
+    for k in range(1, cfg.prev_max_gap + 1):
+        prev_idx[k - 1] = torch.tensor([pos_in_tr.get(int(f) - k, i) for i, f in enumerate(tr)])
+    prev_idx = prev_idx.to(dev)
+    with torch.no_grad():
+        donors = torch.cat([prior.sample(4096, gen) for _ in range(4)])                 # (16384, 18, 3, 3)
+    masks, probs = _region_masks(cfg)
+    masks, probs = masks.to(dev), probs.to(dev)
+
+    base = copy.deepcopy(prior.decoder_net) if cfg.residual else None
+    dec = AvatarDecoder(prior.latent_dim, cfg.hidden, cfg.layers, cfg.dropout, base).to(dev)
+    opt = torch.optim.AdamW([p for p in dec.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(cfg.steps, 1), 1.0))))
+    B = cfg.batch_size
+    t0 = time.time()
+    step = 0
+    hist = []
+    with progress() as bar:
+        task = bar.add_task("fit mda", total=cfg.steps, info="")
+        for step in range(1, cfg.steps + 1):
+            i = torch.randint(0, len(tr), (B,), generator=gen).to(dev)
+            target = G_tr[i]
+            x = target @ _random_rotations((B, NUM_GROUPS), cfg.input_noise_deg, gen, dev)
+            # corrupt body regions towards random prior poses
+            corrupt = (torch.rand(B, generator=gen).to(dev) < cfg.corrupt_prob)
+            pick = (torch.rand(B, len(probs), generator=gen).to(dev) < probs) & corrupt[:, None]
+            gmask = (pick.float() @ masks.float()) > 0                                  # (B, 18)
+            donor = donors[torch.randint(0, donors.shape[0], (B,), generator=gen).to(dev)]
+            amount = cfg.corrupt_min + (1 - cfg.corrupt_min) * torch.rand(B, 1, generator=gen).to(dev)
+            x = torch.where(gmask[..., None, None], slerp(x, donor, amount.expand(B, NUM_GROUPS)), x)
+            with torch.no_grad():
+                mu, logvar = prior.encode_groups(x)
+                z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if cfg.sample_latent else mu
+            k = torch.randint(0, cfg.prev_max_gap, (B,), generator=gen).to(dev)
+            prev = G_tr[prev_idx[k, i]] @ _random_rotations((B, NUM_GROUPS), cfg.prev_noise_deg, gen, dev)
+            use_mean = (torch.rand(B, generator=gen).to(dev) < cfg.prev_mean_prob)
+            prev = torch.where(use_mean[:, None, None, None], mean_pose.expand(B, -1, -1, -1), prev)
+            out = dec(z, prev)
+            rot = ((out - target) ** 2).sum((-1, -2)).mean()
+            with torch.no_grad():
+                tgt_pts = prior.fk(target)
+            pos = ((prior.fk(out) - tgt_pts) ** 2).sum(-1).mean()
+            loss = cfg.w_rot * rot + cfg.w_pos * pos
+            if cfg.w_smooth > 0:
+                # local smoothness: a slightly different input must give a close output, so that
+                # noisy driving poses are not amplified into jitter
+                with torch.no_grad():
+                    x2 = x @ _random_rotations((B, NUM_GROUPS), cfg.smooth_noise_deg, gen, dev)
+                    mu2, _ = prior.encode_groups(x2)
+                smooth = ((dec(mu, prev) - dec(mu2, prev)) ** 2).sum((-1, -2)).mean()
+                loss = loss + cfg.w_smooth * smooth
+            if not torch.isfinite(loss):
+                from ram_avatar.errors import TrainingDivergedError
+                raise TrainingDivergedError(f"fit-mda diverged at step {step}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(dec.net.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            if step % 100 == 0 or step == 1:
+                hist.append({"step": step, "loss": float(loss.detach()), "rot": float(rot.detach()), "pos_m2": float(pos.detach())})
+                bar.update(task, completed=step, info=f"loss {float(loss.detach()):.4f}")
+            if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
+                break
+    dec.eval()
+    # self-reconstruction of the (clean) training poses
+    with torch.no_grad():
+        aligner = MotionAligner(prior, dec, mean_pose, cfg)
+        tr_err = float(geodesic_deg(aligner.align_groups(G_tr), G_tr).mean())
+    out_dir = subject_dir / MDA_DIR
+    meta = {
+        "format": MDA_FORMAT, "version": MDA_VERSION,
+        "method": "RAM-Avatar Sec. 3.3: frozen VAE encoder + avatar-specific decoder p(pose_t | z_t, pose_{t-1})",
+        "config": asdict(cfg),
+        "prior": {"path": str(prior_path) if prior_path else None,
+                  "sha256": _sha256(prior_path / "prior.safetensors") if prior_path and (prior_path / "prior.safetensors").is_file() else None,
+                  "latent_dim": prior.latent_dim, "config": asdict(prior.config),
+                  "data": getattr(prior, "meta", {}).get("data")},
+        "frames": {"total": int(len(poses)), "train": int(len(tr)), "held_out": int(len(va)),
+                   "held_out_start": int(len(poses) - max(1, int(round(len(poses) * cfg.val_fraction))))},
+        "steps_done": step, "training_time_s": round(time.time() - t0, 1),
+        "train_self_angle_deg": tr_err,
+        "trained_on": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "device": str(dev)},
+        "history": hist[-30:],
+    }
+    save_mda(out_dir, prior, dec, mean_pose, meta)
+    log.info("avatar decoder written to %s (%d steps, %.0f s, training-pose change %.2f deg)",
+             out_dir, step, time.time() - t0, tr_err)
+    return meta
+
+
+def _mean_rotations(G: torch.Tensor) -> torch.Tensor:
+    """Chordal mean of rotations (N, 18, 3, 3) -> (1, 18, 3, 3)."""
+    M = G.mean(0, keepdim=True)
+    U, _, Vt = torch.linalg.svd(M)
+    d = torch.sign(torch.linalg.det(U @ Vt))
+    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    return U @ D @ Vt
+
+
+def save_mda(out_dir: Path, prior: PosePrior, dec: AvatarDecoder, mean_pose: torch.Tensor, meta: dict) -> None:
+    """Write ``mda.safetensors`` (encoder copy, decoder, mean pose, FK) and ``mda.json``."""
+    from safetensors.torch import save_file
+    sd = {f"encoder_net.{k}": v for k, v in prior.encoder_net.state_dict().items()}
+    sd.update({f"decoder.{k}": v for k, v in dec.state_dict().items()})
+    sd.update({f"fk.{k}": v for k, v in prior.fk.state_dict().items()})
+    sd["mean_pose"] = mean_pose.reshape(NUM_GROUPS, 3, 3)
+    sd = {k: v.detach().float().cpu().contiguous() for k, v in sd.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / MDA_WEIGHTS) as tmp:
+        save_file(sd, str(tmp), metadata={"format": MDA_FORMAT, "version": str(MDA_VERSION)})
+    atomic_write_text(out_dir / MDA_META, json.dumps(meta, indent=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# runtime filter
+
+class MotionAligner:
+    """Runtime motion-distribution alignment of driving poses (Sec. 3.3, test time).
+
+    ``align`` runs, per frame, the frozen encoder (latent mean) and the avatar decoder
+    conditioned on its previous output, then blends with the source by ``strength`` and writes
+    the result back into ``body_pose`` without touching anything else.
+    """
+
+    def __init__(self, prior: PosePrior, decoder: AvatarDecoder, mean_pose: torch.Tensor,
+                 config: MDAConfig | None = None, meta: dict | None = None):
+        self.prior = prior.eval().requires_grad_(False)
+        self.decoder = decoder.eval().requires_grad_(False)
+        self.mean_pose = mean_pose.reshape(1, NUM_GROUPS, 3, 3)
+        self.config = config or MDAConfig()
+        self.meta = meta or {}
+        self.reset()
+
+    @classmethod
+    def load(cls, subject_dir: str | Path, device: str | torch.device = "cpu") -> "MotionAligner":
+        """Load ``<subject>/mda`` written by :func:`fit_mda`.
+
+        Raises:
+            CheckpointError: missing / mismatching files (message says to run fit-mda).
+        """
+        from safetensors.torch import load_file
+        d = Path(subject_dir)
+        d = d / MDA_DIR if (d / MDA_DIR).is_dir() else d
+        wpath, mpath = d / MDA_WEIGHTS, d / MDA_META
+        if not wpath.is_file() or not mpath.is_file():
+            raise CheckpointError(f"no motion alignment model in {d}; run `ram-avatar fit-mda {Path(subject_dir)}` first")
+        try:
+            meta = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{mpath} is not valid JSON ({e}); re-run fit-mda") from e
+        if meta.get("format") != MDA_FORMAT or meta.get("version") != MDA_VERSION:
+            raise CheckpointError(f"{mpath}: not a version-{MDA_VERSION} {MDA_FORMAT} file; re-run fit-mda")
+        known = MDAConfig.__dataclass_fields__
+        cfg = MDAConfig(**{k: (tuple(tuple(x) for x in v) if k == "region_prob" else v)
+                           for k, v in meta["config"].items() if k in known})
+        pk = PriorConfig.__dataclass_fields__
+        pcfg = PriorConfig(**{k: v for k, v in meta["prior"]["config"].items() if k in pk})
+        prior = PosePrior(pcfg, GroupFK())
+        base = copy.deepcopy(prior.decoder_net) if cfg.residual else None
+        dec = AvatarDecoder(pcfg.latent_dim, cfg.hidden, cfg.layers, cfg.dropout, base)
+        try:
+            sd = load_file(str(wpath))
+            prior.encoder_net.load_state_dict({k[12:]: v for k, v in sd.items() if k.startswith("encoder_net.")})
+            prior.fk.load_state_dict({k[3:]: v for k, v in sd.items() if k.startswith("fk.")})
+            dec.load_state_dict({k[8:]: v for k, v in sd.items() if k.startswith("decoder.")})
+            mean_pose = sd["mean_pose"]
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{wpath} does not match {mpath}: {e}; re-run fit-mda") from e
+        dev = torch.device(device)
+        return cls(prior.to(dev), dec.to(dev), mean_pose.to(dev), cfg, meta)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean_pose.device
+
+    def reset(self) -> None:
+        """Forget the temporal state (previous output, filtered correction)."""
+        self._prev: torch.Tensor | None = None
+        self._corr: torch.Tensor | None = None
+        self._dcorr: torch.Tensor | None = None
+
+    def _filter(self, corr: torch.Tensor, fps: float) -> torch.Tensor:
+        """One-Euro filter (Casiez et al., CHI 2012) of the correction rotation vectors (1, 18, 3):
+        a low-pass whose cutoff rises with the correction's speed, so frame-to-frame flicker is
+        removed while real changes pass with little lag."""
+        c = self.config
+        if c.filter_min_cutoff_hz is None or self._corr is None:
+            self._corr, self._dcorr = corr, torch.zeros_like(corr)
+            return corr
+        te = 1.0 / fps
+
+        def alpha(cutoff):
+            tau = 1.0 / (2 * math.pi * cutoff)
+            return 1.0 / (1.0 + tau / te)
+
+        d = (corr - self._corr) * fps
+        a_d = alpha(c.filter_d_cutoff_hz)
+        dhat = a_d * d + (1 - a_d) * self._dcorr
+        cutoff = c.filter_min_cutoff_hz + c.filter_beta * dhat.norm(dim=-1, keepdim=True)
+        a = alpha(cutoff)
+        out = a * corr + (1 - a) * self._corr
+        self._corr, self._dcorr = out, dhat
+        return out
+
+    @torch.no_grad()
+    def align_groups(self, G: torch.Tensor, strength: float = 1.0, fps: float = 30.0,
+                     reset: bool = True) -> torch.Tensor:
+        """Align group rotations of consecutive frames.
+
+        Args:
+            G: (T, 18, 3, 3) source group rotations (relative to parent groups).
+            strength: 0 = source unchanged, 1 = fully aligned (slerp per group).
+            fps: frame rate of the stream (for the temporal filter of the correction).
+            reset: start from a clean temporal state (False: continue a stream).
+        Returns:
+            (T, 18, 3, 3) output group rotations.
+        """
+        if reset:
+            self.reset()
+        G = G.to(self.device, torch.float32)
+        mu, _ = self.prior.encode_groups(G)                                          # batched: no state
+        out = torch.empty_like(G)
+        for t in range(G.shape[0]):
+            prev = self.mean_pose if self._prev is None else self._prev
+            if self._prev is None:  # first frame: one refinement pass from the mean pose
+                prev = self.decoder(mu[t:t + 1], prev)
+            al = self.decoder(mu[t:t + 1], prev)
+            self._prev = al
+            if self.config.filter_on == "output":   # filter the aligned pose, then blend
+                al = _exp(self._filter(_log(al), fps))
+                corr = _log(al @ G[t:t + 1].transpose(-1, -2))
+            else:                                   # filter the correction (no lag on the source)
+                corr = self._filter(_log(al @ G[t:t + 1].transpose(-1, -2)), fps)     # (1, 18, 3)
+            out[t] = _exp(corr * strength)[0] @ G[t]
+        return out
+
+    @torch.no_grad()
+    def align(self, body_pose, strength: float = 1.0, fps: float = 30.0, reset: bool = True):
+        """Align a driving ``body_pose`` sequence to the avatar's pose distribution.
+
+        Args:
+            body_pose: (T, 35, 3) axis-angle radians (torch or numpy), consecutive frames.
+            strength: blend in [0, 1] between source (0) and aligned (1), per joint group.
+            fps: frame rate of the sequence (temporal filter of the correction).
+            reset: start a new sequence (False: continue the stream of a previous call).
+        Returns:
+            (T, 35, 3) aligned ``body_pose``, same type as the input.
+        Raises:
+            ValueError: wrong shape or strength outside [0, 1].
+        """
+        is_np = isinstance(body_pose, np.ndarray)
+        bp = torch.as_tensor(body_pose, dtype=torch.float32, device=self.device)
+        if bp.dim() != 3 or bp.shape[1:] != (35, 3):
+            raise ValueError(f"body_pose must be (T, 35, 3) Anny poses, got {tuple(bp.shape)}")
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        if strength == 0.0:
+            return body_pose.copy() if is_np else body_pose.clone()
+        G = body_pose_to_groups(bp.double()).float()
+        G_out = self.align_groups(G, strength, fps, reset)
+        out = replace_groups(bp.double(), G_out.double()).float()
+        return out.cpu().numpy() if is_np else out.to(torch.as_tensor(body_pose).device)
+
+    def step(self, body_pose, strength: float = 1.0, fps: float = 30.0):
+        """Streaming use (live): align one frame (35, 3), keeping the temporal state."""
+        one = torch.as_tensor(body_pose, dtype=torch.float32)[None]
+        out = self.align(one.numpy() if isinstance(body_pose, np.ndarray) else one, strength, fps, reset=False)
+        return out[0]
+
+    def align_params(self, params, strength: float = 1.0, fps: float = 30.0):
+        """:class:`~ram_avatar.body.base.BodyParams` of T consecutive frames -> copy with only
+        ``body_pose`` aligned (hands, jaw, expression, global_orient, transl passed through)."""
+        from dataclasses import replace
+        return replace(params, body_pose=self.align(params.body_pose, strength, fps))
