@@ -95,7 +95,7 @@ class LiveWindow(QMainWindow):
     Args:
         subject_dir: the avatar to drive.
         source: initial source (webcam index, ``"0"``, or a video path); None: wait for the user.
-        backend, device, mda, camera, run_name: passed to the runtime.
+        backend, device, mda, camera, run_name, driver: passed to the runtime.
         runtime_factory: overrides how the runtime is built (tests); default builds
             :class:`~ram_avatar.runtime.avatar_runtime.AvatarRuntime`.
         source_factory: overrides how a source spec is opened (tests); default
@@ -114,6 +114,7 @@ class LiveWindow(QMainWindow):
 
     def __init__(self, subject_dir: str | Path, source=None, backend: str = "onnx",
                  device: str = "cpu", mda: bool = False, camera: str | Path | None = None,
+                 driver: str | Path | None = None,
                  run_name: str = "default", runtime_factory: Callable[[], object] | None = None,
                  source_factory: Callable[[object], object] | None = None, loop: bool = False,
                  retry_s: float = 1.0, record_dir: str | Path | None = None):
@@ -131,7 +132,7 @@ class LiveWindow(QMainWindow):
                 from ram_avatar.runtime.avatar_runtime import AvatarRuntime
 
                 return AvatarRuntime(self.subject_dir, backend=backend, device=device, mda=mda,
-                                     camera=camera, run_name=run_name)
+                                     camera=camera, run_name=run_name, driver=driver)
         self.worker = LiveWorker(runtime_factory, source_factory or open_source, retry_s=retry_s,
                                  loop=loop)
         self._build_ui(source)
@@ -340,6 +341,7 @@ def _ensure_platform(headless: bool) -> None:
 
 def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device: str = "cpu",
              mda: bool = False, camera: str | Path | None = None, run_name: str = "default",
+             driver: str | Path | None = None,
              frames: int | None = None, screenshot: str | Path | None = None,
              record: str | Path | None = None, loop: bool = False, timeout_s: float = 600.0,
              headless: bool | None = None, overlay: bool = False) -> dict:
@@ -361,7 +363,7 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
     _ensure_platform(bool(headless) if headless is not None else frames is not None)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     win = LiveWindow(subject_dir, source=source, backend=backend, device=device, mda=mda,
-                     camera=camera, run_name=run_name, loop=loop)
+                     camera=camera, run_name=run_name, loop=loop, driver=driver)
     win.resize(win.sizeHint())
     win.overlay_box.setChecked(bool(overlay))
     win.show()

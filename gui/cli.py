@@ -16,6 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compute device (default: auto = CUDA when available)")
     p.add_argument("--run", default="default", help="training run (torch backend)")
     p.add_argument("--camera", default=None, help="camera.json of the live camera")
+    p.add_argument("--driver", default=None, help="driver.json from `ram-avatar calibrate driver`")
     p.add_argument("--mda", action="store_true", help="start with motion alignment on (when fitted)")
     p.add_argument("--overlay", action="store_true", help="start with the skeleton overlay on")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
@@ -42,7 +43,7 @@ def run_from_args(a) -> int:
     except ImportError as e:
         raise RamAvatarError(f"the live app needs PySide6: pip install 'ram-avatar-studio[gui]' ({e})") from e
     summary = run_live(a.subject, source=a.source, backend=a.backend, device=a.device, mda=a.mda,
-                       camera=a.camera, run_name=a.run, frames=a.frames, screenshot=a.screenshot,
+                       camera=a.camera, driver=a.driver, run_name=a.run, frames=a.frames, screenshot=a.screenshot,
                        record=a.record, loop=a.loop, timeout_s=a.timeout, overlay=a.overlay)
     if a.frames is not None or a.screenshot is not None:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")

@@ -22,7 +22,7 @@ from ram_avatar.capture.pipeline import track_video
 from ram_avatar.capture.video import VideoWriter, iter_frames
 from ram_avatar.errors import RamAvatarError
 from ram_avatar.io.sequence import load_sequence
-from ram_avatar.runtime.retarget import retarget
+from ram_avatar.runtime.retarget import load_driver_betas, retarget
 from ram_avatar.training.data import maps_to_float, render_sequence_maps, split_frames
 from ram_avatar.utils import progress, resolve_device
 
@@ -129,11 +129,7 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
     tracked = track_video(source, body, camera=camera, device=dev)
     drv = tracked.params
     if driver is not None:
-        d = json.loads(Path(driver).read_text())
-        if d.get("body_model") != bm["name"]:
-            raise RamAvatarError(f"{driver} was calibrated with body model {d.get('body_model')!r}, "
-                                 f"the avatar uses {bm['name']!r}")
-        drv.betas = torch.tensor(d["betas"], dtype=torch.float32).reshape(1, -1)
+        drv.betas = load_driver_betas(driver, body)
     train_idx, _ = split_frames(seq)
     mask = np.zeros(seq.num_frames, bool)
     mask[train_idx] = True

@@ -92,3 +92,21 @@ def test_train_without_capture(tmp_path, capsys):
 def test_drive_without_export(tmp_path, capsys):
     assert main(["export", str(tmp_path / "none")]) == 2
     assert "ram-avatar" in capsys.readouterr().err
+
+
+def test_driver_json_checked(tmp_path, anny_body):
+    import json
+
+    from ram_avatar.errors import RamAvatarError
+    from ram_avatar.runtime.retarget import load_driver_betas
+
+    good = tmp_path / "driver.json"
+    good.write_text(json.dumps({"body_model": "anny", "betas": [0.4, 0.5, 0.5, 0.6, 0.7, 0.3]}))
+    assert load_driver_betas(good, anny_body).shape == (1, 6)
+    bad = tmp_path / "smplx_driver.json"
+    bad.write_text(json.dumps({"body_model": "smplx", "betas": [0.0] * 10}))
+    with pytest.raises(RamAvatarError, match="same body model"):
+        load_driver_betas(bad, anny_body)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(RamAvatarError, match="calibrate driver"):
+        load_driver_betas(tmp_path / "broken.json", anny_body)

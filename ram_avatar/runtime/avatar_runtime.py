@@ -57,7 +57,7 @@ from ram_avatar.render.conditioning import (
     face_to_head_local,
     project_points,
 )
-from ram_avatar.runtime.retarget import FOOT_LANDMARKS, ground_level
+from ram_avatar.runtime.retarget import FOOT_LANDMARKS, ground_level, load_driver_betas
 from ram_avatar.runtime.tracking import BodyTracker, HolisticTracker, LiveFitConfig
 from ram_avatar.utils import resolve_device
 
@@ -468,6 +468,7 @@ class AvatarRuntime:
             otherwise a warning and :attr:`mda_status` says why).
         run_name: training run (torch backend, train split).
         camera: camera.json of the live camera (default: the default field of view).
+        driver: driver.json (``calibrate driver``): fit the live person with their own shape.
         fit: :class:`~ram_avatar.runtime.tracking.LiveFitConfig`.
         raster_backend: conditioning-map rasterizer (``auto``, ``moderngl``, ``torch``).
         model_path: explicit renderer file (.onnx / .engine), e.g. a timing-only renderer.
@@ -486,7 +487,7 @@ class AvatarRuntime:
                  resolution: int | None = None, mda: bool = False, run_name: str = "default",
                  camera: str | Path | None = None, fit: LiveFitConfig | None = None,
                  raster_backend: str = "auto", model_path: str | Path | None = None,
-                 engine=None):
+                 engine=None, driver: str | Path | None = None):
         self.subject_dir = Path(subject_dir)
         self.device = resolve_device(device)
         self.backend = backend
@@ -509,7 +510,10 @@ class AvatarRuntime:
         self.raster_backend = raster_backend
         self.cond = ConditioningRenderer(self.body, backend=raster_backend)
         self.tracker = HolisticTracker()
-        self.fitter = BodyTracker(self.body, seq.params.betas, fit, self.device)
+        # the person in front of the camera is fitted with their own shape when calibrated
+        # (driver.json); retargeting then swaps in the avatar's betas
+        fit_betas = load_driver_betas(driver, self.body) if driver is not None else seq.params.betas
+        self.fitter = BodyTracker(self.body, fit_betas, fit, self.device)
         self.camera_path = camera
         self._cams: dict[tuple[int, int], dict] = {}
         self.aligner = None

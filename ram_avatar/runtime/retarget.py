@@ -18,12 +18,15 @@ stands. Retargeting therefore:
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ram_avatar.body.base import BodyModel, BodyParams
+from ram_avatar.errors import RamAvatarError
 
 FOOT_LANDMARKS = [27, 28, 29, 30, 31, 32]  # ankles, heels, foot index (MediaPipe pose)
 
@@ -85,3 +88,22 @@ def retarget(driver: BodyParams, avatar: BodyParams, body: BodyModel,
         else:
             face = np.repeat(base[None], driver.batch_size, 0)
     return out, face, {"scale": scale, "ground_offset_m": offset, "ground_level_m": g_avatar}
+
+
+def load_driver_betas(path: str | Path, body: BodyModel) -> torch.Tensor:
+    """The driver's body shape (1, n_betas) from a ``driver.json`` (``ram-avatar calibrate driver``).
+
+    Raises:
+        RamAvatarError: unreadable file, another body model, or betas of the wrong length.
+    """
+    try:
+        d = json.loads(Path(path).read_text())
+        betas = torch.tensor(d["betas"], dtype=torch.float32).reshape(1, -1)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RamAvatarError(f"cannot read driver calibration {path}: {e}; re-run "
+                             "`ram-avatar calibrate driver`") from e
+    if d.get("body_model") != body.name or betas.shape[1] != body.num_betas:
+        raise RamAvatarError(f"{path} was calibrated with body model {d.get('body_model')!r} "
+                             f"({betas.shape[1]} betas); the avatar uses {body.name!r}: re-run "
+                             "`ram-avatar calibrate driver` with the same body model")
+    return betas
