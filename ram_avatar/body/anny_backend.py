@@ -57,12 +57,6 @@ _POSE_SOURCES = {
 @functools.lru_cache(maxsize=2)
 def _load_anny():
     try:
-        try:  # NVIDIA Warp (an Anny dependency) prints a banner on stdout, where verbs print JSON
-            import warp
-
-            warp.config.quiet = True
-        except ImportError:
-            pass
         import anny
     except ImportError as e:  # pragma: no cover - core dependency
         raise ModelFileError("the 'anny' package is not installed: pip install anny") from e
@@ -186,6 +180,27 @@ class AnnyBodyModel(BodyModel):
             self._anny[0] = m
         return m
 
+    def _rest_model(self, betas: torch.Tensor) -> dict:
+        """Anny's rest model (rest vertices, bone heads and poses) for ``betas`` (B, n).
+
+        The rest model depends on the shape only; when the shape is a constant (no gradient:
+        live fitting, retargeting, rendering) the last result is reused, which removes the
+        largest per-call cost of a fixed-shape forward.
+        """
+        m = self.anny
+        key = None
+        if not betas.requires_grad:
+            key = (betas.device, tuple(betas.shape), tuple(betas.detach().flatten().tolist()))
+            cached = getattr(self, "_rest_cache", None)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        pheno, local, facial = m.get_tensor_inputs(None, betas, None, None)[1:]
+        coeffs = m._get_phenotype_blendshape_coefficients(pheno, local, facial)
+        rest = m.get_rest_model(coeffs)
+        if key is not None:
+            self._rest_cache = (key, rest)
+        return rest
+
     def _bone_transforms(self, params: BodyParams):
         m = self.anny
         B = params.batch_size
@@ -201,9 +216,7 @@ class AnnyBodyModel(BodyModel):
         betas = params.betas
         if betas.shape[0] not in (1, B):
             raise ValueError(f"betas batch {betas.shape[0]} does not match pose batch {B}")
-        pheno, local, facial = m.get_tensor_inputs(None, betas, None, None)[1:]
-        coeffs = m._get_phenotype_blendshape_coefficients(pheno, local, facial)
-        rest = m.get_rest_model(coeffs)
+        rest = self._rest_model(betas)
         skin_T, bone_poses = m.get_bone_transforms(T, rest["rest_bone_poses"])
         return rest, skin_T, bone_poses
 
