@@ -1,13 +1,35 @@
-"""The avatar renderer: neural texture + StyleUNet + compositing over a learned background.
+"""The avatar renderer: body features + StyleUNet + compositing over a learned background.
 
-Renderer v1 of RAM-Avatar (Sec. 3.1, 4.1) without dual attention: the body neural texture is
-sampled at the rasterised UV map, concatenated with the hand (5 ch), face (3 ch) and body-mask
-(1 ch) maps, and translated by the StyleUNet into a foreground RGB and an alpha logit; the
-person is composited over a learned background image.
+Two variants, chosen by ``RendererConfig.variant`` (checkpoints of either load as before):
+
+``v1``
+    RAM-Avatar (Sec. 3.1, 4.1) without dual attention and branches: the body neural texture is
+    sampled at the rasterised UV map, concatenated with the raw hand (5 ch), face (3 ch) and
+    body-mask (1 ch) maps, and translated by the StyleUNet into a foreground RGB and an alpha
+    logit; the person is composited over a learned background image.
+
+``full``
+    The paper's renderer. Body features ``F`` (48 ch in the paper) from the UV neural texture or
+    from a triplane sampled at the canonical-position map (``body_features``); dual attention
+    (Sec. 3.2, :mod:`ram_avatar.models.dual_attention`) with queries from the expanded mesh's
+    features ``F_e`` (spatial part) and from the previous frame's body features (temporal
+    part); the face map and the finger map each through a shallow UNet to 16 channels
+    (:mod:`ram_avatar.models.branches`); ``concat(F_body, F_hand, F_face, body_mask)`` into the
+    StyleUNet. Every part can be switched off for ablations (``spatial_attention``,
+    ``temporal_attention``, ``face_branch``, ``hand_branch``); a disabled part is not built
+    (its parameters do not exist) and its input is ignored.
+
+Extra inputs of the full variant (keyword arguments, all ``(B,C,S,S)`` like the base maps):
+``uv_expanded``/``body_mask_expanded`` (expanded mesh), ``prev_uv``/``prev_body_mask`` (previous
+frame), ``canon``/``canon_expanded``/``prev_canon`` (canonical positions, triplane only). When an
+extra map is missing, the current frame's map stands in for it (the spatial part then attends
+with queries from ``F`` itself, the temporal part treats the frame as static) and a warning is
+logged once; :meth:`AvatarRenderer.input_names` lists what a config needs.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import torch
@@ -15,6 +37,16 @@ from torch import nn
 
 from ram_avatar.models.neural_texture import NeuralTexture
 from ram_avatar.models.styleunet import StyleUNet
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("v1", "full")
+BODY_FEATURES = ("texture", "triplane")
+#: base inputs of every variant, in ONNX input order
+BASE_INPUTS = ("uv", "body_mask", "hand", "face")
+#: optional extra inputs of the full variant
+EXTRA_INPUTS = ("uv_expanded", "body_mask_expanded", "prev_uv", "prev_body_mask", "canon",
+                "canon_expanded", "prev_canon")
 
 
 @dataclass
@@ -40,6 +72,28 @@ class RendererConfig:
         alpha_mask_prior: initial value of a learned scale ``a`` adding ``a * (2 m - 1)`` to the
             alpha logit (m = body mask): the template silhouette is the starting guess of the
             person's alpha and the generator learns the residual (hair, loose clothes). 0 = off.
+        variant: ``v1`` (texture + raw maps) or ``full`` (module docstring). The fields below
+            only matter for ``full``.
+        body_features: ``texture`` (UV neural texture, ``texture_*`` fields) or ``triplane``
+            (``triplane_*`` fields; needs the ``canon`` maps).
+        triplane_channels: channels per plane (body map width = 3x this; released code 16).
+        triplane_size: plane side (released code 512).
+        spatial_attention: dual attention's spatial part (queries from the expanded mesh).
+        temporal_attention: dual attention's temporal part (queries from the previous frame).
+        attention_channels: channels at the attention's reduced resolution (released code 96).
+        attention_qk_channels: query/key width (0 = attention_channels // 8).
+        attention_downsample: stride-2 convs before the attention (2: 1024^2 -> 256^2).
+        attention_recurrence: criss-cross passes (2).
+        attention_distance_power: exponent p of the prior d = 1 / (|i-u|^p + 1) (0.8).
+        attention_residual: body map = F + attention (True) or attention only (released code).
+        attention_impl: ``einsum`` (efficient), ``reference`` / ``dense`` (tests only).
+        expand_offset: metres the expanded mesh's vertices move along their normals (conditioning
+            renderer; stored here so training and driving render the same F_e).
+        face_branch: face map -> shallow UNet -> ``branch_channels`` (False: no face input).
+        hand_branch: finger map -> shallow UNet -> ``branch_channels`` (False: no hand input).
+        branch_channels: output channels of each branch (paper: 16).
+        branch_hidden: hidden channels of the branches at full resolution.
+        branch_depth: stride-2 levels of the branches' UNets.
     """
 
     resolution: int = 256
@@ -57,25 +111,129 @@ class RendererConfig:
     num_frames: int | None = None
     wavelet_output: bool = True
     alpha_mask_prior: float = 3.0
+    variant: str = "v1"
+    body_features: str = "texture"
+    triplane_channels: int = 16
+    triplane_size: int = 512
+    spatial_attention: bool = True
+    temporal_attention: bool = True
+    attention_channels: int = 96
+    attention_qk_channels: int = 0
+    attention_downsample: int = 2
+    attention_recurrence: int = 2
+    attention_distance_power: float = 0.8
+    attention_residual: bool = True
+    attention_impl: str = "einsum"
+    expand_offset: float = 0.01
+    face_branch: bool = True
+    hand_branch: bool = True
+    branch_channels: int = 16
+    branch_hidden: int = 16
+    branch_depth: int = 2
+
+    @property
+    def body_channels(self) -> int:
+        """Channels of the body feature map F."""
+        if self.variant == "full" and self.body_features == "triplane":
+            return 3 * self.triplane_channels
+        return self.texture_channels
 
     @property
     def in_channels(self) -> int:
-        """Generator input channels: texture C + hand + face + 1 body mask."""
+        """Generator input channels.
+
+        v1: texture C + hand + face + 1 body mask. full: body C + branch channels of each
+        enabled branch + 1 body mask (paper: 48 + 16 + 16, plus the mask).
+        """
+        if self.variant == "full":
+            return (self.body_channels + self.branch_channels * (int(self.face_branch)
+                                                                  + int(self.hand_branch)) + 1)
         return self.texture_channels + self.hand_channels + self.face_channels + 1
+
+    @property
+    def uses_attention(self) -> bool:
+        return self.variant == "full" and (self.spatial_attention or self.temporal_attention)
+
+    def input_names(self) -> tuple[str, ...]:
+        """Inputs the renderer reads for this config (base maps first, then extras in order).
+
+        Disabled parts' inputs are dropped (e.g. no ``face`` without the face branch, no
+        ``prev_*`` without temporal attention). The 4 base names stay in the signature of
+        :meth:`AvatarRenderer.forward` in any case.
+        """
+        if self.variant != "full":
+            return BASE_INPUTS
+        tri = self.body_features == "triplane"
+        names = ["body_mask"] if tri else ["uv", "body_mask"]
+        if self.hand_branch:
+            names.append("hand")
+        if self.face_branch:
+            names.append("face")
+        if tri:
+            names.append("canon")
+        if self.spatial_attention:
+            names += ["canon_expanded", "body_mask_expanded"] if tri else \
+                     ["uv_expanded", "body_mask_expanded"]
+        if self.temporal_attention:
+            names += ["prev_canon", "prev_body_mask"] if tri else ["prev_uv", "prev_body_mask"]
+        return tuple(names)
+
+    def data_extras(self) -> tuple[str, ...]:
+        """Optional dataset/conditioning extras this config needs (``training.data`` flags):
+        ``expanded``, ``canonical``, ``temporal`` (previous-frame maps)."""
+        if self.variant != "full":
+            return ()
+        out = []
+        if self.spatial_attention:
+            out.append("expanded")
+        if self.body_features == "triplane":
+            out.append("canonical")
+        if self.temporal_attention:
+            out.append("temporal")
+        return tuple(out)
+
+    def validate(self) -> None:
+        """Raise ValueError on an invalid combination (unknown variant, bad sizes)."""
+        if self.variant not in VARIANTS:
+            raise ValueError(f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.body_features not in BODY_FEATURES:
+            raise ValueError(f"model.body_features must be one of {BODY_FEATURES}, "
+                             f"got {self.body_features!r}")
+        if self.attention_impl not in ("einsum", "reference", "dense"):
+            raise ValueError(f"model.attention_impl must be einsum, reference or dense, "
+                             f"got {self.attention_impl!r}")
+        if self.variant == "full":
+            if self.uses_attention and self.resolution % (2 ** self.attention_downsample):
+                raise ValueError(f"model.resolution {self.resolution} is not divisible by "
+                                 f"2^attention_downsample")
+            if min(self.triplane_channels, self.triplane_size, self.attention_channels,
+                   self.attention_recurrence, self.branch_channels, self.branch_hidden) < 1:
+                raise ValueError("model triplane/attention/branch sizes must be >= 1")
+            if self.attention_downsample < 0 or self.branch_depth < 0 or \
+                    self.attention_qk_channels < 0:
+                raise ValueError("model.attention_downsample, attention_qk_channels and "
+                                 "branch_depth must be >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class AvatarRenderer(nn.Module):
-    """Neural texture -> StyleUNet -> alpha compositing over a learned background.
+    """Body features -> (dual attention, branches) -> StyleUNet -> compositing over a learned
+    background (variants in the module docstring).
 
     Args:
         config: :class:`RendererConfig`.
 
     Inputs (S = ``config.resolution``): ``uv (B,2,S,S)`` in [0,1] (0 on background),
     ``body_mask (B,1,S,S)``, ``hand (B,5,S,S)``, ``face (B,3,S,S)``, ``frame_index (B,) int``
-    or ``None`` (mean training latent; used for unseen frames and at test time).
+    or ``None`` (mean training latent; used for unseen frames and at test time). Full variant,
+    keyword-only: ``uv_expanded (B,2,S,S)``, ``body_mask_expanded (B,1,S,S)``,
+    ``prev_uv (B,2,S,S)``, ``prev_body_mask (B,1,S,S)``, ``canon / canon_expanded / prev_canon
+    (B,3,S,S)`` in [-1,1] (triplane). Inputs of disabled parts may be None.
+
+    Raises:
+        ValueError: invalid config (:meth:`RendererConfig.validate`); triplane without ``canon``.
 
     Returns:
         dict with ``rgb (B,3,S,S)`` composited image in [0,1], ``alpha (B,1,S,S)`` in [0,1],
@@ -86,9 +244,37 @@ class AvatarRenderer(nn.Module):
     def __init__(self, config: RendererConfig | None = None) -> None:
         super().__init__()
         config = config or RendererConfig()
+        config.validate()
         self.config = config
-        self.texture = NeuralTexture(config.texture_channels, config.texture_size,
-                                     config.texture_levels, config.texture_init_std)
+        full = config.variant == "full"
+        self._warned: set[str] = set()
+        if full and config.body_features == "triplane":
+            from ram_avatar.models.triplane import Triplane
+
+            self.triplane = Triplane(config.triplane_channels, config.triplane_size,
+                                     config.texture_init_std)
+        else:
+            self.texture = NeuralTexture(config.texture_channels, config.texture_size,
+                                         config.texture_levels, config.texture_init_std)
+        if full and config.uses_attention:
+            from ram_avatar.models.dual_attention import DualAttention
+
+            self.attention = DualAttention(
+                config.body_channels, hidden=config.attention_channels,
+                qk_channels=config.attention_qk_channels or None,
+                downsample=config.attention_downsample, recurrence=config.attention_recurrence,
+                distance_power=config.attention_distance_power,
+                spatial=config.spatial_attention, temporal=config.temporal_attention,
+                residual=config.attention_residual, impl=config.attention_impl)
+        if full:
+            from ram_avatar.models.branches import ShallowUNet
+
+            if config.hand_branch:
+                self.hand_branch = ShallowUNet(config.hand_channels, config.branch_channels,
+                                               config.branch_hidden, config.branch_depth)
+            if config.face_branch:
+                self.face_branch = ShallowUNet(config.face_channels, config.branch_channels,
+                                               config.branch_hidden, config.branch_depth)
         self.generator = StyleUNet(
             in_channels=config.in_channels, out_channels=4, size=config.resolution,
             base_channels=config.base_channels, max_channels=config.max_channels,
@@ -105,12 +291,97 @@ class AvatarRenderer(nn.Module):
         """The learned background image ``(1,3,S,S)`` in [0,1]."""
         return torch.sigmoid(self.background_logit)
 
-    def forward(self, uv: torch.Tensor, body_mask: torch.Tensor, hand: torch.Tensor,
-                face: torch.Tensor, frame_index: torch.Tensor | None = None) -> dict:
+    @property
+    def body_features(self) -> nn.Module:
+        """The learnable body feature field: the UV :class:`NeuralTexture` or the triplane."""
+        return self.triplane if hasattr(self, "triplane") else self.texture
+
+    def input_names(self) -> tuple[str, ...]:
+        """Inputs this renderer reads (see :meth:`RendererConfig.input_names`)."""
+        return self.config.input_names()
+
+    def _missing(self, name: str, stand_in: str) -> None:
+        if name not in self._warned and not torch.jit.is_tracing():
+            self._warned.add(name)
+            log.warning("renderer input %r missing: using %r in its place (render the dataset "
+                        "with the extras of RendererConfig.data_extras())", name, stand_in)
+
+    def _sample_body(self, coords: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "triplane"):
+            return self.triplane(coords, mask)
+        return self.texture(coords, mask)
+
+    def sample_body_maps(self, coords: list[torch.Tensor],
+                         masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Sample the body features at several maps in one pass (the texture pyramid is
+        collapsed once; the maps are stacked on the batch axis): lists of ``(B,C,S,S)`` coords
+        (uv or canon) and ``(B,1,S,S)`` masks -> list of ``(B,body_channels,S,S)``."""
+        if len(coords) == 1:
+            return [self._sample_body(coords[0], masks[0])]
+        feats = self._sample_body(torch.cat(coords, dim=0), torch.cat(masks, dim=0))
+        return list(feats.chunk(len(coords), dim=0))
+
+    def body_map(self, uv: torch.Tensor | None, body_mask: torch.Tensor, **extra) -> torch.Tensor:
+        """Body feature map ``(B, body_channels, S, S)``: sampled features, through the dual
+        attention when it is enabled (full variant). ``extra`` as in :meth:`forward`."""
+        tri = hasattr(self, "triplane")
+        key = "canon" if tri else "uv"
+        coords = extra.get("canon") if tri else uv
+        if coords is None:
+            raise ValueError("the triplane renderer needs the 'canon' map (canonical positions)")
+        attention = getattr(self, "attention", None)
+        if attention is None:
+            return self._sample_body(coords, body_mask)
+        cs, ms = [coords], [body_mask]
+        use_exp = use_prev = False
+        if attention.spatial is not None:
+            c, m = extra.get(f"{key}_expanded"), extra.get("body_mask_expanded")
+            if c is None or m is None:
+                self._missing(f"{key}_expanded", key)
+            else:
+                cs.append(c)
+                ms.append(m)
+                use_exp = True
+        if attention.temporal is not None:
+            c, m = extra.get(f"prev_{key}"), extra.get("prev_body_mask")
+            if c is None or m is None:
+                self._missing(f"prev_{key}", key)
+            else:
+                cs.append(c)
+                ms.append(m)
+                use_prev = True
+        feats = self.sample_body_maps(cs, ms)
+        f = feats[0]
+        f_exp = feats[1] if use_exp else (f if attention.spatial is not None else None)
+        f_prev = feats[-1] if use_prev else (f if attention.temporal is not None else None)
+        return attention(f, f_exp, f_prev)
+
+    def forward(self, uv: torch.Tensor | None, body_mask: torch.Tensor,
+                hand: torch.Tensor | None = None, face: torch.Tensor | None = None,
+                frame_index: torch.Tensor | None = None, *,
+                uv_expanded: torch.Tensor | None = None,
+                body_mask_expanded: torch.Tensor | None = None,
+                prev_uv: torch.Tensor | None = None,
+                prev_body_mask: torch.Tensor | None = None,
+                canon: torch.Tensor | None = None,
+                canon_expanded: torch.Tensor | None = None,
+                prev_canon: torch.Tensor | None = None) -> dict:
         if frame_index is not None and not isinstance(frame_index, torch.Tensor):
-            frame_index = torch.as_tensor(frame_index, device=uv.device)
-        features = self.texture(uv, body_mask)
-        x = torch.cat([features, hand, face, body_mask], dim=1)
+            frame_index = torch.as_tensor(frame_index, device=body_mask.device)
+        if self.config.variant == "full":
+            body = self.body_map(uv, body_mask, uv_expanded=uv_expanded,
+                                 body_mask_expanded=body_mask_expanded, prev_uv=prev_uv,
+                                 prev_body_mask=prev_body_mask, canon=canon,
+                                 canon_expanded=canon_expanded, prev_canon=prev_canon)
+            parts = [body]
+            if hasattr(self, "hand_branch"):
+                parts.append(self.hand_branch(hand))
+            if hasattr(self, "face_branch"):
+                parts.append(self.face_branch(face))
+            x = torch.cat(parts + [body_mask], dim=1)
+        else:
+            features = self.texture(uv, body_mask)
+            x = torch.cat([features, hand, face, body_mask], dim=1)
         out = self.generator(x, frame_index)
         fg = torch.sigmoid(out[:, :3])
         alpha_logit = out[:, 3:4] + self.alpha_prior * (2.0 * body_mask - 1.0)
@@ -119,6 +390,14 @@ class AvatarRenderer(nn.Module):
         rgb = alpha * fg + (1.0 - alpha) * bg
         return {"rgb": rgb, "alpha": alpha, "fg": fg, "alpha_logit": alpha_logit,
                 "background": bg}
+
+    def forward_batch(self, batch: dict, frame_index: torch.Tensor | None = None) -> dict:
+        """:meth:`forward` on a dataset batch: takes the base maps and whichever extra maps
+        (:data:`EXTRA_INPUTS`) the batch holds; other keys are ignored."""
+        extra = {k: batch[k] for k in EXTRA_INPUTS if k in batch} \
+            if self.config.variant == "full" else {}
+        return self(batch.get("uv"), batch["body_mask"], batch.get("hand"), batch.get("face"),
+                    frame_index, **extra)
 
 
 def count_parameters(module: nn.Module) -> int:

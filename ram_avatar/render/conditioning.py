@@ -10,6 +10,19 @@ From a posed body and a camera we render, at the renderer's resolution S:
 - ``face`` (B, 3, S, S): the tracked face mesh (MediaPipe 478 landmarks) expressed in head-local
   coordinates and re-posed on the body's head, drawn as contour lines (DESIGN.md, "Face
   template"), so the face follows the avatar's head under any pose.
+
+Optional maps of the full renderer (only when asked for, :meth:`ConditioningRenderer.render`):
+
+- ``uv_expanded`` (B, 2, S, S), ``body_mask_expanded`` (B, 1, S, S): the same body rendered a
+  second time with every vertex pushed ``expand_offset`` metres along its (outward, area
+  weighted) vertex normal: the expanded mesh of the dual attention's spatial part (Sec. 3.2),
+  which also covers pixels just outside the template (loose clothes, hair).
+- ``canon`` (B, 3, S, S): the canonical (rest-pose) position of the surface point seen by each
+  pixel, normalised to [-1, 1]^3 by the rest mesh's bounding box (centre, largest half extent
+  x 1.05), 0 on background; the triplane body features are sampled there. ``canon_expanded``:
+  the same for the expanded mesh.
+- ``hand_boxes`` (B, 2, 4) [x0, y0, x1, y1] pixels of the projected hand joints (left, right)
+  is always returned (cheap), for the hand perceptual loss's crops.
 """
 
 from __future__ import annotations
@@ -22,6 +35,30 @@ from ram_avatar.render.maps import draw_face_map, draw_hand_map
 from ram_avatar.render.rasterizer import interpolate, rasterize
 
 MAP_CHANNELS = {"uv": 2, "body_mask": 1, "hand": 5, "face": 3}
+#: optional maps of the full renderer (see the module docstring)
+EXTRA_MAP_CHANNELS = {"uv_expanded": 2, "body_mask_expanded": 1, "canon": 3, "canon_expanded": 3}
+
+
+def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Area-weighted unit vertex normals ``(B,V,3)`` of meshes ``verts (B,V,3)``, ``faces (F,3)``,
+    oriented outward (flipped per mesh when most normals point towards the centroid)."""
+    f = faces.to(verts.device).long()
+    v0, v1, v2 = verts[:, f[:, 0]], verts[:, f[:, 1]], verts[:, f[:, 2]]
+    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)                       # (B,F,3), |fn| = 2 area
+    n = torch.zeros_like(verts)
+    for k in range(3):
+        n.index_add_(1, f[:, k], fn)
+    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    centre = verts.mean(dim=1, keepdim=True)
+    sign = torch.sign(((verts - centre) * n).sum(dim=(1, 2), keepdim=True))
+    return n * torch.where(sign == 0, torch.ones_like(sign), sign)
+
+
+def hand_boxes(hands_2d: torch.Tensor) -> torch.Tensor:
+    """``(B,2,21,2)`` projected hand joints -> ``(B,2,4)`` boxes [x0, y0, x1, y1] pixels."""
+    lo = hands_2d.amin(dim=2)
+    hi = hands_2d.amax(dim=2)
+    return torch.cat([lo, hi], dim=-1)
 
 
 def project_points(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -87,10 +124,26 @@ class ConditioningRenderer:
         self.body = body
         self.backend = backend
         self.uv_corners = body.uv_coords[body.uv_faces]  # (F, 3, 2)
+        self._canon_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def canonical_vertices(self, betas: torch.Tensor) -> torch.Tensor:
+        """Rest-pose vertices of ``betas (1,n)`` normalised to [-1,1]^3 (bounding box centre,
+        largest half extent x 1.05): ``(1,V,3)``. Cached per betas."""
+        betas = betas[:1].to(self.body.device)
+        if self._canon_cache is not None and torch.equal(self._canon_cache[0], betas):
+            return self._canon_cache[1]
+        rest = self.body.posed_vertices_rest(betas)
+        lo, hi = rest.amin(dim=1, keepdim=True), rest.amax(dim=1, keepdim=True)
+        centre, half = (lo + hi) / 2, ((hi - lo) / 2).amax() * 1.05
+        canon = (rest - centre) / half
+        self._canon_cache = (betas.clone(), canon)
+        return canon
 
     @torch.no_grad()
     def render(self, params: BodyParams, face_local: np.ndarray | torch.Tensor | None,
-               K: np.ndarray, size: int, face_valid: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+               K: np.ndarray, size: int, face_valid: np.ndarray | None = None,
+               expand_offset: float | None = None,
+               canonical: bool = False) -> dict[str, torch.Tensor]:
         """Render the maps of a batch of B poses.
 
         Args:
@@ -99,9 +152,13 @@ class ConditioningRenderer:
             K: (3, 3) intrinsics of the S x S output (see :func:`crop_intrinsics`).
             size: S, output resolution in pixels.
             face_valid: (B,) bool; frames without a face draw an empty face map.
+            expand_offset: when given (metres), also render the expanded mesh: ``uv_expanded``,
+                ``body_mask_expanded`` (and ``canon_expanded`` with ``canonical``).
+            canonical: also render ``canon`` (canonical positions, triplane features).
         Returns:
             dict ``uv`` (B,2,S,S), ``body_mask`` (B,1,S,S), ``hand`` (B,5,S,S), ``face`` (B,3,S,S),
-            float32 on CPU, plus ``hands_2d`` (B,2,21,2) and ``face_2d`` (B,478,2) pixels.
+            float32 on CPU, plus ``hands_2d`` (B,2,21,2) and ``face_2d`` (B,478,2) pixels,
+            ``hand_boxes`` (B,2,4) and the optional maps asked for (module docstring).
         """
         device = self.body.device
         Kt = torch.as_tensor(K, dtype=torch.float32, device=device)
@@ -123,6 +180,23 @@ class ConditioningRenderer:
         else:
             face_2d = torch.zeros(B, 478, 2)
             face = torch.zeros(B, 3, size, size)
-        return {"uv": uv.permute(0, 3, 1, 2).contiguous().cpu(), "body_mask": mask.cpu(),
-                "hand": hand.cpu(), "face": face.cpu(), "hands_2d": hands_2d.cpu(),
-                "face_2d": face_2d.cpu(), "vertices": out.vertices.cpu()}
+        res = {"uv": uv.permute(0, 3, 1, 2).contiguous().cpu(), "body_mask": mask.cpu(),
+               "hand": hand.cpu(), "face": face.cpu(), "hands_2d": hands_2d.cpu(),
+               "face_2d": face_2d.cpu(), "vertices": out.vertices.cpu(),
+               "hand_boxes": hand_boxes(hands_2d).cpu()}
+        canon_v = None
+        if canonical:
+            canon_v = self.canonical_vertices(params.betas).expand(B, -1, -1)
+            canon = interpolate(frags, canon_v, corner=False)
+            res["canon"] = canon.permute(0, 3, 1, 2).contiguous().cpu()
+        if expand_offset is not None:
+            normals = vertex_normals(out.vertices, self.body.faces)
+            verts_e = out.vertices + float(expand_offset) * normals
+            frags_e = rasterize(verts_e, self.body.faces, Kt, (size, size), backend=self.backend)
+            uv_e = interpolate(frags_e, self.uv_corners.to(device), corner=True)
+            res["uv_expanded"] = uv_e.permute(0, 3, 1, 2).contiguous().cpu()
+            res["body_mask_expanded"] = (frags_e.face_id >= 0).float()[:, None].cpu()
+            if canon_v is not None:
+                ce = interpolate(frags_e, canon_v, corner=False)
+                res["canon_expanded"] = ce.permute(0, 3, 1, 2).contiguous().cpu()
+        return res

@@ -3,10 +3,15 @@
 Presets:
     ``cpu-256``    tiny generator at 256x256 that trains at a few steps per second on 2 CPU
                    cores (batch 2); for trying the pipeline end to end on a laptop.
-    ``paper-1024`` the paper's sizes (RAM-Avatar Sec. 4.1 and released code): 48-channel
-                   1024x1024 neural texture, 1024x1024 output, style_dim 512, channel
-                   multiplier 2 (64 channels at 512^2 ... 512 at <= 64^2), Adam lr 1e-3,
-                   betas (0.9, 0.99), batch 2, SmoothL1(beta 0.05) x5, grad clip 1.
+    ``paper-1024`` the paper's full renderer (RAM-Avatar Sec. 3.2, 4.1 and released code):
+                   48-channel 1024x1024 neural texture, dual attention at 256^2 (96 channels,
+                   recurrence 2), face/hand shallow UNets to 16 channels, 1024x1024 output,
+                   style_dim 512, channel multiplier 2 (64 channels at 512^2 ... 512 at
+                   <= 64^2), temporal discriminator; Adam lr 1e-3, betas (0.9, 0.99), batch 2,
+                   SmoothL1(beta 0.05) x5, VGG19 x0.03, hand perceptual x0.1 on 128 px crops,
+                   GAN weight 1e-3 -> 0.02, R1 10 every 16 steps, grad clip 1, EMA 0.999.
+    ``cpu-256-full`` the full renderer (attention, branches, temporal GAN) with the
+                   ``cpu-256`` channel sizes, for trying and ablating it on a CPU.
 """
 
 from __future__ import annotations
@@ -60,6 +65,24 @@ class TrainConfig:
         seed: seed of model init and data order.
         amp: mixed precision (float16 autocast + GradScaler), used on CUDA only.
         num_workers: DataLoader workers.
+        vgg_weight: weight of the VGG19 perceptual loss (paper code 0.03; 0 disables). Without
+            the ImageNet VGG19 file, ``1 - SSIM`` takes its place (losses.perceptual fallback).
+        vgg_weights: path of ``vgg19-dcbb9e9d.pth`` (or a folder); None searches the defaults.
+        hand_weight: weight of the hand perceptual loss on hand crops (paper code 0.1).
+        hand_crop: hand crop side in pixels (0 = resolution // 8, i.e. 128 at 1024^2).
+        hand_loss: hand crop distance: ``auto`` (LPIPS, else VGG19, else L1), ``lpips``,
+            ``vgg``, ``l1`` (losses.hand).
+        gan_weight_start: generator GAN weight at step 0 (paper code 1e-3).
+        gan_weight_max: cap of the GAN weight (paper code 0.02); 0 disables the discriminator.
+        gan_ramp_every: steps between GAN-weight increases (paper code 2000).
+        gan_ramp_factor: factor of each increase (paper code 1.1).
+        disc_lr_mult: discriminator learning rate as a multiple of ``lr``.
+        disc_base_channels: discriminator channels at full resolution.
+        disc_max_channels: cap on discriminator channels.
+        r1_gamma: R1 penalty weight on real samples (0 disables).
+        r1_interval: apply R1 every this many steps (lazy regularisation, scaled up to match).
+        ema_decay: decay of the exponential moving average of the renderer's weights (0 = no
+            EMA). The EMA weights are saved next to each checkpoint (``*.aux.safetensors``).
     """
 
     preset: str = "custom"
@@ -86,6 +109,26 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True
     num_workers: int = 0
+    vgg_weight: float = 0.0
+    vgg_weights: str | None = None
+    hand_weight: float = 0.0
+    hand_crop: int = 0
+    hand_loss: str = "auto"
+    gan_weight_start: float = 1e-3
+    gan_weight_max: float = 0.0
+    gan_ramp_every: int = 2000
+    gan_ramp_factor: float = 1.1
+    disc_lr_mult: float = 1.0
+    disc_base_channels: int = 32
+    disc_max_channels: int = 512
+    r1_gamma: float = 10.0
+    r1_interval: int = 16
+    ema_decay: float = 0.0
+
+    @property
+    def adversarial(self) -> bool:
+        """True when the temporal discriminator is trained (``gan_weight_max > 0``)."""
+        return self.gan_weight_max > 0
 
     # -- (de)serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -133,10 +176,24 @@ class TrainConfig:
             (min(self.l1_weight, self.l1_beta, self.ssim_weight, self.mask_weight,
                  self.grad_clip) >= 0, "loss weights, l1_beta and grad_clip must be >= 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
+            (min(self.vgg_weight, self.hand_weight, self.gan_weight_start, self.gan_weight_max,
+                 self.r1_gamma) >= 0, "vgg/hand/gan/r1 weights must be >= 0"),
+            (self.hand_crop >= 0, "hand_crop must be >= 0"),
+            (self.hand_loss in ("auto", "lpips", "vgg", "l1"),
+             f"hand_loss must be auto, lpips, vgg or l1, got {self.hand_loss!r}"),
+            (self.gan_ramp_every >= 1 and self.gan_ramp_factor >= 1 and self.r1_interval >= 1,
+             "gan_ramp_every and r1_interval must be >= 1, gan_ramp_factor >= 1"),
+            (self.disc_lr_mult > 0 and 1 <= self.disc_base_channels <= self.disc_max_channels,
+             "disc_lr_mult must be > 0 and 1 <= disc_base_channels <= disc_max_channels"),
+            (0 <= self.ema_decay < 1, f"ema_decay must be in [0,1), got {self.ema_decay}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"invalid training config: {msg}")
+        try:
+            m.validate()
+        except ValueError as exc:
+            raise ConfigError(f"invalid training config: {exc}") from None
 
     def copy(self, **changes) -> "TrainConfig":
         """Deep copy with top-level fields replaced."""
@@ -160,15 +217,39 @@ def _paper_1024() -> TrainConfig:
         preset="paper-1024",
         model=RendererConfig(resolution=1024, texture_channels=48, texture_size=1024,
                              texture_levels=4, base_channels=64, max_channels=512,
-                             style_dim=512, latent_dim=512, mapping_layers=2),
-        texture_lr_mult=1.0, batch_size=2, max_steps=400_000,
+                             style_dim=512, latent_dim=512, mapping_layers=2, variant="full",
+                             body_features="texture", triplane_channels=16, triplane_size=512,
+                             attention_channels=96, attention_downsample=2,
+                             attention_recurrence=2, branch_channels=16, branch_hidden=16,
+                             branch_depth=2),
+        texture_lr_mult=1.0, batch_size=2, max_steps=400_000, ssim_weight=0.0,
+        vgg_weight=0.03, hand_weight=0.1, hand_crop=128, gan_weight_start=1e-3,
+        gan_weight_max=0.02, gan_ramp_every=2000, gan_ramp_factor=1.1,
+        disc_base_channels=32, disc_max_channels=512, r1_gamma=10.0, r1_interval=16,
+        ema_decay=0.999,
         log_interval=20, preview_interval=1000, checkpoint_interval=10_000,
         val_interval=5000,
     )
 
 
+def _cpu_256_full() -> TrainConfig:
+    cfg = _cpu_256()
+    cfg.preset = "cpu-256-full"
+    cfg.model = dataclasses.replace(
+        cfg.model, variant="full", attention_channels=32, attention_downsample=2,
+        attention_recurrence=2, branch_channels=8, branch_hidden=8, branch_depth=2)
+    cfg.vgg_weight = 0.03
+    cfg.hand_weight = 0.1
+    cfg.gan_weight_max = 0.02
+    cfg.disc_base_channels = 8
+    cfg.disc_max_channels = 64
+    cfg.ema_decay = 0.999
+    return cfg
+
+
 PRESETS: dict[str, typing.Callable[[], TrainConfig]] = {
     "cpu-256": _cpu_256,
+    "cpu-256-full": _cpu_256_full,
     "paper-1024": _paper_1024,
 }
 

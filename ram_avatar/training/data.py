@@ -6,6 +6,20 @@ Each item of :class:`SubjectDataset` is the dict of docs/INTERFACES.md:
 ``frame_index``. Frames are cropped with the subject's fixed square crop (manifest ``crop``)
 and resized to S; maps are rendered with the matching intrinsics. Everything is rendered once
 and kept in memory in compact dtypes (uint8 / float16), about 15 bytes per pixel per frame.
+
+Optional keys (full renderer, temporal discriminator, hand loss), only with ``extras``:
+
+- ``"expanded"``: ``uv_expanded (2,S,S)``, ``body_mask_expanded (1,S,S)`` (expanded mesh, see
+  render.conditioning; ``canon_expanded (3,S,S)`` too with ``"canonical"``);
+- ``"canonical"``: ``canon (3,S,S)`` canonical positions in [-1,1] (triplane);
+- ``"temporal"``: ``prev_uv (2,S,S)``, ``prev_body_mask (1,S,S)`` (``prev_canon`` with
+  ``"canonical"``): the maps of frame t-1 (frame t itself when t-1 is not a valid frame);
+- ``"neighbours"``: ``image_prev``, ``image_next (3,S,S)``: frames t-1 and t+1 when they belong
+  to this dataset's frames, else frame t (so held-out frames never leak into training);
+- ``"hand_boxes"``: ``hand_boxes (2,4)`` [x0, y0, x1, y1] pixels of the projected left/right
+  hand joints, ``hand_valid (2,)`` bool.
+
+:func:`ram_avatar.training.trainer.required_extras` lists the extras a training config needs.
 """
 
 from __future__ import annotations
@@ -54,15 +68,27 @@ def crop_resize(img: np.ndarray, crop: list[float], size: int, interpolation=cv2
     return cv2.resize(img[ya:ya + s, xa:xa + s], (size, size), interpolation=interpolation)
 
 
+EXTRAS = ("expanded", "canonical", "temporal", "neighbours", "hand_boxes")
+
+
 def render_sequence_maps(seq: FittedSequence, indices: np.ndarray, size: int, body=None,
                          params=None, face_local=None, face_valid=None, backend: str = "auto",
-                         chunk: int = 16, desc: str = "conditioning maps") -> dict[str, torch.Tensor]:
+                         chunk: int = 16, desc: str = "conditioning maps",
+                         expand_offset: float | None = None, canonical: bool = False,
+                         boxes: bool = False) -> dict[str, torch.Tensor]:
     """Conditioning maps for frames ``indices`` of ``seq`` (or for ``params`` when given,
     e.g. retargeted driving poses), in the subject's training crop at ``size``.
 
+    Args:
+        expand_offset: also render the expanded-mesh maps (metres along the normals).
+        canonical: also render the canonical-position maps.
+        boxes: also return the hand boxes.
+
     Returns:
         dict ``uv`` (N,2,S,S) float16, ``body_mask`` (N,1,S,S) uint8 0/1, ``hand`` (N,5,S,S)
-        uint8 0..255, ``face`` (N,3,S,S) uint8 0..255.
+        uint8 0..255, ``face`` (N,3,S,S) uint8 0..255; optionally ``uv_expanded`` (N,2,S,S)
+        float16, ``body_mask_expanded`` (N,1,S,S) uint8, ``canon`` / ``canon_expanded``
+        (N,3,S,S) float16, ``hand_boxes`` (N,2,4) float32.
     """
     body = body or load_body_model(seq.manifest["body_model"]["name"],
                                    model_path=seq.manifest["body_model"].get("model_path"))
@@ -71,24 +97,45 @@ def render_sequence_maps(seq: FittedSequence, indices: np.ndarray, size: int, bo
     face_valid = np.ones(len(face_local), bool) if face_valid is None else face_valid
     K = crop_intrinsics(seq.K, seq.manifest["crop"], size)
     cond = ConditioningRenderer(body, backend=backend)
-    out = {k: [] for k in ("uv", "body_mask", "hand", "face")}
+    keys = ["uv", "body_mask", "hand", "face"]
+    if expand_offset is not None:
+        keys += ["uv_expanded", "body_mask_expanded"] + (["canon_expanded"] if canonical else [])
+    if canonical:
+        keys.append("canon")
+    if boxes:
+        keys.append("hand_boxes")
+    out = {k: [] for k in keys}
     with progress() as bar:
         task = bar.add_task(desc, total=len(indices), info="")
         for c in range(0, len(indices), chunk):
             idx = torch.as_tensor(indices[c:c + chunk])
-            m = cond.render(params.index(idx), face_local[idx.numpy()], K, size, face_valid[idx.numpy()])
-            out["uv"].append(m["uv"].half())
-            out["body_mask"].append(m["body_mask"].to(torch.uint8))
-            out["hand"].append((m["hand"] * 255).round().to(torch.uint8))
-            out["face"].append((m["face"] * 255).round().to(torch.uint8))
+            m = cond.render(params.index(idx), face_local[idx.numpy()], K, size,
+                            face_valid[idx.numpy()], expand_offset=expand_offset,
+                            canonical=canonical)
+            for k in keys:
+                v = m[k]
+                if k in ("hand", "face"):
+                    v = (v * 255).round().to(torch.uint8)
+                elif k in ("body_mask", "body_mask_expanded"):
+                    v = v.to(torch.uint8)
+                elif k == "hand_boxes":
+                    v = v.float()
+                else:
+                    v = v.half()
+                out[k].append(v)
             bar.advance(task, len(idx))
     return {k: torch.cat(v) for k, v in out.items()}
 
 
 def maps_to_float(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Convert compact maps (render_sequence_maps) to the float32 renderer inputs."""
-    return {"uv": maps["uv"].float(), "body_mask": maps["body_mask"].float(),
-            "hand": maps["hand"].float() / 255.0, "face": maps["face"].float() / 255.0}
+    """Convert compact maps (render_sequence_maps) to the float32 renderer inputs (the optional
+    maps too, when present)."""
+    out = {"uv": maps["uv"].float(), "body_mask": maps["body_mask"].float(),
+           "hand": maps["hand"].float() / 255.0, "face": maps["face"].float() / 255.0}
+    for k in ("uv_expanded", "body_mask_expanded", "canon", "canon_expanded", "hand_boxes"):
+        if k in maps:
+            out[k] = maps[k].float()
+    return out
 
 
 class SubjectDataset(Dataset):
@@ -99,9 +146,19 @@ class SubjectDataset(Dataset):
         indices: frame indices to serve.
         size: S, the renderer resolution.
         backend: rasterizer backend.
+        extras: optional keys to add (module docstring): any of :data:`EXTRAS`.
+        expand_offset: metres of the expanded mesh (``RendererConfig.expand_offset``).
+
+    Raises:
+        ValueError: unknown extra.
     """
 
-    def __init__(self, seq: FittedSequence, indices: np.ndarray, size: int, backend: str = "auto", body=None):
+    def __init__(self, seq: FittedSequence, indices: np.ndarray, size: int, backend: str = "auto",
+                 body=None, extras=(), expand_offset: float = 0.01):
+        unknown = sorted(set(extras) - set(EXTRAS))
+        if unknown:
+            raise ValueError(f"unknown dataset extras {unknown}; known: {EXTRAS}")
+        self.extras = tuple(extras)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.num_frames = seq.num_frames  # rows of the per-frame latent table
         self.size = size
@@ -116,15 +173,49 @@ class SubjectDataset(Dataset):
                 masks_out[t] = crop_resize(masks[t], crop, size)
         self.images = torch.from_numpy(np.stack([images[t] for t in self.indices])).permute(0, 3, 1, 2).contiguous()
         self.masks = torch.from_numpy(np.stack([masks_out[t] for t in self.indices]))[:, None].contiguous()
-        self.maps = render_sequence_maps(seq, self.indices, size, body=body, backend=backend)
+        pos = {int(t): j for j, t in enumerate(self.indices)}
+        # rows of self.maps: this dataset's frames, then previous frames not among them
+        map_frames = list(self.indices.tolist())
+        self.prev_row = None
+        if "temporal" in self.extras:
+            valid = np.asarray(seq.valid, bool)
+            prev = [t - 1 if t - 1 >= 0 and valid[t - 1] else t for t in self.indices.tolist()]
+            extra_frames = sorted({p for p in prev if p not in pos})
+            map_frames += extra_frames
+            row = {t: j for j, t in enumerate(map_frames)}
+            self.prev_row = np.array([row[p] for p in prev], dtype=np.int64)
+        self.prev_pos = self.next_pos = None
+        if "neighbours" in self.extras:
+            self.prev_pos = np.array([pos.get(int(t) - 1, j) for j, t in enumerate(self.indices)])
+            self.next_pos = np.array([pos.get(int(t) + 1, j) for j, t in enumerate(self.indices)])
+        self.maps = render_sequence_maps(
+            seq, np.asarray(map_frames, dtype=np.int64), size, body=body, backend=backend,
+            expand_offset=expand_offset if "expanded" in self.extras else None,
+            canonical="canonical" in self.extras, boxes="hand_boxes" in self.extras)
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _maps_at(self, row: int) -> dict:
+        return {k: v[0] for k, v in maps_to_float({k: m[row:row + 1]
+                                                   for k, m in self.maps.items()}).items()}
+
     def __getitem__(self, i: int) -> dict:
-        item = {k: v[0] for k, v in maps_to_float({k: m[i:i + 1] for k, m in self.maps.items()}).items()}
+        item = self._maps_at(i)
         item["image"] = self.images[i].float() / 255.0
         # selfie segmentation misses legs and feet: the fitted body's silhouette completes it
         item["person_mask"] = torch.maximum(self.masks[i].float() / 255.0, item["body_mask"])
         item["frame_index"] = int(self.indices[i])
+        if "hand_boxes" in item:
+            item["hand_valid"] = torch.ones(2, dtype=torch.bool)
+        if self.prev_row is not None:
+            prev = self.maps
+            r = int(self.prev_row[i])
+            item["prev_uv"] = prev["uv"][r].float()
+            item["prev_body_mask"] = prev["body_mask"][r].float()
+            if "canon" in prev:
+                item["prev_canon"] = prev["canon"][r].float()
+        if self.prev_pos is not None:
+            item["image_prev"] = self.images[int(self.prev_pos[i])].float() / 255.0
+            item["image_next"] = self.images[int(self.next_pos[i])].float() / 255.0
         return item

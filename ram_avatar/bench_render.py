@@ -1,0 +1,275 @@
+"""``ram-avatar bench render``: size, FLOPs and latency of the renderer's components.
+
+For each resolution (default 256, 512, 1024) the renderer of a preset (default ``paper-1024``:
+the full model with the paper's channel sizes; only ``model.resolution`` changes) is built with
+random weights and random conditioning maps, and each component is measured:
+
+- ``body_sampling``: the body feature field (neural texture or triplane) sampled at the current,
+  expanded and previous-frame maps (three samplings when both attention parts are on);
+- ``attention``: the dual attention (Sec. 3.2) on those three feature maps;
+- ``branches``: the face and hand shallow UNets;
+- ``generator``: the StyleUNet on the concatenated conditioning;
+- ``total``: the whole renderer forward (maps in, composited RGB out).
+
+Per component: ``params`` (parameters it owns), ``gflops`` (counted by
+``torch.utils.flop_counter.FlopCounterMode``: convolutions, matmuls and the attention's einsums;
+``grid_sample`` and elementwise ops count as 0), ``torch_ms`` (median eager latency) and, with
+``onnx=True``, ``onnxruntime_ms`` (the component exported alone to ONNX, opset 17, run by ONNX
+Runtime on the CPU provider, or CUDA when the device is CUDA and the provider exists). GPU
+timings synchronise first (CUDA events). Timings are wall-clock medians over ``repeats`` runs
+after ``warmup`` runs, batch ``batch``; they depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+__all__ = ["bench_render"]
+
+
+def _maps(cfg, batch: int, device, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    S = cfg.resolution
+
+    def rnd(c):
+        return torch.rand(batch, c, S, S, generator=g)
+
+    out = {}
+    for prefix, suffix in (("", ""), ("", "_expanded"), ("prev_", "")):
+        mask = (rnd(1) > 0.4).float()
+        out[f"{prefix}uv{suffix}"] = rnd(2) * mask
+        out[f"{prefix}body_mask{suffix}"] = mask
+        out[f"{prefix}canon{suffix}"] = (rnd(3) * 2 - 1) * mask
+    out["hand"] = (rnd(5) > 0.97).float()
+    out["face"] = (rnd(3) > 0.97).float()
+    return {k: v.to(device) for k, v in out.items()}
+
+
+class _Sampling(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *maps):
+        n = len(maps) // 2
+        return tuple(self.model.sample_body_maps(list(maps[:n]), list(maps[n:])))
+
+
+class _Attention(nn.Module):
+    def __init__(self, attention):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, f, fe, fp):
+        return self.attention(f, fe, fp)
+
+
+class _Branches(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.hand = getattr(model, "hand_branch", None)
+        self.face = getattr(model, "face_branch", None)
+
+    def forward(self, hand, face):
+        out = []
+        if self.hand is not None:
+            out.append(self.hand(hand))
+        if self.face is not None:
+            out.append(self.face(face))
+        return tuple(out)
+
+
+class _Generator(nn.Module):
+    def __init__(self, generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x):
+        return self.generator(x, None)
+
+
+class _Total(nn.Module):
+    def __init__(self, model, names):
+        super().__init__()
+        self.model = model
+        self.names = list(names)
+
+    def forward(self, *maps):
+        return self.model.forward_batch(dict(zip(self.names, maps)), None)["rgb"]
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _time(fn, device, warmup: int, repeats: int) -> float:
+    """Median milliseconds of ``fn()``; CUDA timed with events after a synchronise."""
+    cuda = device.type == "cuda"
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            if cuda:
+                torch.cuda.synchronize(device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize(device)
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+    return float(statistics.median(times))
+
+
+def _ort_time(module: nn.Module, inputs: list[torch.Tensor], path: Path, device,
+              warmup: int, repeats: int) -> tuple[float | None, str | None]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None, "onnxruntime not installed"
+    names = [f"in{i}" for i in range(len(inputs))]
+    cpu_inputs = [t.detach().cpu() for t in inputs]
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            module_cpu = module.cpu().eval()
+            outs = module_cpu(*cpu_inputs)
+            n_out = len(outs) if isinstance(outs, tuple) else 1
+            out_names = [f"out{i}" for i in range(n_out)]
+            torch.onnx.export(module_cpu, tuple(cpu_inputs), str(path), dynamo=False,
+                              opset_version=17, input_names=names, output_names=out_names,
+                              dynamic_axes={n: {0: "batch"} for n in names + out_names})
+    except Exception as exc:  # noqa: BLE001 - report, do not abort the benchmark
+        return None, f"export failed: {type(exc).__name__}: {exc}"
+    finally:
+        module.to(device)
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(path), providers=providers)
+    feed = {n: t.numpy() for n, t in zip(names, cpu_inputs)}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(statistics.median(times)), providers[0]
+
+
+def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu",
+                 preset: str = "paper-1024", batch: int = 1, repeats: int = 3, warmup: int = 1,
+                 onnx: bool = True, overrides: list[str] | None = None) -> dict:
+    """Benchmark the renderer's components (module docstring) at each resolution.
+
+    Args:
+        resolutions: output sides to measure (powers of two).
+        device: ``cpu``, ``cuda`` or ``auto``.
+        preset: training preset whose model config is used (resolution replaced).
+        batch: batch size.
+        repeats / warmup: timed / untimed runs per measurement.
+        onnx: also export each component and time it in ONNX Runtime.
+        overrides: ``key=value`` config overrides (e.g. ``model.attention_channels=48``).
+
+    Returns:
+        JSON-serialisable dict: ``device``, ``preset``, ``batch``, versions, ``threads`` and
+        ``results`` mapping each resolution (as a string) to ``components`` (name ->
+        ``params``, ``gflops``, ``torch_ms``, ``onnxruntime_ms``, ``onnxruntime_provider``) and
+        the model's ``config``.
+    """
+    from ram_avatar.models.renderer import AvatarRenderer
+    from ram_avatar.training.config import apply_overrides, get_preset
+    from ram_avatar.utils import resolve_device
+
+    dev = resolve_device(device)
+    report = {"device": str(dev), "preset": preset, "batch": batch, "repeats": repeats,
+              "torch_version": torch.__version__, "threads": torch.get_num_threads(),
+              "results": {}}
+    try:
+        import onnxruntime as ort
+
+        report["onnxruntime_version"] = ort.__version__
+    except ImportError:
+        report["onnxruntime_version"] = None
+    if dev.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(dev)
+    for S in resolutions:
+        cfg = get_preset(preset)
+        if overrides:
+            cfg = apply_overrides(cfg, overrides)
+        mcfg = replace(cfg.model, resolution=int(S), num_frames=1)
+        torch.manual_seed(0)
+        model = AvatarRenderer(mcfg).to(dev).eval()
+        maps = _maps(mcfg, batch, dev)
+        tri = mcfg.variant == "full" and mcfg.body_features == "triplane"
+        key = "canon" if tri else "uv"
+        attention = getattr(model, "attention", None)
+        sample_sets = [(key, "body_mask")]
+        if attention is not None and attention.spatial is not None:
+            sample_sets.append((f"{key}_expanded", "body_mask_expanded"))
+        if attention is not None and attention.temporal is not None:
+            sample_sets.append((f"prev_{key}", "prev_body_mask"))
+        sampling_in = [maps[c] for c, _ in sample_sets] + [maps[m] for _, m in sample_sets]
+        sampling = _Sampling(model)
+        with torch.no_grad():
+            feats = sampling(*sampling_in)
+        f = feats[0]
+        fe = feats[1] if len(feats) > 1 and attention.spatial is not None else f
+        fp = feats[-1] if attention is not None and attention.temporal is not None else f
+        components: dict[str, tuple[nn.Module, list[torch.Tensor], nn.Module]] = {
+            "body_sampling": (sampling, sampling_in, model.body_features)}
+        if attention is not None:
+            components["attention"] = (_Attention(attention), [f, fe, fp], attention)
+        branches = _Branches(model)
+        if mcfg.variant == "full" and (branches.hand is not None or branches.face is not None):
+            components["branches"] = (branches, [maps["hand"], maps["face"]], branches)
+        names = model.input_names()
+        with torch.no_grad():
+            if mcfg.variant == "full":
+                body = attention(f, fe, fp) if attention is not None else f
+                x = torch.cat([body, *branches(maps["hand"], maps["face"]), maps["body_mask"]], 1)
+            else:
+                x = torch.cat([f, maps["hand"], maps["face"], maps["body_mask"]], 1)
+        components["generator"] = (_Generator(model.generator), [x], model.generator)
+        components["total"] = (_Total(model, names), [maps[n] for n in names], model)
+        res = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, (module, inputs, owner) in components.items():
+                entry = {"params": _params(owner),
+                         "gflops": round(_flops(lambda: module(*inputs)) / 1e9, 3),
+                         "torch_ms": round(_time(lambda: module(*inputs), dev, warmup, repeats), 2)}
+                if onnx:
+                    ms, provider = _ort_time(module, inputs, Path(tmp) / f"{name}.onnx", dev,
+                                             warmup, repeats)
+                    entry["onnxruntime_ms"] = round(ms, 2) if ms is not None else None
+                    entry["onnxruntime_provider"] = provider
+                res[name] = entry
+                log.info("bench %d^2 %s: %s", S, name, entry)
+        report["results"][str(S)] = {"components": res, "config": mcfg.to_dict()}
+        del model
+    return report

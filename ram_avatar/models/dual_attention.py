@@ -1,0 +1,274 @@
+"""Sparsely computed dual attention of RAM-Avatar (Sec. 3.2): criss-cross attention with a
+distance prior, spatial (expanded mesh) and temporal (previous frame) parts.
+
+The body feature map ``F`` (neural texture or triplane sampled at the rendered body, ``C``
+channels at ``H x W``) is brought to a reduced ``H1 x W1 = H/2^k x W/2^k`` by ``k`` stride-2
+convolutions (released code: two, 1024^2 -> 256^2), shared by all inputs. Then, for each part:
+
+* **spatial**: queries from the features ``F_e`` of the *expanded* mesh (the body rendered a
+  second time with its vertices pushed out along their normals), keys and values from ``F``;
+* **temporal**: queries from the features of the *previous frame's* body map, keys and values
+  from ``F``.
+
+Criss-cross attention (CCNet, Huang et al. 2019) lets every cell ``u`` attend over the
+``H1 + W1 - 1`` cells of its own row and column. Scores are ``e(u, i) = d(u, i) * <Q_u, K_i>``
+with the distance prior ``d(u, i) = 1 / (|u - i|^0.8 + 1)`` (``|u - i|`` counted in cells along
+the shared row or column, as in the released code, which multiplies the scores by it), a
+softmax over the ``H1 + W1 - 1`` cells, and ``out_u = alpha * sum_i a(u, i) V_i + x_u`` with a
+learned ``alpha`` initialised to 0 (so the module starts as the identity/skip connection). It is
+applied ``recurrence`` times (2; same weights, queries fixed, keys/values from the previous
+pass) so that information reaches every cell. Each part has its own 3x3 conv back to ``C``
+channels and is upsampled bilinearly to ``H x W``; the parts are summed. (The released code
+upsamples first and convolves at full resolution: 96 -> 48 channels at 1024^2, about 85 GFLOPs
+per part; convolving at ``H1 x W1`` costs 16x less, and the full-resolution conv would only
+see a bilinear upsampling of ``H1 x W1`` content anyway.)
+
+Output: with ``residual=True`` (default) ``F + sum_parts``, which keeps the full-resolution body
+features and makes "no attention" (both parts ablated) exactly the plain body map; with
+``residual=False`` only ``sum_parts`` as in the released code (whose sum replaces the body map).
+
+Three implementations of the criss-cross aggregation, all pure torch:
+
+* :func:`criss_cross_reference`: gathers the ``H1 + W1 - 1`` cells of every position explicitly
+  (obviously correct, memory ``O(B C H W (H + W))``; for tests);
+* :func:`criss_cross_dense`: dense ``HW x HW`` attention with a same-row-or-column mask (for
+  tests);
+* :func:`criss_cross_attention`: the efficient one, four einsums over rows and columns, no
+  gather; exports to ONNX (Einsum, opset >= 12) with a dynamic batch.
+
+The released code forgets to give this module to any optimiser; here it is an ordinary
+submodule of the renderer and trains with the generator (see ``training.trainer``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ram_avatar.models.styleunet import ConvLayer
+
+__all__ = ["distance_weights", "criss_cross_attention", "criss_cross_reference",
+           "criss_cross_dense", "CrissCrossAttention", "DualAttention"]
+
+
+def distance_weights(n: int, power: float = 0.8, device=None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``d[i, j] = 1 / (|i - j|^power + 1)`` as an ``(n, n)`` tensor (1 on the diagonal)."""
+    idx = torch.arange(n, device=device, dtype=torch.float64)
+    dist = (idx[:, None] - idx[None, :]).abs()
+    return (1.0 / (dist.pow(power) + 1.0)).to(dtype)
+
+
+def criss_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          power: float = 0.8) -> torch.Tensor:
+    """Criss-cross attention with the distance prior, efficient form (einsum over rows/columns).
+
+    Args:
+        q: queries ``(B,Cq,H,W)``.
+        k: keys ``(B,Cq,H,W)``.
+        v: values ``(B,C,H,W)``.
+        power: exponent of the distance prior ``1 / (|i-u|^power + 1)``.
+
+    Returns:
+        ``(B,C,H,W)``: for each cell, the softmax-weighted sum of the values of the
+        ``H + W - 1`` cells in its row and column (the cell itself counted once).
+    """
+    B, _, H, W = q.shape
+    # column part: cells (g, w) of the same column, g != h; row part: cells (h, x), all x
+    e_col = torch.einsum("bchw,bcgw->bhwg", q, k)
+    e_row = torch.einsum("bchw,bchx->bhwx", q, k)
+    d_col = distance_weights(H, power, q.device, e_col.dtype)
+    d_row = distance_weights(W, power, q.device, e_row.dtype)
+    e_col = e_col * d_col[None, :, None, :]
+    e_row = e_row * d_row[None, None, :, :]
+    idx = torch.arange(H, device=q.device)
+    self_cell = (idx[:, None] == idx[None, :])[None, :, None, :]  # (no EyeLike: ORT lacks bool)
+    e_col = e_col.masked_fill(self_cell, float("-inf"))
+    scores = torch.cat([e_col, e_row], dim=-1)
+    if scores.dtype in (torch.float16, torch.bfloat16):  # AMP: softmax in float32
+        scores = scores.float()
+    att = torch.softmax(scores, dim=-1).to(v.dtype)
+    a_col, a_row = att[..., :H], att[..., H:]
+    return (torch.einsum("bhwg,bcgw->bchw", a_col, v)
+            + torch.einsum("bhwx,bchx->bchw", a_row, v))
+
+
+def _criss_cross_cells(H: int, W: int, device=None):
+    """Indices ``(H,W,L)`` (row, column) and distances of the ``L = H + W - 1`` cells of each
+    position: its column without itself, then its whole row."""
+    hs = torch.arange(H, device=device)
+    ws = torch.arange(W, device=device)
+    rows, cols, dist = [], [], []
+    for h in range(H):
+        col_rows = torch.cat([hs[:h], hs[h + 1:]])               # (H-1,)
+        r = torch.cat([col_rows, torch.full((W,), h, device=device)])
+        rows.append(r[None].expand(W, -1))                           # (W, L)
+        c = torch.cat([ws[:, None].expand(W, H - 1), ws[None].expand(W, W)], dim=1)
+        cols.append(c)
+        dcol = (col_rows - h).abs().float()[None].expand(W, -1)
+        drow = (ws[None, :] - ws[:, None]).abs().float()
+        dist.append(torch.cat([dcol, drow], dim=1))
+    return torch.stack(rows), torch.stack(cols), torch.stack(dist)
+
+
+def criss_cross_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          power: float = 0.8) -> torch.Tensor:
+    """Reference criss-cross attention: gathers every cell's ``H + W - 1`` neighbours explicitly.
+
+    Same contract as :func:`criss_cross_attention`; memory ``O(B C H W (H+W))``, for tests.
+    """
+    B, _, H, W = q.shape
+    rows, cols, dist = _criss_cross_cells(H, W, q.device)
+    kg = k[:, :, rows, cols]                                 # (B,Cq,H,W,L)
+    vg = v[:, :, rows, cols]                                 # (B,C,H,W,L)
+    scores = (q[..., None] * kg).sum(dim=1)                  # (B,H,W,L)
+    scores = scores / (dist.to(scores.dtype).pow(power) + 1.0)
+    att = torch.softmax(scores, dim=-1)
+    return (att[:, None] * vg).sum(dim=-1)
+
+
+def criss_cross_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      power: float = 0.8) -> torch.Tensor:
+    """Dense ``HW x HW`` attention masked to the same row or column (for tests).
+
+    ``d(u, i)`` uses the row distance for cells of the same column and the column distance for
+    cells of the same row (the cell itself: distance 0, weight 1).
+    """
+    B, Cq, H, W = q.shape
+    n = H * W
+    r = torch.arange(H, device=q.device).repeat_interleave(W).to(q.dtype)
+    c = torch.arange(W, device=q.device).repeat(H).to(q.dtype)
+    same_row = r[:, None] == r[None, :]
+    same_col = c[:, None] == c[None, :]
+    dist = torch.where(same_row, (c[:, None] - c[None, :]).abs(), (r[:, None] - r[None, :]).abs())
+    weight = 1.0 / (dist.pow(power) + 1.0)
+    scores = torch.einsum("bcu,bci->bui", q.reshape(B, Cq, n), k.reshape(B, Cq, n)) * weight
+    scores = scores.masked_fill(~(same_row | same_col), float("-inf"))
+    att = torch.softmax(scores, dim=-1)
+    out = torch.einsum("bui,bci->bcu", att, v.reshape(B, v.shape[1], n))
+    return out.reshape(B, v.shape[1], H, W)
+
+
+_IMPLS = {"einsum": criss_cross_attention, "reference": criss_cross_reference,
+          "dense": criss_cross_dense}
+
+
+class CrissCrossAttention(nn.Module):
+    """One criss-cross attention step with the distance prior and a learned, zero-initialised
+    ``alpha`` on a skip connection (RAM-Avatar Sec. 3.2; CCNet).
+
+    Args:
+        channels: C, channels of ``x`` (keys/values source) and of the output.
+        query_channels: C of ``y`` (queries source); default ``channels``.
+        qk_channels: width of queries and keys (default ``max(1, channels // 8)`` as CCNet).
+        distance_power: exponent of the distance prior.
+        impl: ``einsum`` (efficient), ``reference`` or ``dense`` (tests).
+
+    forward(x (B,C,H,W), y (B,Cy,H,W)) -> ``alpha * CCA(Q(y), K(x), V(x)) + x`` (B,C,H,W).
+    """
+
+    def __init__(self, channels: int, query_channels: int | None = None,
+                 qk_channels: int | None = None, distance_power: float = 0.8,
+                 impl: str = "einsum") -> None:
+        super().__init__()
+        if impl not in _IMPLS:
+            raise ValueError(f"attention impl must be one of {sorted(_IMPLS)}, got {impl!r}")
+        qk = qk_channels or max(1, channels // 8)
+        self.query = nn.Conv2d(query_channels or channels, qk, 1)
+        self.key = nn.Conv2d(channels, qk, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.alpha = nn.Parameter(torch.zeros(1))
+        self.distance_power = float(distance_power)
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = _IMPLS[self.impl](self.query(y), self.key(x), self.value(x), self.distance_power)
+        return self.alpha * out + x
+
+
+class _AttentionPart(nn.Module):
+    """One part (spatial or temporal): recurrent criss-cross attention + its output conv."""
+
+    def __init__(self, hidden: int, out_channels: int, qk_channels: int | None,
+                 distance_power: float, recurrence: int, impl: str) -> None:
+        super().__init__()
+        self.cca = CrissCrossAttention(hidden, hidden, qk_channels, distance_power, impl)
+        self.out = ConvLayer(hidden, out_channels, 3)
+        self.recurrence = recurrence
+
+    def forward(self, h: torch.Tensor, q_src: torch.Tensor, scale: int) -> torch.Tensor:
+        for _ in range(self.recurrence):
+            h = self.cca(h, q_src)
+        h = self.out(h)  # at H1 x W1, then upsampled (module docstring)
+        if scale > 1:
+            h = F.interpolate(h, scale_factor=float(scale), mode="bilinear", align_corners=False)
+        return h
+
+
+class DualAttention(nn.Module):
+    """Spatial + temporal criss-cross attention on the body feature map (module docstring).
+
+    Args:
+        channels: C of the body feature map (48 in the paper).
+        hidden: channels at the reduced resolution (released code: 96).
+        qk_channels: query/key width (default ``hidden // 8``).
+        downsample: number of stride-2 convolutions (2: 1024^2 -> 256^2).
+        recurrence: criss-cross passes (2).
+        distance_power: exponent of the distance prior (0.8).
+        spatial: build the spatial part (queries from the expanded mesh's features).
+        temporal: build the temporal part (queries from the previous frame's features).
+        residual: return ``F + parts`` (True) or only ``parts`` (released code).
+        impl: criss-cross implementation (``einsum``, ``reference``, ``dense``).
+
+    forward(f, f_expanded, f_prev), each ``(B,C,H,W)`` with H, W divisible by ``2^downsample``
+    -> ``(B,C,H,W)``. ``f_expanded`` / ``f_prev`` are ignored when their part is disabled.
+
+    Raises:
+        ValueError: both parts disabled (then do not build the module), bad sizes.
+    """
+
+    def __init__(self, channels: int, hidden: int = 96, qk_channels: int | None = None,
+                 downsample: int = 2, recurrence: int = 2, distance_power: float = 0.8,
+                 spatial: bool = True, temporal: bool = True, residual: bool = True,
+                 impl: str = "einsum") -> None:
+        super().__init__()
+        if not (spatial or temporal):
+            raise ValueError("DualAttention needs the spatial or the temporal part")
+        if downsample < 0 or recurrence < 1:
+            raise ValueError(f"bad attention sizes: downsample {downsample}, "
+                             f"recurrence {recurrence}")
+        layers = []
+        c_in = channels
+        for _ in range(downsample):
+            layers.append(ConvLayer(c_in, hidden, 3, stride=2))
+            c_in = hidden
+        if downsample == 0:
+            layers.append(ConvLayer(channels, hidden, 1))
+        self.down = nn.Sequential(*layers)
+        self.scale = 2 ** downsample
+        self.residual = residual
+        make = lambda: _AttentionPart(hidden, channels, qk_channels, distance_power,  # noqa: E731
+                                      recurrence, impl)
+        self.spatial = make() if spatial else None
+        self.temporal = make() if temporal else None
+
+    def forward(self, f: torch.Tensor, f_expanded: torch.Tensor | None = None,
+                f_prev: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.down(f)
+        out = None
+        if self.spatial is not None:
+            q_src = self.down(f_expanded if f_expanded is not None else f)
+            out = self.spatial(h, q_src, self.scale)
+        if self.temporal is not None:
+            q_src = self.down(f_prev if f_prev is not None else f)
+            t = self.temporal(h, q_src, self.scale)
+            out = t if out is None else out + t
+        return f + out if self.residual else out
+
+
+def attention_flops(batch: int, height: int, width: int, qk_channels: int, channels: int) -> int:
+    """Multiply-adds x2 of one efficient criss-cross pass (scores + aggregation), for reports."""
+    cells = height * width * (height + width)
+    return int(2 * batch * cells * (qk_channels + channels))
+
