@@ -171,7 +171,7 @@ def filter_hands_by_pose_wrist(kp: Keypoints2D, max_torso_fraction: float = 0.5)
     return Keypoints2D(**out)
 
 
-def _landmarks(landmark_list, count: int, width: int, height: int, third: str) -> np.ndarray | None:
+def landmarks_to_pixels(landmark_list, count: int, width: int, height: int, third: str) -> np.ndarray | None:
     """MediaPipe NormalizedLandmarkList -> (count, 3) float32 in pixels, or None if unusable.
 
     ``third`` picks the third column: "visibility", "one" (1.0) or "z" (z * width).
@@ -257,10 +257,10 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
 
             size_wh = (width, height)
             parts = {
-                "pose": _landmarks(result.pose_landmarks, NUM_POSE, *size_wh, "visibility"),
-                "left_hand": _landmarks(result.left_hand_landmarks, NUM_HAND, *size_wh, "one"),
-                "right_hand": _landmarks(result.right_hand_landmarks, NUM_HAND, *size_wh, "one"),
-                "face": _landmarks(result.face_landmarks, NUM_FACE, *size_wh, "z"),
+                "pose": landmarks_to_pixels(result.pose_landmarks, NUM_POSE, *size_wh, "visibility"),
+                "left_hand": landmarks_to_pixels(result.left_hand_landmarks, NUM_HAND, *size_wh, "one"),
+                "right_hand": landmarks_to_pixels(result.right_hand_landmarks, NUM_HAND, *size_wh, "one"),
+                "face": landmarks_to_pixels(result.face_landmarks, NUM_FACE, *size_wh, "z"),
             }
             for name, arr in parts.items():
                 rows[name].append(arr)

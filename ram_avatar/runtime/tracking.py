@@ -33,31 +33,12 @@ import torch
 
 from ram_avatar.body.base import BodyModel, BodyOutput, BodyParams
 from ram_avatar.capture.fitting import FitConfig, fit_sequence
-from ram_avatar.capture.keypoints import NUM_FACE, NUM_HAND, NUM_POSE, Keypoints2D, filter_hands_by_pose_wrist
+from ram_avatar.capture.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, Keypoints2D,
+                                          filter_hands_by_pose_wrist, landmarks_to_pixels)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HolisticTracker", "BodyTracker", "FixedShapeBody", "LiveFitConfig"]
-
-
-def _landmark_array(landmark_list, count: int, width: int, height: int, third: str) -> np.ndarray | None:
-    """MediaPipe NormalizedLandmarkList -> (count, 3) float32 pixels, or None when unusable.
-
-    ``third``: ``visibility`` (pose), ``one`` (hands: MediaPipe gives no per-point confidence)
-    or ``z`` (face: relative depth times the image width, pixel units).
-    """
-    if landmark_list is None:
-        return None
-    lms = landmark_list.landmark
-    if len(lms) != count:
-        return None
-    if third == "visibility":
-        arr = np.array([(p.x * width, p.y * height, p.visibility) for p in lms], np.float32)
-    elif third == "z":
-        arr = np.array([(p.x * width, p.y * height, p.z * width) for p in lms], np.float32)
-    else:
-        arr = np.array([(p.x * width, p.y * height, 1.0) for p in lms], np.float32)
-    return arr if np.isfinite(arr).all() else None
 
 
 class HolisticTracker:
@@ -113,10 +94,10 @@ class HolisticTracker:
         h, w = frame.shape[:2]
         res = self._holistic.process(np.ascontiguousarray(frame))
         parts = {
-            "pose": (_landmark_array(res.pose_landmarks, NUM_POSE, w, h, "visibility"), NUM_POSE),
-            "left_hand": (_landmark_array(res.left_hand_landmarks, NUM_HAND, w, h, "one"), NUM_HAND),
-            "right_hand": (_landmark_array(res.right_hand_landmarks, NUM_HAND, w, h, "one"), NUM_HAND),
-            "face": (_landmark_array(res.face_landmarks, NUM_FACE, w, h, "z"), NUM_FACE),
+            "pose": (landmarks_to_pixels(res.pose_landmarks, NUM_POSE, w, h, "visibility"), NUM_POSE),
+            "left_hand": (landmarks_to_pixels(res.left_hand_landmarks, NUM_HAND, w, h, "one"), NUM_HAND),
+            "right_hand": (landmarks_to_pixels(res.right_hand_landmarks, NUM_HAND, w, h, "one"), NUM_HAND),
+            "face": (landmarks_to_pixels(res.face_landmarks, NUM_FACE, w, h, "z"), NUM_FACE),
         }
         data = {}
         for name, (arr, n) in parts.items():
