@@ -9,9 +9,9 @@ stands. Retargeting therefore:
 3. re-places the root: the driver's root displacement from its median position, scaled by the
    ratio of the avatar's to the driver's leg length, is added to the avatar's median training
    position (the avatar stays framed as in its training crop);
-4. keeps the feet on the ground: one vertical offset for the whole clip puts the avatar's
-   lowest foot landmark on the avatar's training ground level (median over frames, so jumps
-   keep their height);
+4. keeps the feet on the ground: the avatar's lowest foot landmark is put on the avatar's
+   training ground level in every frame where it is near the ground (contact), while frames
+   clearly above it (jumps) keep the clip-wide offset and so their height;
 5. transfers facial expression as the driver's deviation from its mean head-local face mesh,
    added to the avatar's mean face mesh.
 """
@@ -52,7 +52,8 @@ def ground_level(body: BodyModel, params: BodyParams) -> float:
 def retarget(driver: BodyParams, avatar: BodyParams, body: BodyModel,
              driver_face_local: np.ndarray | None = None,
              avatar_face_local: np.ndarray | None = None,
-             avatar_train_mask: np.ndarray | None = None) -> tuple[BodyParams, np.ndarray | None, dict]:
+             avatar_train_mask: np.ndarray | None = None,
+             jump_threshold: float = 0.12) -> tuple[BodyParams, np.ndarray | None, dict]:
     """Map a driver's per-frame parameters onto the avatar (module docstring).
 
     Args:
@@ -62,6 +63,7 @@ def retarget(driver: BodyParams, avatar: BodyParams, body: BodyModel,
         body: the shared body model.
         driver_face_local, avatar_face_local: (T, 478, 3) head-local face meshes or None.
         avatar_train_mask: (T_a,) bool frames of the avatar used for placement statistics.
+        jump_threshold: metres above the ground beyond which a frame counts as a jump.
     Returns:
         (retargeted BodyParams of batch T_d, face_local (T_d, 478, 3) or None, info dict with
         ``scale``, ``ground_offset_m`` and the avatar's ``ground_level_m``).
@@ -79,7 +81,17 @@ def retarget(driver: BodyParams, avatar: BodyParams, body: BodyModel,
         lm = body(out.to(dev), return_vertices=False).pose_landmarks.cpu()
     feet = lm[:, FOOT_LANDMARKS, 1].max(1).values
     offset = g_avatar - float(feet.median())
-    out.transl = out.transl + torch.tensor([0.0, offset, 0.0])
+    # per-frame ground contact: frames whose lowest foot is within ``jump_threshold`` of the
+    # ground are snapped onto it (monocular depth jitter otherwise sinks or lifts the feet by
+    # ~10 cm); higher frames are jumps and keep their height. Offsets are median-filtered
+    # over 5 frames so contact changes do not pop.
+    lift = g_avatar - (feet + offset)                              # > 0: above the ground
+    per_frame = torch.where(lift < jump_threshold, g_avatar - feet, torch.full_like(feet, offset))
+    if len(per_frame) >= 5:
+        padded = torch.nn.functional.pad(per_frame[None, None], (2, 2), mode="replicate")[0, 0]
+        per_frame = padded.unfold(0, 5, 1).median(-1).values
+    out.transl = out.transl + torch.stack([torch.zeros_like(per_frame), per_frame,
+                                           torch.zeros_like(per_frame)], -1)
     face = None
     if avatar_face_local is not None:
         base = np.median(avatar_face_local[sel], axis=0)
