@@ -2,9 +2,14 @@
 
 The exported graph is the one model definition (:class:`ram_avatar.models.renderer.AvatarRenderer`)
 wrapped by :class:`RendererExport`, which fixes the export-time choices (mean style code,
-RGB output only): conditioning maps ``uv (B,2,S,S)``, ``body_mask (B,1,S,S)``,
-``hand (B,5,S,S)``, ``face (B,3,S,S)`` in; ``rgb (B,3,S,S)`` in [0, 1] out, dynamic batch.
-Parity is measured on real conditioning maps of the subject's held-out frames.
+RGB output only). Inputs are the renderer's own (``AvatarRenderer.input_names()``): for
+renderer v1 the conditioning maps ``uv (B,2,S,S)``, ``body_mask (B,1,S,S)``, ``hand (B,5,S,S)``,
+``face (B,3,S,S)``; the full RAM-Avatar renderer adds the expanded-mesh maps
+``uv_expanded``/``body_mask_expanded`` (spatial attention) and the previous frame's
+``prev_uv``/``prev_body_mask`` (temporal attention), minus what its ablation switches remove.
+Output ``rgb (B,3,S,S)`` in [0, 1], dynamic batch. Texture sampling, dual attention, branches,
+generator and background compositing are all in the one graph. Parity is measured on real
+conditioning maps of the subject's held-out frames.
 """
 
 from __future__ import annotations
@@ -19,24 +24,26 @@ from torch import nn
 
 from exporters.onnx_export import export_onnx
 from ram_avatar.io.sequence import load_sequence
-from ram_avatar.training.data import maps_to_float, render_sequence_maps, split_frames
+from ram_avatar.training.data import (add_previous_maps, map_render_options, maps_to_float,
+                                      render_sequence_maps, split_frames)
 from ram_avatar.training.run import load_renderer
 from ram_avatar.utils import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = ("uv", "body_mask", "hand", "face")
 
 
 class RendererExport(nn.Module):
-    """Export wrapper: maps in, composited RGB out, with the mean per-frame style code."""
+    """Export wrapper: maps in (positional, in ``renderer.input_names()`` order), composited
+    RGB ``(B,3,S,S)`` out, with the mean per-frame style code."""
 
     def __init__(self, renderer: nn.Module):
         super().__init__()
         self.renderer = renderer
+        self.names = tuple(renderer.input_names())
 
-    def forward(self, uv, body_mask, hand, face):
-        return self.renderer(uv, body_mask, hand, face, frame_index=None)["rgb"]
+    def forward(self, *maps):
+        return self.renderer.forward_batch(dict(zip(self.names, maps)), None)["rgb"]
 
 
 def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int = 17,
@@ -57,14 +64,20 @@ def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int
     S = info["config"].model.resolution
     _, val = split_frames(seq, info["config"].val_fraction)
     frames = (val if len(val) else np.arange(seq.num_frames))[:parity_frames]
-    maps = maps_to_float(render_sequence_maps(seq, frames, S, desc="parity maps"))
+    wrapper = RendererExport(model).eval()
+    offset = info["config"].model.expand_offset
+    maps = render_sequence_maps(seq, frames, S, desc="parity maps",
+                                **map_render_options(wrapper.names, offset))
+    if any(n.startswith("prev_") for n in wrapper.names):
+        add_previous_maps(maps)
+    maps = maps_to_float(maps)
     out_dir = subject_dir / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
-    wrapper = RendererExport(model).eval()
-    report = export_onnx(wrapper, {k: maps[k] for k in INPUT_NAMES}, out_dir / "avatar.onnx",
+    report = export_onnx(wrapper, {k: maps[k] for k in wrapper.names}, out_dir / "avatar.onnx",
                          output_names=["rgb"], dynamic_batch=True, opset=opset)
     report.update({
         "subject": str(subject_dir), "run": run_name, "resolution": S,
+        "variant": info["config"].model.variant, "expand_offset": offset,
         "checkpoint": str(info["checkpoint"]), "checkpoint_step": info["step"],
         "checkpoint_sha256": sha256_file(info["checkpoint"]),
         "parity_frames": [int(f) for f in frames],

@@ -78,7 +78,7 @@ def cmd_drive(a) -> int:
 
     _print_json(drive(a.subject, a.source, a.output, backend=a.backend, device=a.device,
                       run_name=a.run, camera=a.camera, driver=a.driver, mda=a.mda,
-                      mda_strength=a.mda_strength))
+                      mda_strength=a.mda_strength, report=a.report))
     return 0
 
 
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the avatar renderer (resumes from the latest checkpoint)")
     p.add_argument("subject")
-    p.add_argument("--preset", default="cpu-256", help="cpu-256 | paper-1024")
+    p.add_argument("--preset", default="cpu-256", help="training preset: cpu-256 (renderer v1) | cpu-256-full | paper-1024")
     p.add_argument("--steps", type=int, default=None, help="train up to this total step count")
     p.add_argument("--minutes", type=float, default=None, help="train for this many minutes")
     p.add_argument("--run", default="default", help="run name under SUBJECT/runs")
@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mda", default="auto", choices=["auto", "on", "off", "both"],
                    help="motion distribution alignment (auto: on when fitted)")
     p.add_argument("--mda-strength", type=float, default=1.0, help="0 = source pose, 1 = aligned")
+    p.add_argument("--report", action="store_true",
+                   help="also write OUTPUT_STEM.render_stats.json (weights-free image statistics "
+                        "of each variant: silhouette IoU, Lab colour distance to the training "
+                        "frames, temporal change/jitter, sharpness; no ground truth needed) and "
+                        "OUTPUT_STEM.contact.png (8 frames: driving | avatar | avatar + MDA); "
+                        "use with --mda both to compare with and without alignment")
     _add_device(p)
     p.set_defaults(func=cmd_drive)
 

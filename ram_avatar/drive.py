@@ -23,7 +23,8 @@ from ram_avatar.capture.video import VideoWriter, iter_frames
 from ram_avatar.errors import RamAvatarError
 from ram_avatar.io.sequence import load_sequence
 from ram_avatar.runtime.retarget import load_driver_betas, retarget
-from ram_avatar.training.data import maps_to_float, render_sequence_maps, split_frames
+from ram_avatar.training.data import (add_previous_maps, map_render_options, maps_to_float,
+                                      render_sequence_maps, split_frames)
 from ram_avatar.utils import progress, resolve_device
 
 log = logging.getLogger(__name__)
@@ -50,24 +51,34 @@ class RendererBackend:
                                      "first, or use --backend torch")
             meta = json.loads((subject_dir / "export" / "export.json").read_text())
             self.resolution = int(meta["resolution"])
+            self.expand_offset = float(meta.get("expand_offset", 0.01))
             self.runner = OnnxRunner(path)
+            self.input_names = tuple(self.runner.input_names)
         elif backend == "torch":
             from ram_avatar.training.run import load_renderer
 
             self.model, info = load_renderer(subject_dir, run_name, device)
             self.resolution = info["config"].model.resolution
+            self.expand_offset = info["config"].model.expand_offset
+            self.input_names = self.model.input_names()
             self.device = device
         else:
             raise RamAvatarError(f"unknown renderer backend {backend!r}: use onnx or torch")
 
+    def render_options(self) -> dict:
+        """:func:`render_sequence_maps` options giving every map this renderer reads."""
+        return map_render_options(self.input_names, self.expand_offset)
+
     def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
-        """maps: uv, body_mask, hand, face (B,C,S,S) float32 -> (B,S,S,3) uint8 RGB."""
+        """maps: the renderer's inputs (:attr:`input_names`, (B,C,S,S) float32; extra keys are
+        ignored) -> (B,S,S,3) uint8 RGB."""
         if self.kind == "onnx":
-            rgb = self.runner({k: maps[k] for k in ("uv", "body_mask", "hand", "face")})["rgb"]
+            rgb = self.runner({k: maps[k] for k in self.input_names})["rgb"]
         else:
             with torch.no_grad():
-                rgb = self.model(**{k: v.to(self.device) for k, v in maps.items()},
-                                 frame_index=None)["rgb"].cpu().numpy()
+                rgb = self.model.forward_batch({k: maps[k].to(self.device)
+                                                for k in self.input_names}, None)["rgb"]
+                rgb = rgb.cpu().numpy()
         return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
@@ -98,7 +109,7 @@ def _load_aligner(subject_dir: Path, mda: str):
 def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backend: str = "onnx",
           device: str = "auto", run_name: str = "default", camera: str | Path | None = None,
           driver: str | Path | None = None, mda: str = "auto", mda_strength: float = 1.0,
-          batch: int = 4) -> dict:
+          batch: int = 4, report: bool = False) -> dict:
     """Drive the avatar of ``subject_dir`` with the motion in ``source``; write ``output``.
 
     Args:
@@ -112,8 +123,12 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
         driver: driver.json (``calibrate driver``) giving the driver's body shape.
         mda: ``auto`` (on when fitted), ``on``, ``off``, or ``both`` (side by side).
         mda_strength: blend between the source pose (0) and the aligned pose (1).
+        report: also write ``<output stem>.render_stats.json`` (weights-free image statistics
+            of every rendered variant, :mod:`ram_avatar.eval.render_stats`) and
+            ``<output stem>.contact.png`` (source | avatar | aligned avatar on 8 frames);
+            see :func:`write_render_report`.
     Returns:
-        summary dict: frames, fps, output path, timings, retargeting info.
+        summary dict: frames, fps, output path, timings, retargeting info (and ``report``).
     Raises:
         VideoError / NoPersonError for a bad driving video; RamAvatarError when the avatar is
         not trained/exported.
@@ -141,10 +156,13 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
     T = tracked.end - tracked.start
     S = engine.resolution
     t1 = time.time()
-    frames_out = {}
+    frames_out, silhouettes = {}, {}
     for name, params in variants.items():
         maps = render_sequence_maps(seq, np.arange(T), S, body=body, params=params,
-                                    face_local=face_local, desc=f"maps ({name})")
+                                    face_local=face_local, desc=f"maps ({name})",
+                                    **engine.render_options())
+        if any(n.startswith("prev_") for n in engine.input_names):
+            add_previous_maps(maps)  # temporal attention: frame t-1 of the driven sequence
         outs = []
         with progress() as bar:
             task = bar.add_task(f"render ({name}, {backend})", total=T, info="")
@@ -153,6 +171,7 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
                 outs.append(engine(maps_to_float(sl)))
                 bar.advance(task, len(outs[-1]))
         frames_out[name] = np.concatenate(outs)
+        silhouettes[name] = maps["body_mask"][:, 0].numpy() > 0  # for the render report
     t_render = time.time() - t1
     with VideoWriter(output, tracked.info.fps, _side_by_side(
             np.zeros((tracked.info.height, tracked.info.width, 3), np.uint8),
@@ -160,7 +179,122 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
         for t, frame in enumerate(iter_frames(source, tracked.start, tracked.end)):
             w.write(_side_by_side(frame, np.concatenate([frames_out[n][t] for n in frames_out], 1),
                                   OUTPUT_HEIGHT))
-    return {"output": str(output), "frames": T, "fps": tracked.info.fps, "backend": backend,
-            "resolution": S, "variants": list(variants), "retarget": info,
-            "driver_reprojection_error_body": float(np.nanmedian(tracked.errors["body"])),
-            "timings": {**tracked.timings, "render_s": t_render, "total_s": time.time() - t0}}
+    summary = {"output": str(output), "frames": T, "fps": tracked.info.fps, "backend": backend,
+               "resolution": S, "variants": list(variants), "retarget": info,
+               "driver_reprojection_error_body": float(np.nanmedian(tracked.errors["body"])),
+               "timings": {**tracked.timings, "render_s": t_render, "total_s": time.time() - t0}}
+    if report:
+        summary["report"] = write_render_report(output, source, tracked.start, tracked.end,
+                                                frames_out, silhouettes, engine, seq, body, batch)
+        summary["timings"]["total_s"] = time.time() - t0
+    return summary
+
+
+#: driving-clip frames shown in the contact sheet of ``drive(report=True)``
+REPORT_SHEET_ROWS = 8
+#: training frames sampled for the colour / sharpness reference of the render report
+REPORT_REFERENCE_FRAMES = 32
+_VARIANT_LABELS = {"avatar": "avatar, no alignment", "avatar_mda": "avatar + MDA"}
+
+
+def _render_frames(engine: RendererBackend, maps: dict[str, torch.Tensor], batch: int) -> np.ndarray:
+    """Run ``engine`` over compact maps (render_sequence_maps) -> (N,S,S,3) uint8."""
+    n = len(maps["body_mask"])
+    return np.concatenate([engine(maps_to_float({k: v[c:c + batch] for k, v in maps.items()}))
+                           for c in range(0, n, batch)])
+
+
+def write_render_report(output: Path, source: str | Path, start: int, end: int,
+                        frames_out: dict[str, np.ndarray], silhouettes: dict[str, np.ndarray],
+                        engine: RendererBackend, seq, body, batch: int = 4) -> dict:
+    """Weights-free image statistics and a contact sheet of the avatar driven by ``source``.
+
+    Writes next to ``output``:
+
+    - ``<stem>.render_stats.json``: :func:`ram_avatar.eval.render_stats.render_stats` of every
+      variant (``avatar`` = no alignment, ``avatar_mda`` = with motion distribution alignment),
+      ``mda_minus_no_mda`` (their differences), ``heldout_reference`` (the same statistics for
+      the subject's own held-out poses rendered the same way: what "in distribution" looks
+      like), the training-frame reference and the direction of "better" of every key;
+    - ``<stem>.contact.png``: 8 frames evenly over the clip, columns driving frame | variants,
+      each avatar cell captioned with that frame's silhouette IoU.
+
+    The learned background is the renderer's output for all-zero conditioning maps.
+
+    Args:
+        output: the drive video path; start/end: the driving frames rendered.
+        frames_out: variant -> (T,S,S,3) uint8 rendered frames; silhouettes: variant ->
+            (T,S,S) bool driven ``body_mask`` maps.
+    Returns:
+        dict: ``stats_file``, ``contact_sheet`` paths and the ``variants`` statistics.
+    """
+    from ram_avatar.eval import render_stats as rs
+    from ram_avatar.training.data import crop_resize
+    from ram_avatar.utils import atomic_write_text
+
+    output = Path(output)
+    S = engine.resolution
+    stem = output.with_suffix("")
+    stats_path = stem.parent / f"{stem.name}.render_stats.json"
+    sheet_path = stem.parent / f"{stem.name}.contact.png"
+    # the subject's own held-out poses, rendered as the driven ones (in-distribution reference)
+    train_idx, val_idx = split_frames(seq)
+    held = render_sequence_maps(seq, val_idx, S, body=body, desc="maps (held-out reference)",
+                                **engine.render_options())
+    if any(n.startswith("prev_") for n in engine.input_names):
+        add_previous_maps(held)
+    held_frames = _render_frames(engine, held, batch)
+    background = _render_frames(engine, {k: torch.zeros_like(v[:1]) for k, v in held.items()}, 1)[0]
+    # training reference: real crops inside the fitted body's silhouette
+    ref_idx = train_idx[rs.sample_indices(len(train_idx), REPORT_REFERENCE_FRAMES)]
+    ref_masks = render_sequence_maps(seq, ref_idx, S, body=body, desc="maps (training reference)")["body_mask"]
+    wanted, crops = set(ref_idx.tolist()), {}
+    s0 = seq.manifest["source"]["start"]
+    for t, frame in enumerate(iter_frames(seq.source_video(), s0, s0 + int(ref_idx.max()) + 1)):
+        if t in wanted:
+            crops[t] = crop_resize(frame, seq.manifest["crop"], S)
+    reference = rs.TrainingReference(np.stack([crops[t] for t in ref_idx.tolist()]),
+                                     ref_masks[:, 0].numpy() > 0)
+    variants = {n: rs.render_stats(frames_out[n], silhouettes[n], background, reference)
+                for n in frames_out}
+    res = {
+        "source": str(source), "frames": int(end - start), "resolution": S, "backend": engine.kind,
+        "variants": variants, "mda_minus_no_mda": rs.summarize(variants),
+        "heldout_reference": {**rs.render_stats(held_frames, held["body_mask"][:, 0].numpy() > 0,
+                                                background, reference),
+                              "frame_indices": [int(v) for v in val_idx]},
+        "training_reference": {"frames": reference.frames, "frame_indices": [int(v) for v in ref_idx],
+                               "sharpness": reference.sharpness},
+        "person_threshold": rs.PERSON_THRESHOLD,
+        "better": {"silhouette_iou": "higher", "silhouette_coverage": "higher",
+                   "person_spill": "lower", "colour_w1_L": "lower", "colour_w1_a": "lower",
+                   "colour_w1_b": "lower", "colour_w1_mean": "lower", "temporal_diff": "lower",
+                   "temporal_jitter": "lower", "silhouette_change": "context (driven motion)",
+                   "sharpness": "context", "sharpness_ratio": "closer to 1"},
+        "definitions": "ram_avatar/eval/render_stats.py (module docstring)",
+    }
+    # contact sheet: driving frame | each variant, silhouette IoU of that frame as caption
+    rows_t = rs.sample_indices(end - start, REPORT_SHEET_ROWS)
+    wanted_src = set(rows_t.tolist())
+    src = {t: f for t, f in enumerate(iter_frames(source, start, start + int(rows_t.max()) + 1))
+           if t in wanted_src}
+    rows, labels = [], []
+    for t in rows_t.tolist():
+        row = [src[t]]
+        for n in frames_out:
+            cell = frames_out[n][t].copy()
+            person = rs.rendered_person_mask(frames_out[n][t:t + 1], background)
+            iou = rs.silhouette_agreement(person, silhouettes[n][t:t + 1])["silhouette_iou"]
+            rs.draw_label(cell, f"IoU {iou:.2f}", (4, S - 8), 0.45)
+            row.append(cell)
+        rows.append(row)
+        labels.append(f"frame {start + t}")
+    sheet = rs.contact_sheet(rows, ["driving video"] + [_VARIANT_LABELS.get(n, n) for n in frames_out],
+                             labels, height=S)
+    rs.write_png(sheet_path, sheet)
+    res["contact_sheet"] = str(sheet_path)
+    res["contact_frames"] = [int(start + t) for t in rows_t]
+    atomic_write_text(stats_path, json.dumps(res, indent=1))
+    log.info("render report: %s, %s", stats_path, sheet_path)
+    return {"stats_file": str(stats_path), "contact_sheet": str(sheet_path), "variants": variants,
+            "mda_minus_no_mda": res["mda_minus_no_mda"]}

@@ -103,3 +103,57 @@ def test_drive_onnx_matches_torch(trained, basketball_video, tmp_path):
     a = RendererBackend(trained, "onnx", "default", torch.device("cpu"))(maps).astype(int)
     b = RendererBackend(trained, "torch", "default", torch.device("cpu"))(maps).astype(int)
     assert np.abs(a - b).max() <= 1
+
+
+@pytest.fixture(scope="module")
+def trained_full(subject, tmp_path_factory):
+    """The same capture trained a few steps with the full RAM-Avatar renderer (cpu-256-full:
+    dual attention, face/hand branches, temporal discriminator), in its own subject folder
+    so its export does not replace renderer v1's."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("subject_full") / "taiji"
+    shutil.copytree(subject / "sequence", d / "sequence")
+    argv = ["train", str(d), "--preset", "cpu-256-full", "--steps", "6", "--device", "cpu",
+            "--set", "checkpoint_interval=3", "--set", "val_interval=3"]
+    assert main(argv) == 0
+    return d
+
+
+def test_full_renderer_export_evaluate_drive(trained_full, basketball_video, tmp_path, capsys):
+    from ram_avatar.capture.video import VideoWriter, iter_frames, probe_video
+    from ram_avatar.drive import RendererBackend
+    from ram_avatar.io.sequence import load_sequence
+    from ram_avatar.training.data import (add_previous_maps, map_render_options, maps_to_float,
+                                          render_sequence_maps)
+
+    capsys.readouterr()
+    assert main(["export", str(trained_full)]) == 0
+    report = json.loads((trained_full / "export" / "export.json").read_text())
+    names = [i["name"] for i in report["inputs"]]
+    assert names == ["uv", "body_mask", "hand", "face", "uv_expanded", "body_mask_expanded",
+                     "prev_uv", "prev_body_mask"]
+    assert report["variant"] == "full" and report["max_abs_diff"] < 1e-4
+    capsys.readouterr()
+    assert main(["evaluate", str(trained_full), "--device", "cpu"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["frames"] == 6 and 5.0 < m["psnr"] < 60 and 0.0 < m["ssim"] <= 1.0
+    # drive: 6 frames of the basketball clip, ONNX Runtime; then onnx vs torch on its maps
+    clip = tmp_path / "clip.mp4"
+    with VideoWriter(clip, 30, (1920, 1080)) as w:
+        for f in iter_frames(basketball_video, 40, 46):
+            w.write(f)
+    out = tmp_path / "out.mp4"
+    assert main(["drive", str(trained_full), "--source", str(clip), "-o", str(out),
+                 "--device", "cpu"]) == 0
+    assert probe_video(out).frame_count == 6
+    seq = load_sequence(trained_full)
+    onnx = RendererBackend(trained_full, "onnx", "default", torch.device("cpu"))
+    assert set(onnx.render_options()) == {"expand_offset"}
+    maps = render_sequence_maps(seq, np.arange(10, 13), 256,
+                                **map_render_options(onnx.input_names, onnx.expand_offset))
+    maps = maps_to_float(add_previous_maps(maps))
+    assert torch.equal(maps["prev_uv"][1], maps["uv"][0])
+    a = onnx(maps).astype(int)
+    b = RendererBackend(trained_full, "torch", "default", torch.device("cpu"))(maps).astype(int)
+    assert np.abs(a - b).max() <= 1

@@ -42,8 +42,8 @@ def predict(model, dataset: SubjectDataset, device, batch: int = 4) -> tuple[tor
     preds, reals, masks = [], [], []
     for c in range(0, len(dataset), batch):
         items = [dataset[i] for i in range(c, min(len(dataset), c + batch))]
-        maps = {k: torch.stack([it[k] for it in items]).to(device) for k in ("uv", "body_mask", "hand", "face")}
-        preds.append(model(**maps, frame_index=None)["rgb"].clamp(0, 1).cpu())
+        maps = {k: torch.stack([it[k] for it in items]).to(device) for k in model.input_names()}
+        preds.append(model.forward_batch(maps, None)["rgb"].clamp(0, 1).cpu())
         reals.append(torch.stack([it["image"] for it in items]))
         masks.append(torch.stack([it["person_mask"] for it in items]))
     return torch.cat(preds), torch.cat(reals), torch.cat(masks)
@@ -65,11 +65,17 @@ def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device:
     model, info = load_renderer(subject_dir, run_name, dev)
     cfg = info["config"]
     _, val = split_frames(seq, cfg.val_fraction)
-    ds = SubjectDataset(seq, val, cfg.model.resolution)
+    ds = SubjectDataset(seq, val, cfg.model.resolution, extras=cfg.model.data_extras(),
+                        expand_offset=cfg.model.expand_offset)
     pred, real, mask = predict(model, ds, dev)
     m = (mask > 0.5).float()
     lp = load_lpips("alex", backbone_path=lpips_weights, device="cpu")
     consecutive = np.all(np.diff(val) == 1) and len(val) > 1
+    from ram_avatar.eval.fid import compute_fid_with_note
+
+    # FID on the few held-out frames is a high-variance, upward-biased estimate: compare only
+    # runs evaluated on the same frames (see ram_avatar/eval/fid.py).
+    fid, fid_note = compute_fid_with_note(pred, real, device=dev)
     res = {
         "frames": len(val), "frame_indices": [int(v) for v in val], "step": info["step"],
         "psnr": float(psnr(pred, real).mean()), "ssim": float(ssim(pred, real).mean()),
@@ -77,12 +83,14 @@ def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device:
         "lpips": float(lp(pred, real).mean()) if lp is not None else None,
         "tlpips": float(temporal_lpips(lp, pred, real)) if (lp is not None and consecutive) else None,
         "temporal_stability": float(temporal_stability(pred, real)) if consecutive else None,
-        "fid": None,
+        "fid": fid,
         "resolution": cfg.model.resolution, "preset": cfg.preset,
     }
     if lp is None:
         res["lpips_note"] = ("ImageNet AlexNet weights not found (alexnet-owt-7be5be79.pth): pass "
                              "--lpips-weights or put them in $RAM_AVATAR_WEIGHTS / the torch hub cache")
+    if fid_note is not None:
+        res["fid_note"] = fid_note
     if mda:
         if source is None:
             from ram_avatar.errors import RamAvatarError

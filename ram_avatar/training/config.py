@@ -206,7 +206,8 @@ def _cpu_256() -> TrainConfig:
         model=RendererConfig(resolution=256, texture_channels=16, texture_size=256,
                              texture_levels=4, base_channels=16, max_channels=64,
                              style_dim=64, latent_dim=32, mapping_layers=2),
-        texture_lr_mult=10.0,  # few thousand steps on CPU: let the texture catch up
+        # few thousand steps on CPU: let the texture and the static background catch up
+        texture_lr_mult=10.0, background_lr_mult=10.0,
         batch_size=2, max_steps=5000,
         log_interval=10, preview_interval=250, checkpoint_interval=500, val_interval=500,
     )
@@ -237,7 +238,7 @@ def _cpu_256_full() -> TrainConfig:
     cfg.preset = "cpu-256-full"
     cfg.model = dataclasses.replace(
         cfg.model, variant="full", attention_channels=32, attention_downsample=2,
-        attention_recurrence=2, branch_channels=8, branch_hidden=8, branch_depth=2)
+        attention_recurrence=2, branch_channels=8, branch_hidden=4, branch_depth=2)
     cfg.vgg_weight = 0.03
     cfg.hand_weight = 0.1
     cfg.gan_weight_max = 0.02

@@ -132,10 +132,43 @@ def maps_to_float(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     maps too, when present)."""
     out = {"uv": maps["uv"].float(), "body_mask": maps["body_mask"].float(),
            "hand": maps["hand"].float() / 255.0, "face": maps["face"].float() / 255.0}
-    for k in ("uv_expanded", "body_mask_expanded", "canon", "canon_expanded", "hand_boxes"):
+    for k in ("uv_expanded", "body_mask_expanded", "canon", "canon_expanded", "hand_boxes",
+              "prev_uv", "prev_body_mask", "prev_canon"):
         if k in maps:
             out[k] = maps[k].float()
     return out
+
+
+def map_render_options(input_names, expand_offset: float = 0.01) -> dict:
+    """Keyword arguments of :func:`render_sequence_maps` that produce every map a renderer
+    with inputs ``input_names`` reads (``RendererConfig.input_names()`` or an ONNX file's
+    input names): ``expand_offset`` (metres) when an ``*_expanded`` map is read, ``canonical``
+    when a ``canon`` map is read (triplane)."""
+    names = set(input_names)
+    opts: dict = {}
+    if names & {"uv_expanded", "body_mask_expanded", "canon_expanded"}:
+        opts["expand_offset"] = float(expand_offset)
+    if names & {"canon", "canon_expanded", "prev_canon"}:
+        opts["canonical"] = True
+    return opts
+
+
+def add_previous_maps(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add the previous-frame maps of the temporal attention (Sec. 3.2) to the maps of a
+    consecutive frame sequence: ``prev_uv``, ``prev_body_mask`` (``prev_canon`` when ``canon``
+    is present) where row t holds row t-1's map and row 0 its own (a stream's first frame has
+    no past, as in the live runtime). Works on compact or float maps; shares storage.
+
+    Args:
+        maps: dict of ``(N,C,S,S)`` maps with at least ``uv`` and ``body_mask``.
+    Returns:
+        ``maps`` with the ``prev_*`` entries added (same dict).
+    """
+    for k in ("uv", "body_mask", "canon"):
+        if k in maps:
+            v = maps[k]
+            maps[f"prev_{k}"] = torch.cat([v[:1], v[:-1]]) if len(v) else v
+    return maps
 
 
 class SubjectDataset(Dataset):

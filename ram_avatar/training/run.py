@@ -19,7 +19,7 @@ from ram_avatar.models.renderer import AvatarRenderer
 from ram_avatar.training.checkpoint import latest_checkpoint, load_checkpoint
 from ram_avatar.training.config import apply_overrides, get_preset, load_config
 from ram_avatar.training.data import SubjectDataset, split_frames
-from ram_avatar.training.trainer import train
+from ram_avatar.training.trainer import required_extras, train
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,13 @@ def train_subject(subject_dir: str | Path, preset: str = "cpu-256", steps: int |
     tr, va = split_frames(seq, config.val_fraction)
     log.info("subject %s: %d training frames, %d held-out frames", subject_dir, len(tr), len(va))
     S = config.model.resolution
-    train_set = SubjectDataset(seq, tr, S, backend=backend)
-    val_set = SubjectDataset(seq, va, S, backend=backend) if len(va) else None
+    extras = required_extras(config)
+    offset = config.model.expand_offset
+    train_set = SubjectDataset(seq, tr, S, backend=backend, extras=extras, expand_offset=offset)
+    # validation renders without the discriminator's neighbour frames or hand boxes
+    val_extras = config.model.data_extras()
+    val_set = SubjectDataset(seq, va, S, backend=backend, extras=val_extras,
+                             expand_offset=offset) if len(va) else None
     summary = train(train_set, val_set, rd, config, steps=steps, minutes=minutes, device=device)
     (rd / "split.json").write_text(json.dumps({"train": tr.tolist(), "val": va.tolist()}))
     return summary

@@ -256,7 +256,9 @@ def compute_losses(out: dict, batch: dict, config: TrainConfig, vgg=None,
         else:
             from ram_avatar.losses.perceptual import ssim_loss
 
-            losses["vgg_fallback_ssim"] = ssim_loss(rgb, image)
+            # the same 1 - SSIM as the ssim term: reuse it instead of computing it twice
+            losses["vgg_fallback_ssim"] = losses["ssim"] if "ssim" in losses \
+                else ssim_loss(rgb, image)
             total = total + config.vgg_weight * losses["vgg_fallback_ssim"]
     if config.hand_weight > 0 and hand is not None and "hand_boxes" in batch:
         losses["hand"] = hand(rgb, image, batch["hand_boxes"], batch.get("hand_valid"))

@@ -1,0 +1,349 @@
+"""Weights-free image statistics of rendered avatar frames that need no ground truth.
+
+An avatar driven by another person's video (``ram-avatar drive``) has no ground-truth image to
+compare with, so PSNR/SSIM/LPIPS do not apply. These statistics judge the rendered frames
+against what the renderer was given (the driven body's silhouette) and against what it was
+trained on (the subject's captured frames). They are used to compare the avatar driven with and
+without motion distribution alignment (RAM-Avatar Sec. 3.3) on the same clip; absolute values
+are best read next to the same statistics of the subject's own held-out poses (the
+``heldout_reference`` of :func:`ram_avatar.drive.write_render_report`).
+
+All images are (T,H,W,3) uint8 RGB, masks (T,H,W) bool, at the renderer resolution S = H = W.
+
+Statistics (keys of :func:`render_stats`):
+
+``silhouette_iou`` (fraction, 0..1, higher is better)
+    Per-frame IoU between the *rendered person* and the *driven silhouette* (the ``body_mask``
+    conditioning map), averaged over frames. The rendered person is where the frame differs from
+    the renderer's learned background by more than ``person_threshold`` in some channel
+    (:func:`rendered_person_mask`; the ONNX export outputs rgb only, no alpha). Low values mean
+    the renderer dropped body parts (unfamiliar poses often render as background) or painted
+    person outside the body. The subject's hair and loose clothes extend past the template, so
+    even a perfect render stays below 1; and a renderer with an alpha prior from the body mask
+    (``RendererConfig.alpha_mask_prior``) follows the silhouette by construction, so this mostly
+    catches gross failures (missing limbs, person colour close to the background). Also reported: ``silhouette_coverage`` (fraction of
+    silhouette pixels rendered as person, recall; higher is better) and ``person_spill``
+    (fraction of rendered-person pixels outside the silhouette; lower is better).
+``colour_w1_L``, ``colour_w1_a``, ``colour_w1_b``, ``colour_w1_mean`` (CIELAB units; lower is better)
+    1-D Wasserstein-1 (earth mover's) distance, per Lab channel, between the pooled pixels of the
+    rendered frames inside the driven silhouette and the pooled pixels of the subject's training
+    frames inside their fitted-body silhouette (:func:`colour_distance`). L is in L* points
+    (0..100), a and b in a*/b* units. A constant colour shift of d units in one channel gives
+    exactly d. Large values: the avatar's clothes/skin colours are off (washed out, background
+    showing through, wrong colours in unfamiliar poses).
+``temporal_diff`` (mean absolute intensity, 0..1 per channel; lower is steadier)
+    Mean |I_t - I_{t-1}| over the pixels inside the union of the silhouettes of t-1 and t,
+    averaged over consecutive frame pairs. Real motion also changes pixels, so compare variants
+    of the same clip only, alongside ``silhouette_change``.
+``temporal_jitter`` (mean absolute intensity, 0..1; lower is steadier)
+    Mean |I_t - (I_{t-1} + I_{t+1}) / 2| inside the union of the three silhouettes: a second
+    difference, which cancels motion at constant velocity and mostly measures flicker and
+    frame-to-frame popping.
+``silhouette_change`` (fraction, 0..1; context, not a quality score)
+    Mean 1 - IoU(silhouette_t, silhouette_{t-1}): how much the driven body itself moves per frame.
+``sharpness`` (grey levels squared; context) and ``sharpness_ratio`` (ratio; closest to 1 is best)
+    Variance of the 3x3 Laplacian of the grey image (0..255) inside the silhouette eroded by
+    ``erode_px`` pixels (so the person/background edge does not count), averaged over frames
+    (:func:`laplacian_variance`); the ratio divides by the same value of the training frames
+    inside their silhouettes. Below 1: blurrier than the captured person; well above 1: noise
+    or high-frequency artefacts.
+
+Everything here is numpy + OpenCV, deterministic, and CPU-only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import cv2
+import numpy as np
+
+#: a pixel belongs to the rendered person when some channel differs from the learned
+#: background by more than this (fraction of the 0..255 range)
+PERSON_THRESHOLD = 0.1
+#: pixels pooled per colour distribution (random subsample with a fixed seed)
+MAX_PIXELS = 200_000
+#: quantiles used for the 1-D Wasserstein distance
+QUANTILES = 1024
+#: erosion (pixels) of the silhouette for the sharpness statistic
+ERODE_PX = 3
+
+
+def _check_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"{name} must be (T,H,W,3) uint8 RGB, got {frames.shape} {frames.dtype}")
+    return frames
+
+
+def _check_masks(masks: np.ndarray, frames: np.ndarray, name: str = "masks") -> np.ndarray:
+    masks = np.asarray(masks)
+    if masks.ndim == 4 and masks.shape[1] == 1:  # (T,1,H,W) conditioning-map layout
+        masks = masks[:, 0]
+    if masks.shape != frames.shape[:3]:
+        raise ValueError(f"{name} must be (T,H,W) matching the frames {frames.shape[:3]}, got {masks.shape}")
+    return masks.astype(bool)
+
+
+def rendered_person_mask(frames: np.ndarray, background: np.ndarray,
+                         threshold: float = PERSON_THRESHOLD) -> np.ndarray:
+    """Where the rendered frames differ from the renderer's learned background.
+
+    Args:
+        frames: (T,H,W,3) uint8 rendered RGB.
+        background: (H,W,3) uint8, the renderer's output for empty conditioning maps.
+        threshold: max-over-channels absolute difference, as a fraction of 255.
+    Returns:
+        (T,H,W) bool, cleaned with a 3x3 morphological opening (isolated pixels dropped).
+    """
+    frames = _check_frames(frames)
+    bg = np.asarray(background)
+    if bg.shape != frames.shape[1:]:
+        raise ValueError(f"background must be {frames.shape[1:]}, got {bg.shape}")
+    diff = np.abs(frames.astype(np.int16) - bg.astype(np.int16)[None]).max(-1)
+    person = (diff > threshold * 255).astype(np.uint8)
+    kernel = np.ones((3, 3), np.uint8)
+    return np.stack([cv2.morphologyEx(p, cv2.MORPH_OPEN, kernel) for p in person]).astype(bool)
+
+
+def silhouette_agreement(person: np.ndarray, silhouette: np.ndarray) -> dict[str, float]:
+    """IoU, coverage (recall) and spill of a rendered-person mask against the driven silhouette.
+
+    Args:
+        person, silhouette: (T,H,W) bool.
+    Returns:
+        ``silhouette_iou``, ``silhouette_coverage``, ``person_spill``: per-frame values averaged
+        over the frames where they are defined (NaN when never defined).
+    """
+    person, silhouette = np.asarray(person, bool), np.asarray(silhouette, bool)
+    if person.shape != silhouette.shape:
+        raise ValueError(f"mask shapes differ: {person.shape} vs {silhouette.shape}")
+    ax = (1, 2)
+    inter = (person & silhouette).sum(ax).astype(np.float64)
+    union = (person | silhouette).sum(ax).astype(np.float64)
+    n_sil, n_person = silhouette.sum(ax).astype(np.float64), person.sum(ax).astype(np.float64)
+
+    def ratio(num, den):
+        ok = den > 0
+        return float(np.mean(num[ok] / den[ok])) if ok.any() else math.nan
+
+    return {"silhouette_iou": ratio(inter, union), "silhouette_coverage": ratio(inter, n_sil),
+            "person_spill": ratio(n_person - inter, n_person)}
+
+
+def lab_pixels(frames: np.ndarray, masks: np.ndarray, max_pixels: int = MAX_PIXELS,
+               seed: int = 0) -> np.ndarray:
+    """CIELAB values of the masked pixels of all frames, pooled.
+
+    Returns:
+        (N,3) float32 [L* (0..100), a*, b*]; a random subsample (fixed ``seed``) of at most
+        ``max_pixels`` pixels; (0,3) when the masks are empty.
+    """
+    frames = _check_frames(frames)
+    masks = _check_masks(masks, frames)
+    rgb = frames[masks]  # (N,3) uint8
+    if len(rgb) > max_pixels:
+        rgb = rgb[np.random.default_rng(seed).choice(len(rgb), max_pixels, replace=False)]
+    if len(rgb) == 0:
+        return np.zeros((0, 3), np.float32)
+    lab = cv2.cvtColor((rgb.astype(np.float32) / 255.0)[:, None], cv2.COLOR_RGB2Lab)
+    return lab[:, 0]
+
+
+def wasserstein_1d(x: np.ndarray, y: np.ndarray, quantiles: int = QUANTILES) -> float:
+    """Wasserstein-1 distance between two 1-D samples, via their quantile functions:
+    the mean over q = (i + 0.5)/n of |Q_x(q) - Q_y(q)|. Same units as the samples; NaN when
+    either sample is empty."""
+    if len(x) == 0 or len(y) == 0:
+        return math.nan
+    q = (np.arange(quantiles) + 0.5) / quantiles
+    return float(np.mean(np.abs(np.quantile(x, q) - np.quantile(y, q))))
+
+
+def colour_distance(lab_a: np.ndarray, lab_b: np.ndarray) -> dict[str, float]:
+    """Per-channel Wasserstein-1 distance (Lab units) between two pooled Lab pixel sets.
+
+    Returns:
+        ``colour_w1_L``, ``colour_w1_a``, ``colour_w1_b`` and their mean ``colour_w1_mean``.
+    """
+    out = {f"colour_w1_{c}": wasserstein_1d(lab_a[:, i], lab_b[:, i]) for i, c in enumerate("Lab")}
+    out["colour_w1_mean"] = float(np.mean(list(out.values())))
+    return out
+
+
+def temporal_stats(frames: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    """First and second temporal differences inside the person, and the silhouette's own change.
+
+    Args:
+        frames: (T,H,W,3) uint8 consecutive frames; masks: (T,H,W) bool person masks.
+    Returns:
+        ``temporal_diff`` (T >= 2), ``temporal_jitter`` (T >= 3), ``silhouette_change``
+        (T >= 2), in intensity fractions 0..1 (module docstring); NaN when undefined.
+    """
+    frames = _check_frames(frames)
+    masks = _check_masks(masks, frames)
+    f = frames.astype(np.float32) / 255.0
+    diff, jitter, change = [], [], []
+    for t in range(1, len(f)):
+        m = masks[t] | masks[t - 1]
+        if m.any():
+            diff.append(float(np.abs(f[t] - f[t - 1])[m].mean()))
+            change.append(1.0 - float((masks[t] & masks[t - 1]).sum()) / float(m.sum()))
+        if t + 1 < len(f):
+            m3 = m | masks[t + 1]
+            if m3.any():
+                jitter.append(float(np.abs(f[t] - 0.5 * (f[t - 1] + f[t + 1]))[m3].mean()))
+    mean = lambda v: float(np.mean(v)) if v else math.nan  # noqa: E731
+    return {"temporal_diff": mean(diff), "temporal_jitter": mean(jitter), "silhouette_change": mean(change)}
+
+
+def laplacian_variance(frames: np.ndarray, masks: np.ndarray, erode_px: int = ERODE_PX) -> float:
+    """Variance of the 3x3 Laplacian of the grey image (0..255) inside each eroded mask,
+    averaged over the frames whose eroded mask has at least 16 pixels (NaN when none has)."""
+    frames = _check_frames(frames)
+    masks = _check_masks(masks, frames)
+    kernel = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8) if erode_px > 0 else None
+    vals = []
+    for img, m in zip(frames, masks):
+        m = m.astype(np.uint8)
+        if kernel is not None:
+            m = cv2.erode(m, kernel)
+        m = m.astype(bool)
+        if m.sum() < 16:
+            continue
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        vals.append(float(cv2.Laplacian(grey, cv2.CV_64F, ksize=1)[m].var()))
+    return float(np.mean(vals)) if vals else math.nan
+
+
+class TrainingReference:
+    """The subject's captured look: pooled Lab pixels and sharpness of real training crops.
+
+    Args:
+        images: (N,S,S,3) uint8 real frames cropped as for training.
+        masks: (N,S,S) bool fitted-body silhouettes of those frames (the ``body_mask`` map).
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, erode_px: int = ERODE_PX):
+        self.lab = lab_pixels(images, masks, seed=1)
+        self.sharpness = laplacian_variance(images, masks, erode_px)
+        self.frames = len(images)
+
+
+def render_stats(frames: np.ndarray, silhouettes: np.ndarray, background: np.ndarray,
+                 reference: TrainingReference | None = None,
+                 person_threshold: float = PERSON_THRESHOLD, erode_px: int = ERODE_PX) -> dict:
+    """All statistics of the module docstring for one rendered clip.
+
+    Args:
+        frames: (T,S,S,3) uint8 rendered avatar frames (consecutive).
+        silhouettes: (T,S,S) (or (T,1,S,S)) driven body silhouettes (``body_mask`` maps).
+        background: (S,S,3) uint8 learned background (renderer output for empty maps).
+        reference: training-frame reference; without it the colour distances and the
+            sharpness ratio are omitted.
+    Returns:
+        dict of floats (NaN values written as None, for JSON), plus ``frames``.
+    """
+    frames = _check_frames(frames)
+    sil = _check_masks(silhouettes, frames, "silhouettes")
+    person = rendered_person_mask(frames, background, person_threshold)
+    out: dict = {"frames": int(len(frames))}
+    out.update(silhouette_agreement(person, sil))
+    if reference is not None:
+        out.update(colour_distance(lab_pixels(frames, sil), reference.lab))
+    out.update(temporal_stats(frames, sil))
+    out["sharpness"] = laplacian_variance(frames, sil, erode_px)
+    if reference is not None:
+        out["sharpness_ratio"] = (out["sharpness"] / reference.sharpness
+                                  if reference.sharpness and reference.sharpness > 0 else math.nan)
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+
+
+def sample_indices(num_frames: int, count: int = 8) -> np.ndarray:
+    """``count`` frame indices spread evenly over ``num_frames`` (centres of equal segments)."""
+    if num_frames <= 0:
+        return np.zeros(0, np.int64)
+    count = min(count, num_frames)
+    return np.unique(((np.arange(count) + 0.5) * num_frames / count).astype(np.int64))
+
+
+def draw_label(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.5) -> None:
+    """White text with a black outline, drawn in place on an RGB image."""
+    for colour, thick in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
+
+
+def contact_sheet(rows: Sequence[Sequence[np.ndarray]], column_labels: Sequence[str],
+                  row_labels: Sequence[str] | None = None, height: int = 256,
+                  header: int = 28, gap: int = 4) -> np.ndarray:
+    """A grid of images with column titles and per-row labels.
+
+    Args:
+        rows: R rows of C (H_i,W_i,3) uint8 RGB images; each is resized to ``height`` keeping
+            its aspect ratio and centred in its column (column width = widest image).
+        column_labels: C titles drawn in a header band of ``header`` pixels.
+        row_labels: R labels drawn at the top-left of each row's first cell.
+        gap: pixels of dark grey between cells.
+    Returns:
+        (header + R*height + (R+1)*gap, sum(column widths) + (C+1)*gap, 3) uint8 RGB.
+    Raises:
+        ValueError: rows of different lengths or a label count that does not match.
+    """
+    if not rows:
+        raise ValueError("contact sheet needs at least one row")
+    C = len(rows[0])
+    if any(len(r) != C for r in rows) or len(column_labels) != C:
+        raise ValueError("every row needs one image per column label")
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError("one row label per row")
+
+    def fit(img):
+        img = np.asarray(img)
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, -1)
+        h, w = img.shape[:2]
+        new_w = max(1, int(round(w * height / h)))
+        interp = cv2.INTER_AREA if h > height else cv2.INTER_LINEAR
+        return cv2.resize(img, (new_w, height), interpolation=interp)
+
+    cells = [[fit(img) for img in r] for r in rows]
+    widths = [max(cells[i][c].shape[1] for i in range(len(rows))) for c in range(C)]
+    H = header + len(rows) * height + (len(rows) + 1) * gap
+    W = sum(widths) + (C + 1) * gap
+    sheet = np.full((H, W, 3), 32, np.uint8)
+    xs = [gap + sum(widths[:c]) + c * gap for c in range(C)]
+    for c, text in enumerate(column_labels):
+        draw_label(sheet, str(text), (xs[c] + 4, header - 8), 0.55)
+    for i, r in enumerate(cells):
+        y = header + gap + i * (height + gap)
+        for c, img in enumerate(r):
+            x = xs[c] + (widths[c] - img.shape[1]) // 2
+            sheet[y:y + height, x:x + img.shape[1]] = img
+        if row_labels is not None:
+            draw_label(sheet, str(row_labels[i]), (xs[0] + 6, y + 20))
+    return sheet
+
+
+def write_png(path, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 image as PNG (atomically).
+
+    Raises:
+        OSError: OpenCV could not encode or the file could not be written.
+    """
+    from ram_avatar.utils import atomic_path
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode {path} as PNG")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+
+
+def summarize(variants: Mapping[str, dict]) -> dict:
+    """Differences ``avatar_mda - avatar`` of every shared numeric statistic (when both exist)."""
+    if "avatar" not in variants or "avatar_mda" not in variants:
+        return {}
+    a, b = variants["avatar"], variants["avatar_mda"]
+    return {k: b[k] - a[k] for k in a if k != "frames" and isinstance(a[k], (int, float))
+            and isinstance(b.get(k), (int, float))}
