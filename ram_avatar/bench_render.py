@@ -9,7 +9,14 @@ random weights and random conditioning maps, and each component is measured:
 - ``attention``: the dual attention (Sec. 3.2) on those three feature maps;
 - ``branches``: the face and hand shallow UNets;
 - ``generator``: the StyleUNet on the concatenated conditioning;
-- ``total``: the whole renderer forward (maps in, composited RGB out).
+- ``total``: the whole renderer forward (maps in, composited RGB out);
+- ``train_step`` (with ``train_step=True``): one forward + backward of the whole renderer at
+  batch ``batch`` with a per-frame style code and an L1 loss, as a training step computes it
+  (without the discriminator and the perceptual losses): ``ms`` and the peak memory, on CUDA
+  ``peak_memory_mb`` from ``torch.cuda.max_memory_allocated`` (reset before the step), on CPU
+  ``peak_rss_mb`` (the process's peak resident set size after the step, ``getrusage``; it is
+  monotone over the process, so resolutions are measured in increasing order and the value
+  at a resolution bounds that step's peak) and ``rss_before_mb``.
 
 Per component: ``params`` (parameters it owns), ``gflops`` (counted by
 ``torch.utils.flop_counter.FlopCounterMode``: convolutions, matmuls and the attention's einsums;
@@ -23,6 +30,7 @@ after ``warmup`` runs, batch ``batch``; they depend on the machine's load.
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -182,9 +190,63 @@ def _ort_time(module: nn.Module, inputs: list[torch.Tensor], path: Path, device,
     return float(statistics.median(times)), providers[0]
 
 
+def _rss_mb() -> tuple[float, float]:
+    """(current, peak) resident set size of this process in MiB (Linux ``/proc``, getrusage)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    current = peak
+    try:
+        with open("/proc/self/statm") as fh:
+            current = int(fh.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") / 2 ** 20)
+    except (OSError, ValueError, IndexError):
+        pass
+    return current, peak
+
+
+def train_step_cost(model: nn.Module, maps: dict[str, torch.Tensor], device) -> dict:
+    """Time and peak memory of one renderer forward + backward (module docstring,
+    ``train_step``). ``model`` is put in train mode and its gradients are freed afterwards.
+
+    Args:
+        model: an :class:`~ram_avatar.models.renderer.AvatarRenderer` with ``num_frames >= 1``.
+        maps: its input maps ``(B,C,S,S)`` on ``device``.
+    Returns:
+        dict ``ms``, and ``peak_memory_mb`` (CUDA) or ``peak_rss_mb`` / ``rss_before_mb`` (CPU).
+    """
+    import torch.nn.functional as F
+
+    model.train()
+    batch = next(iter(maps.values())).shape[0]
+    frame_index = torch.zeros(batch, dtype=torch.long, device=device)
+    target = torch.full_like(maps["body_mask"].expand(-1, 3, -1, -1), 0.5)
+    cuda = device.type == "cuda"
+    out: dict = {}
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        out["rss_before_mb"] = round(_rss_mb()[0], 1)
+    t0 = time.perf_counter()
+    rgb = model.forward_batch(maps, frame_index)["rgb"]
+    F.l1_loss(rgb, target).backward()
+    if cuda:
+        torch.cuda.synchronize(device)
+    out["ms"] = round((time.perf_counter() - t0) * 1e3, 1)
+    if cuda:
+        out["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    else:
+        out["peak_rss_mb"] = round(_rss_mb()[1], 1)
+    del rgb
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return out
+
+
 def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu",
                  preset: str = "paper-1024", batch: int = 1, repeats: int = 3, warmup: int = 1,
-                 onnx: bool = True, overrides: list[str] | None = None) -> dict:
+                 onnx: bool = True, overrides: list[str] | None = None,
+                 train_step: bool = False) -> dict:
     """Benchmark the renderer's components (module docstring) at each resolution.
 
     Args:
@@ -195,6 +257,7 @@ def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu
         repeats / warmup: timed / untimed runs per measurement.
         onnx: also export each component and time it in ONNX Runtime.
         overrides: ``key=value`` config overrides (e.g. ``model.attention_channels=48``).
+        train_step: also measure one forward + backward (``train_step``, module docstring).
 
     Returns:
         JSON-serialisable dict: ``device``, ``preset``, ``batch``, versions, ``threads`` and
@@ -218,7 +281,7 @@ def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu
         report["onnxruntime_version"] = None
     if dev.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(dev)
-    for S in resolutions:
+    for S in sorted(resolutions) if train_step else resolutions:
         cfg = get_preset(preset)
         if overrides:
             cfg = apply_overrides(cfg, overrides)
@@ -270,6 +333,10 @@ def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu
                     entry["onnxruntime_provider"] = provider
                 res[name] = entry
                 log.info("bench %d^2 %s: %s", S, name, entry)
-        report["results"][str(S)] = {"components": res, "config": mcfg.to_dict()}
+        entry = {"components": res, "config": mcfg.to_dict()}
+        if train_step:
+            entry["train_step"] = train_step_cost(model, {n: maps[n] for n in names}, dev)
+            log.info("bench %d^2 train step: %s", S, entry["train_step"])
+        report["results"][str(S)] = entry
         del model
     return report

@@ -103,7 +103,9 @@ def cmd_bench(a) -> int:
     if a.what == "render":
         from ram_avatar.bench_render import bench_render
 
-        _print_json(bench_render(resolutions=tuple(a.resolution or (256, 512, 1024)), device=a.device))
+        _print_json(bench_render(resolutions=tuple(a.resolution or (256, 512, 1024)), device=a.device,
+                                 preset=a.preset or "paper-1024", onnx=not a.no_onnx,
+                                 train_step=a.train_step))
     else:
         if a.subject is None:
             raise RamAvatarError("ram-avatar bench live needs SUBJECT_DIR")
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the avatar renderer (resumes from the latest checkpoint)")
     p.add_argument("subject")
-    p.add_argument("--preset", default="cpu-256", help="training preset: cpu-256 (renderer v1) | cpu-256-full | paper-1024")
+    p.add_argument("--preset", default="cpu-256", help="training preset: cpu-256 (full renderer, CPU sizes) | cpu-256-v1 (renderer v1) | paper-1024 (GPU)")
     p.add_argument("--steps", type=int, default=None, help="train up to this total step count")
     p.add_argument("--minutes", type=float, default=None, help="train for this many minutes")
     p.add_argument("--run", default="default", help="run name under SUBJECT/runs")
@@ -196,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, action="append", default=None, help="repeatable")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torch", "tensorrt"])
     p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--preset", default=None,
+                   help="bench render: training preset of the renderer (default paper-1024)")
+    p.add_argument("--train-step", action="store_true",
+                   help="bench render: also time one forward+backward and report its peak memory")
+    p.add_argument("--no-onnx", action="store_true",
+                   help="bench render: skip the onnxruntime timings")
     _add_device(p)
     p.set_defaults(func=cmd_bench)
 

@@ -254,7 +254,7 @@ def _toy_triplets(n: int, size: int, seed: int):
 def test_discriminator_step_separates_real_from_fake():
     """The trainer's D update (not swapped): after a few steps real logits > fake logits."""
     torch.manual_seed(0)
-    cfg = get_preset("cpu-256-full")
+    cfg = get_preset("cpu-256")
     cfg.r1_interval = 4
     disc = TemporalDiscriminator(32, base_channels=8, max_channels=32)
     opt = torch.optim.Adam(disc.parameters(), lr=2e-3, betas=(0.5, 0.99))
@@ -337,7 +337,7 @@ class FullSynthetic(SyntheticAvatar):
 
 
 def tiny_full_train_config(**kw) -> TrainConfig:
-    cfg = get_preset("cpu-256-full")
+    cfg = get_preset("cpu-256")
     cfg.model = replace(cfg.model, resolution=64, texture_size=64, texture_levels=2,
                         texture_channels=6, base_channels=4, max_channels=16, style_dim=16,
                         latent_dim=8, attention_channels=8, branch_channels=4, branch_hidden=4)
@@ -456,7 +456,7 @@ def test_full_presets_round_trip_and_switches(tmp_path):
     from ram_avatar.training import load_config, save_config
     from ram_avatar.training.config import apply_overrides
 
-    for name in ("cpu-256-full", "paper-1024"):
+    for name in ("cpu-256", "paper-1024"):
         cfg = get_preset(name)
         assert cfg.model.variant == "full" and cfg.adversarial and cfg.ema_decay > 0
         save_config(cfg, tmp_path / f"{name}.yaml")
@@ -473,3 +473,24 @@ def test_full_presets_round_trip_and_switches(tmp_path):
 
     with pytest.raises(ConfigError, match="variant"):
         apply_overrides(paper, ["model.variant=v3"])
+
+
+def test_bench_render_train_step_reports_time_and_memory():
+    """``bench render --train-step``: one forward+backward of the renderer, with the time and
+    the peak memory (CPU: peak RSS), leaving no gradients behind."""
+    from ram_avatar.bench_render import bench_render, train_step_cost
+
+    model = AvatarRenderer(full_config(32))
+    cost = train_step_cost(model, full_maps(1, 32), torch.device("cpu"))
+    assert cost["ms"] > 0 and cost["peak_rss_mb"] >= cost["rss_before_mb"] > 0
+    assert all(p.grad is None for p in model.parameters()) and not model.training
+    report = bench_render(resolutions=(32,), preset="cpu-256", repeats=1, warmup=0,
+                          onnx=False, train_step=True)
+    res = report["results"]["32"]
+    assert set(res["components"]) == {"body_sampling", "attention", "branches", "generator",
+                                      "total"}
+    total = res["components"]["total"]
+    parts = sum(res["components"][k]["params"] for k in ("body_sampling", "attention",
+                                                         "branches", "generator"))
+    assert total["params"] >= parts and total["gflops"] > 0
+    assert res["train_step"]["ms"] > 0 and res["train_step"]["peak_rss_mb"] > 0

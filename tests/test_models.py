@@ -47,7 +47,7 @@ def test_renderer_shapes_and_ranges(size, wavelet):
 def test_cpu_preset_renderer_at_256():
     from ram_avatar.training import get_preset
 
-    cfg = get_preset("cpu-256").model
+    cfg = get_preset("cpu-256-v1").model
     cfg.num_frames = 3
     model = AvatarRenderer(cfg)
     uv, mask, hand, face = random_maps(1, 256)
@@ -186,7 +186,7 @@ def test_preset_parameter_counts():
     from ram_avatar.models import count_parameters
     from ram_avatar.training import get_preset
 
-    cfg = get_preset("cpu-256").model
+    cfg = get_preset("cpu-256-v1").model
     cfg.num_frames = 100
     n = count_parameters(AvatarRenderer(cfg))
     assert 1e6 < n < 5e6  # tiny: mostly the 16-channel texture pyramid

@@ -25,7 +25,7 @@ def subject(tmp_path_factory, taiji_video):
 
 @pytest.fixture(scope="module")
 def trained(subject):
-    argv = ["train", str(subject), "--steps", "40", "--device", "cpu",
+    argv = ["train", str(subject), "--preset", "cpu-256-v1", "--steps", "40", "--device", "cpu",
             "--set", "checkpoint_interval=20", "--set", "val_interval=20", "--set", "preview_interval=20"]
     assert main(argv) == 0
     return subject
@@ -107,14 +107,14 @@ def test_drive_onnx_matches_torch(trained, basketball_video, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_full(subject, tmp_path_factory):
-    """The same capture trained a few steps with the full RAM-Avatar renderer (cpu-256-full:
+    """The same capture trained a few steps with the full RAM-Avatar renderer (cpu-256:
     dual attention, face/hand branches, temporal discriminator), in its own subject folder
     so its export does not replace renderer v1's."""
     import shutil
 
     d = tmp_path_factory.mktemp("subject_full") / "taiji"
     shutil.copytree(subject / "sequence", d / "sequence")
-    argv = ["train", str(d), "--preset", "cpu-256-full", "--steps", "6", "--device", "cpu",
+    argv = ["train", str(d), "--preset", "cpu-256", "--steps", "6", "--device", "cpu",
             "--set", "checkpoint_interval=3", "--set", "val_interval=3"]
     assert main(argv) == 0
     return d

@@ -59,7 +59,7 @@ class SyntheticAvatar(Dataset):
 
 
 def tiny_config(**kw) -> TrainConfig:
-    cfg = get_preset("cpu-256")
+    cfg = get_preset("cpu-256-v1")
     cfg.model = replace(cfg.model, resolution=SIZE, texture_size=64, texture_levels=3,
                         base_channels=8, max_channels=32, style_dim=32, latent_dim=16)
     cfg.log_interval = 10
@@ -79,7 +79,7 @@ def file_hash(path) -> str:
 # config
 
 
-@pytest.mark.parametrize("name", ["cpu-256", "paper-1024"])
+@pytest.mark.parametrize("name", ["cpu-256", "cpu-256-v1", "paper-1024"])
 def test_config_yaml_round_trip(tmp_path, name):
     cfg = get_preset(name)
     path = tmp_path / "config.yaml"
@@ -105,21 +105,21 @@ def test_bad_preset_name_lists_presets():
 
 
 def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
-    data = get_preset("cpu-256").to_dict()
+    data = get_preset("cpu-256-v1").to_dict()
     data["learning_rate"] = 0.1
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="learning_rate"):
         load_config(path)
-    data = get_preset("cpu-256").to_dict()
+    data = get_preset("cpu-256-v1").to_dict()
     data["model"]["colour"] = 3
     with pytest.raises(ConfigError, match="model.colour"):
         TrainConfig.from_dict(data)
-    data = get_preset("cpu-256").to_dict()
+    data = get_preset("cpu-256-v1").to_dict()
     data["batch_size"] = "two"
     with pytest.raises(ConfigError, match="batch_size"):
         TrainConfig.from_dict(data)
-    data = get_preset("cpu-256").to_dict()
+    data = get_preset("cpu-256-v1").to_dict()
     data["model"]["resolution"] = 100
     with pytest.raises(ConfigError, match="resolution"):
         TrainConfig.from_dict(data)
@@ -132,7 +132,7 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
 
 
 def test_apply_overrides():
-    cfg = apply_overrides(get_preset("cpu-256"), ["lr=2e-4", "model.base_channels=32", "amp=false"])
+    cfg = apply_overrides(get_preset("cpu-256-v1"), ["lr=2e-4", "model.base_channels=32", "amp=false"])
     assert cfg.lr == 2e-4 and cfg.model.base_channels == 32 and cfg.amp is False
     with pytest.raises(ConfigError):
         apply_overrides(cfg, ["model.nope=1"])

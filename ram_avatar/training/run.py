@@ -37,7 +37,7 @@ def train_subject(subject_dir: str | Path, preset: str = "cpu-256", steps: int |
 
     Args:
         subject_dir: directory written by ``ram-avatar capture``.
-        preset: training preset (``cpu-256``, ``paper-1024``); ignored when the run already has
+        preset: training preset (``cpu-256``, ``cpu-256-v1``, ``paper-1024``); ignored when the run already has
             a config.yaml (resuming keeps the run's config).
         steps / minutes: stop after this many total steps / this many minutes of this call.
         run_name: run folder under ``<subject>/runs``.
