@@ -10,8 +10,13 @@ its output is compared with the real cropped frame:
   else ``null`` (never computed with random weights);
 - ``temporal_stability``: mean |(G[t]-G[t-1]) - (I[t]-I[t-1])| on consecutive held-out frames
   (weights-free, always).
-FID needs an Inception network with ImageNet weights and far more frames than a single
-held-out clip; it is not computed here.
+- ``fid``: Fréchet Inception Distance (eval.fid) with the NVlabs TorchScript Inception
+  (``inception-2015-12-05.pt`` in ``$RAM_AVATAR_WEIGHTS`` or the torch hub cache) when present,
+  else ``null`` with a ``fid_note``; on a ~40-frame held-out clip it is a high-variance,
+  upward-biased estimate, comparable only between runs evaluated on the same frames.
+
+The full renderer reads its extra maps (expanded mesh, previous frame) from the same dataset
+(``RendererConfig.data_extras``).
 """
 
 from __future__ import annotations
