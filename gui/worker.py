@@ -200,6 +200,7 @@ class LiveWorker(QObject):
                 _close_quietly(vcam)
             try:
                 rt.close()
+                rt.release_thread_resources()  # this thread's moderngl context, if it had one
             except Exception:  # noqa: BLE001
                 log.debug("closing the runtime failed", exc_info=True)
             self.finished.emit()

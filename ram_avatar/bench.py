@@ -147,7 +147,9 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
     Returns:
         JSON-able dict: machine info and, per resolution, ``fps``, ``latency_ms`` (end to
         end), ``stages_ms`` (means), ``renderer`` (``subject`` or ``random-init (timing
-        only)``), providers, frames with a person.
+        only)``), providers, frames with a person, the rasterizer of the maps
+        (``raster_backend``) and the per-frame fit (``fit_method``: ``gauss-newton`` or
+        ``adam``).
     Raises:
         RamAvatarError: bad subject, backend or source.
     """
@@ -226,6 +228,11 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
                 person += bool(st["person"])
     finally:
         rt.close()
+    raster = rt.cond.backend
+    if raster == "auto":  # what "auto" resolved to in this (the benchmark's) thread
+        from ram_avatar.render.rasterizer import moderngl_available
+
+        raster = "moderngl" if moderngl_available() else "torch"
     total = [s["total"] for s in stats]
     wall = sum(total) / 1000.0
     return {
@@ -234,5 +241,5 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
         "latency_ms": _summary(total),
         "stages_ms": {k: round(float(np.mean([s[k] for s in stats])), 1) for k in STAGES},
         "frames_with_person": person, "timed_frames": len(stats),
-        "mda": rt.mda_enabled, "raster_backend": rt.cond.backend,
+        "mda": rt.mda_enabled, "raster_backend": raster, "fit_method": rt.fitter.method,
     }

@@ -29,12 +29,7 @@ from live_fixture import BASKETBALL, TAIJI, live_subject  # noqa: E402,F401 - se
 def qapp():
     from PySide6.QtWidgets import QApplication
 
-    # The moderngl rasterizer's EGL context is current only in the thread that created it:
-    # create it on the main thread (where the other tests rasterize) before any worker thread
-    # runs; the runtime then uses the torch rasterizer on its worker thread.
-    from ram_avatar.render.rasterizer import moderngl_available
-
-    moderngl_available()
+    # no rasterizer set-up: the worker thread gets its own moderngl context (one per thread)
     return QApplication.instance() or QApplication([])
 
 

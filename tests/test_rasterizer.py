@@ -322,3 +322,51 @@ def test_torch_chunking_invariant(body, monkeypatch):
     monkeypatch.setattr(R, "_CHUNK", 1 << 21)
     b = rasterize(verts * torch.tensor([20.0, 20.0, 1.0]), faces, big_K, (S, S), backend="torch")
     assert a.mask.float().mean() > 0.3 and torch.equal(a.face_id, b.face_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# moderngl from several threads (one EGL context per thread)
+# ----------------------------------------------------------------------------------------------
+
+
+@needs_gl
+def test_moderngl_worker_thread_matches_main_thread(body):
+    """An EGL context is current in one thread only: every thread gets its own, so a worker
+    thread (the live app renders its maps on one) rasterizes exactly as the main thread, also
+    with several threads drawing at once, and after releasing its context."""
+    import threading
+
+    S = 256
+    K = _body_K(S)
+    verts = torch.cat([body["verts"], body["verts"] + torch.tensor([0.2, 0.0, 0.5])])
+    ref = rasterize(verts, body["faces"], K, (S, S), backend="moderngl")
+    assert ref.mask.float().mean() > 0.02
+    results, errors = {}, []
+    start = threading.Barrier(3)
+
+    def work(name, release_and_redo=False):
+        try:
+            start.wait(timeout=60)
+            for i in range(3):  # concurrent draws interleave with the other threads' ones
+                results[(name, i)] = rasterize(verts, body["faces"], K, (S, S), backend="moderngl")
+            if release_and_redo:
+                assert R.release_thread_context() is True
+                assert R.release_thread_context() is False
+                results[(name, "again")] = rasterize(verts, body["faces"], K, (S, S), backend="auto")
+        except Exception as e:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=("a", True)), threading.Thread(target=work, args=("b",)),
+               threading.Thread(target=work, args=("c",))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(results) == 10
+    for key, fr in results.items():
+        assert torch.equal(fr.face_id, ref.face_id), key
+        assert torch.equal(fr.bary, ref.bary) and torch.equal(fr.depth, ref.depth), key
+    # the main thread's own context is still fine after the workers ended
+    again = rasterize(verts, body["faces"], K, (S, S), backend="moderngl")
+    assert torch.equal(again.face_id, ref.face_id)

@@ -183,3 +183,96 @@ def test_runtime_import_boundaries():
             "'ram_avatar.capture.pipeline', 'exporters'))]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+# --------------------------------------------------------------------------------------------
+# per-frame fit: Gauss-Newton (analytic Jacobian) vs Adam
+
+
+def test_gauss_newton_jacobian_matches_autograd(live_subject, anny_body):  # noqa: F811
+    """The analytic landmark Jacobian of the live fit equals autograd's through the same model."""
+    from ram_avatar.capture.fitting import FitConfig
+    from ram_avatar.io.sequence import load_sequence
+    from ram_avatar.runtime.tracking import GaussNewtonFit
+
+    seq = load_sequence(live_subject)
+    gn = GaussNewtonFit(anny_body, seq.params.betas, FitConfig(), torch.device("cpu"))
+    p = seq.params.index(torch.arange(5, 6))
+    g = torch.Generator().manual_seed(0)
+    p.body_pose = p.body_pose + 0.2 * torch.randn(p.body_pose.shape, generator=g)
+    p.left_hand_pose = p.left_hand_pose + 0.3 * torch.randn(p.left_hand_pose.shape, generator=g)
+    p.right_hand_pose = p.right_hand_pose + 0.3 * torch.randn(p.right_hand_pose.shape, generator=g)
+    K = torch.as_tensor(seq.K, dtype=torch.float32)
+    gn.fit(seq.keypoints.subset(slice(5, 6)), K, p, iters=0)  # sets the frame's targets only
+    x = gn.pack(p)
+    J = gn._jacobian(gn._evaluate(x))                                    # (75, 2, 201)
+    J_ref = torch.autograd.functional.jacobian(lambda v: gn._evaluate(v).r, x)
+    assert J.shape == J_ref.shape == (75, 2, 6 + 3 * (anny_body.num_body_joints + 30))
+    assert J_ref.abs().max() > 0.1
+    assert (J - J_ref).abs().max() < 1e-3 * J_ref.abs().max()
+    # the prior / limit / temporal gradient too
+    gn.temporal, gn.temporal_transl, gn._x_pred = 0.01, 10.0, x + 0.05
+    x_req = x.clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(gn._prior_energy(x_req), x_req)
+    assert torch.allclose(gn._prior_grad_hess(x)[0], g_ref, atol=1e-5)
+
+
+def test_live_fit_gauss_newton_beats_adam(live_subject, anny_body):  # noqa: F811
+    """On the captured frames (sequential, warm-started), the Gauss-Newton fit reprojects at
+    least as well as the Adam fit, and its landmarks are those of the body model."""
+    from ram_avatar.capture.fitting import reprojection_errors
+    from ram_avatar.io.sequence import load_sequence
+    from ram_avatar.runtime.tracking import BodyTracker, LiveFitConfig
+
+    seq = load_sequence(live_subject)
+    K = torch.as_tensor(seq.K, dtype=torch.float32)
+    errors = {}
+    for method in ("gauss-newton", "adam"):
+        tr = BodyTracker(anny_body, seq.params.betas, LiveFitConfig(method=method))
+        assert tr.method == method
+        err = {"body": [], "hands": []}
+        for t in range(seq.num_frames):
+            kp = seq.keypoints.subset(slice(t, t + 1))
+            p = tr(kp, seq.K)
+            assert p is not None and p.body_pose.shape == (1, anny_body.num_body_joints, 3)
+            assert torch.equal(p.betas, seq.params.betas)
+            if t == 0:
+                assert tr.last_was_init
+                continue
+            e = reprojection_errors(anny_body, p, kp, K)
+            for k in err:
+                err[k].append(float(e[k][0]))
+            if method == "gauss-newton":
+                with torch.no_grad():
+                    ref = anny_body(p, return_vertices=False)
+                out = tr.last_output
+                assert out is not None and out.vertices is None
+                m = anny_body.pose_landmark_mask
+                assert torch.allclose(out.pose_landmarks[:, m], ref.pose_landmarks[:, m], atol=1e-4)
+                assert (out.pose_landmarks[:, ~m] == 0).all()  # BodyOutput: undefined rows are 0
+                for name in ("hand_landmarks", "head_transform"):
+                    assert torch.allclose(getattr(out, name), getattr(ref, name), atol=1e-4), name
+            else:
+                assert tr.last_output is None
+        errors[method] = {k: float(np.nanmedian(v)) for k, v in err.items()}
+    gn, adam = errors["gauss-newton"], errors["adam"]
+    assert gn["body"] < 0.005, errors
+    assert gn["body"] <= adam["body"] and gn["hands"] <= 1.1 * adam["hands"], errors
+
+
+def test_cli_bench_live_stdout_is_json(live_subject):  # noqa: F811
+    """`ram-avatar bench live ... | python -m json.tool` works: stdout carries the JSON only
+    (NVIDIA Warp, which anny initialises, prints a banner on stdout unless silenced)."""
+    import subprocess
+    import sys
+
+    S = json.loads((live_subject / "export" / "export.json").read_text())["resolution"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ram_avatar.cli", "bench", "live", str(live_subject), "--frames", "2",
+         "--resolution", str(S), "--device", "cpu"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(proc.stdout)  # the whole of stdout
+    r = rep["results"][str(S)]
+    assert r["timed_frames"] == 2 and r["fps"] > 0 and r["fit_method"] == "gauss-newton"
+    assert "Warp" not in proc.stdout

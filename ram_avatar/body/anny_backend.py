@@ -13,8 +13,10 @@ per finger; they are mapped to MediaPipe's layouts here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import sys
 
 import torch
 
@@ -54,16 +56,38 @@ _POSE_SOURCES = {
 }
 
 
+def _quiet_warp() -> None:
+    """Keep NVIDIA Warp (an Anny dependency) from printing its initialisation banner.
+
+    Warp prints "Warp x.y initialized: ..." on stdout when it initialises (anny calls
+    ``wp.init()`` when its skinning modules load), which breaks CLI verbs that print JSON on
+    stdout (``ram-avatar bench live ... | python -m json.tool``). The banner is an info message:
+    ``warp.config.log_level`` (Warp >= 1.19) or ``warp.config.quiet`` (older) silence it when
+    set before initialisation; :func:`_load_anny` also redirects stdout to stderr meanwhile.
+    """
+    try:
+        import warp
+    except ImportError:  # anny without warp: nothing to silence
+        return
+    warp.config.quiet = True
+    level = getattr(warp, "LOG_WARNING", None)
+    if level is not None and getattr(warp.config, "log_level", level) < level:
+        warp.config.log_level = level
+
+
 @functools.lru_cache(maxsize=2)
 def _load_anny():
-    try:
-        import anny
-    except ImportError as e:  # pragma: no cover - core dependency
-        raise ModelFileError("the 'anny' package is not installed: pip install anny") from e
-    log.info("loading the Anny body model (the first run builds a cache, about a minute)")
-    model = anny.Anny().to(torch.float32)
-    model.requires_grad_(False)
-    return model, anny.KeypointsRegressor.coco(model)
+    # stdout carries the JSON of CLI verbs: anything anny / warp print while loading goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        _quiet_warp()
+        try:
+            import anny
+        except ImportError as e:  # pragma: no cover - core dependency
+            raise ModelFileError("the 'anny' package is not installed: pip install anny") from e
+        log.info("loading the Anny body model (the first run builds a cache, about a minute)")
+        model = anny.Anny().to(torch.float32)
+        model.requires_grad_(False)
+        return model, anny.KeypointsRegressor.coco(model)
 
 
 class AnnyBodyModel(BodyModel):

@@ -15,8 +15,10 @@ Backends
     device of ``verts`` (CPU or CUDA).
 ``"moderngl"``
     OpenGL 3.3 through an EGL headless context (Mesa llvmpipe on CPU-only machines, the GPU
-    driver elsewhere). The context is created lazily once per process and cached. Results are
-    copied back to the device of ``verts``.
+    driver elsewhere). An EGL context is current in one thread only, so each thread gets its
+    own standalone context (with its program and buffers), created lazily on first use and
+    cached; :func:`release_thread_context` frees the calling thread's one. Results are copied
+    back to the device of ``verts``.
 ``"auto"``
     ``"moderngl"`` when an EGL context can be created, else ``"torch"`` (a warning is logged once).
 
@@ -436,41 +438,106 @@ def _gl_projection(K: np.ndarray, H: int, W: int, near: float, far: float) -> np
     return P
 
 
+class _GLContext:
+    """One thread's EGL context with its program, per-size framebuffers and vertex buffer."""
+
+    def __init__(self, ctx, prog):
+        self.ctx = ctx
+        self.prog = prog
+        self.fbos: dict[tuple[int, int], object] = {}
+        self.vbo = None
+        self.vao = None
+        self.pid = os.getpid()
+
+    def fbo(self, H: int, W: int):
+        fbo = self.fbos.get((H, W))
+        if fbo is None:
+            ctx = self.ctx
+            color = ctx.texture((W, H), 4, dtype="f4")
+            face = ctx.texture((W, H), 1, dtype="i4")
+            depth = ctx.depth_texture((W, H))
+            fbo = ctx.framebuffer(color_attachments=[color, face], depth_attachment=depth)
+            self.fbos[(H, W)] = fbo
+        return fbo
+
+    def upload(self, data: bytes) -> None:
+        if self.vbo is None or self.vbo.size < len(data):
+            if self.vbo is not None:
+                self.vao.release()
+                self.vbo.release()
+            self.vbo = self.ctx.buffer(reserve=max(len(data), 1 << 16), dynamic=True)
+            self.vao = self.ctx.vertex_array(self.prog, [(self.vbo, "3f", "in_pos")])
+        self.vbo.write(data)
+
+    def release(self) -> None:
+        """Free the GL objects and the context (call from the owning thread)."""
+        with self.ctx:
+            for fbo in self.fbos.values():
+                for att in (*fbo.color_attachments, fbo.depth_attachment):
+                    if att is not None:
+                        att.release()
+                fbo.release()
+            if self.vbo is not None:
+                self.vao.release()
+                self.vbo.release()
+            self.prog.release()
+        self.ctx.release()
+        self.fbos, self.vbo, self.vao = {}, None, None
+
+
 class _GLState:
-    """Process-wide lazily created EGL context, program and per-size framebuffers."""
+    """Lazily created EGL contexts, one per thread, each with its own program and buffers.
+
+    An EGL context is current in one thread only, so every thread that rasterizes with
+    moderngl gets its own standalone context on first use (the live app renders its maps on
+    a worker thread). Creation is serialised by a lock; drawing needs none, as no GL object is
+    shared between threads. A context creation failure is remembered for the whole process
+    (EGL or GL 3.3 missing), so :func:`moderngl_available` does not retry in every thread. A
+    forked child drops its parent's contexts and creates its own.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._ctx = None
-        self._prog = None
-        self._fbos: dict[tuple[int, int], object] = {}
-        self._vbo = None
-        self._vao = None
+        self._local = threading.local()
+        self._pid: int | None = None       # process whose creation attempt failed
         self._error: str | None = None
         self._warned = False
 
-    def _init(self) -> None:
-        # Called with the lock held. A forked child cannot use its parent's context.
-        if self._pid == os.getpid() and (self._ctx is not None or self._error is not None):
-            return
-        self._pid, self._ctx, self._error = os.getpid(), None, None
-        self._fbos, self._vbo, self._vao = {}, None, None
-        try:
-            import moderngl
+    def _init(self) -> _GLContext | None:
+        """The calling thread's context, created on first use; None when unavailable."""
+        gl = getattr(self._local, "gl", None)
+        pid = os.getpid()
+        if gl is not None and gl.pid == pid:
+            return gl
+        self._local.gl = None  # none yet, or inherited through fork: unusable here
+        with self._lock:
+            if self._pid == pid and self._error is not None:
+                return None
+            self._pid, self._error = None, None
+            try:
+                import moderngl
 
-            ctx = moderngl.create_context(standalone=True, backend="egl", require=330)
-            self._prog = ctx.program(vertex_shader=_VERTEX_SHADER,
-                                     fragment_shader=_FRAGMENT_SHADER)
-            self._ctx = ctx
-            log.debug("moderngl rasterizer: %s", ctx.info.get("GL_RENDERER"))
-        except Exception as exc:  # ImportError, missing libEGL, no GL 3.3, ...
-            self._error = f"{type(exc).__name__}: {exc}"
+                ctx = moderngl.create_context(standalone=True, backend="egl", require=330)
+                prog = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
+                log.debug("moderngl rasterizer in thread %r: %s", threading.current_thread().name,
+                          ctx.info.get("GL_RENDERER"))
+            except Exception as exc:  # ImportError, missing libEGL, no GL 3.3, ...
+                self._pid, self._error = pid, f"{type(exc).__name__}: {exc}"
+                return None
+        gl = self._local.gl = _GLContext(ctx, prog)
+        return gl
 
     def available(self) -> bool:
-        with self._lock:
-            self._init()
-            return self._ctx is not None
+        return self._init() is not None
+
+    def release_thread(self) -> bool:
+        """Release the calling thread's context; True when there was one."""
+        gl = getattr(self._local, "gl", None)
+        self._local.gl = None
+        if gl is None or gl.pid != os.getpid():
+            return False
+        gl.release()
+        return True
 
     def warn_fallback_once(self) -> None:
         with self._lock:
@@ -479,40 +546,20 @@ class _GLState:
                 log.warning("moderngl/EGL rasterizer unavailable (%s); falling back to the slower "
                             "torch rasterizer", self._error)
 
-    def _fbo(self, H: int, W: int):
-        fbo = self._fbos.get((H, W))
-        if fbo is None:
-            ctx = self._ctx
-            color = ctx.texture((W, H), 4, dtype="f4")
-            face = ctx.texture((W, H), 1, dtype="i4")
-            depth = ctx.depth_texture((W, H))
-            fbo = ctx.framebuffer(color_attachments=[color, face], depth_attachment=depth)
-            self._fbos[(H, W)] = fbo
-        return fbo
-
-    def _upload(self, data: bytes) -> None:
-        if self._vbo is None or self._vbo.size < len(data):
-            if self._vbo is not None:
-                self._vao.release()
-                self._vbo.release()
-            self._vbo = self._ctx.buffer(reserve=max(len(data), 1 << 16), dynamic=True)
-            self._vao = self._ctx.vertex_array(self._prog, [(self._vbo, "3f", "in_pos")])
-        self._vbo.write(data)
-
     def rasterize(self, verts, faces, K, H, W):
-        with self._lock:
-            self._init()
-            if self._ctx is None:
-                raise RasterBackendUnavailableError(
-                    "the moderngl rasterizer needs an EGL OpenGL 3.3 context, which could not be "
-                    f"created ({self._error}). Install Mesa's EGL/GL drivers (e.g. apt-get install "
-                    "libegl1 libgl1-mesa-dri) or pass backend='torch'.")
-            return self._rasterize_locked(verts, faces, K, H, W)
+        gl = self._init()
+        if gl is None:
+            raise RasterBackendUnavailableError(
+                "the moderngl rasterizer needs an EGL OpenGL 3.3 context, which could not be "
+                f"created ({self._error}). Install Mesa's EGL/GL drivers (e.g. apt-get install "
+                "libegl1 libgl1-mesa-dri) or pass backend='torch'.")
+        with gl.ctx:  # current in this thread for the draws (restores whatever was current)
+            return self._rasterize_in(gl, verts, faces, K, H, W)
 
-    def _rasterize_locked(self, verts, faces, K, H, W):
+    def _rasterize_in(self, gl: _GLContext, verts, faces, K, H, W):
         import moderngl
 
-        ctx = self._ctx
+        ctx, prog = gl.ctx, gl.prog
         B, F = verts.shape[0], faces.shape[0]
         if F >= 2**31 - 1:
             raise RasterizerError(f"moderngl rasterizer supports fewer than 2^31 faces, got {F}")
@@ -523,7 +570,7 @@ class _GLState:
         v_np = verts.detach().to("cpu", torch.float32).numpy()
         f_np = faces.cpu().numpy()
         K_np = K.cpu().numpy()
-        fbo = self._fbo(H, W)
+        fbo = gl.fbo(H, W)
         fbo.use()
         ctx.viewport = (0, 0, W, H)
         ctx.enable(moderngl.DEPTH_TEST)
@@ -540,13 +587,13 @@ class _GLState:
                 corners[culled] = (0.0, 0.0, -1.0)
             zmax = float(z[~culled].max()) if (~culled).any() else 1.0
             far = 2.0 * zmax + 1.0
-            self._prog["proj"].write(
+            prog["proj"].write(
                 _gl_projection(K_np[b], H, W, 0.5 * NEAR, far).T.astype("f4").tobytes())
-            self._prog["inv_far"].value = 1.0 / far
+            prog["inv_far"].value = 1.0 / far
             fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
             if F:
-                self._upload(np.ascontiguousarray(corners, dtype=np.float32).tobytes())
-                self._vao.render(moderngl.TRIANGLES, vertices=3 * F)
+                gl.upload(np.ascontiguousarray(corners, dtype=np.float32).tobytes())
+                gl.vao.render(moderngl.TRIANGLES, vertices=3 * F)
             # GL rows are read bottom-up; window y == v, so row r is image row r: no flip.
             # The clear value 0 leaves bary = depth = 0 and face = 0 (-> -1) on background.
             fbo.read_into(face_out[b], attachment=1, components=1, dtype="i4")
@@ -569,5 +616,21 @@ def _gl_available() -> bool:
 
 
 def moderngl_available() -> bool:
-    """Whether an EGL OpenGL 3.3 context can be created (result cached per process)."""
+    """Whether an EGL OpenGL 3.3 context can be created in the calling thread.
+
+    Creates the thread's context on first call (it is then reused by :func:`rasterize`); a
+    failure is cached for the whole process.
+    """
     return _GL.available()
+
+
+def release_thread_context() -> bool:
+    """Release the calling thread's moderngl context and its buffers, if it has one.
+
+    Call it from a thread that used the moderngl backend before the thread ends (e.g. a
+    worker loop's exit); a later :func:`rasterize` in the same thread creates a new context.
+
+    Returns:
+        True when a context was released, False when the thread had none.
+    """
+    return _GL.release_thread()

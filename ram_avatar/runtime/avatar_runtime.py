@@ -5,10 +5,13 @@ Per frame, in order (each stage timed, see :data:`STAGES`):
 ``track``
     MediaPipe Holistic in video mode (:class:`~ram_avatar.runtime.tracking.HolisticTracker`).
 ``fit``
-    body fit warm-started from the previous frame, few Adam iterations, batch 1, the avatar's
-    shape fixed (:class:`~ram_avatar.runtime.tracking.BodyTracker`); the first frame with a
-    person gets a full fit. A frame without a person keeps the last pose (before anyone was
-    seen: the avatar's first training pose).
+    body fit warm-started from a constant-velocity prediction, a few Levenberg-Marquardt
+    iterations with an analytic landmark Jacobian (Adam for body models other than Anny),
+    batch 1, the shape fixed (the avatar's, or the calibrated driver's;
+    :class:`~ram_avatar.runtime.tracking.BodyTracker`);
+    the first frame with a person gets a full fit. A frame without a person keeps the last
+    pose (before anyone was seen: the avatar's first training pose). The fit also returns
+    its landmarks, so no second body-model pass is needed.
 ``retarget``
     onto the avatar's framing (:class:`LiveRetargeter`): the streaming counterpart of
     :func:`ram_avatar.runtime.retarget.retarget` with running medians instead of clip medians.
@@ -37,7 +40,6 @@ import collections
 import json
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -279,47 +281,6 @@ def load_renderer_engine(subject_dir: str | Path, backend: str = "onnx",
                              f"{engine.resolution}, but resolution {resolution} was asked for; "
                              f"train and export the avatar at {resolution} (or omit --resolution)")
     return engine
-
-
-# --------------------------------------------------------------------------------------------
-# rasterizer per thread
-
-_tls = threading.local()
-
-
-def _moderngl_works_in_this_thread() -> bool:
-    """Rasterize one triangle with moderngl and the torch reference and compare coverage.
-
-    The moderngl backend keeps one process-wide EGL context, current only in the thread that
-    created it; from another thread its draws silently return garbage. The live app renders
-    on a worker thread, so the runtime checks once per thread and falls back to the torch
-    rasterizer (about as fast at 256-512 px) where the check fails.
-    """
-    from ram_avatar.render.rasterizer import rasterize
-
-    verts = torch.tensor([[[-0.5, -0.5, 2.0], [0.5, -0.5, 2.0], [0.0, 0.5, 2.0]]])
-    faces = torch.tensor([[0, 1, 2]])
-    K = torch.tensor([[16.0, 0.0, 8.0], [0.0, 16.0, 8.0], [0.0, 0.0, 1.0]])
-    try:
-        gl = rasterize(verts, faces, K, (16, 16), backend="moderngl").face_id
-    except Exception:  # noqa: BLE001 - unavailable, or GL errors from a context of another thread
-        return False
-    ref = rasterize(verts, faces, K, (16, 16), backend="torch").face_id
-    return int(((gl >= 0) != (ref >= 0)).sum()) <= 4  # a few edge pixels may differ
-
-
-def raster_backend_for_this_thread(requested: str = "auto") -> str:
-    """``requested`` if it works in the calling thread, else ``torch`` (checked once per thread)."""
-    if requested == "torch":
-        return requested
-    ok = getattr(_tls, "moderngl_ok", None)
-    if ok is None:
-        ok = _tls.moderngl_ok = _moderngl_works_in_this_thread()
-        if not ok:
-            log.warning("the moderngl rasterizer cannot be used from thread %r (its EGL context "
-                        "belongs to another thread or is unavailable); using the torch rasterizer",
-                        threading.current_thread().name)
-    return requested if ok else "torch"
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,6 +534,15 @@ class AvatarRuntime:
     def close(self) -> None:
         self.tracker.close()
 
+    def release_thread_resources(self) -> None:
+        """Free what the calling thread holds for rendering maps: its moderngl/EGL context
+        (one per thread, see :mod:`ram_avatar.render.rasterizer`). Call it on a worker thread
+        that processed frames before that thread ends; a later :meth:`process` on the same
+        thread creates a new context."""
+        from ram_avatar.render.rasterizer import release_thread_context
+
+        release_thread_context()
+
     def __enter__(self) -> "AvatarRuntime":
         return self
 
@@ -631,8 +601,10 @@ class AvatarRuntime:
         t.append(time.perf_counter())
         landmarks = None
         if params is not None:
-            with torch.no_grad():
-                out = self.body(params.to(self.device), return_vertices=False)
+            out = self.fitter.last_output  # the Gauss-Newton fit's landmarks at its result
+            if out is None:
+                with torch.no_grad():
+                    out = self.body(params.to(self.device), return_vertices=False)
             lm = out.pose_landmarks[0].cpu()
             face_d = None
             if kp.face_valid[0]:
@@ -653,7 +625,6 @@ class AvatarRuntime:
                     out = self.body(target.to(self.device), return_vertices=False)
                     landmarks = out.pose_landmarks[0].cpu()
         t.append(time.perf_counter())
-        self.cond.backend = raster_backend_for_this_thread(self.raster_backend)
         maps = self.cond.render(target, self._face[None], self.K_avatar, self.resolution,
                                 **self._render_kw)
         for name in self.input_names:
