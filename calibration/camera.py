@@ -225,7 +225,9 @@ def _gray(image: np.ndarray) -> np.ndarray:
 # inputs: video file, image folder, webcam
 # ---------------------------------------------------------------------------------------------
 
-def _is_webcam(source) -> bool:
+def is_webcam(source) -> bool:
+    """True when ``source`` names a webcam: an int index, or a digit string that is not an
+    existing file (``"0"``); False for paths, other strings and bools."""
     if isinstance(source, bool):
         return False
     if isinstance(source, int):
@@ -242,7 +244,7 @@ def _iter_images(source, max_frames: int, webcam_seconds: float
     """
     import cv2
 
-    if _is_webcam(source):
+    if is_webcam(source):
         return _iter_webcam(int(source), max_frames, webcam_seconds), max_frames, "webcam"
     path = Path(source)
     if not path.exists():

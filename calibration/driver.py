@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calibration.camera import is_webcam
 from ram_avatar.errors import RamAvatarError
 from ram_avatar.utils import atomic_write_text, resolve_device
 
@@ -43,14 +44,6 @@ HEIGHT_RANGE_M = (0.5, 2.6)
 
 class DriverCalibrationError(RamAvatarError):
     """driver.json is missing or invalid, or the driver clip could not be calibrated."""
-
-
-def _is_webcam(source) -> bool:
-    if isinstance(source, bool):
-        return False
-    if isinstance(source, int):
-        return True
-    return isinstance(source, str) and source.strip().isdigit() and not Path(source).exists()
 
 
 def _grab_webcam(index: int, seconds: float) -> tuple[list[np.ndarray], float]:
@@ -126,7 +119,7 @@ def calibrate_driver(source, seconds: float = 3.0, body_model: str = "anny", dev
 
     if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
         raise DriverCalibrationError(f"--seconds must be a positive number, got {seconds!r}")
-    if _is_webcam(source):
+    if is_webcam(source):
         frames, fps = _grab_webcam(int(source), float(seconds))
         H, W = frames[0].shape[:2]
         n = len(frames)

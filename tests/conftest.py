@@ -46,3 +46,13 @@ def smplx_dir(tmp_path_factory) -> Path:
 def _threads():
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests of many tiny ops (small MLPs, forward kinematics): fastest
+    on a shared machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,13 +19,7 @@ from ram_avatar.motion.retarget import NUM_GROUPS, body_pose_to_groups
 SHIPPED_HELD_OUT_BOUND_DEG = 12.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small MLPs / FK on a shared machine: one thread is fastest (and the brief's rule)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _toy_corpus(n=2000, seed=0) -> MocapCorpus:

@@ -21,13 +21,7 @@ DIRECTION_MAX_BOUND = 2.0
 TWIST_P95_BOUND = 3.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small MLPs / FK on a shared machine: one thread is fastest (and the brief's rule)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_groups_cover_body_pose_and_roundtrip():
