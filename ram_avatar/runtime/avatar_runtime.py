@@ -463,6 +463,7 @@ class AvatarRuntime:
         if any(n in self.input_names for n in ("canon", "canon_expanded", "prev_canon")):
             self._render_kw["canonical"] = True
         self._prev_maps: dict[str, torch.Tensor] = {}
+        self._prev_inputs: dict[str, torch.Tensor] = {}
         bm = seq.manifest["body_model"]
         self.body = load_body_model(bm["name"], model_path=bm.get("model_path"), device=self.device)
         mask = _train_mask(self.subject_dir, seq, run_name)
@@ -529,6 +530,7 @@ class AvatarRuntime:
             self.aligner.reset()
         self._target, self._face, self._shift = None, self.retargeter.face_base, None
         self._prev_maps = {}
+        self._prev_inputs = {}
         self.last = FrameResult()
 
     def close(self) -> None:
@@ -627,10 +629,17 @@ class AvatarRuntime:
         t.append(time.perf_counter())
         maps = self.cond.render(target, self._face[None], self.K_avatar, self.resolution,
                                 **self._render_kw)
+        # temporal attention: the previous frame's maps (this frame's on the first); while
+        # nobody is seen the held pose is rendered with the same inputs as the last frame, so
+        # the avatar stays exactly still
+        holding = params is None and bool(self._prev_inputs)
         for name in self.input_names:
-            if name.startswith("prev_"):  # the previous frame's maps (this frame's on the first)
-                maps[name] = self._prev_maps.get(name[5:], maps[name[5:]])
-        self._prev_maps = {k: maps[k] for k in ("uv", "body_mask", "canon") if k in maps}
+            if name.startswith("prev_"):
+                maps[name] = self._prev_inputs[name] if holding else \
+                    self._prev_maps.get(name[5:], maps[name[5:]])
+        self._prev_inputs = {n: maps[n] for n in self.input_names if n.startswith("prev_")}
+        if not holding:
+            self._prev_maps = {k: maps[k] for k in ("uv", "body_mask", "canon") if k in maps}
         t.append(time.perf_counter())
         rgb = self.engine(maps)
         img = (np.clip(rgb[0], 0, 1).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
