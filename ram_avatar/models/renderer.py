@@ -333,27 +333,23 @@ class AvatarRenderer(nn.Module):
         if attention is None:
             return self._sample_body(coords, body_mask)
         cs, ms = [coords], [body_mask]
-        use_exp = use_prev = False
-        if attention.spatial is not None:
-            c, m = extra.get(f"{key}_expanded"), extra.get("body_mask_expanded")
+        row: dict[str, int] = {}  # attention part -> its row in the stacked sampling
+        for part, c_name, m_name in (("spatial", f"{key}_expanded", "body_mask_expanded"),
+                                     ("temporal", f"prev_{key}", "prev_body_mask")):
+            if getattr(attention, part) is None:
+                continue
+            c, m = extra.get(c_name), extra.get(m_name)
             if c is None or m is None:
-                self._missing(f"{key}_expanded", key)
+                self._missing(c_name, key)
             else:
+                row[part] = len(cs)
                 cs.append(c)
                 ms.append(m)
-                use_exp = True
-        if attention.temporal is not None:
-            c, m = extra.get(f"prev_{key}"), extra.get("prev_body_mask")
-            if c is None or m is None:
-                self._missing(f"prev_{key}", key)
-            else:
-                cs.append(c)
-                ms.append(m)
-                use_prev = True
         feats = self.sample_body_maps(cs, ms)
         f = feats[0]
-        f_exp = feats[1] if use_exp else (f if attention.spatial is not None else None)
-        f_prev = feats[-1] if use_prev else (f if attention.temporal is not None else None)
+        f_exp, f_prev = (feats[row[part]] if part in row else
+                         (f if getattr(attention, part) is not None else None)
+                         for part in ("spatial", "temporal"))
         return attention(f, f_exp, f_prev)
 
     def forward(self, uv: torch.Tensor | None, body_mask: torch.Tensor,
