@@ -2,8 +2,16 @@
 
 SMPL-X (Pavlakos et al., CVPR 2019) is the template of the RAM-Avatar paper (Sec. 3.1). Its
 files cannot be redistributed: the user downloads ``SMPLX_NEUTRAL.npz`` from
-https://smpl-x.is.tue.mpg.de and points ``--model-path`` at it. We wrap the ``smplx`` package
-(optional extra ``ram-avatar-studio[smplx]``) with full-rotation (non-PCA) hands.
+https://smpl-x.is.tue.mpg.de and points ``--model-path`` at it. The model is posed with the
+functional core of the ``smplx`` package (``smplx.lbs.lbs`` and its SMPL-X landmark vertex ids;
+optional extra ``ram-avatar-studio[smplx]``), with full-rotation (non-PCA) hands.
+
+Model files are untrusted input (a subject folder's manifest names one). ``smplx.SMPLX`` reads
+its file with ``np.load(..., allow_pickle=True)`` (and ``pickle.load`` for ``.pkl``), which runs
+code hidden in a crafted file; so this backend never hands a path to ``smplx``: it reads the
+``.npz`` itself with ``allow_pickle=False``, takes only the numeric arrays listed in
+:data:`REQUIRED_KEYS` (real SMPL-X files also hold pickled ``joint2num``/``part2num`` dicts,
+which are never read) and builds the model from those arrays.
 
 Joint layout of ``smplx`` output ``joints`` (127 with ``use_face_contour=False``): 55 skeleton
 joints (0 pelvis ... 21 right wrist, 22 jaw, 23/24 eyes, 25-39 left hand, 40-54 right hand
@@ -25,6 +33,8 @@ from ram_avatar.errors import ModelFileError
 
 NUM_VERTICES = 10475
 NUM_JOINTS = 55
+#: shape / expression components of the full SMPL-X basis (smplx.SMPLX.SHAPE_SPACE_DIM, ...)
+SHAPE_SPACE_DIM, EXPRESSION_SPACE_DIM = 300, 100
 #: keys (and trailing shapes) a usable SMPLX_*.npz must contain
 REQUIRED_KEYS = {
     "v_template": (NUM_VERTICES, 3), "f": (20908, 3), "J_regressor": (NUM_JOINTS, NUM_VERTICES),
@@ -86,30 +96,75 @@ def find_smplx_file(model_path, gender: str = "neutral") -> Path:
         "--body-model anny.")
 
 
+def load_smplx_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Read the numeric arrays of an SMPL-X ``.npz`` without unpickling anything.
+
+    The file is opened with ``np.load(path, allow_pickle=False)``: a file that is not a zip
+    archive (e.g. a pickle renamed ``.npz``) or a required member stored as a pickled object
+    array is rejected before any of its bytes are unpickled, so a crafted file cannot run code.
+    Only the keys of :data:`REQUIRED_KEYS` are read; other members (the official files' pickled
+    ``joint2num``/``part2num``) are never touched.
+
+    Args:
+        path: an ``SMPLX_<GENDER>.npz`` file.
+    Returns:
+        ``{key: array}`` for every key of :data:`REQUIRED_KEYS`, e.g. ``v_template`` (V, 3),
+        ``shapedirs`` (V, 3, n_shape + n_expr), ``posedirs`` (V, 3, 486), ``weights`` (V, 55).
+    Raises:
+        ModelFileError: unreadable / not an ``.npz`` / pickled content, missing key, non-numeric
+            array or wrong shape (the message names it and says what to do).
+    """
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any read failure is a bad model file
+        raise ModelFileError(
+            f"cannot read SMPL-X file {path}: {e}. It must be the .npz of the official SMPL-X "
+            "download (pickled files are refused: loading them can run code); re-download "
+            "SMPLX_NEUTRAL.npz from https://smpl-x.is.tue.mpg.de.") from e
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ModelFileError(f"{path} holds a single array, not an SMPL-X .npz archive; "
+                             "re-download SMPLX_NEUTRAL.npz from https://smpl-x.is.tue.mpg.de.")
+    with data:
+        missing = sorted(set(REQUIRED_KEYS) - set(data.files))
+        if missing:
+            raise ModelFileError(
+                f"{path} is not a usable SMPL-X model file: missing keys {missing}. Use the "
+                "SMPLX_NEUTRAL.npz of the official SMPL-X (v1.1) download, which includes UVs "
+                "(vt, ft).")
+        arrays = {}
+        for k, shape in REQUIRED_KEYS.items():
+            try:
+                arr = data[k]
+            except Exception as e:  # noqa: BLE001 - pickled member, damaged zip entry, ...
+                raise ModelFileError(
+                    f"{path}: key {k!r} cannot be read as a numeric array ({e}); the file is "
+                    "damaged or crafted (pickled arrays are refused). Re-download it.") from e
+            if arr.dtype.kind not in "biuf":
+                raise ModelFileError(f"{path}: key {k!r} has dtype {arr.dtype}, expected numbers")
+            got = arr.shape
+            if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
+                raise ModelFileError(
+                    f"{path}: key {k!r} has shape {got}, expected {shape} (None = any)")
+            arrays[k] = arr
+    return arrays
+
+
 def validate_smplx_npz(path: Path) -> None:
-    """Check that an SMPL-X npz has every key ``smplx`` needs with the right shapes.
+    """Check that an SMPL-X npz has every key the backend needs with the right shapes.
+
+    Reads the file like :func:`load_smplx_arrays` (nothing is unpickled).
 
     Raises:
         ModelFileError: unreadable file, missing key or wrong shape (the message names them).
     """
-    try:
-        data = np.load(path, allow_pickle=True)
-        keys = set(data.files)
-    except Exception as e:  # noqa: BLE001 - any read failure is a bad model file
-        raise ModelFileError(f"cannot read SMPL-X file {path}: {e}. Re-download it.") from e
-    missing = sorted(set(REQUIRED_KEYS) - keys)
-    if missing:
-        raise ModelFileError(
-            f"{path} is not a usable SMPL-X model file: missing keys {missing}. Use the "
-            "SMPLX_NEUTRAL.npz of the official SMPL-X (v1.1) download, which includes UVs (vt, ft).")
-    for k, shape in REQUIRED_KEYS.items():
-        got = data[k].shape
-        if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
-            raise ModelFileError(f"{path}: key {k!r} has shape {got}, expected {shape} (None = any)")
+    load_smplx_arrays(path)
 
 
 class SMPLXBodyModel(BodyModel):
-    """SMPL-X through the ``smplx`` package, as a :class:`BodyModel`.
+    """SMPL-X as a :class:`BodyModel`, built from the model file's numeric arrays and posed
+    with ``smplx.lbs.lbs`` (the same result as ``smplx.SMPLX``; see the module docstring for why
+    ``smplx.SMPLX`` itself is not used to load the file).
 
     Args:
         model_path: directory containing ``SMPLX_NEUTRAL.npz`` (or ``smplx/SMPLX_NEUTRAL.npz``),
@@ -118,7 +173,8 @@ class SMPLXBodyModel(BodyModel):
         num_betas: shape coefficients (10 by default).
         num_expression: expression coefficients (10 by default).
     Raises:
-        ModelFileError: missing/malformed model file, or the ``smplx`` package is not installed.
+        ModelFileError: missing/malformed/pickled model file, or the ``smplx`` package is not
+            installed.
     """
 
     name = "smplx"
@@ -127,18 +183,38 @@ class SMPLXBodyModel(BodyModel):
                  num_expression: int = 10):
         super().__init__()
         path = find_smplx_file(model_path, gender)
-        validate_smplx_npz(path)
+        data = load_smplx_arrays(path)  # numeric arrays only: nothing is unpickled
         try:
-            import smplx
+            from smplx.vertex_ids import vertex_ids as smplx_vertex_ids
         except ImportError as e:
             raise ModelFileError("the SMPL-X backend needs the smplx package: "
                                  "pip install 'ram-avatar-studio[smplx]'") from e
         self.model_file = path
-        self.smplx = smplx.SMPLX(str(path), gender=gender, num_betas=num_betas,
-                                 num_expression_coeffs=num_expression, use_pca=False,
-                                 flat_hand_mean=True, use_face_contour=False)
-        self.smplx.requires_grad_(False)
-        data = np.load(path, allow_pickle=True)
+        # Same basis selection as smplx.SMPLX: files with >= 300 shape + 100 expression
+        # components hold expressions from column 300, the 10+10 files from column 10.
+        n_dirs = data["shapedirs"].shape[-1]
+        full = n_dirs >= SHAPE_SPACE_DIM + EXPRESSION_SPACE_DIM
+        num_betas = min(num_betas, SHAPE_SPACE_DIM if full else 10)
+        num_expression = min(num_expression, EXPRESSION_SPACE_DIM if full else 10)
+        expr0 = SHAPE_SPACE_DIM if full else 10
+        f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+        shapedirs = data["shapedirs"]
+        self.register_buffer("shapedirs", f32(np.concatenate(
+            [shapedirs[:, :, :num_betas], shapedirs[:, :, expr0:expr0 + num_expression]], -1)))
+        self.register_buffer("v_template", f32(data["v_template"]))
+        self.register_buffer("J_regressor", f32(data["J_regressor"]))
+        # (V, 3, P) -> (P, V*3), the layout smplx.lbs.lbs expects
+        self.register_buffer("posedirs", f32(data["posedirs"].reshape(-1, data["posedirs"].shape[-1]).T))
+        parents = torch.as_tensor(data["kintree_table"][0].astype(np.int64))
+        parents[0] = -1
+        self.register_buffer("parents", parents)
+        self.register_buffer("lbs_weights", f32(data["weights"]))
+        ids = smplx_vertex_ids["smplx"]
+        extra = [ids[k] for k in ("nose", "reye", "leye", "rear", "lear", "LBigToe", "LSmallToe",
+                                  "LHeel", "RBigToe", "RSmallToe", "RHeel")]
+        extra += [ids[h + t] for h in "lr" for t in ("thumb", "index", "middle", "ring", "pinky")]
+        #: vertices appended to the 55 skeleton joints (joints 55..75, as smplx's VertexJointSelector)
+        self.register_buffer("extra_joint_vertices", torch.tensor(extra, dtype=torch.long))
         self.num_betas, self.num_expression = num_betas, num_expression
         self.body_joint_names = list(SMPLX_BODY_JOINTS)
         self.hand_joint_names = list(SMPLX_HAND_JOINTS)
@@ -160,17 +236,32 @@ class SMPLXBodyModel(BodyModel):
         self.register_buffer("pose_ref", ref)
         self.register_buffer("hand_ref", torch.tensor([_hand21(20, 25, 66), _hand21(21, 40, 71)]))
 
+    def _skin(self, p: BodyParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """SMPL-X linear blend skinning (as ``smplx.SMPLX.forward``, flat hand mean, eyes at rest).
+
+        Returns:
+            vertices (B, V, 3) and joints (B, 76, 3) in metres: the 55 skeleton joints, then the
+            21 landmark vertices of :attr:`extra_joint_vertices`; both translated by ``transl``.
+        """
+        from smplx.lbs import lbs
+
+        B = p.batch_size
+        zeros3 = torch.zeros(B, 1, 3, device=p.transl.device, dtype=p.transl.dtype)
+        full_pose = torch.cat([p.global_orient.reshape(B, 1, 3), p.body_pose.reshape(B, -1, 3),
+                               p.jaw_pose.reshape(B, 1, 3), zeros3, zeros3,
+                               p.left_hand_pose.reshape(B, 15, 3),
+                               p.right_hand_pose.reshape(B, 15, 3)], 1).reshape(B, -1)
+        shape = torch.cat([p.betas.expand(B, -1), p.expression], -1)
+        verts, joints = lbs(shape, full_pose, self.v_template, self.shapedirs, self.posedirs,
+                            self.J_regressor, self.parents, self.lbs_weights, pose2rot=True)
+        joints = torch.cat([joints, verts[:, self.extra_joint_vertices]], 1)
+        t = p.transl[:, None]
+        return verts + t, joints + t
+
     def forward(self, params: BodyParams, return_vertices: bool = True) -> BodyOutput:
         p = params.expand_betas()
         B = p.batch_size
-        zeros3 = torch.zeros(B, 3, device=p.transl.device, dtype=p.transl.dtype)
-        out = self.smplx(betas=p.betas, global_orient=p.global_orient,
-                         body_pose=p.body_pose.reshape(B, -1),
-                         left_hand_pose=p.left_hand_pose.reshape(B, -1),
-                         right_hand_pose=p.right_hand_pose.reshape(B, -1),
-                         jaw_pose=p.jaw_pose, leye_pose=zeros3, reye_pose=zeros3,
-                         expression=p.expression, transl=p.transl, return_verts=True)
-        J = out.joints
+        verts, J = self._skin(p)
         pose = J[:, self.pose_ref] * self.pose_landmark_mask[None, :, None]
         hands = J[:, self.hand_ref]                                   # (B, 2, 21, 3)
         # head rotation = product of the rotations along the chain pelvis..head
@@ -181,5 +272,5 @@ class SMPLXBodyModel(BodyModel):
         head_T = torch.eye(4, device=J.device, dtype=J.dtype).repeat(B, 1, 1)
         head_T[:, :3, :3] = R
         head_T[:, :3, 3] = J[:, 15]
-        return BodyOutput(vertices=out.vertices if return_vertices else None,
+        return BodyOutput(vertices=verts if return_vertices else None,
                           pose_landmarks=pose, hand_landmarks=hands, head_transform=head_T)
