@@ -19,8 +19,17 @@ Backends
     own standalone context (with its program and buffers), created lazily on first use and
     cached; :func:`release_thread_context` frees the calling thread's one. Results are copied
     back to the device of ``verts``.
+``"nvdiffrast"``
+    NVIDIA's CUDA rasterizer (``nvdiffrast.torch``, optional extra ``[nvdiffrast]``), run on the
+    CUDA device of ``verts`` (or the current CUDA device when ``verts`` are on the CPU; results
+    are copied back). Vertices are turned into clip space by :func:`clip_space` (the same
+    OpenCV-to-OpenGL matrix as the moderngl backend), one context per thread and device.
+    CudaRaster snaps vertices to 1/16 px (OpenGL drivers: 1/256 px), so it differs from the
+    torch reference on more near-edge pixels than moderngl does.
 ``"auto"``
-    ``"moderngl"`` when an EGL context can be created, else ``"torch"`` (a warning is logged once).
+    ``"nvdiffrast"`` when CUDA is available and nvdiffrast imports, else ``"moderngl"`` when an
+    EGL context can be created, else ``"torch"`` (a warning is logged once);
+    :func:`auto_backend` says which.
 
 Conventions (shared by all backends, see ``docs/INTERFACES.md``)
 ----------------------------------------------------------------
@@ -55,7 +64,7 @@ log = logging.getLogger(__name__)
 #: Near-plane distance in metres: triangles with any vertex at ``z <= NEAR`` are culled.
 NEAR = 1e-4
 
-_BACKENDS = ("auto", "torch", "moderngl")
+_BACKENDS = ("auto", "torch", "moderngl", "nvdiffrast")
 _INT64_MAX = torch.iinfo(torch.int64).max
 # Number of (face, pixel) candidates evaluated at once by the torch backend (memory ~ 100 B each).
 _CHUNK = 1 << 21
@@ -115,8 +124,9 @@ def rasterize(
         K: (3,3) or (B,3,3) intrinsics in pixels, last row ``[0, 0, 1]``; pixel convention of
             the module docstring (pixel (x,y) centre at ``(x+0.5, y+0.5)``).
         image_size: ``(H, W)`` in pixels.
-        backend: ``"auto"`` (moderngl when an EGL context can be created, else torch),
-            ``"torch"`` or ``"moderngl"``.
+        backend: ``"auto"`` (nvdiffrast on CUDA, else moderngl when an EGL context can be
+            created, else torch; see :func:`auto_backend`), ``"torch"``, ``"moderngl"`` or
+            ``"nvdiffrast"``.
 
     Returns:
         :class:`Fragments` with face_id (B,H,W) int64 (-1 background), bary (B,H,W,3) float32,
@@ -127,14 +137,18 @@ def rasterize(
             a non-positive image size or an unknown backend name.
         RasterBackendUnavailableError: ``backend="moderngl"`` but no EGL/OpenGL 3.3 context
             can be created (install Mesa EGL, e.g. ``libegl1 libgl1-mesa-dri``, or use
-            ``backend="torch"``).
+            ``backend="torch"``), or ``backend="nvdiffrast"`` without CUDA or without the
+            nvdiffrast package (``pip install 'ram-avatar-studio[nvdiffrast]'`` on a CUDA
+            machine).
     """
     verts, faces, K, (H, W) = _check_inputs(verts, faces, K, image_size)
     if backend not in _BACKENDS:
         raise RasterizerError(f"unknown rasterizer backend {backend!r}; use one of {_BACKENDS}")
     if backend == "auto":
-        backend = "moderngl" if _gl_available() else "torch"
-    if backend == "moderngl":
+        backend = _auto_choice(warn=True)
+    if backend == "nvdiffrast":
+        face_id, bary, depth = _NV.rasterize(verts, faces, K, H, W)
+    elif backend == "moderngl":
         face_id, bary, depth = _GL.rasterize(verts, faces, K, H, W)
     else:
         face_id, bary, depth = _rasterize_torch(verts, faces, K, H, W)
@@ -625,12 +639,293 @@ def moderngl_available() -> bool:
 
 
 def release_thread_context() -> bool:
-    """Release the calling thread's moderngl context and its buffers, if it has one.
+    """Release the calling thread's moderngl context (and nvdiffrast contexts), if any.
 
-    Call it from a thread that used the moderngl backend before the thread ends (e.g. a
-    worker loop's exit); a later :func:`rasterize` in the same thread creates a new context.
+    Call it from a thread that used the moderngl or nvdiffrast backend before the thread ends
+    (e.g. a worker loop's exit); a later :func:`rasterize` in the same thread creates a new
+    context.
 
     Returns:
         True when a context was released, False when the thread had none.
     """
-    return _GL.release_thread()
+    released_gl = _GL.release_thread()
+    released_nv = _NV.release_thread()
+    return released_gl or released_nv
+
+
+# --------------------------------------------------------------------------------------------
+# nvdiffrast (CUDA) backend
+# --------------------------------------------------------------------------------------------
+
+NVDIFFRAST_INSTALL_HINT = (
+    "pip install 'ram-avatar-studio[nvdiffrast]' on a machine with an NVIDIA GPU, a CUDA build "
+    "of torch and the CUDA toolkit (nvcc): nvdiffrast compiles its CUDA plug-in on first use")
+
+#: Clip-space position given to the three corners of a culled face: outside the view frustum
+#: (x = y = z = 2w) and of zero area, so the rasterizer drops it and face numbering is kept.
+_CULLED_CLIP = (2.0, 2.0, 2.0, 1.0)
+
+
+def opencv_to_clip_matrix(K: torch.Tensor, image_size: tuple[int, int], near: torch.Tensor,
+                          far: torch.Tensor) -> torch.Tensor:
+    """OpenGL-style clip matrices for OpenCV cameras with pixel intrinsics ``K``.
+
+    Clip coordinates ``c = P @ [X, Y, Z, 1]`` of a camera point (OpenCV: +x right, +y down,
+    +z forward, metres) satisfy ``c_w = Z`` and
+
+    * ``x_ndc = c_x / c_w = 2u/W - 1`` and ``y_ndc = c_y / c_w = 2v/H - 1`` where
+      ``(u, v) = K (X, Y, Z) / Z`` are the pixel coordinates of the module docstring;
+    * ``z_ndc = c_z / c_w`` grows monotonically with ``Z``: -1 at ``near``, +1 at ``far``.
+
+    Window y equals image row v, so a rasterizer that stores row 0 at ``y_ndc = -1`` (OpenGL
+    framebuffers, nvdiffrast) produces image rows top-down without a flip, and one that samples
+    pixel (x, y) at window ``(x + 0.5, y + 0.5)`` (both do) follows this module's pixel-centre
+    convention. The same matrix as :func:`_gl_projection` (moderngl), batched, in torch.
+
+    Args:
+        K: (B,3,3) or (3,3) intrinsics in pixels (last row ``[0, 0, 1]``).
+        image_size: ``(H, W)`` in pixels.
+        near, far: (B,) or scalar clip distances in metres, ``0 < near < far``.
+
+    Returns:
+        (B,4,4) float64 matrices (B = 1 for a single ``K``).
+    """
+    K = torch.as_tensor(K, dtype=torch.float64)
+    if K.dim() == 2:
+        K = K.unsqueeze(0)
+    H, W = (float(s) for s in image_size)
+    B = K.shape[0]
+    n = torch.as_tensor(near, dtype=torch.float64, device=K.device).expand(B)
+    f = torch.as_tensor(far, dtype=torch.float64, device=K.device).expand(B)
+    P = torch.zeros(B, 4, 4, dtype=torch.float64, device=K.device)
+    P[:, 0, 0] = 2 * K[:, 0, 0] / W
+    P[:, 0, 1] = 2 * K[:, 0, 1] / W
+    P[:, 0, 2] = 2 * K[:, 0, 2] / W - 1
+    P[:, 1, 1] = 2 * K[:, 1, 1] / H
+    P[:, 1, 2] = 2 * K[:, 1, 2] / H - 1
+    P[:, 2, 2] = (f + n) / (f - n)
+    P[:, 2, 3] = -2 * f * n / (f - n)
+    P[:, 3, 2] = 1.0
+    return P
+
+
+def clip_space(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
+               image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-face-corner clip-space positions for a rasterizer with OpenGL conventions.
+
+    Every face gets its own three corners (non-indexed, like the moderngl backend), so culled
+    faces can be dropped per batch item while the rasterizer's triangle index stays the face
+    index. A face with any corner at ``z <= NEAR`` is culled by giving its corners the
+    out-of-frustum, zero-area position ``_CULLED_CLIP``. Per batch item the clip range is
+    ``near = 0.5 * min z``, ``far = 2 * max z + 1`` over the corners of kept faces: keeping
+    ``near`` close to the surface keeps ``z/w`` (the depth rasterizers compare) well resolved
+    in float32, and no kept face is clipped.
+
+    Args:
+        verts: (B,V,3) camera-space vertices (OpenCV, metres).
+        faces: (F,3) int64 vertex indices.
+        K: (B,3,3) float intrinsics in pixels.
+        image_size: ``(H, W)``.
+
+    Returns:
+        ``pos`` (B,3F,4) float32 contiguous clip-space corners (corner k of face f at row
+        ``3f + k``); ``tri`` (F,3) int32 ``[[0,1,2],[3,4,5],...]``; ``corner_z`` (B,F,3)
+        float32 camera z of each face corner (metres), for :func:`fragments_from_rast`.
+    """
+    B, F = verts.shape[0], faces.shape[0]
+    v = verts.detach().to(torch.float64)
+    corners = v[:, faces]  # (B,F,3,3)
+    z = corners[..., 2]
+    keep = (z > NEAR).all(dim=-1)  # (B,F)
+    big = torch.finfo(torch.float64).max
+    kz = torch.where(keep.unsqueeze(-1), z, torch.full_like(z, big)).flatten(1)
+    zmin = kz.amin(dim=1) if F else torch.ones(B, dtype=torch.float64, device=v.device)
+    zmin = torch.where(torch.isfinite(zmin) & (zmin < big), zmin, torch.ones_like(zmin))
+    kz = torch.where(keep.unsqueeze(-1), z, torch.zeros_like(z)).flatten(1)
+    zmax = kz.amax(dim=1) if F else torch.ones(B, dtype=torch.float64, device=v.device)
+    zmax = torch.maximum(zmax, zmin)
+    P = opencv_to_clip_matrix(K.to(v.device), image_size, 0.5 * zmin, 2.0 * zmax + 1.0)
+    hom = torch.cat([corners, torch.ones_like(corners[..., :1])], dim=-1)  # (B,F,3,4)
+    clip = torch.einsum("bij,bfkj->bfki", P, hom)
+    culled = torch.tensor(_CULLED_CLIP, dtype=clip.dtype, device=clip.device)
+    clip = torch.where(keep[..., None, None], clip, culled)
+    pos = clip.reshape(B, 3 * F, 4).to(torch.float32).contiguous()
+    tri = torch.arange(3 * F, dtype=torch.int32, device=v.device).view(F, 3)
+    return pos, tri, z.to(torch.float32)
+
+
+def decode_triangle_id(t: torch.Tensor) -> torch.Tensor:
+    """nvdiffrast's float-encoded ``triangle_id + 1`` (4th output channel) as int64.
+
+    Ids up to 2^24 are stored as exact floats; larger ones as the float bit pattern
+    ``0x4a800000 + id`` (nvdiffrast ``triidx_to_float``). Returns the 0-based triangle index,
+    -1 where no triangle covers the pixel.
+    """
+    t = t.contiguous().to(torch.float32)
+    small = t.to(torch.int64)
+    large = t.view(torch.int32).to(torch.int64) - 0x4A800000
+    return torch.where(t <= 16777216.0, small, large) - 1
+
+
+def fragments_from_rast(rast: torch.Tensor, corner_z: torch.Tensor):
+    """Convert nvdiffrast's rasterizer output into this module's fragments.
+
+    nvdiffrast writes per pixel ``(u, v, z/w, triangle_id + 1)`` where ``u`` and ``v`` are the
+    perspective-correct barycentric weights of the triangle's corners 0 and 1 (corner 2 gets
+    ``1 - u - v``; its ``interpolate`` computes ``u*a0 + v*a1 + (1-u-v)*a2``). Depth is
+    recomputed in metres from the corners' camera z (camera-space quantities are linear in
+    perspective-correct barycentrics), not from the non-linear ``z/w``.
+
+    Args:
+        rast: (B,H,W,4) float32 output of ``nvdiffrast.torch.rasterize``.
+        corner_z: (B,F,3) camera z of each face corner (from :func:`clip_space`).
+
+    Returns:
+        ``(face_id (B,H,W) int64 [-1 background], bary (B,H,W,3) float32 summing to 1,
+        depth (B,H,W) float32 metres)``, zero on background.
+    """
+    B, H, W, _ = rast.shape
+    fid = decode_triangle_id(rast[..., 3])
+    covered = fid >= 0
+    u, v = rast[..., 0].float(), rast[..., 1].float()
+    bary = torch.stack([u, v, 1.0 - u - v], dim=-1).clamp(min=0.0)
+    bary = bary / bary.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+    bary = torch.where(covered.unsqueeze(-1), bary, torch.zeros_like(bary))
+    safe = fid.clamp(min=0)
+    bidx = torch.arange(B, device=rast.device).view(B, 1, 1).expand(B, H, W)
+    cz = corner_z.to(rast.device, torch.float32)[bidx, safe]  # (B,H,W,3)
+    depth = torch.where(covered, (bary * cz).sum(dim=-1), torch.zeros_like(u))
+    return torch.where(covered, fid, torch.full_like(fid, -1)), bary.contiguous(), depth
+
+
+class _NvdrState:
+    """nvdiffrast module and its CUDA rasterizer contexts, one per (thread, device).
+
+    The import and the CUDA check happen once per process; a failure is remembered (its
+    reason in ``error``). A context holds CudaRaster's work buffers and is not shared between
+    threads.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._dr = None
+        self._probe = None
+        self._checked = False
+        self.error: str | None = None
+
+    def module(self):
+        """``nvdiffrast.torch`` or None (reason in ``self.error``)."""
+        with self._lock:
+            if not self._checked:
+                self._checked = True
+                if not torch.cuda.is_available():
+                    self.error = "PyTorch sees no CUDA device (torch.cuda.is_available() is False)"
+                else:
+                    try:
+                        import nvdiffrast.torch as dr
+
+                        # nvdiffrast 0.3 builds its CUDA plug-in when the first context is
+                        # created (about a minute, then cached): do it here, so a failed build
+                        # makes the backend unavailable instead of failing in rasterize().
+                        dev = torch.device("cuda", torch.cuda.current_device())
+                        self._probe = dr.RasterizeCudaContext(device=dev)
+                        self._dr = dr
+                    except Exception as exc:  # ImportError, failed plug-in build, ...
+                        self.error = f"{type(exc).__name__}: {exc}"
+            return self._dr
+
+    def available(self) -> bool:
+        return self.module() is not None
+
+    def device_for(self, verts: torch.Tensor) -> torch.device:
+        """CUDA device the rasterization runs on: ``verts``' own, else the current one."""
+        if verts.device.type == "cuda":
+            return verts.device
+        return torch.device("cuda", torch.cuda.current_device())
+
+    def context(self, dr, device: torch.device):
+        contexts = getattr(self._local, "contexts", None)
+        if contexts is None:
+            contexts = self._local.contexts = {}
+        key = str(device)
+        ctx = contexts.get(key)
+        if ctx is None:
+            ctx = contexts[key] = dr.RasterizeCudaContext(device=device)
+        return ctx
+
+    def release_thread(self) -> bool:
+        contexts = getattr(self._local, "contexts", None)
+        self._local.contexts = None
+        return bool(contexts)
+
+    def rasterize(self, verts, faces, K, H, W):
+        dr = self.module()
+        if dr is None:
+            raise RasterBackendUnavailableError(
+                f"the nvdiffrast rasterizer is unavailable ({self.error}). "
+                f"{NVDIFFRAST_INSTALL_HINT}; or pass backend='moderngl' or 'torch'.")
+        dev = self.device_for(verts)
+        B, F = verts.shape[0], faces.shape[0]
+        if F == 0:
+            return (torch.full((B, H, W), -1, dtype=torch.int64, device=verts.device),
+                    torch.zeros((B, H, W, 3), dtype=torch.float32, device=verts.device),
+                    torch.zeros((B, H, W), dtype=torch.float32, device=verts.device))
+        with torch.no_grad():
+            pos, tri, corner_z = clip_space(verts.to(dev), faces.to(dev), K.to(dev), (H, W))
+            rast, _ = dr.rasterize(self.context(dr, dev), pos, tri, (H, W), grad_db=False)
+            face_id, bary, depth = fragments_from_rast(rast, corner_z)
+        out = verts.device
+        return face_id.to(out), bary.to(out), depth.to(out)
+
+
+_NV = _NvdrState()
+
+
+def nvdiffrast_available() -> bool:
+    """Whether the nvdiffrast backend can run: CUDA is available and ``nvdiffrast.torch``
+    imports (checked once per process; :func:`backend_status` gives the reason)."""
+    return _NV.available()
+
+
+def _auto_choice(warn: bool) -> str:
+    if _NV.available():
+        return "nvdiffrast"
+    if _GL.available():
+        return "moderngl"
+    if warn:
+        _GL.warn_fallback_once()
+    return "torch"
+
+
+def auto_backend() -> str:
+    """The backend ``backend="auto"`` resolves to in the calling thread: ``"nvdiffrast"``
+    (CUDA and nvdiffrast), else ``"moderngl"`` (an EGL OpenGL 3.3 context), else ``"torch"``."""
+    return _auto_choice(warn=False)
+
+
+def backend_status() -> dict:
+    """What each backend can do on this machine, for ``ram-avatar doctor``.
+
+    Returns:
+        dict with ``auto`` (:func:`auto_backend`), ``available`` (list of usable backends,
+        ``torch`` always), and per backend ``{"ok": bool, "reason": str | None}``; moderngl's
+        entry also has ``renderer``, ``version`` and ``vendor`` (the ``GL_RENDERER``,
+        ``GL_VERSION`` and ``GL_VENDOR`` strings of the calling thread's EGL context, e.g.
+        ``llvmpipe (LLVM 15.0.6, 256 bits)`` for Mesa's CPU rasterizer).
+    """
+    gl = _GL._init()
+    gl_entry: dict = {"ok": gl is not None, "reason": None if gl is not None else _GL._error}
+    if gl is not None:
+        info = gl.ctx.info
+        gl_entry.update(renderer=info.get("GL_RENDERER"), version=info.get("GL_VERSION"),
+                        vendor=info.get("GL_VENDOR"))
+    nv_ok = _NV.available()
+    status = {
+        "torch": {"ok": True, "reason": None},
+        "moderngl": gl_entry,
+        "nvdiffrast": {"ok": nv_ok, "reason": None if nv_ok else _NV.error},
+    }
+    status["available"] = [b for b in ("nvdiffrast", "moderngl", "torch") if status[b]["ok"]]
+    status["auto"] = auto_backend()
+    return status
