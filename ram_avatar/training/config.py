@@ -87,6 +87,21 @@ class TrainConfig:
         r1_interval: apply R1 every this many steps (lazy regularisation, scaled up to match).
         ema_decay: decay of the exponential moving average of the renderer's weights (0 = no
             EMA). The EMA weights are saved next to each checkpoint (``*.aux.safetensors``).
+        augment_prob: probability that a training step warps its batch by random similarities
+            (training.augment; each item its own scale/rotation/shift, maps and target alike)
+            and composites the person over random solid colours. 0 disables augmentation.
+        augment_scale: (min, max) zoom factor of the warp (log-uniform).
+        augment_rotation_deg: max in-plane rotation of the warp, degrees.
+        augment_shift: max shift of the warp, fraction of the image side.
+        solid_bg_prob: probability that a step without a warp still composites the person
+            over random solid colours (matting: alpha must separate person and background).
+        pose_refine: learn per-frame corrections of global_orient, body_pose and transl and a
+            shared betas correction (training.pose_refine), re-rendering the UV maps every step.
+        pose_refine_lr: Adam learning rate of the corrections.
+        pose_prior_weight: weight of the corrections' Gaussian prior in the loss.
+        pose_rot_sigma: prior std of each axis-angle correction, radians.
+        pose_transl_sigma: prior std of the translation correction, metres.
+        pose_betas_sigma: prior std of the shared shape correction, shape units.
     """
 
     preset: str = "custom"
@@ -128,6 +143,17 @@ class TrainConfig:
     r1_gamma: float = 10.0
     r1_interval: int = 16
     ema_decay: float = 0.0
+    augment_prob: float = 0.0
+    augment_scale: tuple[float, float] = (0.8, 1.25)
+    augment_rotation_deg: float = 10.0
+    augment_shift: float = 0.1
+    solid_bg_prob: float = 0.0
+    pose_refine: bool = False
+    pose_refine_lr: float = 1e-4
+    pose_prior_weight: float = 1e-3
+    pose_rot_sigma: float = 0.05
+    pose_transl_sigma: float = 0.02
+    pose_betas_sigma: float = 0.05
 
     @property
     def adversarial(self) -> bool:
@@ -190,6 +216,15 @@ class TrainConfig:
             (self.disc_lr_mult > 0 and 1 <= self.disc_base_channels <= self.disc_max_channels,
              "disc_lr_mult must be > 0 and 1 <= disc_base_channels <= disc_max_channels"),
             (0 <= self.ema_decay < 1, f"ema_decay must be in [0,1), got {self.ema_decay}"),
+            (0 <= self.augment_prob <= 1 and 0 <= self.solid_bg_prob <= 1,
+             "augment_prob and solid_bg_prob must be in [0,1]"),
+            (len(self.augment_scale) == 2 and 0 < self.augment_scale[0] <= self.augment_scale[1],
+             f"augment_scale must be (min, max) with 0 < min <= max, got {self.augment_scale}"),
+            (self.augment_rotation_deg >= 0 and 0 <= self.augment_shift < 1,
+             "augment_rotation_deg must be >= 0 and augment_shift in [0,1)"),
+            (self.pose_refine_lr > 0 and self.pose_prior_weight >= 0
+             and min(self.pose_rot_sigma, self.pose_transl_sigma, self.pose_betas_sigma) > 0,
+             "pose_refine_lr and the pose sigmas must be > 0, pose_prior_weight >= 0"),
         ]
         for ok, msg in checks:
             if not ok:

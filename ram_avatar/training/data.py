@@ -182,6 +182,9 @@ class SubjectDataset(Dataset):
         extras: optional keys to add (module docstring): any of :data:`EXTRAS`.
         expand_offset: metres of the expanded mesh (``RendererConfig.expand_offset``).
 
+    Attributes used by pose refinement: ``body`` (the body model), ``params`` (the sequence's
+    fitted BodyParams, all T frames), ``K_crop`` (3,3) intrinsics of the S x S crop, ``backend``.
+
     Raises:
         ValueError: unknown extra.
     """
@@ -221,8 +224,14 @@ class SubjectDataset(Dataset):
         if "neighbours" in self.extras:
             self.prev_pos = np.array([pos.get(int(t) - 1, j) for j, t in enumerate(self.indices)])
             self.next_pos = np.array([pos.get(int(t) + 1, j) for j, t in enumerate(self.indices)])
+        # what pose refinement (training.pose_refine) re-renders the maps from
+        self.body = body or load_body_model(seq.manifest["body_model"]["name"],
+                                            model_path=seq.manifest["body_model"].get("model_path"))
+        self.params = seq.params
+        self.K_crop = crop_intrinsics(seq.K, crop, size)
+        self.backend = backend
         self.maps = render_sequence_maps(
-            seq, np.asarray(map_frames, dtype=np.int64), size, body=body, backend=backend,
+            seq, np.asarray(map_frames, dtype=np.int64), size, body=self.body, backend=backend,
             expand_offset=expand_offset if "expanded" in self.extras else None,
             canonical="canonical" in self.extras, boxes="hand_boxes" in self.extras)
 

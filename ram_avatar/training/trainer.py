@@ -60,7 +60,10 @@ from ram_avatar.models.renderer import AvatarRenderer, RendererConfig, count_par
 from ram_avatar.training.checkpoint import (CHECKPOINT_DIR, latest_checkpoint,
                                             list_checkpoints, load_checkpoint, read_checkpoint,
                                             read_metadata, save_checkpoint, save_run_checkpoint)
+from ram_avatar.training.augment import BatchAugmenter, composite_solid
 from ram_avatar.training.config import TrainConfig, save_config
+from ram_avatar.training.pose_refine import (REFINED_POSES_FILE, PoseRefiner,
+                                             RefinedMapRenderer, save_refined_poses)
 from ram_avatar.utils import atomic_path, progress, resolve_device
 
 log = logging.getLogger(__name__)
@@ -474,14 +477,17 @@ class _Dist:
 
 
 class _AuxState(torch.nn.Module):
-    """Container of what the aux checkpoint holds: discriminator and/or EMA renderer."""
+    """Container of what the aux checkpoint holds: discriminator, EMA renderer and/or the pose
+    refiner's corrections (training.pose_refine)."""
 
-    def __init__(self, discriminator=None, ema=None) -> None:
+    def __init__(self, discriminator=None, ema=None, pose_refiner=None) -> None:
         super().__init__()
         if discriminator is not None:
             self.discriminator = discriminator
         if ema is not None:
             self.ema = ema
+        if pose_refiner is not None:
+            self.pose_refiner = pose_refiner
 
 
 def aux_checkpoint_path(main_checkpoint: str | os.PathLike) -> Path:
@@ -577,7 +583,8 @@ def _forward(model, batch: dict, frame_index):
 
 def train(train_set: Dataset, val_set: Dataset | None, run_dir: str | os.PathLike,
           config: TrainConfig, steps: int | None = None, minutes: float | None = None,
-          device: str | torch.device = "auto", show_progress: bool = True) -> dict:
+          device: str | torch.device = "auto", show_progress: bool = True,
+          init_texture: torch.Tensor | None = None) -> dict:
     """Train (or resume training of) an :class:`AvatarRenderer` in ``run_dir``.
 
     Args:
@@ -594,6 +601,13 @@ def train(train_set: Dataset, val_set: Dataset | None, run_dir: str | os.PathLik
             With neither, trains until ``config.max_steps``.
         device: ``auto|cpu|cuda[:N]`` or a torch.device (under torchrun: the local rank's GPU).
         show_progress: show the rich progress bar (rank 0 only).
+        init_texture: ``(1,3,H,W)`` RGB texture in [0,1] baked from the video
+            (render.texture_bake), loaded into the renderer's fixed RGB texture
+            (``model.texture_rgb``) when a run starts; ignored when resuming.
+
+    With ``config.pose_refine`` the training set must provide the attributes of
+    :class:`ram_avatar.training.data.SubjectDataset` used for re-rendering (``body``,
+    ``params``, ``K_crop``, ``backend``).
 
     Returns:
         Summary dict: ``step`` (final global step), ``start_step``, ``steps_run``,
@@ -611,13 +625,13 @@ def train(train_set: Dataset, val_set: Dataset | None, run_dir: str | os.PathLik
     dist_ctx = _Dist(device)
     try:
         return _train(train_set, val_set, Path(run_dir), config, steps, minutes, dist_ctx,
-                      show_progress)
+                      show_progress, init_texture)
     finally:
         dist_ctx.close()
 
 
 def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minutes,
-           dist_ctx: _Dist, show_progress: bool) -> dict:
+           dist_ctx: _Dist, show_progress: bool, init_texture=None) -> dict:
     device = dist_ctx.device
     main = dist_ctx.main
     if main:
@@ -669,21 +683,34 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
                                  lr=config.lr * config.disc_lr_mult, betas=config.betas)
         scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp) if device.type == "cuda" \
             else None
+    refiner = refine_maps = seq_params = None
+    if config.pose_refine:
+        refiner, refine_maps, seq_params = _setup_pose_refine(train_set, config, device)
+        optimizer.add_param_group({"params": list(refiner.parameters()),
+                                   "lr": config.pose_refine_lr, "name": "pose"})
     start_step = 0
     last_ckpt: Path | None = None
     if resume_path is None and config.init_background:
         init_background(model, train_set)
+    if resume_path is None and init_texture is not None:
+        if getattr(config.model, "texture_rgb", False):
+            model.set_rgb_texture(init_texture.to(device))
+        else:
+            log.info("model.texture_rgb is off: the baked texture is not used")
     if resume_path is not None:
         info = load_checkpoint(resume_path, model, optimizer, scaler, restore_rng=True)
         start_step, last_ckpt = info.step, resume_path
         for group, fresh in zip(optimizer.param_groups, _param_groups(model, config)):
             group["lr"], group["betas"] = fresh["lr"], config.betas
+        if refiner is not None:
+            optimizer.param_groups[-1]["lr"] = config.pose_refine_lr
         log.info("resuming %s from step %d (%s)", run_dir, start_step, resume_path.name)
     ema = None
     if config.ema_decay > 0:
         ema = copy.deepcopy(model).eval()
         _set_requires_grad(ema, False)
-    aux = _AuxState(disc, ema) if (disc is not None or ema is not None) else None
+    aux = _AuxState(disc, ema, refiner) \
+        if (disc is not None or ema is not None or refiner is not None) else None
     if resume_path is not None and aux is not None:
         _load_aux(aux_checkpoint_path(resume_path), aux, opt_d, scaler_d)
         if opt_d is not None:
@@ -747,6 +774,7 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
     autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if use_amp \
         else contextlib.nullcontext
 
+    augmenter = BatchAugmenter(config, rank=dist_ctx.rank)
     step = start_step
     steps_run = 0
     first_loss: float | None = None
@@ -774,6 +802,8 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
         path = save_run_checkpoint(run_dir, model, optimizer, step_, config.to_dict(), scaler,
                                    extra, keep=config.keep_checkpoints)
         _prune_aux(run_dir)
+        if refiner is not None:
+            save_refined_poses(run_dir / REFINED_POSES_FILE, refiner, seq_params, step_)
         return path
 
     def done() -> bool:
@@ -786,6 +816,8 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
             sc.scale(loss).backward()
             if what == "discriminator":
                 dist_ctx.average_grads(disc)
+            elif refiner is not None:
+                dist_ctx.average_grads(refiner)
             if config.grad_clip > 0:
                 sc.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -795,6 +827,8 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
         loss.backward()
         if what == "discriminator":
             dist_ctx.average_grads(disc)
+        elif refiner is not None:
+            dist_ctx.average_grads(refiner)
         if config.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             bad = dist_ctx.any(not bool(torch.isfinite(norm)))[0]
@@ -819,12 +853,27 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
                              shapes=not checked, extra_keys=extra_keys)
                 checked = True
                 frame_index = batch["frame_index"].long()
+                if refiner is not None:  # re-render the surface maps from the refined poses
+                    batch.update(refine_maps(refiner.refine(
+                        seq_params.index(frame_index.cpu()).to(device), frame_index)))
+                batch, colour = augmenter(batch, step)
                 # ---- generator (renderer) step
                 with autocast():
                     out = _forward(train_model, batch, frame_index)
+                if colour is not None:  # matting: the person over a random solid colour
+                    out = dict(out, rgb=composite_solid(out["fg"], out["alpha"], colour))
                 losses = compute_losses(out, batch, config, vgg=vgg_loss, hand=hand_loss)
                 total = losses["total"]
-                if disc is not None:
+                if refiner is not None:
+                    losses["pose_prior"] = refiner.prior_loss(
+                        frame_index, config.pose_rot_sigma, config.pose_transl_sigma,
+                        config.pose_betas_sigma)
+                    total = total + config.pose_prior_weight * losses["pose_prior"]
+                    losses["total"] = total
+                # the discriminator judges real triplets only: steps whose target was warped
+                # or re-composited skip it (its neighbour frames are not transformed)
+                use_disc = disc is not None and colour is None
+                if use_disc:
                     w_gan = gan_weight_at(config, step)
                     from ram_avatar.models.discriminator import stack_frames
                     from ram_avatar.losses.gan import g_nonsaturating_loss
@@ -844,7 +893,7 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
                 if ema is not None:
                     _ema_update(ema, model, config.ema_decay)
                 # ---- discriminator step (real really real: Eq. 4)
-                if disc is not None:
+                if use_disc:
                     d_terms = _discriminator_step(disc, opt_d, scaler_d, batch, out["rgb"],
                                                   config, step, autocast, clip_and_step)
                     losses.update(d_terms)
@@ -853,7 +902,7 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
 
                 values = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
                           for k, v in losses.items()}
-                if disc is not None:
+                if use_disc:
                     values["gan_weight"] = gan_weight_at(config, step - 1)
                 if first_loss is None:
                     first_loss = values["total"]
@@ -931,6 +980,22 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
                  f"{last_losses.get('total', float('nan')):.4f}" if last_losses else "-",
                  f"{val_psnr:.2f} dB" if val_psnr is not None else "-")
     return summary
+
+
+def _setup_pose_refine(train_set: Dataset, config: TrainConfig, device: torch.device):
+    """Pose refiner, its differentiable map renderer and the fitted parameters (on CPU)."""
+    missing = [a for a in ("body", "params", "K_crop") if not hasattr(train_set, a)]
+    if missing:
+        raise RamAvatarError(f"pose_refine needs a SubjectDataset-like training set (missing "
+                             f"{', '.join(missing)}); set pose_refine=false for this data")
+    params = train_set.params
+    body = train_set.body.to(device)
+    refiner = PoseRefiner(params.batch_size, params.body_pose.shape[1],
+                          params.betas.shape[1]).to(device)
+    offset = config.model.expand_offset if "expanded" in config.model.data_extras() else None
+    maps = RefinedMapRenderer(body, train_set.K_crop, config.model.resolution, offset,
+                              backend=getattr(train_set, "backend", "auto"))
+    return refiner, maps, params
 
 
 def gan_weight_at(config: TrainConfig, step: int) -> float:

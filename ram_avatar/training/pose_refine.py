@@ -1,0 +1,172 @@
+"""Pose and shape refinement during training (issue 10, item 2).
+
+Monocular body fits are a few centimetres and degrees off; a neural texture trained on
+misaligned maps averages neighbouring surface points and blurs. InstantAvatar, GaussianAvatar
+and ExAvatar learn per-frame corrections of the fitted SMPL(-X) parameters jointly with the
+appearance. :class:`PoseRefiner` holds those corrections in the ``smplx`` vocabulary:
+
+- per frame t: ``global_orient[t] (3)``, ``body_pose[t] (J,3)`` (axis-angle, radians, added to
+  the fitted values), ``transl[t] (3)`` (metres, added);
+- shared: ``betas (1,n)`` (added to the subject's shape).
+
+A quadratic prior keeps them small (:meth:`PoseRefiner.prior_loss`); they have their own
+learning rate (``TrainConfig.pose_refine_lr``). :class:`RefinedMapRenderer` turns refined
+parameters into the conditioning maps that depend on the body surface (``uv``, ``body_mask`` and
+the expanded-mesh pair of the dual attention), differentiably in the parameters through
+:func:`ram_avatar.render.differentiable.differentiable_bary`. The finger and face maps and the
+previous-frame maps keep their pre-rendered values (they are line drawings / the past frame).
+
+The refined parameters are saved with the run (``refined_poses.npz``) and read by
+``ram-avatar evaluate`` (the shared ``betas`` correction applies to every frame; held-out frames
+keep their fitted poses unless test-time refinement is asked for).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ram_avatar.body.base import BodyModel, BodyParams
+from ram_avatar.render.differentiable import differentiable_fragments
+from ram_avatar.render.rasterizer import interpolate, rasterize
+
+REFINED_POSES_FILE = "refined_poses.npz"
+
+
+class PoseRefiner(nn.Module):
+    """Learnable corrections of the fitted body parameters (module docstring).
+
+    Args:
+        num_frames: T, rows of the per-frame tables (max frame index + 1).
+        num_body_joints: J, joints of ``body_pose``.
+        num_betas: n, shape coefficients.
+
+    Shapes: ``global_orient (T,3)``, ``body_pose (T,J,3)``, ``transl (T,3)``, ``betas (1,n)``;
+    all start at zero (the fitted parameters).
+    """
+
+    def __init__(self, num_frames: int, num_body_joints: int, num_betas: int) -> None:
+        super().__init__()
+        self.global_orient = nn.Parameter(torch.zeros(num_frames, 3))
+        self.body_pose = nn.Parameter(torch.zeros(num_frames, num_body_joints, 3))
+        self.transl = nn.Parameter(torch.zeros(num_frames, 3))
+        self.betas = nn.Parameter(torch.zeros(1, num_betas))
+
+    def refine(self, params: BodyParams, frame_index: torch.Tensor) -> BodyParams:
+        """Fitted ``params`` (batch B, frames ``frame_index (B,)``) plus their corrections.
+
+        Returns a :class:`BodyParams` whose pose/translation/shape depend on the corrections
+        (gradients flow into them); hands, jaw and expression are unchanged.
+        """
+        idx = frame_index.long().to(self.global_orient.device)
+        return BodyParams(
+            betas=params.betas + self.betas.to(params.betas),
+            global_orient=params.global_orient + self.global_orient[idx],
+            body_pose=params.body_pose + self.body_pose[idx],
+            left_hand_pose=params.left_hand_pose, right_hand_pose=params.right_hand_pose,
+            jaw_pose=params.jaw_pose, expression=params.expression,
+            transl=params.transl + self.transl[idx])
+
+    def prior_loss(self, frame_index: torch.Tensor, rot_sigma: float, transl_sigma: float,
+                   betas_sigma: float) -> torch.Tensor:
+        """Gaussian prior on the corrections of the batch's frames:
+        ``mean_b(|dθ_b|² / σ_rot² + |dt_b|² / σ_t²) + |dβ|² / σ_β²`` (dθ: global_orient and every
+        body joint, radians; dt metres; dβ in shape units). Scalar."""
+        idx = frame_index.long().to(self.global_orient.device)
+        rot = (self.global_orient[idx] ** 2).sum(-1) + (self.body_pose[idx] ** 2).sum((-1, -2))
+        tr = (self.transl[idx] ** 2).sum(-1)
+        return ((rot / rot_sigma ** 2 + tr / transl_sigma ** 2).mean()
+                + (self.betas ** 2).sum() / betas_sigma ** 2)
+
+    @torch.no_grad()
+    def refined_arrays(self, params: BodyParams) -> dict[str, np.ndarray]:
+        """The whole refined sequence as numpy arrays (``smplx`` names; T = len(params)),
+        plus the raw corrections under ``delta_*``."""
+        T = params.batch_size
+        idx = torch.arange(T)
+        out = {k: v for k, v in self.refine(params, idx).as_numpy().items()}
+        out.update({f"delta_{k}": getattr(self, k).detach().cpu().numpy()
+                    for k in ("global_orient", "body_pose", "transl", "betas")})
+        return out
+
+
+class RefinedMapRenderer:
+    """Renders the surface-dependent conditioning maps of refined parameters, differentiably.
+
+    Args:
+        body: the subject's body model.
+        K: (3,3) intrinsics of the S x S training crop (``crop_intrinsics``).
+        size: S.
+        expand_offset: metres of the expanded mesh (also render ``uv_expanded`` /
+            ``body_mask_expanded``), or None.
+        backend: rasterizer backend for the (constant) face ids.
+
+    Call with a :class:`BodyParams` batch -> dict ``uv (B,2,S,S)``, ``body_mask (B,1,S,S)`` and,
+    with ``expand_offset``, ``uv_expanded``, ``body_mask_expanded``; the UV maps carry gradients
+    to the parameters. Same values as :class:`ram_avatar.render.conditioning.ConditioningRenderer`
+    for the same parameters (up to float rounding).
+    """
+
+    def __init__(self, body: BodyModel, K: np.ndarray | torch.Tensor, size: int,
+                 expand_offset: float | None = None, backend: str = "auto") -> None:
+        self.body = body
+        self.K = torch.as_tensor(np.asarray(K), dtype=torch.float32)
+        self.size = int(size)
+        self.expand_offset = expand_offset
+        self.backend = backend
+        self.uv_corners = body.uv_coords[body.uv_faces]                      # (F,3,2)
+
+    def _maps(self, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        faces = self.body.faces
+        K = self.K.to(verts.device)
+        frags = rasterize(verts.detach(), faces, K, (self.size, self.size), backend=self.backend)
+        frags = differentiable_fragments(frags, verts, faces, K)
+        uv = interpolate(frags, self.uv_corners.to(verts), corner=True)     # (B,S,S,2)
+        mask = (frags.face_id >= 0).to(verts.dtype)[:, None]
+        return uv.permute(0, 3, 1, 2), mask
+
+    def __call__(self, params: BodyParams) -> dict[str, torch.Tensor]:
+        from ram_avatar.render.conditioning import vertex_normals
+
+        verts = self.body(params, return_vertices=True).vertices
+        uv, mask = self._maps(verts)
+        out = {"uv": uv, "body_mask": mask}
+        if self.expand_offset is not None:
+            normals = vertex_normals(verts, self.body.faces)
+            uv_e, mask_e = self._maps(verts + float(self.expand_offset) * normals)
+            out["uv_expanded"], out["body_mask_expanded"] = uv_e, mask_e
+        return out
+
+
+def save_refined_poses(path, refiner: PoseRefiner, params: BodyParams, step: int) -> None:
+    """Write the refined sequence (``smplx`` names, T frames, plus ``delta_*`` corrections and
+    ``step``) atomically as ``.npz`` (no pickles)."""
+    from ram_avatar.utils import atomic_path
+
+    arrays = refiner.refined_arrays(params.to(refiner.global_orient.device))
+    arrays["step"] = np.asarray(int(step))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def load_refined_poses(path) -> dict[str, np.ndarray] | None:
+    """Read ``refined_poses.npz`` written by :func:`save_refined_poses`; None when absent.
+
+    Raises:
+        ram_avatar.errors.CheckpointError: the file exists but cannot be read.
+    """
+    from pathlib import Path
+
+    from ram_avatar.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}); delete it to use the fitted poses") \
+            from None
