@@ -98,6 +98,19 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def cmd_doctor(a) -> int:
+    """What this machine can do (GPU, runtimes, rasterizers, models, weights) and how to fix
+    each missing piece."""
+    from ram_avatar.doctor import format_report, run_checks
+
+    report = run_checks()
+    if a.json:
+        _print_json(report)
+    else:
+        sys.stdout.write(format_report(report))
+    return 0
+
+
 def cmd_bench(a) -> int:
     """Benchmarks (speed and memory targets are checked here, never in timed tests)."""
     if a.what == "render":
@@ -191,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=20.0, help="training minutes")
     _add_device(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("doctor", help="what this machine can do (CUDA, ONNX Runtime, TensorRT, "
+                                       "rasterizers, MediaPipe, Anny, weights, virtual camera) "
+                                       "and the one line that fixes each missing piece")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("bench", help="benchmarks: render (components) or live (end to end)")
     p.add_argument("what", choices=["render", "live"])
