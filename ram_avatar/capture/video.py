@@ -1,7 +1,11 @@
 """Video decoding, probing and H.264 writing with PyAV.
 
 All frames handled here are RGB ``uint8`` arrays of shape ``(H, W, 3)`` (H rows, W columns,
-pixels). Frame indices count decoded frames from 0 in presentation order. Every failure a user
+pixels), upright: the stream's display matrix (the rotation/mirroring a phone records instead of
+turning its pixels, which every player applies) is applied when decoding, exactly as FFmpeg's
+``ffmpeg``/``ffplay`` apply it (``fftools`` ``autorotate``), so sizes, camera intrinsics,
+keypoints and overlays are all in the upright frame. Frame indices count decoded frames from 0
+in presentation order. Every failure a user
 can fix (missing file, not a video, truncated download, no video stream) raises
 :class:`ram_avatar.errors.VideoError` with a message that says what was wrong and what to do.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -50,9 +55,12 @@ class VideoInfo:
         frame_count: number of frames that can actually be decoded (counted by demuxing the
             stream's packets, leaving out packets that are cut off or marked discardable),
             which is what :func:`iter_frames` yields for the whole file.
-        width: frame width W in pixels.
-        height: frame height H in pixels.
+        width: frame width W in pixels, upright (after the display rotation).
+        height: frame height H in pixels, upright.
         duration_s: ``frame_count / fps`` in seconds.
+        rotation: counter-clockwise quarter turns x 90 (0, 90, 180, 270) applied to the stored
+            pixels to show them upright (from the stream's display matrix).
+        mirrored: a left-right mirror is applied after that rotation.
     """
 
     path: Path
@@ -61,6 +69,67 @@ class VideoInfo:
     width: int
     height: int
     duration_s: float
+    rotation: int = 0
+    mirrored: bool = False
+
+
+def _display_orientation(matrix) -> tuple[int, bool]:
+    """Upright transform of a display matrix as (counter-clockwise quarter turns k, mirror).
+
+    ``matrix``: FFmpeg's 9 int32 ``AV_FRAME_DATA_DISPLAYMATRIX`` (16.16 fixed point). The cases
+    follow FFmpeg's ``fftools`` (``get_rotation`` + the ``transpose``/``hflip``/``vflip`` filters
+    it inserts), so the picture comes out as FFmpeg-based players show it; the returned pair
+    means ``fliplr(rot90(stored, k))`` when mirror, else ``rot90(stored, k)``. Angles that are
+    not a multiple of 90 degrees are rounded to the nearest one (with a warning).
+    """
+    m = [int(v) for v in matrix]
+    a, b, c, d = (v / 65536.0 for v in (m[0], m[1], m[3], m[4]))
+    sx, sy = math.hypot(a, c), math.hypot(b, d)
+    if sx == 0 or sy == 0:
+        return 0, False
+    # av_display_rotation_get() is counter-clockwise; fftools' get_rotation() is clockwise
+    theta = -round(-math.degrees(math.atan2(b / sy, a / sx)))
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:                      # transpose=cclock_flip | clock
+        return (3, True) if m[3] > 0 else (3, False)
+    if abs(theta - 180) < 1:                     # hflip and/or vflip
+        h, v = m[0] < 0, m[4] < 0
+        return {(True, True): (2, False), (True, False): (0, True),
+                (False, True): (2, True), (False, False): (0, False)}[(h, v)]
+    if abs(theta - 270) < 1:                     # transpose=clock_flip | cclock
+        return (1, True) if m[3] < 0 else (1, False)
+    if abs(theta) < 1 or abs(theta - 360) < 1:   # vflip only
+        return (2, True) if m[4] < 0 else (0, False)
+    k = int(round(theta / 90.0)) % 4
+    log.warning("display rotation of %.1f degrees is not a multiple of 90; showing the video "
+                "rotated by %d degrees instead", theta, 90 * k)
+    return (-k) % 4, False
+
+
+def _frame_orientation(frame: av.VideoFrame) -> tuple[int, bool]:
+    """(k, mirror) of :func:`_display_orientation` for a decoded frame (identity without a
+    display matrix)."""
+    try:
+        sd = frame.side_data.get("DISPLAYMATRIX")
+    except Exception:  # noqa: BLE001 - no side data support / unreadable entry
+        sd = None
+    if sd is None:
+        return 0, False
+    raw = bytes(sd)
+    if len(raw) < 36:
+        return 0, False
+    return _display_orientation(np.frombuffer(raw[:36], dtype=np.int32))
+
+
+def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """Decoded frame -> upright (H, W, 3) uint8 RGB (display matrix applied)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    k, mirror = _frame_orientation(frame)
+    if k:
+        rgb = np.rot90(rgb, k)
+    if mirror:
+        rgb = rgb[:, ::-1]
+    return np.ascontiguousarray(rgb) if (k or mirror) else rgb
 
 
 def _open_input(path: str | os.PathLike
@@ -98,10 +167,11 @@ def _stream_rate(stream: av.video.VideoStream, path: Path) -> Fraction:
     raise VideoError(f"{path} has no frame rate in its video stream; {_FIX_HINT}.")
 
 
-def _decodes_a_frame(decode, path: Path) -> bool:
-    """Run ``decode()``; True when it returned a frame, VideoError on a decoder error."""
+def _decodes_a_frame(decode, path: Path) -> list:
+    """Run ``decode()``; the frames it returned (empty: none yet), VideoError on a decoder
+    error."""
     try:
-        return len(decode()) > 0
+        return list(decode())
     except av.error.FFmpegError as e:
         raise VideoError(
             f"{path}: decoding the first frame failed ({e}); the file is corrupt or truncated "
@@ -142,7 +212,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         # stops at the first cut-off/damaged packet, where iter_frames stops too.
         count = 0
         truncated = False
-        got_frame = False
+        got_frame: list = []
         try:
             for packet in container.demux(stream):
                 if packet.size and packet.is_corrupt:
@@ -161,13 +231,20 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             raise VideoError(
                 f"{path} contains no decodable video frames; it is empty, corrupt or was cut "
                 f"off before the end of the first frame — {_FIX_HINT}.")
+        k, mirror = _frame_orientation(got_frame[0])
+    if k % 2:
+        width, height = height, width
+    if k or mirror:
+        log.info("%s: stored %s with a display rotation of %d degrees%s; decoding it upright "
+                 "(%dx%d)", path, "sideways" if k % 2 else "rotated", 90 * k,
+                 " and a mirror" if mirror else "", width, height)
     if truncated or (header_count and count < header_count):
         log.warning("%s: the header lists %d frames but only the first %d are complete; the "
                     "file looks truncated — using those %d frames", path, header_count, count,
                     count)
     fps = float(rate)
     return VideoInfo(path=path, fps=fps, frame_count=count, width=width, height=height,
-                     duration_s=count / fps)
+                     duration_s=count / fps, rotation=90 * k, mirrored=mirror)
 
 
 def iter_frames(path: str | os.PathLike, start: int = 0, end: int | None = None
@@ -183,7 +260,7 @@ def iter_frames(path: str | os.PathLike, start: int = 0, end: int | None = None
         end: index one past the last frame to yield; None reads to the end of the stream.
 
     Yields:
-        (H, W, 3) uint8 RGB frames.
+        (H, W, 3) uint8 RGB frames, upright (the stream's display rotation/mirror applied).
 
     Raises:
         VideoError: the file cannot be opened (see :func:`probe_video`); decoding fails part
@@ -224,7 +301,7 @@ def iter_frames(path: str | os.PathLike, start: int = 0, end: int | None = None
                 break
             for frame in frames:
                 if index >= start:
-                    yield frame.to_ndarray(format="rgb24")
+                    yield _to_rgb(frame)
                 index += 1
                 if end is not None and index >= end:
                     return
@@ -236,7 +313,7 @@ def iter_frames(path: str | os.PathLike, start: int = 0, end: int | None = None
                 buffered = []
             for frame in buffered:
                 if index >= start:
-                    yield frame.to_ndarray(format="rgb24")
+                    yield _to_rgb(frame)
                 index += 1
                 if end is not None and index >= end:
                     return
