@@ -46,7 +46,8 @@ def cmd_capture(a) -> int:
 
     seq = capture(a.video, a.output, start=a.start, end=a.end, camera=a.camera,
                   body_model=a.body_model, model_path=a.model_path, device=a.device,
-                  overlay=not a.no_overlay, estimate_focal=a.estimate_focal)
+                  overlay=not a.no_overlay, estimate_focal=a.estimate_focal,
+                  overwrite=a.overwrite)
     _print_json(sequence_info(seq))
     return 0
 
@@ -151,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-model", default="anny", choices=["anny", "smplx"])
     p.add_argument("--model-path", default=None, help="directory with SMPLX_NEUTRAL.npz (smplx)")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
+    p.add_argument("--overwrite", nargs="?", const="move", default=None, choices=["move", "remove"],
+                   help="OUTPUT already holds a subject: replace it, moving its sequence, runs "
+                        "and export into OUTPUT/replaced-<time>/ (move, the default) or deleting "
+                        "them (remove), once the new capture has succeeded")
     _add_device(p)
     p.set_defaults(func=cmd_capture)
 

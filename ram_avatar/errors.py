@@ -32,3 +32,16 @@ class CheckpointError(RamAvatarError):
 
 class TrainingDivergedError(RamAvatarError):
     """Training produced a non-finite loss (NaN/Inf)."""
+
+
+class CaptureError(RamAvatarError):
+    """A capture cannot give a usable subject (too few valid frames, the output folder holds
+    another subject)."""
+
+
+class RunLockedError(RamAvatarError):
+    """Another live process holds the lock of the same run / subject folder."""
+
+
+class DiskFullError(RamAvatarError):
+    """The disk filled up while an output was written; nothing half-written is left behind."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, fields
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -290,6 +290,76 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
     if hand_max_torso_fraction is not None:
         kp = filter_hands_by_pose_wrist(kp, hand_max_torso_fraction)
     return kp, np.stack(masks)
+
+
+def find_small_person(frames: Sequence[np.ndarray], grid: tuple[int, int] = (3, 5)
+                      ) -> dict | None:
+    """Look for a person too small for the whole-frame pose detector, in zoomed-in crops.
+
+    MediaPipe's pose detector sees the whole frame shrunk to 256 x 256, so a person far from the
+    camera is missed. This runs MediaPipe Pose (static images, model_complexity=1) on a
+    ``grid`` (rows, columns) of overlapping square crops, each half the frame's shorter side,
+    of every given frame (about 0.5 s per 720p frame on a CPU). Only used to explain a failed
+    capture.
+
+    Args:
+        frames: a few (H, W, 3) uint8 RGB frames of the video.
+        grid: crop rows x columns.
+    Returns:
+        None when no crop of any frame shows a person; else dict ``frames`` (frames where a crop
+        found one), ``checked``, ``height`` (median person height / H, from the landmarks) and
+        ``box`` [x0, y0, x1, y1] px, the union of the found persons' landmark boxes.
+    """
+    import mediapipe as mp
+
+    found, heights, boxes = 0, [], []
+    with mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1) as pose:
+        for frame in frames:
+            H, W = frame.shape[:2]
+            side = max(32, min(H, W) // 2)
+            hit = False
+            for y0 in np.linspace(0, H - side, grid[0]).astype(int):
+                for x0 in np.linspace(0, W - side, grid[1]).astype(int):
+                    crop = np.ascontiguousarray(frame[y0:y0 + side, x0:x0 + side])
+                    lm = landmarks_to_pixels(pose.process(crop).pose_landmarks, NUM_POSE, side,
+                                             side, "visibility")
+                    if lm is None:
+                        continue
+                    pts = lm[lm[:, 2] > 0.5, :2] + (x0, y0)
+                    if len(pts) < 4:
+                        continue
+                    hit = True
+                    heights.append((pts[:, 1].max() - pts[:, 1].min()) / H)
+                    boxes.append((*pts.min(0), *pts.max(0)))
+                    break
+                if hit:
+                    break
+            found += hit
+    if not found:
+        return None
+    b = np.array(boxes)
+    return {"frames": found, "checked": len(frames), "height": float(np.median(heights)),
+            "box": [int(b[:, 0].min()), int(b[:, 1].min()), int(np.ceil(b[:, 2].max())),
+                    int(np.ceil(b[:, 3].max()))]}
+
+
+def too_small_error(small: dict, found: int, total: int, width: int, height: int
+                    ) -> NoPersonError:
+    """The :class:`NoPersonError` for a person that :func:`find_small_person` found only in
+    zoomed-in crops: says how large they are and gives an ffmpeg crop around them."""
+    x0, y0, x1, y1 = small["box"]
+    side = int(min(max(x1 - x0, y1 - y0) * 1.6, width, height))
+    side -= side % 2
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    cx0 = int(np.clip(cx - side // 2, 0, width - side))
+    cy0 = int(np.clip(cy - side // 2, 0, height - side))
+    return NoPersonError(
+        f"the person is too small to be tracked: the keypoint detector found a body in only "
+        f"{found} of {total} frames, but zooming in finds one about {small['height']:.0%} of the "
+        f"frame tall (in {small['frames']} of {small['checked']} sampled frames). The person "
+        f"should fill most of the frame height: record closer to the camera, or crop the "
+        f"video around the person, e.g. ffmpeg -i in.mp4 -vf crop={side}:{side}:{cx0}:{cy0} "
+        f"cropped.mp4 (then capture cropped.mp4).")
 
 
 def check_person_found(kp: Keypoints2D, min_fraction: float = 0.5) -> None:

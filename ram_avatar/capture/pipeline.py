@@ -3,10 +3,19 @@
 decode (PyAV) -> MediaPipe Holistic keypoints + selfie-segmentation masks -> person check ->
 body fit (one shape, per-frame pose, batched) -> reprojection errors -> head-local face
 template -> training crop -> write ``<subject>/sequence/`` atomically -> overlay video.
+
+One subject folder holds one sequence: capturing into a folder that already holds a subject
+(``sequence/``, ``runs/``, ``export/``, ``mda/``) is refused unless ``overwrite`` says whether to
+move the old ones aside (into ``replaced-<time>/``) or remove them, and that happens only once
+the new sequence is complete. A capture holds the subject's lock (``.capture.lock``), removes
+the temporary folders of a killed earlier capture, and turns a full disk into one
+:class:`~ram_avatar.errors.DiskFullError` that leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import shutil
 import tempfile
@@ -20,10 +29,12 @@ import torch
 from ram_avatar.body import load_body_model
 from ram_avatar.body.base import BodyModel, BodyParams
 from ram_avatar.capture.fitting import FitConfig, fit_sequence, reprojection_errors
-from ram_avatar.capture.keypoints import Keypoints2D, check_person_found, detect_keypoints
+from ram_avatar.capture.keypoints import (Keypoints2D, check_person_found, detect_keypoints,
+                                          find_small_person, too_small_error)
 from ram_avatar.capture.video import VideoWriter, iter_frames, probe_video
-from ram_avatar.errors import VideoError
+from ram_avatar.errors import CaptureError, DiskFullError, NoPersonError, VideoError
 from ram_avatar.io.camera import camera_for_video, undistort_points
+from ram_avatar.io.lock import FolderLock
 from ram_avatar.io.sequence import OVERLAY, SOURCE, FittedSequence
 from ram_avatar.render.conditioning import face_to_head_local, fill_invalid
 from ram_avatar.utils import progress, resolve_device, sha256_file
@@ -32,6 +43,154 @@ log = logging.getLogger(__name__)
 
 #: a frame is used for training when its body reprojection error is below this (bbox fraction)
 MAX_VALID_BODY_ERROR = 0.08
+#: capture fails when fewer than this fraction of the frames are valid (training needs them)
+MIN_VALID_FRACTION = 0.5
+#: folders of a subject derived from its sequence (replaced together with it)
+SUBJECT_PARTS = ("sequence", "runs", "export", "mda")
+#: ``capture(overwrite=...)`` choices
+OVERWRITE_MODES = ("move", "remove")
+
+
+def existing_subject_parts(subject_dir: str | Path) -> list[str]:
+    """Names of :data:`SUBJECT_PARTS` present in ``subject_dir`` (empty: a new subject)."""
+    d = Path(subject_dir)
+    return [n for n in SUBJECT_PARTS if (d / n).exists()]
+
+
+def check_output_folder(subject_dir: str | Path, overwrite: str | None) -> list[str]:
+    """Refuse to capture into a folder that already holds a subject, unless ``overwrite``.
+
+    Args:
+        subject_dir: the ``capture -o`` folder.
+        overwrite: None (refuse), ``"move"`` or ``"remove"`` (see :func:`capture`).
+    Returns:
+        the existing subject parts (to replace when the capture succeeds).
+    Raises:
+        CaptureError: the folder holds a subject and ``overwrite`` is None; or a bad mode.
+    """
+    if overwrite is not None and overwrite not in OVERWRITE_MODES:
+        raise CaptureError(f"overwrite must be one of {OVERWRITE_MODES}, got {overwrite!r}")
+    parts = existing_subject_parts(subject_dir)
+    if parts and overwrite is None:
+        what = ", ".join(f"{p}/" for p in parts)
+        src = ""
+        try:
+            m = json.loads((Path(subject_dir) / "sequence" / "manifest.json").read_text())
+            src = f" (captured from {m['source']['name']}, frames {m['source']['start']}-{m['source']['end']})"
+        except Exception:  # noqa: BLE001 - only for the message
+            pass
+        raise CaptureError(
+            f"{subject_dir} already holds a subject{src}: {what}. Its runs and export belong to "
+            "that sequence, so capturing another video into it would mix them up. Capture into "
+            "a new folder, or add --overwrite (moves the old sequence, runs and export into "
+            f"{subject_dir}/replaced-<time>/) or --overwrite remove (deletes them); either "
+            "happens only after the new capture succeeded.")
+    return parts
+
+
+def remove_stale_temporaries(subject_dir: str | Path) -> list[Path]:
+    """Remove ``.sequence.*`` folders left by a capture that was killed (kill -9, power loss).
+
+    Call only while holding the subject's capture lock (no other capture is writing them).
+
+    Returns:
+        the folders removed.
+    """
+    removed = []
+    d = Path(subject_dir)
+    if not d.is_dir():
+        return removed
+    for p in d.glob(".sequence.*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+            log.info("removed %s, left behind by an interrupted capture", p)
+    return removed
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` or an exception it wraps is 'no space left' / 'quota exceeded'."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def _folder_bytes(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) if d.is_dir() else 0
+
+
+def other_people(masks: np.ndarray, kp: Keypoints2D, min_area_ratio: float = 0.3,
+                 min_fraction: float = 0.2, step: int = 1) -> dict:
+    """Find person-sized regions of the segmentation outside the fitted person.
+
+    MediaPipe Holistic tracks one person, while selfie segmentation marks everyone. In each
+    (``step``-th) frame with a pose, the mask (> 50 %) is split into connected components
+    (OpenCV); the component overlapping the person's pose keypoint box most is the tracked
+    person; any other component with at least ``min_area_ratio`` of its area and lying mostly
+    outside that box counts as another person.
+
+    Args:
+        masks: (T, H, W) uint8 person masks, 0..255.
+        kp: keypoints of the T frames (pixels).
+        min_area_ratio: smallest area of another region relative to the tracked person.
+        min_fraction: fraction of the checked frames another person must be in to count as
+            persisting (brief passers-by are ignored).
+        step: check every ``step``-th frame (speed).
+    Returns:
+        dict ``frames`` (frames with another person), ``checked``, ``fraction``, ``persists``
+        (bool) and ``box`` [x0, y0, x1, y1] px: the union of the tracked person's keypoint
+        boxes over the frames with another person (what to crop to), or None.
+    """
+    import cv2
+
+    T = len(masks)
+    hits, checked = 0, 0
+    boxes = []
+    for t in range(0, T, max(1, step)):
+        if not kp.pose_valid[t]:
+            continue
+        vis = kp.pose[t, :, 2] > 0.5
+        if vis.sum() < 4:
+            continue
+        checked += 1
+        pts = kp.pose[t, vis, :2]
+        (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+        pad = 0.15 * max(x1 - x0, y1 - y0)
+        H, W = masks[t].shape
+        bx0, by0 = int(max(0, x0 - pad)), int(max(0, y0 - pad))
+        bx1, by1 = int(min(W, x1 + pad)) + 1, int(min(H, y1 + pad)) + 1
+        n, labels, stats, _ = cv2.connectedComponentsWithStats((masks[t] > 127).astype(np.uint8), connectivity=8)
+        if n <= 2:
+            continue
+        inside = np.bincount(labels[by0:by1, bx0:bx1].ravel(), minlength=n)
+        inside[0] = 0
+        me = int(np.argmax(inside))
+        if inside[me] == 0:
+            continue
+        area = stats[:, cv2.CC_STAT_AREA]
+        for c in range(1, n):
+            if c != me and area[c] >= min_area_ratio * area[me] and inside[c] < 0.5 * area[c]:
+                hits += 1
+                boxes.append((bx0, by0, bx1, by1))
+                break
+    frac = hits / checked if checked else 0.0
+    box = None
+    if boxes:
+        b = np.array(boxes)
+        box = [int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()), int(b[:, 3].max())]
+    return {"frames": hits, "checked": checked, "fraction": round(frac, 3),
+            "persists": bool(hits and frac >= min_fraction), "box": box}
 
 
 def undistort_keypoints(kp: Keypoints2D, K: np.ndarray, dist: np.ndarray) -> Keypoints2D:
@@ -147,7 +306,17 @@ def track_video(video: str | Path, body: BodyModel, start: int = 0, end: int | N
     cam = camera_for_video(info.width, info.height, camera)
     timings = {}
     kp, masks = detect_keypoints(iter_frames(video, start, end), total=end - start)
-    check_person_found(kp, min_person_fraction)
+    try:
+        check_person_found(kp, min_person_fraction)
+    except NoPersonError:
+        # a person far from the camera is missed by the whole-frame detector: look closer
+        picks = set(np.linspace(0, end - start - 1, min(3, end - start)).astype(int).tolist())
+        sample = [f for i, f in enumerate(iter_frames(video, start, start + max(picks) + 1)) if i in picks]
+        small = find_small_person(sample)
+        if small is not None:
+            raise too_small_error(small, int(kp.pose_valid.sum()), kp.num_frames, info.width,
+                                  info.height) from None
+        raise
     timings["keypoints_s"] = time.time() - t0
     kp_fit = undistort_keypoints(kp, cam["K"], cam["dist"])
     if estimate_focal and camera is None:
@@ -171,7 +340,9 @@ def track_video(video: str | Path, body: BodyModel, start: int = 0, end: int | N
 def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int | None = None,
             camera: str | Path | None = None, body_model: str = "anny", model_path=None,
             device: str = "auto", fit_config: FitConfig | None = None, overlay: bool = True,
-            min_person_fraction: float = 0.5, estimate_focal: bool = False) -> FittedSequence:
+            min_person_fraction: float = 0.5, estimate_focal: bool = False,
+            overwrite: str | None = None,
+            min_valid_fraction: float = MIN_VALID_FRACTION) -> FittedSequence:
     """Capture a subject from a monocular video.
 
     Args:
@@ -185,22 +356,43 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
         overlay: also write ``overlay.mp4``.
         min_person_fraction: fail when a person is found in fewer frames than this fraction.
         estimate_focal: without ``camera``, estimate the focal length from the video itself.
+        overwrite: when ``subject_dir`` already holds a subject: None refuses, ``"move"`` moves
+            its sequence, runs, export and mda into ``subject_dir/replaced-<time>/``,
+            ``"remove"`` deletes them (both only after the new sequence is complete).
+        min_valid_fraction: fail when fewer than this fraction of the frames have a usable
+            body fit (nothing is written then).
     Returns:
         The saved FittedSequence.
     Raises:
         VideoError: missing/corrupt video or an empty frame range.
-        NoPersonError: no person in most frames.
+        NoPersonError: no person in most frames (or the person is too small).
+        CaptureError: ``subject_dir`` holds a subject and no ``overwrite``; too few valid frames.
+        RunLockedError: another capture is writing into ``subject_dir``.
+        DiskFullError: the disk filled up while writing (nothing is left behind).
         ModelFileError: body-model files missing.
     All outputs are first written to a temporary directory next to the destination and moved
     into place only when everything succeeded: a failure leaves no half-written sequence.
     """
     t0 = time.time()
     video = Path(video)
+    subject_dir = Path(subject_dir)
+    check_output_folder(subject_dir, overwrite)  # fail before minutes of tracking
     dev = resolve_device(device)
     body = load_body_model(body_model, model_path=model_path, device=dev)
     tr = track_video(video, body, start, end, camera, dev, fit_config, estimate_focal, min_person_fraction)
     kp, errors, K, info, timings = tr.keypoints, tr.errors, tr.camera["K"], tr.info, tr.timings
     valid = kp.pose_valid & (np.nan_to_num(errors["body"], nan=1.0) < MAX_VALID_BODY_ERROR)
+    _check_valid_fraction(valid, kp, errors, min_valid_fraction, info)
+    others = other_people(tr.masks, kp, step=max(1, len(valid) // 100))
+    if others["persists"]:
+        x0, y0, x1, y1 = others["box"]
+        log.warning(
+            "another person-sized region is in %d of %d checked frames (%.0f%%) outside the person "
+            "being fitted: the fit follows one person, but the person masks (and so training) "
+            "include everyone. Trim the video to a part with one person (--start/--end), or crop "
+            "it to the fitted person, e.g. ffmpeg -i %s -vf crop=%d:%d:%d:%d cropped.mp4",
+            others["frames"], others["checked"], 100 * others["fraction"], video.name,
+            x1 - x0 + (x1 - x0) % 2, y1 - y0 + (y1 - y0) % 2, x0, y0)
 
     def med(a):
         a = a[~np.isnan(a)]
@@ -224,41 +416,106 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
             **{g: {"median": med(e), "per_frame": [None if np.isnan(x) else round(float(x), 5) for x in e]}
                for g, e in errors.items()}},
         "fit_config": (fit_config or FitConfig()).to_dict(),
+        "other_people": others,
         "timings": timings,
     }
     seq = FittedSequence(params=tr.params, keypoints=kp, valid=valid, face_local=tr.face_local,
                          manifest=manifest)
 
-    subject_dir = Path(subject_dir)
-    subject_dir.mkdir(parents=True, exist_ok=True)
+    created = not subject_dir.exists()
     final = subject_dir / "sequence"
-    tmp = Path(tempfile.mkdtemp(prefix=".sequence.", dir=subject_dir))
+    tmp = None
     try:
-        seq.save(tmp, masks=tr.masks)
-        shutil.copyfile(video, tmp / SOURCE)
-        if overlay:
-            t2 = time.time()
-            write_overlay(tmp / OVERLAY, video, tr.start, tr.end, info.fps, body, tr.params,
-                          tr.keypoints_fit, K)
-            timings["overlay_s"] = time.time() - t2
-        timings["total_s"] = time.time() - t0
-        seq.manifest["timings"] = timings
-        seq.save(tmp)
-        if final.exists():
-            old = subject_dir / f".sequence.old.{int(time.time())}"
-            final.rename(old)
+        with FolderLock(subject_dir, what="subject", name=".capture.lock"):
+            remove_stale_temporaries(subject_dir)
+            parts = check_output_folder(subject_dir, overwrite)  # again, under the lock
+            tmp = Path(tempfile.mkdtemp(prefix=".sequence.", dir=subject_dir))
+            seq.save(tmp, masks=tr.masks)
+            shutil.copyfile(video, tmp / SOURCE)
+            if overlay:
+                t2 = time.time()
+                write_overlay(tmp / OVERLAY, video, tr.start, tr.end, info.fps, body, tr.params,
+                              tr.keypoints_fit, K)
+                timings["overlay_s"] = time.time() - t2
+            timings["total_s"] = time.time() - t0
+            seq.manifest["timings"] = timings
+            seq.save(tmp)
+            _replace_subject(subject_dir, parts, overwrite)
             tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        written = _folder_bytes(tmp) if tmp is not None else 0
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            try:
+                subject_dir.rmdir()  # only when empty: nothing of ours is left
+            except OSError:
+                pass
+        if _is_disk_full(e):
+            src = video.stat().st_size
+            need = max(written, tr.masks.size // 20) + src * (2 if overlay else 1)
+            free = shutil.disk_usage(subject_dir if subject_dir.exists() else subject_dir.parent).free
+            intact = (f"the previous sequence in {final} is intact" if final.exists()
+                      else "nothing was written")
+            raise DiskFullError(
+                f"the disk is full: writing the captured sequence into {subject_dir} failed after "
+                f"{_mb(written)} ({e.__class__.__name__}: {e}). It needs about {_mb(need)} (source "
+                f"copy {_mb(src)}{', overlay video about as much' if overlay else ''}, masks and "
+                f"fit); {_mb(free)} are free there. {intact[0].upper() + intact[1:]}; free some "
+                "space (or use --no-overlay) and capture again.") from None
         raise
     seq.root = final
     log.info("captured %d frames (%d valid), body reprojection median %.4f of bbox height, in %.0f s",
              seq.num_frames, valid.sum(), manifest["reprojection_error"]["body"]["median"] or float("nan"),
              timings["total_s"])
     return seq
+
+
+def _check_valid_fraction(valid: np.ndarray, kp: Keypoints2D, errors: dict,
+                          min_fraction: float, info) -> None:
+    """Raise :class:`CaptureError` when fewer than ``min_fraction`` of the frames are valid."""
+    T = len(valid)
+    n = int(valid.sum())
+    if T and n >= min_fraction * T:
+        return
+    found = int(kp.pose_valid.sum())
+    fit_ok = int((kp.pose_valid & (np.nan_to_num(errors["body"], nan=1.0) < MAX_VALID_BODY_ERROR)).sum())
+    hint = ("the person was found in most frames but the body fit does not match them: is the "
+            "person upright, whole and unoccluded? " if found >= min_fraction * T else
+            "MediaPipe found the person in too few frames: ")
+    raise CaptureError(
+        f"only {n} of {T} frames ({n / max(T, 1):.0%}) have a usable body fit (a person found in "
+        f"{found}, a body reprojection error below {MAX_VALID_BODY_ERROR:.0%} of the person's "
+        f"height in {fit_ok}); training needs at least {min_fraction:.0%}. Nothing was written. "
+        f"{hint}Record the whole body in view, in good light, with one person facing the camera, "
+        f"or trim the video to the part where that holds (--start/--end). The video was decoded "
+        f"as {info.width}x{info.height}"
+        + (f" after applying its {info.rotation} degree display rotation" if info.rotation else "")
+        + ".")
+
+
+def _replace_subject(subject_dir: Path, parts: list[str], overwrite: str | None) -> None:
+    """Move the old subject ``parts`` aside (``replaced-<time>/``) or remove them."""
+    if not parts:
+        return
+    if overwrite == "remove":
+        for name in parts:
+            p = subject_dir / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        log.warning("removed the previous subject's %s from %s", ", ".join(parts), subject_dir)
+        return
+    dest = subject_dir / time.strftime("replaced-%Y%m%d-%H%M%S")
+    n = 1
+    while dest.exists():
+        dest = dest.with_name(f"{dest.name.split('.')[0]}.{n}")
+        n += 1
+    dest.mkdir()
+    for name in parts:
+        (subject_dir / name).rename(dest / name)
+    log.warning("moved the previous subject's %s to %s", ", ".join(parts), dest)
 
 
 def sequence_info(seq: FittedSequence) -> dict:
