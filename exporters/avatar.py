@@ -9,7 +9,7 @@ renderer v1 the conditioning maps ``uv (B,2,S,S)``, ``body_mask (B,1,S,S)``, ``h
 ``prev_uv``/``prev_body_mask`` (temporal attention), minus what its ablation switches remove.
 Output ``rgb (B,3,S,S)`` in [0, 1], dynamic batch. Texture sampling, dual attention, branches,
 generator and background compositing are all in the one graph. Parity is measured on real
-conditioning maps of the subject's held-out frames.
+conditioning maps of the subject's held-out frames (the run's split.json, io.split).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from torch import nn
 
 from exporters.onnx_export import export_onnx
 from ram_avatar.io.sequence import load_sequence
+from ram_avatar.io.subject import Subject
 from ram_avatar.training.data import (add_previous_maps, map_render_options, maps_to_float,
-                                      render_sequence_maps, split_frames)
+                                      render_sequence_maps)
 from ram_avatar.training.run import load_renderer
 from ram_avatar.utils import atomic_write_text, sha256_file
 
@@ -62,7 +63,8 @@ def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int
     model, info = load_renderer(subject_dir, run_name)
     seq = load_sequence(subject_dir)
     S = info["config"].model.resolution
-    _, val = split_frames(seq, info["config"].val_fraction)
+    split = Subject(subject_dir).run(run_name).split(seq)  # the run's split.json
+    val = split.val
     frames = (val if len(val) else np.arange(seq.num_frames))[:parity_frames]
     wrapper = RendererExport(model).eval()
     offset = info["config"].model.expand_offset
@@ -80,7 +82,7 @@ def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int
         "variant": info["config"].model.variant, "expand_offset": offset,
         "checkpoint": str(info["checkpoint"]), "checkpoint_step": info["step"],
         "checkpoint_sha256": sha256_file(info["checkpoint"]),
-        "parity_frames": [int(f) for f in frames],
+        "parity_frames": [int(f) for f in frames], "split": split.method,
     })
     if tensorrt:
         from exporters.tensorrt import build_engine

@@ -46,8 +46,7 @@ def cmd_capture(a) -> int:
 
     seq = capture(a.video, a.output, start=a.start, end=a.end, camera=a.camera,
                   body_model=a.body_model, model_path=a.model_path, device=a.device,
-                  overlay=not a.no_overlay, estimate_focal=a.estimate_focal,
-                  overwrite=a.overwrite)
+                  overlay=not a.no_overlay, estimate_focal=a.estimate_focal)
     _print_json(sequence_info(seq))
     return 0
 
@@ -69,7 +68,7 @@ def cmd_train(a) -> int:
     from ram_avatar.training.run import train_subject
 
     summary = train_subject(a.subject, preset=a.preset, steps=a.steps, minutes=a.minutes,
-                            run_name=a.run, device=a.device, overrides=a.set)
+                            run_name=a.run, device=a.device, overrides=a.set, holdout=a.holdout)
     _print_json(summary)
     return 0
 
@@ -87,7 +86,8 @@ def cmd_evaluate(a) -> int:
     from ram_avatar.eval.evaluate import evaluate_subject
 
     _print_json(evaluate_subject(a.subject, run_name=a.run, device=a.device,
-                                 lpips_weights=a.lpips_weights, mda=a.mda, source=a.source))
+                                 lpips_weights=a.lpips_weights, mda=a.mda, source=a.source,
+                                 split=a.split))
     return 0
 
 
@@ -120,6 +120,15 @@ def cmd_bench(a) -> int:
         _print_json(bench_render(resolutions=tuple(a.resolution or (256, 512, 1024)), device=a.device,
                                  preset=a.preset or "paper-1024", onnx=not a.no_onnx,
                                  train_step=a.train_step))
+    elif a.what == "quality":
+        if a.subject is None:
+            raise RamAvatarError("ram-avatar bench quality needs SUBJECT_DIR")
+        from ram_avatar.bench_quality import bench_quality
+
+        _print_json(bench_quality(a.subject, minutes=a.minutes or [2, 5, 10, 20],
+                                  preset=a.preset or "cpu-256", overrides=a.set,
+                                  holdout=a.holdout or "tail", out=a.out,
+                                  run_prefix=a.run_prefix, device=a.device))
     else:
         if a.subject is None:
             raise RamAvatarError("ram-avatar bench live needs SUBJECT_DIR")
@@ -152,10 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-model", default="anny", choices=["anny", "smplx"])
     p.add_argument("--model-path", default=None, help="directory with SMPLX_NEUTRAL.npz (smplx)")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
-    p.add_argument("--overwrite", nargs="?", const="move", default=None, choices=["move", "remove"],
-                   help="OUTPUT already holds a subject: replace it, moving its sequence, runs "
-                        "and export into OUTPUT/replaced-<time>/ (move, the default) or deleting "
-                        "them (remove), once the new capture has succeeded")
     _add_device(p)
     p.set_defaults(func=cmd_capture)
 
@@ -172,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default="default", help="run name under SUBJECT/runs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set batch_size=4 (repeatable)")
+    p.add_argument("--holdout", default=None, choices=["tail", "segment"],
+                   help="held-out frames of a new run, decided once and written to "
+                        "runs/RUN/split.json: tail = the last val_fraction of the video (default), "
+                        "segment = the contiguous block of poses farthest from the rest (training "
+                        "excludes it and a short guard band); a resumed run keeps its own")
     _add_device(p)
     p.set_defaults(func=cmd_train)
 
@@ -201,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips-weights", default=None, help="AlexNet ImageNet weights for LPIPS")
     p.add_argument("--mda", action="store_true", help="motion-alignment metrics (needs --source)")
     p.add_argument("--source", default=None, help="driving video for --mda")
+    p.add_argument("--split", default=None, choices=["tail", "segment"],
+                   help="held-out frames to evaluate (default: the run's own split from its "
+                        "split.json; another split may include trained frames: metrics.json then "
+                        "has a split_note)")
     _add_device(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -216,14 +230,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("bench", help="benchmarks: render (components) or live (end to end)")
-    p.add_argument("what", choices=["render", "live"])
-    p.add_argument("subject", nargs="?", default=None, help="subject directory (bench live)")
+    p = sub.add_parser("bench", help="benchmarks: render (components), live (end to end) or "
+                                      "quality (held-out metrics against training minutes)")
+    p.add_argument("what", choices=["render", "live", "quality"])
+    p.add_argument("subject", nargs="?", default=None, help="subject directory (bench live / quality)")
     p.add_argument("--resolution", type=int, action="append", default=None, help="repeatable")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torch", "tensorrt"])
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--preset", default=None,
-                   help="bench render: training preset of the renderer (default paper-1024)")
+                   help="bench render: training preset of the renderer (default paper-1024); "
+                        "bench quality: training preset (default cpu-256)")
+    p.add_argument("--minutes", type=float, nargs="+", default=None, metavar="M",
+                   help="bench quality: training budgets in minutes, one run resumed at each "
+                        "(default 2 5 10 20)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="bench quality: training config override (repeatable)")
+    p.add_argument("--holdout", default=None, choices=["tail", "segment"],
+                   help="bench quality: held-out split (default tail)")
+    p.add_argument("--out", default=None,
+                   help="bench quality: output folder (default SUBJECT/runs/RUN/quality)")
+    p.add_argument("--run-prefix", default="bench-quality",
+                   help="bench quality: run name prefix; the run is PREFIX-PRESET-HOLDOUT (a "
+                        "number is added when it exists)")
     p.add_argument("--train-step", action="store_true",
                    help="bench render: also time one forward+backward and report its peak memory")
     p.add_argument("--no-onnx", action="store_true",

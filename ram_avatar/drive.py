@@ -22,9 +22,10 @@ from ram_avatar.capture.pipeline import track_video
 from ram_avatar.capture.video import VideoWriter, iter_frames
 from ram_avatar.errors import RamAvatarError
 from ram_avatar.io.sequence import load_sequence
+from ram_avatar.io.subject import Subject
 from ram_avatar.runtime.retarget import load_driver_betas, retarget
 from ram_avatar.training.data import (add_previous_maps, map_render_options, maps_to_float,
-                                      render_sequence_maps, split_frames)
+                                      render_sequence_maps)
 from ram_avatar.utils import progress, resolve_device
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class RendererBackend:
 
     def __init__(self, subject_dir: Path, backend: str, run_name: str, device: torch.device):
         self.kind = backend
+        self.run = Subject(subject_dir).run(run_name)  # whose split.json says what was trained on
         if backend == "onnx":
             from ram_avatar.runtime.engines import OnnxRunner
 
@@ -50,6 +52,7 @@ class RendererBackend:
                 raise RamAvatarError(f"{path} not found: run `ram-avatar export {subject_dir}` "
                                      "first, or use --backend torch")
             meta = json.loads((subject_dir / "export" / "export.json").read_text())
+            self.run = Subject(subject_dir).run(meta.get("run", run_name))  # the exported run
             self.resolution = int(meta["resolution"])
             self.expand_offset = float(meta.get("expand_offset", 0.01))
             self.runner = OnnxRunner(path)
@@ -145,7 +148,7 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
     drv = tracked.params
     if driver is not None:
         drv.betas = load_driver_betas(driver, body)
-    train_idx, _ = split_frames(seq)
+    train_idx = engine.run.split(seq).train  # the run's split.json
     mask = np.zeros(seq.num_frames, bool)
     mask[train_idx] = True
     target, face_local, info = retarget(drv, seq.params, body, tracked.face_local, seq.face_local, mask)
@@ -238,7 +241,8 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
     stats_path = stem.parent / f"{stem.name}.render_stats.json"
     sheet_path = stem.parent / f"{stem.name}.contact.png"
     # the subject's own held-out poses, rendered as the driven ones (in-distribution reference)
-    train_idx, val_idx = split_frames(seq)
+    split = engine.run.split(seq)  # the run's split.json: what training held out
+    train_idx, val_idx = split.train, split.val
     held = render_sequence_maps(seq, val_idx, S, body=body, desc="maps (held-out reference)",
                                 **engine.render_options())
     if any(n.startswith("prev_") for n in engine.input_names):

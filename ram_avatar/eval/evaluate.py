@@ -1,8 +1,11 @@
 """``ram-avatar evaluate``: image metrics of the trained renderer on held-out frames (Sec. 4.2).
 
-The held-out frames are the last ``val_fraction`` of the capture (never trained on). For each,
-the renderer gets that frame's conditioning maps and the mean style code (test-time setting);
-its output is compared with the real cropped frame:
+The held-out frames are the run's own split (``runs/<run>/split.json``, decided once by
+``train``: ``tail`` = the last ``val_fraction`` of the capture, ``segment`` = the contiguous block
+of poses farthest from the rest; see ram_avatar.io.split), never trained on. ``--split`` asks
+for the other split's frames: they may have been trained on, which ``split_note`` says. For each
+frame, the renderer gets that frame's conditioning maps and the mean style code (test-time
+setting); its output is compared with the real cropped frame:
 
 - ``psnr``, ``ssim`` over the whole crop; ``psnr_masked``, ``ssim_masked`` inside the person
   mask (selfie segmentation);
@@ -30,8 +33,10 @@ import torch
 
 from ram_avatar.eval.metrics import load_lpips, psnr, ssim, temporal_lpips, temporal_stability
 from ram_avatar.io.sequence import load_sequence
-from ram_avatar.training.data import SubjectDataset, split_frames
-from ram_avatar.training.run import load_renderer, run_dir
+from ram_avatar.io.split import Split, decide_split
+from ram_avatar.io.subject import Subject
+from ram_avatar.training.data import SubjectDataset
+from ram_avatar.training.run import load_renderer
 from ram_avatar.utils import atomic_write_text, resolve_device
 
 log = logging.getLogger(__name__)
@@ -54,55 +59,110 @@ def predict(model, dataset: SubjectDataset, device, batch: int = 4) -> tuple[tor
     return torch.cat(preds), torch.cat(reals), torch.cat(masks)
 
 
-def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device: str = "auto",
-                     lpips_weights: str | None = None, mda: bool = False, source: str | None = None) -> dict:
-    """Evaluate a trained run on its held-out frames; writes ``<run>/metrics.json``.
+def image_metrics(pred: torch.Tensor, real: torch.Tensor, person_mask: torch.Tensor,
+                  frame_indices, lp=None, device="cpu") -> dict:
+    """The image metrics of ``evaluate`` (module docstring) for rendered held-out frames.
 
+    Args:
+        pred, real: (N,3,S,S) float in [0, 1]; person_mask: (N,1,S,S) in [0, 1] (> 0.5 = person).
+        frame_indices: (N,) frame indices; temporal metrics need consecutive frames.
+        lp: LPIPS network (eval.metrics.load_lpips) or None (then lpips/tlpips are None).
+        device: device of the FID network.
     Returns:
-        dict with psnr, ssim, psnr_masked, ssim_masked, lpips, tlpips, temporal_stability,
-        frames, step (and the motion-alignment metrics when ``mda``).
-    Raises:
-        CheckpointError: nothing trained; SequenceFormatError: no capture.
+        dict: frames, frame_indices, psnr, ssim, psnr_masked, ssim_masked (dB / [0, 1]), lpips,
+        tlpips, temporal_stability, fid (None where not computable) and the notes explaining
+        a None (``lpips_note``, ``fid_note``).
     """
-    subject_dir = Path(subject_dir)
-    dev = resolve_device(device)
-    seq = load_sequence(subject_dir)
-    model, info = load_renderer(subject_dir, run_name, dev)
-    cfg = info["config"]
-    _, val = split_frames(seq, cfg.val_fraction)
-    ds = SubjectDataset(seq, val, cfg.model.resolution, extras=cfg.model.data_extras(),
-                        expand_offset=cfg.model.expand_offset)
-    pred, real, mask = predict(model, ds, dev)
-    m = (mask > 0.5).float()
-    lp = load_lpips("alex", backbone_path=lpips_weights, device="cpu")
-    consecutive = np.all(np.diff(val) == 1) and len(val) > 1
     from ram_avatar.eval.fid import compute_fid_with_note
 
+    val = np.asarray(frame_indices, dtype=np.int64)
+    m = (person_mask > 0.5).float()
+    consecutive = bool(np.all(np.diff(val) == 1)) and len(val) > 1
     # FID on the few held-out frames is a high-variance, upward-biased estimate: compare only
     # runs evaluated on the same frames (see ram_avatar/eval/fid.py).
-    fid, fid_note = compute_fid_with_note(pred, real, device=dev)
+    fid, fid_note = compute_fid_with_note(pred, real, device=device)
     res = {
-        "frames": len(val), "frame_indices": [int(v) for v in val], "step": info["step"],
+        "frames": len(val), "frame_indices": [int(v) for v in val],
         "psnr": float(psnr(pred, real).mean()), "ssim": float(ssim(pred, real).mean()),
         "psnr_masked": float(psnr(pred, real, m).mean()), "ssim_masked": float(ssim(pred, real, m).mean()),
         "lpips": float(lp(pred, real).mean()) if lp is not None else None,
         "tlpips": float(temporal_lpips(lp, pred, real)) if (lp is not None and consecutive) else None,
         "temporal_stability": float(temporal_stability(pred, real)) if consecutive else None,
         "fid": fid,
-        "resolution": cfg.model.resolution, "preset": cfg.preset,
     }
     if lp is None:
         res["lpips_note"] = ("ImageNet AlexNet weights not found (alexnet-owt-7be5be79.pth): pass "
                              "--lpips-weights or put them in $RAM_AVATAR_WEIGHTS / the torch hub cache")
     if fid_note is not None:
         res["fid_note"] = fid_note
+    return res
+
+
+def evaluation_split(run_split: Split, seq, split: str | None = None) -> tuple[Split, str | None]:
+    """The frames to evaluate: the run's own split, or the ``split`` method asked for.
+
+    Args:
+        run_split: the run's training split (:meth:`ram_avatar.io.subject.Run.split`).
+        seq: the subject's FittedSequence.
+        split: ``tail`` | ``segment`` | None (None: the run's own).
+    Returns:
+        (split, note): ``note`` is None for the run's own split, else a sentence saying how
+        many of the evaluated frames the run trained on.
+    """
+    if split is None or split == run_split.method:
+        return run_split, None
+    other = decide_split(seq, split, run_split.val_fraction)
+    trained = np.intersect1d(other.val, run_split.train)
+    note = (f"evaluated on the {split!r} split's held-out frames, but this run was trained with the "
+            f"{run_split.method!r} split: {len(trained)} of the {len(other.val)} evaluated frames "
+            "were trained on, so these numbers do not measure generalisation to unseen frames "
+            "alone; train a run with --holdout " + split + " for that")
+    return other, note
+
+
+def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device: str = "auto",
+                     lpips_weights: str | None = None, mda: bool = False, source: str | None = None,
+                     split: str | None = None) -> dict:
+    """Evaluate a trained run on its held-out frames; writes ``<run>/metrics.json``.
+
+    Args:
+        split: ``tail`` | ``segment`` | None: which held-out frames (None: the run's own split,
+            read from its split.json; another one is computed anyway, with a ``split_note``).
+    Returns:
+        dict with psnr, ssim, psnr_masked, ssim_masked, lpips, tlpips, temporal_stability,
+        fid, frames, frame_indices, step, ``split`` (method), ``split_val_fraction``,
+        ``run_split`` (the run's training split method), ``split_note`` when they differ (and
+        the motion-alignment metrics when ``mda``).
+    Raises:
+        CheckpointError: nothing trained; SequenceFormatError: no capture; SplitError: a
+        damaged split.json or one that does not fit the subject.
+    """
+    subject_dir = Path(subject_dir)
+    dev = resolve_device(device)
+    seq = load_sequence(subject_dir)
+    run = Subject(subject_dir).run(run_name)
+    model, info = load_renderer(subject_dir, run_name, dev)
+    cfg = info["config"]
+    run_split = run.split(seq)
+    ev, split_note = evaluation_split(run_split, seq, split)
+    val = ev.val
+    ds = SubjectDataset(seq, val, cfg.model.resolution, extras=cfg.model.data_extras(),
+                        expand_offset=cfg.model.expand_offset)
+    pred, real, mask = predict(model, ds, dev)
+    lp = load_lpips("alex", backbone_path=lpips_weights, device="cpu")
+    res = {"step": info["step"], **image_metrics(pred, real, mask, val, lp, dev),
+           "resolution": cfg.model.resolution, "preset": cfg.preset,
+           "split": ev.method, "split_val_fraction": ev.val_fraction,
+           "run_split": run_split.method}
+    if split_note is not None:
+        res["split_note"] = split_note
     if mda:
         if source is None:
             from ram_avatar.errors import RamAvatarError
 
             raise RamAvatarError("--mda needs --source VIDEO (the driving video to measure)")
         res["mda"] = evaluate_mda(subject_dir, source, device=dev)
-    out = run_dir(subject_dir, run_name) / "metrics.json"
+    out = run.metrics_path
     atomic_write_text(out, json.dumps(res, indent=1))
     res["metrics_file"] = str(out)
     return res

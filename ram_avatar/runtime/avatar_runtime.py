@@ -37,7 +37,6 @@ functions, see :mod:`ram_avatar.runtime.tracking`).
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import re
 import time
@@ -53,6 +52,7 @@ from ram_avatar.body.base import BodyModel, BodyParams
 from ram_avatar.errors import CheckpointError, RamAvatarError
 from ram_avatar.io.camera import default_intrinsics, load_camera, undistort_points
 from ram_avatar.io.sequence import load_sequence
+from ram_avatar.io.subject import Subject
 from ram_avatar.render.conditioning import (
     ConditioningRenderer,
     crop_intrinsics,
@@ -404,14 +404,13 @@ def _expand_offset(subject_dir: Path, run_name: str) -> float:
 
 
 def _train_mask(subject_dir: Path, seq, run_name: str) -> np.ndarray:
-    """Frames the renderer was trained on (the run's split.json), else the valid frames."""
-    split = subject_dir / "runs" / run_name / "split.json"
+    """Frames the renderer was trained on (the run's split, :meth:`Run.split`), else the valid
+    frames when the split cannot be read."""
     mask = np.zeros(seq.num_frames, bool)
     try:
-        idx = np.asarray(json.loads(split.read_text())["train"], dtype=np.int64)
-        idx = idx[(idx >= 0) & (idx < seq.num_frames)]
-        mask[idx] = True
-    except (OSError, ValueError, KeyError, TypeError):
+        mask[Subject(subject_dir).run(run_name).split(seq).train] = True
+    except RamAvatarError as e:
+        log.warning("%s; retargeting to all valid frames", e)
         mask = seq.valid.copy()
     return mask if mask.any() else np.ones(seq.num_frames, bool)
 

@@ -1,38 +1,170 @@
 """Subject-level training entry points: ``ram-avatar train`` and loading trained renderers.
 
-A run lives in ``<subject>/runs/<name>/`` with ``config.yaml``, ``checkpoints/``, TensorBoard
-events and preview PNGs (see training.trainer). Training holds out the last ``val_fraction``
-of the captured frames (default 10 %) for validation and evaluation.
+A run lives in ``<subject>/runs/<name>/`` (:class:`ram_avatar.io.subject.Run`) with
+``config.yaml``, ``checkpoints/``, ``split.json``, TensorBoard events and preview PNGs (see
+training.trainer). The held-out split is decided once, at the first ``train`` of a run
+(``--holdout tail|segment``, io.split), and written to ``split.json`` before training starts;
+every later command (resume, evaluate, export, drive, the live runtime, the benches) reads it
+back with :meth:`Run.split`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ram_avatar.errors import CheckpointError
-from ram_avatar.io.sequence import load_sequence
+from ram_avatar.io.sequence import FittedSequence, load_sequence
+from ram_avatar.io.split import Split, SplitError, decide_split
+from ram_avatar.io.subject import DEFAULT_RUN, Run, Subject
 from ram_avatar.models.renderer import AvatarRenderer
-from ram_avatar.training.checkpoint import latest_checkpoint, load_checkpoint
-from ram_avatar.training.config import apply_overrides, get_preset, load_config
-from ram_avatar.training.data import SubjectDataset, split_frames
+from ram_avatar.training.checkpoint import load_checkpoint
+from ram_avatar.training.config import TrainConfig, apply_overrides, get_preset, load_config
+from ram_avatar.training.data import SubjectDataset
 from ram_avatar.training.trainer import required_extras, train
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RUN = "default"
-
 
 def run_dir(subject_dir: str | Path, name: str = DEFAULT_RUN) -> Path:
-    return Path(subject_dir) / "runs" / name
+    """``<subject>/runs/<name>`` (:attr:`ram_avatar.io.subject.Run.dir`)."""
+    return Subject(subject_dir).run(name).dir
+
+
+def resolve_config(run: Run, preset: str = "cpu-256", overrides: list[str] | None = None) -> TrainConfig:
+    """The run's config.yaml when it exists (resuming keeps the run's config), else ``preset``;
+    then ``overrides`` (``key=value``).
+
+    Raises:
+        ConfigError: unknown preset, bad config.yaml or bad overrides.
+    """
+    if run.config_path.is_file():
+        config = load_config(run.config_path)
+        log.info("resuming run %s (config from %s)", run.dir, run.config_path)
+    else:
+        config = get_preset(preset)
+    if overrides:
+        config = apply_overrides(config, overrides)
+    return config
+
+
+def resolve_split(run: Run, seq: FittedSequence, config: TrainConfig, holdout: str | None = None,
+                  body=None) -> Split:
+    """The run's held-out split: decided and written to ``split.json`` at the run's first
+    ``train``, read back on every later one.
+
+    Args:
+        run: the training run.
+        seq: the subject's sequence.
+        config: the resolved config (its ``val_fraction`` decides a new split).
+        holdout: ``tail`` | ``segment`` | None (None: the run's own split, ``tail`` for a new run).
+        body: body model for the ``segment`` split (loaded when None).
+    Returns:
+        the :class:`Split` training uses. A run written by an older version (no split.json, or
+        one without a method) is read as the ``tail`` split and its split.json is rewritten in
+        the current layout (same frames).
+    Raises:
+        SplitError: ``holdout`` or ``config.val_fraction`` conflicts with the run's recorded split.
+    """
+    if run.split_path.is_file() or run.latest_checkpoint() is not None:
+        split = run.split(seq)
+        if holdout is not None and holdout != split.method:
+            raise SplitError(
+                f"run {run.dir} holds out frames with the {split.method!r} split (its split.json); "
+                f"--holdout {holdout} conflicts with it. Train a new run (--run NAME) to use "
+                f"the {holdout!r} split")
+        if abs(float(config.val_fraction) - split.val_fraction) > 1e-9:
+            raise SplitError(
+                f"run {run.dir} was split with val_fraction {split.val_fraction:g}; "
+                f"val_fraction={config.val_fraction:g} conflicts with it. Train a new run "
+                "(--run NAME) for another fraction")
+        if not run.has_split():
+            run.write_split(split)
+            log.info("%s: recorded the run's split in the current layout", run.split_path)
+        return split
+    split = decide_split(seq, holdout or "tail", config.val_fraction, body=body)
+    run.write_split(split)
+    log.info("%s: %s", run.split_path, split.describe())
+    return split
+
+
+def build_datasets(seq: FittedSequence, split: Split, config: TrainConfig, backend: str = "auto",
+                   body=None) -> tuple[SubjectDataset, SubjectDataset | None]:
+    """Training and validation datasets of a split, with the maps ``config`` needs.
+
+    Args:
+        seq: the subject's sequence; split: its held-out split; config: the training config.
+        backend: rasterizer backend; body: the body model (loaded once when None).
+    Returns:
+        (train_set over ``split.train`` with :func:`required_extras`, val_set over ``split.val``
+        with the renderer's own inputs only (no discriminator neighbours or hand boxes), or
+        None when nothing is held out).
+    """
+    if body is None:
+        from ram_avatar.body import load_body_model
+
+        bm = seq.manifest["body_model"]
+        body = load_body_model(bm["name"], model_path=bm.get("model_path"))
+    S = config.model.resolution
+    offset = config.model.expand_offset
+    train_set = SubjectDataset(seq, split.train, S, backend=backend, body=body,
+                               extras=required_extras(config), expand_offset=offset)
+    val_set = SubjectDataset(seq, split.val, S, backend=backend, body=body,
+                             extras=config.model.data_extras(),
+                             expand_offset=offset) if len(split.val) else None
+    return train_set, val_set
+
+
+@dataclass
+class TrainingSetup:
+    """Everything :func:`train` needs for one subject's run (see :func:`prepare_training`)."""
+
+    seq: FittedSequence
+    run: Run
+    config: TrainConfig
+    split: Split
+    train_set: SubjectDataset
+    val_set: SubjectDataset | None
+
+
+def prepare_training(subject_dir: str | Path, preset: str = "cpu-256", run_name: str = DEFAULT_RUN,
+                     overrides: list[str] | None = None, holdout: str | None = None,
+                     backend: str = "auto") -> TrainingSetup:
+    """Load the subject, resolve the run's config and split (written before any training) and
+    build the datasets (:func:`resolve_config`, :func:`resolve_split`, :func:`build_datasets`).
+
+    Raises:
+        SequenceFormatError, ConfigError, SplitError (see :func:`train_subject`).
+    """
+    from ram_avatar.body import load_body_model
+
+    seq = load_sequence(subject_dir)
+    run = Subject(subject_dir).run(run_name)
+    config = resolve_config(run, preset, overrides)
+    bm = seq.manifest["body_model"]
+    body = load_body_model(bm["name"], model_path=bm.get("model_path"))
+    split = resolve_split(run, seq, config, holdout, body=body)
+    log.info("subject %s: %s", subject_dir, split.describe())
+    train_set, val_set = build_datasets(seq, split, config, backend=backend, body=body)
+    return TrainingSetup(seq, run, config, split, train_set, val_set)
+
+
+def split_summary(split: Split) -> dict:
+    """Short JSON-able description of a split (method, fraction, frame counts, block)."""
+    out = {"method": split.method, "val_fraction": split.val_fraction, "guard": split.guard,
+           "train_frames": int(len(split.train)), "val_frames": int(len(split.val))}
+    if "block" in split.info:
+        out["block"] = split.info["block"]
+    return out
 
 
 def train_subject(subject_dir: str | Path, preset: str = "cpu-256", steps: int | None = None,
                   minutes: float | None = None, run_name: str = DEFAULT_RUN, device: str = "auto",
-                  overrides: list[str] | None = None, backend: str = "auto") -> dict:
+                  overrides: list[str] | None = None, backend: str = "auto",
+                  holdout: str | None = None) -> dict:
     """Train (or resume) the avatar renderer of a captured subject.
 
     Args:
@@ -44,33 +176,19 @@ def train_subject(subject_dir: str | Path, preset: str = "cpu-256", steps: int |
         device: ``auto``, ``cpu`` or ``cuda``.
         overrides: ``key=value`` config overrides (e.g. ``batch_size=4``, ``model.base_channels=32``).
         backend: rasterizer backend for the conditioning maps.
+        holdout: held-out split of a new run, ``tail`` (default) or ``segment`` (io.split);
+            a resumed run keeps its own and refuses a different one.
     Returns:
-        The trainer's summary dict (final step, losses, validation PSNR, steps/s).
+        The trainer's summary dict (final step, losses, validation PSNR, steps/s) plus ``split``
+        (:func:`split_summary`).
     Raises:
-        SequenceFormatError: no or damaged capture; ConfigError: bad preset/overrides.
+        SequenceFormatError: no or damaged capture; ConfigError: bad preset/overrides;
+        SplitError: ``holdout`` / ``val_fraction`` conflicting with the run's recorded split.
     """
-    seq = load_sequence(subject_dir)
-    rd = run_dir(subject_dir, run_name)
-    cfg_path = rd / "config.yaml"
-    if cfg_path.is_file():
-        config = load_config(cfg_path)
-        log.info("resuming run %s (config from %s)", rd, cfg_path)
-    else:
-        config = get_preset(preset)
-    if overrides:
-        config = apply_overrides(config, overrides)
-    tr, va = split_frames(seq, config.val_fraction)
-    log.info("subject %s: %d training frames, %d held-out frames", subject_dir, len(tr), len(va))
-    S = config.model.resolution
-    extras = required_extras(config)
-    offset = config.model.expand_offset
-    train_set = SubjectDataset(seq, tr, S, backend=backend, extras=extras, expand_offset=offset)
-    # validation renders without the discriminator's neighbour frames or hand boxes
-    val_extras = config.model.data_extras()
-    val_set = SubjectDataset(seq, va, S, backend=backend, extras=val_extras,
-                             expand_offset=offset) if len(va) else None
-    summary = train(train_set, val_set, rd, config, steps=steps, minutes=minutes, device=device)
-    (rd / "split.json").write_text(json.dumps({"train": tr.tolist(), "val": va.tolist()}))
+    setup = prepare_training(subject_dir, preset, run_name, overrides, holdout, backend)
+    summary = train(setup.train_set, setup.val_set, setup.run.dir, setup.config, steps=steps,
+                    minutes=minutes, device=device)
+    summary["split"] = split_summary(setup.split)
     return summary
 
 
@@ -83,11 +201,12 @@ def load_renderer(subject_dir: str | Path, run_name: str = DEFAULT_RUN,
     Raises:
         CheckpointError: no run or no checkpoint (train first), or a damaged checkpoint.
     """
-    rd = run_dir(subject_dir, run_name)
-    ckpt = latest_checkpoint(rd) if rd.is_dir() else None
-    if ckpt is None or not (rd / "config.yaml").is_file():
+    run = Subject(subject_dir).run(run_name)
+    rd = run.dir
+    ckpt = run.latest_checkpoint()
+    if ckpt is None or not run.config_path.is_file():
         raise CheckpointError(f"no trained renderer in {rd}: run `ram-avatar train {subject_dir}` first")
-    config = load_config(rd / "config.yaml")
+    config = load_config(run.config_path)
     model = AvatarRenderer(config.model)
     info = load_checkpoint(ckpt, model=model)
     model.to(device).eval()
