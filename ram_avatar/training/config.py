@@ -288,9 +288,35 @@ def _cpu_256() -> TrainConfig:
     return cfg
 
 
+def _gpu_512() -> TrainConfig:
+    """The full renderer at 512x512 for a 12-24 GB consumer GPU (RTX 3060 12 GB ... 4090 24 GB):
+    between cpu-256 and paper-1024 in every width (texture 512^2 x 32, generator 32 channels at
+    256^2 up to 256 at low resolution, style 256, attention 64 channels at 128^2), the paper's
+    losses and optimiser at batch 2 (hand crops 64 px = S/8). Memory of one training step at
+    batch 2, estimated on a CPU (fake tensors, ``ram_avatar.bench_gpu.estimate_train_memory``):
+    see the README's "On a GPU" section; not yet measured on a GPU."""
+    return TrainConfig(
+        preset="gpu-512",
+        model=RendererConfig(resolution=512, texture_channels=32, texture_size=512,
+                             texture_levels=4, base_channels=32, max_channels=256,
+                             style_dim=256, latent_dim=256, mapping_layers=2, variant="full",
+                             body_features="texture", triplane_channels=16, triplane_size=256,
+                             attention_channels=64, attention_downsample=2,
+                             attention_recurrence=2, branch_channels=16, branch_hidden=8,
+                             branch_depth=2),
+        texture_lr_mult=1.0, batch_size=2, max_steps=200_000, ssim_weight=0.0,
+        vgg_weight=0.03, hand_weight=0.1, hand_crop=0, gan_weight_start=1e-3,
+        gan_weight_max=0.02, gan_ramp_every=2000, gan_ramp_factor=1.1,
+        disc_base_channels=32, disc_max_channels=256, r1_gamma=10.0, r1_interval=16,
+        ema_decay=0.999,
+        log_interval=20, preview_interval=1000, checkpoint_interval=5000, val_interval=2500,
+    )
+
+
 PRESETS: dict[str, typing.Callable[[], TrainConfig]] = {
     "cpu-256": _cpu_256,
     "cpu-256-v1": _cpu_256_v1,
+    "gpu-512": _gpu_512,
     "paper-1024": _paper_1024,
 }
 
