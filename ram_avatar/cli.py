@@ -34,6 +34,82 @@ def _print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=1, default=str) + "\n")
 
 
+def _positive(kind):
+    """argparse type: a number of ``kind`` (int / float) that is > 0."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _check_overrides(items: list[str]) -> list[str]:
+    """Check ``--set KEY=VALUE`` items before any work: each needs ``=`` and a value that
+    parses as YAML (the config applies them, training.config.apply_overrides).
+
+    Raises:
+        RamAvatarError: the first bad item, with the YAML parser's reason and a hint.
+    """
+    import yaml
+
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RamAvatarError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=2e-4")
+        try:
+            yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            reason = str(getattr(e, "problem", None) or e).strip()
+            raise RamAvatarError(
+                f"--set {item!r}: the value {value!r} is not valid YAML ({reason}); write lists "
+                f"as [1, 2], and quote text with spaces or brackets, e.g. --set '{key}=\"...\"'"
+            ) from None
+    return items
+
+
+def _rank() -> int:
+    """This process's rank under torchrun / the elastic launcher (0 otherwise)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _launch_workers(a) -> int:
+    """``train --nproc-per-node N``: run N copies of this command through PyTorch's elastic
+    launcher (torchrun's engine, ``--standalone`` single node), so users never meet torchrun's
+    own option parsing. Each worker gets RANK/LOCAL_RANK/WORLD_SIZE and trains one DDP rank;
+    rank 0 prints the summary.
+
+    Raises:
+        RamAvatarError: a worker failed (its own error was printed above).
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    child, skip = [], False
+    for tok in a.argv:
+        if skip:
+            skip = False
+        elif tok in ("--nproc-per-node", "--nproc_per_node"):
+            skip = True
+        elif not tok.startswith(("--nproc-per-node=", "--nproc_per_node=")):
+            child.append(tok)
+    launch = ["--standalone", "--nproc-per-node", str(a.nproc_per_node), "-m", "--",
+              "ram_avatar.cli", *child]
+    log.info("launching %d training processes: torchrun %s", a.nproc_per_node, " ".join(launch))
+    try:
+        run(parse_args(launch))
+    except ChildFailedError as e:
+        failures = ", ".join(f"rank {r} exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
+        raise RamAvatarError(f"multi-process training failed ({failures}); see the worker's "
+                             "error above") from None
+    return 0
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="compute device (default: auto = CUDA when available)")
@@ -46,7 +122,8 @@ def cmd_capture(a) -> int:
 
     seq = capture(a.video, a.output, start=a.start, end=a.end, camera=a.camera,
                   body_model=a.body_model, model_path=a.model_path, device=a.device,
-                  overlay=not a.no_overlay, estimate_focal=a.estimate_focal)
+                  overlay=not a.no_overlay, estimate_focal=a.estimate_focal,
+                  overwrite=a.overwrite)
     _print_json(sequence_info(seq))
     return 0
 
@@ -67,9 +144,13 @@ def cmd_info(a) -> int:
 def cmd_train(a) -> int:
     from ram_avatar.training.run import train_subject
 
+    _check_overrides(a.set)
+    if a.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch_workers(a)
     summary = train_subject(a.subject, preset=a.preset, steps=a.steps, minutes=a.minutes,
                             run_name=a.run, device=a.device, overrides=a.set, holdout=a.holdout)
-    _print_json(summary)
+    if _rank() == 0:  # under torchrun only rank 0 reports (the others hold no checkpoint path)
+        _print_json(summary)
     return 0
 
 
@@ -142,6 +223,7 @@ def cmd_bench(a) -> int:
 def run_verb(argv: list[str]) -> int:
     """Run one ``ram-avatar`` verb in this process (used by the demo to chain the stages)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(argv)
     return int(args.func(args) or 0)
 
 
@@ -161,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-model", default="anny", choices=["anny", "smplx"])
     p.add_argument("--model-path", default=None, help="directory with SMPLX_NEUTRAL.npz (smplx)")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
+    p.add_argument("--overwrite", nargs="?", const="move", default=None, choices=["move", "remove"],
+                   help="OUTPUT already holds a subject: replace it, moving its sequence, runs "
+                        "and export into OUTPUT/replaced-<time>/ (move, the default) or deleting "
+                        "them (remove), once the new capture has succeeded")
     _add_device(p)
     p.set_defaults(func=cmd_capture)
 
@@ -172,8 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the avatar renderer (resumes from the latest checkpoint)")
     p.add_argument("subject")
     p.add_argument("--preset", default="cpu-256", help="training preset: cpu-256 (full renderer, CPU sizes) | cpu-256-v1 (renderer v1) | paper-1024 (GPU)")
-    p.add_argument("--steps", type=int, default=None, help="train up to this total step count")
-    p.add_argument("--minutes", type=float, default=None, help="train for this many minutes")
+    p.add_argument("--steps", type=_positive(int), default=None,
+                   help="train up to this total step count (> 0)")
+    p.add_argument("--minutes", type=_positive(float), default=None,
+                   help="train for this many minutes (> 0)")
+    p.add_argument("--nproc-per-node", type=_positive(int), default=1, metavar="N",
+                   help="train with N processes on this machine (DDP, one per GPU; gloo on "
+                        "CPU), launched through PyTorch's elastic launcher (torchrun)")
     p.add_argument("--run", default="default", help="run name under SUBJECT/runs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set batch_size=4 (repeatable)")
@@ -220,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="capture -> train -> export -> drive on the bundled videos")
     p.add_argument("-o", "--output", default="demo_out", help="working directory")
-    p.add_argument("--minutes", type=float, default=20.0, help="training minutes")
+    p.add_argument("--minutes", type=_positive(float), default=20.0, help="training minutes")
     _add_device(p)
     p.set_defaults(func=cmd_demo)
 
@@ -276,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for train --nproc-per-node
     from ram_avatar.utils import setup_logging
 
     setup_logging(args.verbose)

@@ -5,7 +5,11 @@
 when its process ends in any way, kill -9 included, so a stale lock never blocks the next run;
 the file itself holds the holder's PID, host and command, so a refused second process can name
 it. On release the file is removed again (first unlinked, then unlocked, and an acquirer that
-locked a file already unlinked retries on the new one), so a finished run leaves nothing behind.
+locked a file already unlinked retries on the new one), and so are the folders the lock had to
+create when they are still empty, so a finished or failed run leaves nothing behind.
+
+:func:`run_lock` is the lock of a training run: under ``torchrun`` only rank 0 takes it (the
+other ranks of the same job work in the same run).
 
 Example::
 
@@ -16,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +33,7 @@ from ram_avatar.errors import RunLockedError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FolderLock", "LOCK_NAME"]
+__all__ = ["FolderLock", "LOCK_NAME", "run_lock"]
 
 #: default lock file name inside the locked folder
 LOCK_NAME = ".lock"
@@ -72,6 +77,7 @@ class FolderLock:
         self.what = what
         self._fd: int | None = None
         self._fallback = None
+        self._created: list[Path] = []
 
     @property
     def locked(self) -> bool:
@@ -87,7 +93,13 @@ class FolderLock:
         """Take the lock now or raise :class:`RunLockedError` (never waits)."""
         if self.locked:
             return self
+        missing = []
+        for d in (self.folder, *self.folder.parents):
+            if d.exists():
+                break
+            missing.append(d)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._created = missing  # deepest first
         if fcntl is None:  # pragma: no cover - Windows
             import filelock
 
@@ -104,6 +116,7 @@ class FolderLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
+                self._created = []  # the holder is using them
                 raise self._refuse() from None
             except BaseException:
                 os.close(fd)
@@ -140,6 +153,12 @@ class FolderLock:
         finally:
             os.close(self._fd)
             self._fd = None
+        for d in self._created:  # folders made for the lock and still empty: remove them
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self._created = []
 
     def __enter__(self) -> "FolderLock":
         return self.acquire()
@@ -153,3 +172,15 @@ class FolderLock:
                 os.close(self._fd)
             except OSError:
                 pass
+
+
+def run_lock(run_dir: str | os.PathLike) -> contextlib.AbstractContextManager:
+    """The lock of a training run ``run_dir`` (``<subject>/runs/<name>``).
+
+    Returns:
+        a :class:`FolderLock` (``what="training run"``) on rank 0 / a single process, a no-op
+        context on the other ranks of a ``torchrun`` job (env ``RANK`` > 0), which share the run.
+    """
+    if int(os.environ.get("RANK", "0") or 0) > 0:
+        return contextlib.nullcontext()
+    return FolderLock(run_dir, what="training run")

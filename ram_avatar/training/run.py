@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ram_avatar.errors import CheckpointError
+from ram_avatar.io.lock import run_lock
 from ram_avatar.io.sequence import FittedSequence, load_sequence
 from ram_avatar.io.split import Split, SplitError, decide_split
 from ram_avatar.io.subject import DEFAULT_RUN, Run, Subject
@@ -184,10 +185,12 @@ def train_subject(subject_dir: str | Path, preset: str = "cpu-256", steps: int |
     Raises:
         SequenceFormatError: no or damaged capture; ConfigError: bad preset/overrides;
         SplitError: ``holdout`` / ``val_fraction`` conflicting with the run's recorded split.
+        RunLockedError: another ``train`` is using the same run (the message names its PID).
     """
-    setup = prepare_training(subject_dir, preset, run_name, overrides, holdout, backend)
-    summary = train(setup.train_set, setup.val_set, setup.run.dir, setup.config, steps=steps,
-                    minutes=minutes, device=device)
+    with run_lock(run_dir(subject_dir, run_name)):  # one `train` per run (io.lock)
+        setup = prepare_training(subject_dir, preset, run_name, overrides, holdout, backend)
+        summary = train(setup.train_set, setup.val_set, setup.run.dir, setup.config, steps=steps,
+                        minutes=minutes, device=device)
     summary["split"] = split_summary(setup.split)
     return summary
 
