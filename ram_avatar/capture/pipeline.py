@@ -14,7 +14,6 @@ the temporary folders of a killed earlier capture, and turns a full disk into on
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import shutil
@@ -34,6 +33,7 @@ from ram_avatar.capture.keypoints import (Keypoints2D, check_person_found, detec
 from ram_avatar.capture.video import VideoWriter, iter_frames, probe_video
 from ram_avatar.errors import CaptureError, DiskFullError, NoPersonError, VideoError
 from ram_avatar.io.camera import camera_for_video, undistort_points
+from ram_avatar.io.disk import fmt_bytes, free_bytes, is_disk_full
 from ram_avatar.io.lock import FolderLock
 from ram_avatar.io.sequence import OVERLAY, SOURCE, FittedSequence
 from ram_avatar.render.conditioning import face_to_head_local, fill_invalid
@@ -106,24 +106,6 @@ def remove_stale_temporaries(subject_dir: str | Path) -> list[Path]:
             removed.append(p)
             log.info("removed %s, left behind by an interrupted capture", p)
     return removed
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    """True when ``exc`` or an exception it wraps is 'no space left' / 'quota exceeded'."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        text = str(exc)
-        if "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _mb(n: float) -> str:
-    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def _folder_bytes(d: Path) -> int:
@@ -451,17 +433,18 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
                 subject_dir.rmdir()  # only when empty: nothing of ours is left
             except OSError:
                 pass
-        if _is_disk_full(e):
+        if is_disk_full(e):
             src = video.stat().st_size
             need = max(written, tr.masks.size // 20) + src * (2 if overlay else 1)
-            free = shutil.disk_usage(subject_dir if subject_dir.exists() else subject_dir.parent).free
+            free = free_bytes(subject_dir)
             intact = (f"the previous sequence in {final} is intact" if final.exists()
                       else "nothing was written")
             raise DiskFullError(
                 f"the disk is full: writing the captured sequence into {subject_dir} failed after "
-                f"{_mb(written)} ({e.__class__.__name__}: {e}). It needs about {_mb(need)} (source "
-                f"copy {_mb(src)}{', overlay video about as much' if overlay else ''}, masks and "
-                f"fit); {_mb(free)} are free there. {intact[0].upper() + intact[1:]}; free some "
+                f"{fmt_bytes(written)} ({e.__class__.__name__}: {e}). It needs about "
+                f"{fmt_bytes(need)} (source copy {fmt_bytes(src)}"
+                f"{', overlay video about as much' if overlay else ''}, masks and fit); "
+                f"{fmt_bytes(free)} are free there. {intact[0].upper() + intact[1:]}; free some "
                 "space (or use --no-overlay) and capture again.") from None
         raise
     seq.root = final

@@ -13,6 +13,11 @@ Nothing is unpickled on load (safetensors + ``json``), so loading a checkpoint c
 Files are written to a temporary name, fsynced and renamed, so a crash never leaves a torn
 checkpoint under the final name. A run keeps its checkpoints in ``<run_dir>/checkpoints/`` as
 ``step_<8 digits>.safetensors`` and prunes all but the last K.
+
+A full disk while saving raises one :class:`~ram_avatar.errors.DiskFullError` that says what was
+being written, how much space it needs, how much is free and which checkpoint is intact; the
+temporary file is removed, and so is the step's ``.aux`` file when the main checkpoint failed.
+Temporary files of a process killed while saving are removed by the next save in that run.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ram_avatar.errors import CheckpointError
+from ram_avatar.errors import CheckpointError, DiskFullError
+from ram_avatar.io.disk import fmt_bytes, free_bytes, is_disk_full, remove_stale_temp_files
 from ram_avatar.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -92,6 +98,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module,
 
     Returns:
         The path written.
+
+    Raises:
+        DiskFullError: the disk filled up (nothing is left under ``path`` or its temp name).
+        CheckpointError: metadata that is not plain JSON.
     """
     from safetensors.torch import save_file
 
@@ -122,11 +132,31 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module,
         header = {"ram_avatar": json.dumps(meta)}
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint metadata is not plain JSON data: {exc}") from None
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=header)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+    except Exception as exc:  # safetensors raises SafetensorError, Python OSError(ENOSPC)
+        if not is_disk_full(exc):
+            raise
+        need = sum(t.numel() * t.element_size() for t in tensors.values()) + len(header["ram_avatar"])
+        raise DiskFullError(
+            f"the disk is full: saving checkpoint {path.name} ({fmt_bytes(need)}) into "
+            f"{path.parent} failed; {fmt_bytes(free_bytes(path.parent))} are free there. "
+            f"{_intact(path)} Free at least {fmt_bytes(need)} (or lower keep_checkpoints) and "
+            "run the same command again to resume.") from None
     return path
+
+
+def _intact(path: Path) -> str:
+    """Which complete checkpoint stays next to ``path`` (for the disk-full message)."""
+    others = sorted((int(m.group(1)), p) for p in path.parent.glob("step_*.safetensors")
+                    if (m := _NAME_RE.match(p.name)) and p != path)
+    if not others:
+        return "No earlier checkpoint exists in this run."
+    step, p = others[-1]
+    return f"The latest complete checkpoint, {p} (step {step}), is intact; training resumes from it."
 
 
 def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
@@ -157,9 +187,25 @@ def save_run_checkpoint(run_dir: str | os.PathLike, model: nn.Module,
                         optimizer: torch.optim.Optimizer | None, step: int,
                         config: dict | None = None, scaler=None, extra: dict | None = None,
                         keep: int = 3) -> Path:
-    """Save ``step_<step>.safetensors`` in the run's checkpoint folder and keep only the last ``keep``."""
-    path = save_checkpoint(checkpoint_path(run_dir, step), model, optimizer, step, config,
-                           scaler, extra)
+    """Save ``step_<step>.safetensors`` in the run's checkpoint folder and keep only the last ``keep``.
+
+    Temporary files left in the folder by a process killed while saving are removed first (the
+    caller holds the run's lock, :func:`ram_avatar.io.lock.run_lock`). When the save fails, the
+    step's auxiliary file ``step_<step>.aux.safetensors`` (written just before it) is removed,
+    so no checkpoint is left without its main file.
+
+    Raises:
+        DiskFullError: see :func:`save_checkpoint`.
+    """
+    target = checkpoint_path(run_dir, step)
+    for p in remove_stale_temp_files(target.parent, ("step_",)):
+        log.info("removed %s, left by an interrupted save", p.name)
+    try:
+        path = save_checkpoint(target, model, optimizer, step, config, scaler, extra)
+    except BaseException:
+        if not target.exists():  # no main checkpoint of this step: its aux would be an orphan
+            target.with_name(target.stem + ".aux.safetensors").unlink(missing_ok=True)
+        raise
     ckpts = list_checkpoints(run_dir)
     for old in ckpts[:-keep] if keep > 0 else []:
         try:
