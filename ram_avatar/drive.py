@@ -188,7 +188,8 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
                "timings": {**tracked.timings, "render_s": t_render, "total_s": time.time() - t0}}
     if report:
         summary["report"] = write_render_report(output, source, tracked.start, tracked.end,
-                                                frames_out, silhouettes, engine, seq, body, batch)
+                                                frames_out, silhouettes, engine, seq, body, batch,
+                                                params=variants)
         summary["timings"]["total_s"] = time.time() - t0
     return summary
 
@@ -209,7 +210,8 @@ def _render_frames(engine: RendererBackend, maps: dict[str, torch.Tensor], batch
 
 def write_render_report(output: Path, source: str | Path, start: int, end: int,
                         frames_out: dict[str, np.ndarray], silhouettes: dict[str, np.ndarray],
-                        engine: RendererBackend, seq, body, batch: int = 4) -> dict:
+                        engine: RendererBackend, seq, body, batch: int = 4,
+                        params: dict | None = None) -> dict:
     """Weights-free image statistics and a contact sheet of the avatar driven by ``source``.
 
     Writes next to ``output``:
@@ -218,9 +220,14 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
       variant (``avatar`` = no alignment, ``avatar_mda`` = with motion distribution alignment),
       ``mda_minus_no_mda`` (their differences), ``heldout_reference`` (the same statistics for
       the subject's own held-out poses rendered the same way: what "in distribution" looks
-      like), the training-frame reference and the direction of "better" of every key;
+      like), the training-frame reference and the direction of "better" of every key. With
+      ``params`` each variant and the held-out reference also get the per-body-part coverages
+      (``coverage_<part>``, ``arm_coverage``, ``part_pixels``, ``part_frames``) from a part-label
+      rasterisation of their meshes (:func:`ram_avatar.eval.render_stats.part_label_maps`);
+      every one gets the chroma ``speckle`` and ``speckle_ratio``;
     - ``<stem>.contact.png``: 8 frames evenly over the clip, columns driving frame | variants,
-      each avatar cell captioned with that frame's silhouette IoU.
+      each avatar cell captioned with that frame's silhouette IoU (and arm coverage with
+      ``params``).
 
     The learned background is the renderer's output for all-zero conditioning maps.
 
@@ -228,10 +235,12 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
         output: the drive video path; start/end: the driving frames rendered.
         frames_out: variant -> (T,S,S,3) uint8 rendered frames; silhouettes: variant ->
             (T,S,S) bool driven ``body_mask`` maps.
+        params: variant -> BodyParams (T poses) of the driven bodies, for the per-part coverage.
     Returns:
         dict: ``stats_file``, ``contact_sheet`` paths and the ``variants`` statistics.
     """
     from ram_avatar.eval import render_stats as rs
+    from ram_avatar.render.conditioning import crop_intrinsics
     from ram_avatar.training.data import crop_resize
     from ram_avatar.utils import atomic_write_text
 
@@ -259,22 +268,24 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
             crops[t] = crop_resize(frame, seq.manifest["crop"], S)
     reference = rs.TrainingReference(np.stack([crops[t] for t in ref_idx.tolist()]),
                                      ref_masks[:, 0].numpy() > 0)
-    variants = {n: rs.render_stats(frames_out[n], silhouettes[n], background, reference)
+    # body-part label maps of the driven and held-out meshes (per-part coverage)
+    K = crop_intrinsics(seq.K, seq.manifest["crop"], S)
+    parts = {n: rs.part_label_maps(body, params[n], K, S) for n in frames_out} if params else {}
+    held_parts = rs.part_label_maps(body, seq.params.index(torch.as_tensor(val_idx)), K, S) \
+        if params else None
+    variants = {n: rs.render_stats(frames_out[n], silhouettes[n], background, reference,
+                                   parts=parts.get(n))
                 for n in frames_out}
     res = {
         "source": str(source), "frames": int(end - start), "resolution": S, "backend": engine.kind,
         "variants": variants, "mda_minus_no_mda": rs.summarize(variants),
         "heldout_reference": {**rs.render_stats(held_frames, held["body_mask"][:, 0].numpy() > 0,
-                                                background, reference),
+                                                background, reference, parts=held_parts),
                               "frame_indices": [int(v) for v in val_idx]},
         "training_reference": {"frames": reference.frames, "frame_indices": [int(v) for v in ref_idx],
-                               "sharpness": reference.sharpness},
-        "person_threshold": rs.PERSON_THRESHOLD,
-        "better": {"silhouette_iou": "higher", "silhouette_coverage": "higher",
-                   "person_spill": "lower", "colour_w1_L": "lower", "colour_w1_a": "lower",
-                   "colour_w1_b": "lower", "colour_w1_mean": "lower", "temporal_diff": "lower",
-                   "temporal_jitter": "lower", "silhouette_change": "context (driven motion)",
-                   "sharpness": "context", "sharpness_ratio": "closer to 1"},
+                               "sharpness": reference.sharpness, "speckle": reference.speckle},
+        "person_threshold": rs.PERSON_THRESHOLD, "min_part_pixels": rs.MIN_PART_PIXELS,
+        "better": rs.BETTER,
         "definitions": "ram_avatar/eval/render_stats.py (module docstring)",
     }
     # contact sheet: driving frame | each variant, silhouette IoU of that frame as caption
@@ -289,7 +300,11 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
             cell = frames_out[n][t].copy()
             person = rs.rendered_person_mask(frames_out[n][t:t + 1], background)
             iou = rs.silhouette_agreement(person, silhouettes[n][t:t + 1])["silhouette_iou"]
-            rs.draw_label(cell, f"IoU {iou:.2f}", (4, S - 8), 0.45)
+            caption = f"IoU {iou:.2f}"
+            if n in parts:
+                arms = rs.part_coverage(person, parts[n][t:t + 1])["arm_coverage"]
+                caption += "" if np.isnan(arms) else f" arms {arms:.2f}"
+            rs.draw_label(cell, caption, (4, S - 8), 0.45)
             row.append(cell)
         rows.append(row)
         labels.append(f"frame {start + t}")

@@ -5,6 +5,7 @@ import math
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from ram_avatar.eval import render_stats as rs
 
@@ -149,3 +150,130 @@ def test_sample_indices():
     assert rs.sample_indices(80, 8).tolist() == [5, 15, 25, 35, 45, 55, 65, 75]
     assert rs.sample_indices(3, 8).tolist() == [0, 1, 2]
     assert len(rs.sample_indices(0)) == 0
+
+
+# --- chroma speckle ------------------------------------------------------------------------
+
+def _skin(T=3, size=S):
+    """Smooth skin-like colour gradients (uint8), a different one per frame."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return np.stack([np.clip(np.stack([190 + 30 * xx + 5 * t, 140 + 25 * yy, 110 + 15 * xx * yy], -1),
+                             0, 255).astype(np.uint8) for t in range(T)])
+
+
+def test_speckle_colour_noise_vs_smooth_and_luminance():
+    rng = np.random.default_rng(4)
+    smooth = _skin()
+    mask = np.ones(smooth.shape[:3], bool)
+    colour = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+    lum = np.clip(smooth + rng.normal(0, 12, smooth.shape[:3] + (1,)), 0, 255).astype(np.uint8)
+    s_smooth, s_col, s_lum = (rs.chroma_speckle(x, mask) for x in (smooth, colour, lum))
+    assert s_smooth < 1.0                      # a*b* units: only uint8 quantisation remains
+    assert s_col > 5.0 and s_col > 10 * s_smooth
+    assert s_lum < 0.2 * s_col                 # grey texture of the same amplitude barely counts
+    # a straight edge between two flat colours (dress | skin) is kept by the median: ~0
+    edge = np.zeros((1, S, S, 3), np.uint8)
+    edge[:, :, :S // 2] = (40, 60, 160)
+    edge[:, :, S // 2:] = (210, 160, 130)
+    assert rs.chroma_speckle(edge, np.ones((1, S, S), bool)) < 0.5
+    # outside the (eroded) mask nothing counts; empty masks give NaN
+    noisy_out = smooth.copy()
+    sq = _square(16, 16, 32, T=3)
+    noisy_out[~sq] = colour[~sq]
+    assert rs.chroma_speckle(noisy_out, sq) == pytest.approx(rs.chroma_speckle(smooth, sq), abs=1e-6)
+    assert math.isnan(rs.chroma_speckle(smooth, np.zeros_like(mask)))
+    with pytest.raises(ValueError):
+        rs.chroma_speckle(smooth, mask, median=7)
+
+
+def test_speckle_ratio_in_render_stats():
+    rng = np.random.default_rng(5)
+    bg = np.zeros((S, S, 3), np.uint8)
+    sil = _square(8, 8, 48, T=3)
+    train = np.where(sil[..., None], _skin(), bg).astype(np.uint8)
+    grain = sil[..., None] * rng.normal(0, 3, train.shape[:3] + (1,))  # mild grey texture
+    train = np.clip(train + grain, 0, 255).astype(np.uint8)
+    ref = rs.TrainingReference(train, sil)
+    same = rs.render_stats(train, sil, bg, ref)
+    assert same["speckle_ratio"] == pytest.approx(1.0)
+    speckled = np.clip(train.astype(np.float64) + sil[..., None] * rng.normal(0, 15, train.shape),
+                       0, 255).astype(np.uint8)
+    st = rs.render_stats(speckled, sil, bg, ref)
+    assert st["speckle_ratio"] > 3.0
+    assert rs.BETTER["speckle_ratio"].startswith("lower")
+
+
+# --- per-part coverage ---------------------------------------------------------------------
+
+def _stick_parts(T=2):
+    """Label maps of a crude figure: head, torso, two arms, two hands, legs (all >= 20 px)."""
+    lab = np.full((T, S, S), -1, np.int8)
+    lab[:, 4:14, 26:38] = 0            # head
+    lab[:, 14:38, 24:40] = 1           # torso
+    lab[:, 16:22, 40:56] = 2           # left arm (subject's left = image right)
+    lab[:, 16:22, 8:24] = 3            # right arm
+    lab[:, 15:23, 56:62] = 4           # left hand
+    lab[:, 15:23, 2:8] = 5             # right hand
+    lab[:, 38:62, 24:40] = 6           # legs
+    return lab
+
+
+def test_part_coverage_blank_one_arm():
+    parts = _stick_parts()
+    frames, bg = _avatar(parts >= 0)
+    frames[parts == 2] = bg[0, 0]      # the left arm renders as background
+    st = rs.render_stats(frames, parts >= 0, bg, parts=parts)
+    assert st["coverage_left_arm"] == pytest.approx(0.0, abs=0.02)
+    for name in ("head", "torso", "right_arm", "left_hand", "right_hand", "legs"):
+        assert st[f"coverage_{name}"] == pytest.approx(1.0, abs=0.02), name
+    assert st["arm_coverage"] == pytest.approx(0.5, abs=0.02)
+    assert st["part_pixels"]["left_arm"] == 6 * 16 and st["part_frames"]["left_arm"] == 2
+
+
+def test_part_coverage_skips_small_parts_and_thin_arms():
+    parts = _stick_parts(T=3)
+    parts[0][parts[0] == 4] = 1         # frame 0: left hand not visible
+    parts[1][15:23, 56:59][parts[1][15:23, 56:59] == 4] = -1  # frame 1: 8x3 = 24 px left
+    parts[2][parts[2] == 4] = -1
+    parts[2][15:18, 56:62] = 4          # frame 2: 3x6 = 18 px < MIN_PART_PIXELS: skipped
+    person = parts >= 0
+    person[:, 16:22, 40:56] = False
+    person[:, 18, 40:56] = True         # the arm rendered as a 1-px line: 1/6 of its pixels
+    cov = rs.part_coverage(person, parts)
+    assert cov["part_frames"]["left_hand"] == 1 and cov["part_pixels"]["left_hand"] == 24
+    assert cov["coverage_left_arm"] == pytest.approx(1 / 6)
+    assert np.isnan(cov["per_frame"]["left_hand"][[0, 2]]).all()
+    none = rs.part_coverage(person, np.full_like(parts, -1))
+    assert math.isnan(none["coverage_head"]) and math.isnan(none["arm_coverage"])
+    with pytest.raises(ValueError):
+        rs.part_coverage(person[:1], parts)
+
+
+def test_part_label_maps_match_body_mask_and_blank_arm(anny_body):
+    """Part labels of a rasterised Anny body: same silhouette as the ``body_mask`` map; blanking
+    the rendered left arm drops its coverage to 0 and leaves the other parts covered."""
+    from ram_avatar.render.conditioning import ConditioningRenderer
+
+    size = 160
+    p = anny_body.zero_params(2)
+    p.body_pose[1, anny_body.body_joint_names.index("upperarm01.R"), 2] = 0.6  # second pose differs
+    with torch.no_grad():
+        v = anny_body(p).vertices.numpy()
+    z = float(v[..., 2].mean())
+    lo, hi = v[..., :2].min((0, 1)), v[..., :2].max((0, 1))
+    f = 0.9 * size * z / float((hi - lo).max())
+    K = np.array([[f, 0, size / 2 - f * (lo[0] + hi[0]) / 2 / z],
+                  [0, f, size / 2 - f * (lo[1] + hi[1]) / 2 / z], [0, 0, 1]], np.float32)
+    parts = rs.part_label_maps(anny_body, p, K, size, backend="torch", chunk=1)
+    assert parts.shape == (2, size, size) and parts.dtype == np.int8
+    mask = ConditioningRenderer(anny_body, backend="torch").render(p, None, K, size)["body_mask"]
+    assert np.array_equal(parts >= 0, mask[:, 0].numpy() > 0)
+    counts = [(parts == i).sum() for i in range(7)]
+    assert min(counts) >= 40, counts
+    frames = np.repeat(np.where(parts >= 0, 200, 30).astype(np.uint8)[..., None], 3, -1)
+    bg = np.full((size, size, 3), 30, np.uint8)
+    frames[parts == 2] = 30
+    st = rs.render_stats(frames, parts >= 0, bg, parts=parts)
+    assert st["coverage_left_arm"] < 0.05
+    for name in ("head", "torso", "right_arm", "legs"):
+        assert st[f"coverage_{name}"] > 0.9, (name, st)

@@ -18,6 +18,7 @@ import functools
 import logging
 import sys
 
+import numpy as np
 import torch
 
 from ram_avatar.body.base import (BodyModel, BodyOutput, BodyParams, MEDIAPIPE_POSE_NAMES,
@@ -194,6 +195,17 @@ class AnnyBodyModel(BodyModel):
         cand = torch.nonzero(dominant == b).flatten()
         proj = (m.template_vertices.float()[cand] - heads[b]) @ direction
         return int(cand[proj.argmax()])
+
+    def joint_tree(self) -> tuple[list[str], np.ndarray]:
+        """Anny's 104 bones: names (``bone_labels``) and parent indices (-1 at ``root``)."""
+        return list(self.bone_labels), np.asarray(self._anny[0].bone_parents, np.int64)
+
+    def vertex_joint(self) -> np.ndarray:
+        """(V,) int64: the bone with the largest skinning weight of every vertex (Anny stores
+        up to 9 (bone, weight) pairs per vertex)."""
+        m = self._anny[0]
+        w, idx = m.vertex_bone_weights, m.vertex_bone_indices
+        return idx.gather(1, w.argmax(1, keepdim=True))[:, 0].long().cpu().numpy()
 
     @property
     def anny(self):

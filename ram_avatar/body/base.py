@@ -14,6 +14,8 @@ is the backend's native rest frame; :attr:`BodyModel.upright_orient` is the glob
 from __future__ import annotations
 
 import abc
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -43,6 +45,80 @@ MEDIAPIPE_HAND_NAMES = [
 BODY_LANDMARKS = [11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32]
 #: Pose landmarks on the head (nose, eyes, ears).
 HEAD_LANDMARKS = [0, 2, 5, 7, 8]
+
+
+#: Body parts of :meth:`BodyModel.vertex_parts`, in label order; ``left``/``right`` are the
+#: subject's own sides (the backend's ``left_*`` / ``*.L`` joints).
+PART_NAMES = ("head", "torso", "left_arm", "right_arm", "left_hand", "right_hand", "legs")
+_HEAD, _TORSO, _LARM, _RARM, _LHAND, _RHAND, _LEGS = range(len(PART_NAMES))
+_COLLAR_WORDS = ("collar", "clavicle")
+_HEAD_WORDS = ("neck", "head")
+_HAND_WORDS = ("wrist", "hand")
+_ARM_WORDS = ("shoulder", "arm", "elbow")
+_LEG_WORDS = ("hip", "leg", "thigh", "knee", "ankle", "foot", "toe")
+
+
+def _joint_side(name: str) -> str | None:
+    """``left`` / ``right`` from a joint name's tokens (``left_wrist``, ``wrist.L``), else None."""
+    tokens = set(re.split(r"[^a-z0-9]+", name.lower()))
+    if tokens & {"left", "l"}:
+        return "left"
+    if tokens & {"right", "r"}:
+        return "right"
+    return None
+
+
+def joint_parts(names: Sequence[str], parents: Sequence[int]) -> np.ndarray:
+    """Assign every joint of a kinematic tree to a body part (:data:`PART_NAMES`).
+
+    Walks the tree from the root; a joint inherits its parent's part unless it starts a new
+    one. Under the torso (the root and the spine): the neck/head joint starts ``head``; a
+    side-tagged joint whose parent is a collar/clavicle (or whose name says shoulder/arm/elbow)
+    starts that side's arm (the collar itself stays torso); a side-tagged child of the root, or
+    a side-tagged hip/leg/knee/ankle/foot/toe joint, starts ``legs``. Under an arm, the wrist
+    (or a ``hand`` joint) starts that side's hand. Works from names and parents alone, for the
+    Anny rig (``clavicle.L``, ``wrist.L``, ``neck01``, ``pelvis.L``) and the SMPL-X skeleton
+    (``left_collar``, ``left_wrist``, ``neck``, ``left_hip``).
+
+    Args:
+        names: (J,) joint (bone) names.
+        parents: (J,) parent index of each joint, -1 for the root(s).
+    Returns:
+        (J,) int64 part label of each joint, indices into :data:`PART_NAMES`.
+    Raises:
+        ValueError: lengths differ, a parent index out of range, or a cycle.
+    """
+    J = len(names)
+    parents = [int(p) for p in parents]
+    if len(parents) != J or any(p < -1 or p >= J or p == j for j, p in enumerate(parents)):
+        raise ValueError(f"parents must be {J} indices in [-1, {J}) with no self-parent")
+    low = [n.lower() for n in names]
+    part = np.full(J, -1, np.int64)
+    while (part < 0).any():  # parents before children, whatever the joint order
+        ready = [j for j in np.nonzero(part < 0)[0] if parents[j] < 0 or part[parents[j]] >= 0]
+        if not ready:
+            raise ValueError("the joint tree has a cycle: "
+                             f"{[names[j] for j in np.nonzero(part < 0)[0]][:5]}")
+        for j in ready:
+            p = parents[j]
+            inherited = _TORSO if p < 0 else int(part[p])
+            side, n = _joint_side(names[j]), low[j]
+            new = inherited
+            if inherited == _TORSO and p >= 0:
+                if side and any(w in low[p] for w in _COLLAR_WORDS):
+                    new = _LARM if side == "left" else _RARM
+                elif side and any(w in n for w in _COLLAR_WORDS):
+                    new = _TORSO
+                elif side and (parents[p] < 0 or any(w in n for w in _LEG_WORDS)):
+                    new = _LEGS
+                elif side and any(w in n for w in _ARM_WORDS):
+                    new = _LARM if side == "left" else _RARM
+                elif any(w in n for w in _HEAD_WORDS):
+                    new = _HEAD
+            elif inherited in (_LARM, _RARM) and any(w in n for w in _HAND_WORDS):
+                new = _LHAND if inherited == _LARM else _RHAND
+            part[j] = new
+    return part
 
 
 @dataclass
@@ -187,6 +263,35 @@ class BodyModel(nn.Module, abc.ABC):
         Returns:
             BodyOutput in world coordinates (metres).
         """
+
+    def joint_tree(self) -> tuple[list[str], np.ndarray]:
+        """The skinning skeleton: joint (bone) names (J,) and parent indices (J,) int, -1 at
+        the root, in the column order of :meth:`vertex_joint`."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its skeleton")
+
+    def vertex_joint(self) -> np.ndarray:
+        """(V,) int64: the joint with the largest skinning weight of every vertex."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its skinning weights")
+
+    def vertex_parts(self) -> np.ndarray:
+        """Body part of every vertex, from the skinning weights: the part
+        (:func:`joint_parts`) of the vertex's max-weight joint (:meth:`vertex_joint`).
+
+        Returns:
+            (V,) int64 indices into :data:`PART_NAMES` (cached; do not modify).
+        """
+        cached = getattr(self, "_vertex_parts", None)
+        if cached is None:
+            names, parents = self.joint_tree()
+            cached = joint_parts(names, parents)[self.vertex_joint()]
+            self._vertex_parts = cached
+        return cached
+
+    def face_parts(self) -> np.ndarray:
+        """Body part of every face of :attr:`faces`: the part shared by at least two of its
+        corners (:meth:`vertex_parts`), else its first corner's. (F,) int64."""
+        vp = self.vertex_parts()[self.faces.cpu().numpy()]          # (F, 3)
+        return np.where(vp[:, 1] == vp[:, 2], vp[:, 1], vp[:, 0])
 
     def posed_vertices_rest(self, betas: torch.Tensor) -> torch.Tensor:
         """Vertices (1, V, 3) in the upright rest pose for ``betas`` (1, n_betas)."""

@@ -258,6 +258,17 @@ class SMPLXBodyModel(BodyModel):
         t = p.transl[:, None]
         return verts + t, joints + t
 
+    def joint_tree(self) -> tuple[list[str], np.ndarray]:
+        """The 55 SMPL-X skeleton joints (``smplx.joint_names.JOINT_NAMES``) and their parents
+        (the model file's ``kintree_table``; -1 at the pelvis)."""
+        from smplx.joint_names import JOINT_NAMES
+
+        return list(JOINT_NAMES[:NUM_JOINTS]), self.parents.cpu().numpy().astype(np.int64)
+
+    def vertex_joint(self) -> np.ndarray:
+        """(V,) int64: the joint with the largest skinning weight (``weights``) of every vertex."""
+        return self.lbs_weights.argmax(1).cpu().numpy().astype(np.int64)
+
     def forward(self, params: BodyParams, return_vertices: bool = True) -> BodyOutput:
         p = params.expand_betas()
         B = p.batch_size

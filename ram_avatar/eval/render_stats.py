@@ -47,8 +47,32 @@ Statistics (keys of :func:`render_stats`):
     (:func:`laplacian_variance`); the ratio divides by the same value of the training frames
     inside their silhouettes. Below 1: blurrier than the captured person; well above 1: noise
     or high-frequency artefacts.
+``speckle`` (CIELAB a*b* units, RMS; context) and ``speckle_ratio`` (ratio; lower is better, 1 =
+as clean as the captured person)
+    Colour speckle: the high-frequency chroma residual inside the person. Per frame, the a* and
+    b* channels (CIELAB, OpenCV's float conversion of RGB in 0..1) minus their 5x5 median
+    filter, r = (a - med5(a), b - med5(b)); the frame's value is sqrt(mean |r|^2) over the
+    silhouette eroded by ``erode_px`` pixels (the median window stays inside the person);
+    averaged over the frames whose eroded silhouette has at least 16 pixels
+    (:func:`chroma_speckle`). Its square is the mean high-frequency colour energy. A median
+    keeps straight colour edges (dress/skin) and smooth shading, so multicoloured per-pixel
+    noise scores high while smooth skin scores near 0; luminance-only texture barely moves
+    a*/b*. ``speckle_ratio`` divides by the training frames' value inside their silhouettes.
+``coverage_<part>`` for every part of :data:`ram_avatar.body.base.PART_NAMES` (fraction, 0..1,
+higher is better) and ``arm_coverage``
+    Per-part silhouette coverage: the driven mesh is rasterised with a body-part label per face
+    (:func:`part_label_maps`: each vertex belongs to the part of its max-weight skinning joint,
+    :meth:`ram_avatar.body.base.BodyModel.vertex_parts`); in each frame,
+    coverage_p = |visible part-p pixels rendered as person| / |visible part-p pixels|, with the
+    rendered person of :func:`rendered_person_mask`. Frames where part p has fewer than
+    ``MIN_PART_PIXELS`` visible pixels are skipped for p; the mean is over the remaining
+    frames (``part_frames[p]`` of them, with ``part_pixels[p]`` visible pixels per frame on
+    average). ``arm_coverage`` is the mean of ``coverage_left_arm`` and ``coverage_right_arm``
+    (shoulder to wrist, hands excluded). An arm that renders as background, or shrinks to a
+    line thinner than the 3x3 opening of the person mask, lowers it.
 
-Everything here is numpy + OpenCV, deterministic, and CPU-only.
+Everything here is numpy + OpenCV, deterministic, and CPU-only, except :func:`part_label_maps`
+(which poses and rasterises the body model with torch).
 """
 
 from __future__ import annotations
@@ -66,8 +90,13 @@ PERSON_THRESHOLD = 0.1
 MAX_PIXELS = 200_000
 #: quantiles used for the 1-D Wasserstein distance
 QUANTILES = 1024
-#: erosion (pixels) of the silhouette for the sharpness statistic
+#: erosion (pixels) of the silhouette for the sharpness and speckle statistics
 ERODE_PX = 3
+#: aperture (pixels) of the median filter whose residual is the chroma speckle (OpenCV's
+#: float median supports 3 and 5)
+SPECKLE_MEDIAN = 5
+#: a body part with fewer visible pixels than this in a frame is not scored in that frame
+MIN_PART_PIXELS = 20
 
 
 def _check_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
@@ -217,8 +246,119 @@ def laplacian_variance(frames: np.ndarray, masks: np.ndarray, erode_px: int = ER
     return float(np.mean(vals)) if vals else math.nan
 
 
+def chroma_speckle(frames: np.ndarray, masks: np.ndarray, erode_px: int = ERODE_PX,
+                   median: int = SPECKLE_MEDIAN) -> float:
+    """High-frequency colour (chroma) residual inside the person (module docstring, ``speckle``).
+
+    Args:
+        frames: (T,H,W,3) uint8 RGB; masks: (T,H,W) bool person silhouettes.
+        erode_px: erosion of each mask before measuring (pixels).
+        median: median-filter aperture, 3 or 5 pixels.
+    Returns:
+        sqrt(mean(|(a, b) - med(a, b)|^2)) in CIELAB a*b* units, averaged over the frames whose
+        eroded mask has at least 16 pixels; NaN when none has.
+    Raises:
+        ValueError: bad shapes or an aperture OpenCV cannot apply to float images.
+    """
+    frames = _check_frames(frames)
+    masks = _check_masks(masks, frames)
+    if median not in (3, 5):
+        raise ValueError(f"median aperture must be 3 or 5, got {median}")
+    kernel = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8) if erode_px > 0 else None
+    vals = []
+    for img, m in zip(frames, masks):
+        m = m.astype(np.uint8)
+        if kernel is not None:
+            m = cv2.erode(m, kernel)
+        m = m.astype(bool)
+        if m.sum() < 16:
+            continue
+        lab = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+        res = [lab[..., c] - cv2.medianBlur(np.ascontiguousarray(lab[..., c]), median) for c in (1, 2)]
+        vals.append(float(np.sqrt(np.mean(res[0][m] ** 2 + res[1][m] ** 2))))
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def part_label_maps(body, params, K: np.ndarray, size: int, backend: str = "auto",
+                    chunk: int = 16) -> np.ndarray:
+    """Body-part label of every pixel of the posed bodies, as the conditioning maps see them.
+
+    Poses ``body`` with ``params``, rasterises it (:func:`ram_avatar.render.rasterizer.rasterize`,
+    same camera and backend as the ``body_mask`` map) and labels each covered pixel with its
+    face's part (:meth:`ram_avatar.body.base.BodyModel.face_parts`).
+
+    Args:
+        body: a :class:`ram_avatar.body.base.BodyModel`.
+        params: BodyParams of T poses.
+        K: (3,3) intrinsics of the S x S crop (``crop_intrinsics``).
+        size: S, pixels.
+        backend: rasterizer backend.
+        chunk: poses per batch.
+    Returns:
+        (T,S,S) int8: part index into ``PART_NAMES``, -1 where no body covers the pixel.
+    """
+    import torch
+
+    from ram_avatar.render.rasterizer import rasterize
+
+    face_part = torch.as_tensor(body.face_parts(), dtype=torch.int8)
+    Kt = torch.as_tensor(np.asarray(K), dtype=torch.float32, device=body.device)
+    T, out = params.batch_size, []
+    with torch.no_grad():
+        for c in range(0, T, chunk):
+            idx = torch.arange(c, min(T, c + chunk))
+            verts = body(params.index(idx).to(body.device), return_vertices=True).vertices
+            fid = rasterize(verts, body.faces, Kt, (size, size), backend=backend).face_id.cpu()
+            lab = torch.full(fid.shape, -1, dtype=torch.int8)
+            hit = fid >= 0
+            lab[hit] = face_part[fid[hit]]
+            out.append(lab.numpy())
+    return np.concatenate(out) if out else np.zeros((0, size, size), np.int8)
+
+
+def part_coverage(person: np.ndarray, parts: np.ndarray, min_pixels: int = MIN_PART_PIXELS,
+                  part_names: Sequence[str] | None = None) -> dict:
+    """Per-part silhouette coverage of the rendered person (module docstring, ``coverage_*``).
+
+    Args:
+        person: (T,H,W) bool rendered-person mask.
+        parts: (T,H,W) int part labels (:func:`part_label_maps`), -1 = no body.
+        min_pixels: frames where a part has fewer visible pixels are skipped for it.
+        part_names: label names (default ``PART_NAMES`` of the body models).
+    Returns:
+        dict: ``coverage_<part>`` (mean over the scored frames, NaN when none), ``arm_coverage``
+        (mean of the two arms' values that exist), ``part_pixels`` {part: mean visible pixels
+        per scored frame}, ``part_frames`` {part: scored frames}, and ``per_frame``
+        {part: (T,) float, NaN where skipped} for captions.
+    Raises:
+        ValueError: shapes differ.
+    """
+    if part_names is None:
+        from ram_avatar.body.base import PART_NAMES as part_names
+    person, parts = np.asarray(person, bool), np.asarray(parts)
+    if person.shape != parts.shape:
+        raise ValueError(f"person mask {person.shape} and part labels {parts.shape} differ")
+    out: dict = {"part_pixels": {}, "part_frames": {}, "per_frame": {}}
+    for p, name in enumerate(part_names):
+        sel = parts == p
+        n = sel.sum((1, 2)).astype(np.float64)
+        hit = (sel & person).sum((1, 2)).astype(np.float64)
+        ok = n >= min_pixels
+        per = np.full(len(n), np.nan)
+        per[ok] = hit[ok] / n[ok]
+        out[f"coverage_{name}"] = float(per[ok].mean()) if ok.any() else math.nan
+        out["part_pixels"][name] = float(n[ok].mean()) if ok.any() else 0.0
+        out["part_frames"][name] = int(ok.sum())
+        out["per_frame"][name] = per
+    arms = [out.get(f"coverage_{s}_arm", math.nan) for s in ("left", "right")]
+    arms = [a for a in arms if not math.isnan(a)]
+    out["arm_coverage"] = float(np.mean(arms)) if arms else math.nan
+    return out
+
+
 class TrainingReference:
-    """The subject's captured look: pooled Lab pixels and sharpness of real training crops.
+    """The subject's captured look: pooled Lab pixels, sharpness and chroma speckle of real
+    training crops.
 
     Args:
         images: (N,S,S,3) uint8 real frames cropped as for training.
@@ -228,12 +368,14 @@ class TrainingReference:
     def __init__(self, images: np.ndarray, masks: np.ndarray, erode_px: int = ERODE_PX):
         self.lab = lab_pixels(images, masks, seed=1)
         self.sharpness = laplacian_variance(images, masks, erode_px)
+        self.speckle = chroma_speckle(images, masks, erode_px)
         self.frames = len(images)
 
 
 def render_stats(frames: np.ndarray, silhouettes: np.ndarray, background: np.ndarray,
                  reference: TrainingReference | None = None,
-                 person_threshold: float = PERSON_THRESHOLD, erode_px: int = ERODE_PX) -> dict:
+                 person_threshold: float = PERSON_THRESHOLD, erode_px: int = ERODE_PX,
+                 parts: np.ndarray | None = None) -> dict:
     """All statistics of the module docstring for one rendered clip.
 
     Args:
@@ -241,7 +383,10 @@ def render_stats(frames: np.ndarray, silhouettes: np.ndarray, background: np.nda
         silhouettes: (T,S,S) (or (T,1,S,S)) driven body silhouettes (``body_mask`` maps).
         background: (S,S,3) uint8 learned background (renderer output for empty maps).
         reference: training-frame reference; without it the colour distances and the
-            sharpness ratio are omitted.
+            sharpness and speckle ratios are omitted.
+        parts: (T,S,S) int body-part labels of the driven mesh (:func:`part_label_maps`); with
+            them the per-part coverages (``coverage_*``, ``arm_coverage``, ``part_pixels``,
+            ``part_frames``) are added.
     Returns:
         dict of floats (NaN values written as None, for JSON), plus ``frames``.
     """
@@ -250,6 +395,10 @@ def render_stats(frames: np.ndarray, silhouettes: np.ndarray, background: np.nda
     person = rendered_person_mask(frames, background, person_threshold)
     out: dict = {"frames": int(len(frames))}
     out.update(silhouette_agreement(person, sil))
+    if parts is not None:
+        cov = part_coverage(person, np.asarray(parts))
+        cov.pop("per_frame")
+        out.update(cov)
     if reference is not None:
         out.update(colour_distance(lab_pixels(frames, sil), reference.lab))
     out.update(temporal_stats(frames, sil))
@@ -257,7 +406,30 @@ def render_stats(frames: np.ndarray, silhouettes: np.ndarray, background: np.nda
     if reference is not None:
         out["sharpness_ratio"] = (out["sharpness"] / reference.sharpness
                                   if reference.sharpness and reference.sharpness > 0 else math.nan)
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+    out["speckle"] = chroma_speckle(frames, sil, erode_px)
+    if reference is not None:
+        ref = reference.speckle
+        out["speckle_ratio"] = out["speckle"] / ref if ref > 0 else math.nan
+    return _json_floats(out)
+
+
+def _json_floats(d: dict) -> dict:
+    """NaN floats -> None (JSON null), also one level down in nested dicts."""
+    fix = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
+    return {k: ({kk: fix(vv) for kk, vv in v.items()} if isinstance(v, dict) else fix(v))
+            for k, v in d.items()}
+
+
+#: direction of "better" of every statistic (written into the drive report)
+BETTER = {"silhouette_iou": "higher", "silhouette_coverage": "higher", "person_spill": "lower",
+          "colour_w1_L": "lower", "colour_w1_a": "lower", "colour_w1_b": "lower",
+          "colour_w1_mean": "lower", "temporal_diff": "lower", "temporal_jitter": "lower",
+          "silhouette_change": "context (driven motion)", "sharpness": "context",
+          "sharpness_ratio": "closer to 1", "speckle": "context (lower = cleaner)",
+          "speckle_ratio": "lower (1 = as clean as the training frames)",
+          "arm_coverage": "higher", "coverage_<part>": "higher",
+          "part_pixels": "context (visible pixels per scored frame)",
+          "part_frames": "context (frames where the part had enough pixels)"}
 
 
 def sample_indices(num_frames: int, count: int = 8) -> np.ndarray:
