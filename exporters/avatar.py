@@ -10,12 +10,23 @@ renderer v1 the conditioning maps ``uv (B,2,S,S)``, ``body_mask (B,1,S,S)``, ``h
 Output ``rgb (B,3,S,S)`` in [0, 1], dynamic batch. Texture sampling, dual attention, branches,
 generator and background compositing are all in the one graph. Parity is measured on real
 conditioning maps of the subject's held-out frames (the run's split.json, io.split).
+
+An export is all-or-nothing: ``avatar.onnx``, the TensorRT engine (``--tensorrt``) and
+``export.json`` are written into a temporary folder ``<subject>/.export.<random>/`` and that
+folder replaces ``export/`` only when everything succeeded, so a failed export or engine
+build leaves the previous export exactly as it was. ``--tensorrt`` without TensorRT fails
+before anything is computed or written. Exports of one subject hold its ``.export.lock``, and
+an export removes the temporary folders of one that was killed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +34,9 @@ import torch
 from torch import nn
 
 from exporters.onnx_export import export_onnx
+from ram_avatar.errors import DiskFullError
+from ram_avatar.io.disk import fmt_bytes, free_bytes, is_disk_full
+from ram_avatar.io.lock import FolderLock
 from ram_avatar.io.sequence import load_sequence
 from ram_avatar.io.subject import Subject
 from ram_avatar.training.data import (add_previous_maps, map_render_options, maps_to_float,
@@ -57,9 +71,15 @@ def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int
         ``parity_frames`` real held-out frames, sha256 of the ONNX file and of the checkpoint.
     Raises:
         CheckpointError: nothing trained yet; RamAvatarError: export or parity failure;
-        TensorRT errors when ``tensorrt`` is asked for without TensorRT.
+        TensorRT missing (checked first, before any work) or its build failed;
+        RunLockedError: another export of this subject is running; DiskFullError.
+        In every failure case the previous ``export/`` is left unchanged.
     """
     subject_dir = Path(subject_dir)
+    if tensorrt:
+        from exporters.tensorrt import import_tensorrt
+
+        import_tensorrt()  # RamAvatarError now, not after the ONNX export
     model, info = load_renderer(subject_dir, run_name)
     seq = load_sequence(subject_dir)
     S = info["config"].model.resolution
@@ -73,22 +93,66 @@ def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int
     if any(n.startswith("prev_") for n in wrapper.names):
         add_previous_maps(maps)
     maps = maps_to_float(maps)
-    out_dir = subject_dir / "export"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    final = subject_dir / "export"
+    with FolderLock(subject_dir, what="subject (export)", name=".export.lock"):
+        for stale in subject_dir.glob(".export.*"):
+            if stale.is_dir():  # left by an export that was killed
+                shutil.rmtree(stale, ignore_errors=True)
+                log.info("removed %s, left by an interrupted export", stale)
+        out_dir = Path(tempfile.mkdtemp(prefix=".export.", dir=subject_dir))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(out_dir, 0o777 & ~umask)  # mkdtemp makes 0700; export/ gets normal permissions
+        try:
+            report = _export_into(out_dir, final, wrapper, maps, opset, tensorrt)
+            report.update(_report_fields(subject_dir, run_name, S, info, offset, frames, split))
+            atomic_write_text(out_dir / "export.json", json.dumps(report, indent=1, default=str))
+            _swap_in(out_dir, final)
+        except BaseException as e:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            if is_disk_full(e):
+                raise DiskFullError(
+                    f"the disk is full: exporting into {subject_dir} failed ({e}); "
+                    f"{fmt_bytes(free_bytes(subject_dir))} are free there. The previous export "
+                    f"{'in ' + str(final) + ' is intact' if final.exists() else 'did not exist'}; "
+                    "free some space and export again.") from None
+            raise
+    log.info("exported %s (max |onnxruntime - torch| = %.2e)", final / "avatar.onnx",
+             report["max_abs_diff"])
+    return report
+
+
+def _export_into(out_dir: Path, final: Path, wrapper, maps, opset: int, tensorrt: bool) -> dict:
+    """ONNX (+ engine) into the temporary ``out_dir``; paths in the report name ``final``."""
     report = export_onnx(wrapper, {k: maps[k] for k in wrapper.names}, out_dir / "avatar.onnx",
                          output_names=["rgb"], dynamic_batch=True, opset=opset)
-    report.update({
+    report["path"] = str(final / "avatar.onnx")
+    if tensorrt:
+        from exporters.tensorrt import build_engine
+
+        trt = build_engine(out_dir / "avatar.onnx", out_dir / "avatar.engine", fp16=True)
+        trt.update(engine_path=str(final / "avatar.engine"), onnx_path=str(final / "avatar.onnx"))
+        report["tensorrt"] = trt
+    return report
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Make the complete folder ``new`` the export ``final`` (two renames; the old one is
+    removed afterwards)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".export.old.{time.time_ns()}")
+        final.rename(old)
+    new.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _report_fields(subject_dir: Path, run_name: str, S: int, info: dict, offset, frames, split) -> dict:
+    return {
         "subject": str(subject_dir), "run": run_name, "resolution": S,
         "variant": info["config"].model.variant, "expand_offset": offset,
         "checkpoint": str(info["checkpoint"]), "checkpoint_step": info["step"],
         "checkpoint_sha256": sha256_file(info["checkpoint"]),
         "parity_frames": [int(f) for f in frames], "split": split.method,
-    })
-    if tensorrt:
-        from exporters.tensorrt import build_engine
-
-        engine = out_dir / "avatar.engine"
-        report["tensorrt"] = build_engine(out_dir / "avatar.onnx", engine, fp16=True)
-    atomic_write_text(out_dir / "export.json", json.dumps(report, indent=1, default=str))
-    log.info("exported %s (max |onnxruntime - torch| = %.2e)", out_dir / "avatar.onnx", report["max_abs_diff"])
-    return report
+    }
