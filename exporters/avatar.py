@@ -155,4 +155,6 @@ def _report_fields(subject_dir: Path, run_name: str, S: int, info: dict, offset,
         "checkpoint": str(info["checkpoint"]), "checkpoint_step": info["step"],
         "checkpoint_sha256": sha256_file(info["checkpoint"]),
         "parity_frames": [int(f) for f in frames], "split": split.method,
+        # the capture the renderer was trained on (training.checkpoint.check_run_sequence)
+        "sequence_sha256": sha256_file(subject_dir / "sequence" / "fitted.npz"),
     }

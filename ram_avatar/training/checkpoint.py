@@ -216,6 +216,56 @@ def save_run_checkpoint(run_dir: str | os.PathLike, model: nn.Module,
 
 
 # ---------------------------------------------------------------------------------------------
+# which sequence a run was trained on
+
+#: file in a run directory recording the sequence it was trained on
+SEQUENCE_RECORD = "sequence.json"
+
+
+def check_run_sequence(run_dir: str | os.PathLike, sequence_dir: str | os.PathLike,
+                       record: bool = False) -> str | None:
+    """Make sure a run belongs to the subject's current sequence.
+
+    The fingerprint is the sha256 of the sequence's ``fitted.npz`` (the fit, keypoints and
+    validity of every frame: a new capture changes it). ``train`` records it in
+    ``<run>/sequence.json`` (``record=True``); every later use of the run checks it, so a run
+    moved or left over from another capture is refused instead of resumed, exported, driven or
+    evaluated on frames it was not trained on. Runs written before this record are accepted.
+
+    Args:
+        run_dir: ``<subject>/runs/<name>``.
+        sequence_dir: the subject's ``sequence/`` folder.
+        record: write the record when the run has none yet.
+    Returns:
+        the fingerprint (None when the sequence has no ``fitted.npz``: loading it fails later
+        with its own error).
+    Raises:
+        CheckpointError: the run was trained on another sequence.
+    """
+    from ram_avatar.utils import atomic_write_text, sha256_file
+
+    fitted = Path(sequence_dir) / "fitted.npz"
+    if not fitted.is_file():
+        return None
+    fp = sha256_file(fitted)
+    path = Path(run_dir) / SEQUENCE_RECORD
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text()).get("sha256")
+        except (ValueError, AttributeError):
+            saved = None
+        if saved and saved != fp:
+            raise CheckpointError(
+                f"run {run_dir} was trained on another sequence (fitted.npz sha256 {saved[:12]}..., "
+                f"the subject's sequence is now {fp[:12]}...): the subject was captured again, or "
+                "the run was copied from another subject. Train a new run (--run NAME), or capture "
+                "into a new folder (capture --overwrite moves old runs aside).")
+    elif record:
+        atomic_write_text(path, json.dumps({"sha256": fp, "file": "sequence/fitted.npz"}))
+    return fp
+
+
+# ---------------------------------------------------------------------------------------------
 # load
 
 

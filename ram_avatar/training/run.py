@@ -22,7 +22,7 @@ from ram_avatar.io.sequence import FittedSequence, load_sequence
 from ram_avatar.io.split import Split, SplitError, decide_split
 from ram_avatar.io.subject import DEFAULT_RUN, Run, Subject
 from ram_avatar.models.renderer import AvatarRenderer
-from ram_avatar.training.checkpoint import load_checkpoint
+from ram_avatar.training.checkpoint import check_run_sequence, load_checkpoint
 from ram_avatar.training.config import TrainConfig, apply_overrides, get_preset, load_config
 from ram_avatar.training.data import SubjectDataset
 from ram_avatar.training.trainer import required_extras, train
@@ -189,6 +189,7 @@ def train_subject(subject_dir: str | Path, preset: str = "cpu-256", steps: int |
     """
     with run_lock(run_dir(subject_dir, run_name)):  # one `train` per run (io.lock)
         setup = prepare_training(subject_dir, preset, run_name, overrides, holdout, backend)
+        check_run_sequence(setup.run.dir, setup.seq.root, record=True)  # same capture only
         summary = train(setup.train_set, setup.val_set, setup.run.dir, setup.config, steps=steps,
                         minutes=minutes, device=device)
     summary["split"] = split_summary(setup.split)
@@ -202,7 +203,8 @@ def load_renderer(subject_dir: str | Path, run_name: str = DEFAULT_RUN,
     Returns:
         (model, info) with info ``checkpoint`` (path), ``step``, ``config`` (TrainConfig).
     Raises:
-        CheckpointError: no run or no checkpoint (train first), or a damaged checkpoint.
+        CheckpointError: no run or no checkpoint (train first), a damaged checkpoint, or a
+            run trained on another capture of the subject.
     """
     run = Subject(subject_dir).run(run_name)
     rd = run.dir
@@ -210,6 +212,7 @@ def load_renderer(subject_dir: str | Path, run_name: str = DEFAULT_RUN,
     if ckpt is None or not run.config_path.is_file():
         raise CheckpointError(f"no trained renderer in {rd}: run `ram-avatar train {subject_dir}` first")
     config = load_config(run.config_path)
+    check_run_sequence(rd, Path(subject_dir) / "sequence")  # trained on this capture?
     model = AvatarRenderer(config.model)
     info = load_checkpoint(ckpt, model=model)
     model.to(device).eval()
