@@ -195,7 +195,13 @@ def cmd_doctor(a) -> int:
 
 def cmd_bench(a) -> int:
     """Benchmarks (speed and memory targets are checked here, never in timed tests)."""
-    if a.what == "render":
+    if a.what == "gpu":
+        from ram_avatar.bench_gpu import DEFAULT_SIZES, bench_gpu
+
+        rep = bench_gpu(a.out or "bench_gpu", a.subject, device=a.device, video=a.video,
+                        sizes=tuple(a.resolution or DEFAULT_SIZES), frames=a.frames)
+        _print_json({k: rep[k] for k in ("json", "markdown", "targets")})
+    elif a.what == "render":
         from ram_avatar.bench_render import bench_render
 
         _print_json(bench_render(resolutions=tuple(a.resolution or (256, 512, 1024)), device=a.device,
@@ -323,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: render (components), live (end to end) or "
                                       "quality (held-out metrics against training minutes)")
-    p.add_argument("what", choices=["render", "live", "quality"])
+    p.add_argument("what", choices=["render", "live", "gpu", "quality"])
     p.add_argument("subject", nargs="?", default=None, help="subject directory (bench live / quality)")
     p.add_argument("--resolution", type=int, action="append", default=None, help="repeatable")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torch", "tensorrt"])
@@ -339,10 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", default=None, choices=["tail", "segment"],
                    help="bench quality: held-out split (default tail)")
     p.add_argument("--out", default=None,
-                   help="bench quality: output folder (default SUBJECT/runs/RUN/quality)")
+                   help="bench quality: output folder (default SUBJECT/runs/RUN/quality); "
+                        "bench gpu: report folder (default ./bench_gpu)")
     p.add_argument("--run-prefix", default="bench-quality",
                    help="bench quality: run name prefix; the run is PREFIX-PRESET-HOLDOUT (a "
                         "number is added when it exists)")
+    p.add_argument("--video", default=None,
+                   help="bench gpu: driving video of the live section (default: the subject's)")
     p.add_argument("--train-step", action="store_true",
                    help="bench render: also time one forward+backward and report its peak memory")
     p.add_argument("--no-onnx", action="store_true",
