@@ -8,7 +8,9 @@ readouts: FPS, per-stage latency (ms) and dropped frames.
 All work runs on a :class:`gui.worker.LiveWorker` on its own ``QThread``; the GUI thread only
 draws what the worker sends, so the window never freezes. A lost or missing webcam, a failing
 reader or the end of a video shows a message while the reader retries (see
-:class:`gui.sources.LatestFrameReader`).
+:class:`gui.sources.LatestFrameReader`). When the tracker sees nobody for a few frames, the
+message line says "no person in view" and the avatar view shows it as a banner, until someone
+is tracked again.
 
 Headless use (tests, CI, benchmarks): ``QT_QPA_PLATFORM=offscreen`` and
 ``ram-avatar live SUBJECT --source FILE --frames N --screenshot out.png`` run N frames through
@@ -43,7 +45,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from gui.sources import open_source
+from gui.sources import check_source, open_source
 from gui.worker import LiveWorker, virtual_camera_available
 
 __all__ = ["LiveWindow", "ImageView", "run_live", "to_qimage", "STAGE_NAMES"]
@@ -53,6 +55,10 @@ log = logging.getLogger(__name__)
 STAGE_NAMES = ("track", "fit", "retarget", "align", "maps", "render", "total")
 #: side of the avatar view at start-up (it grows with the window)
 DISPLAY_SIZE = 512
+#: frames in a row without a tracked person before "no person in view" is shown
+NO_PERSON_FRAMES = 3
+NO_PERSON_MESSAGE = ("no person in view: step into the camera's view, whole body visible and "
+                     "facing it; the avatar holds its last pose meanwhile")
 
 
 def to_qimage(img: np.ndarray) -> QImage:
@@ -117,8 +123,10 @@ class LiveWindow(QMainWindow):
                  driver: str | Path | None = None,
                  run_name: str = "default", runtime_factory: Callable[[], object] | None = None,
                  source_factory: Callable[[object], object] | None = None, loop: bool = False,
-                 retry_s: float = 1.0, record_dir: str | Path | None = None):
+                 retry_s: float = 1.0, record_dir: str | Path | None = None,
+                 max_source_failures: int | None = None):
         super().__init__()
+        self.no_person_frames = 0
         self.subject_dir = Path(subject_dir)
         self.setWindowTitle(f"RAM-Avatar live - {self.subject_dir.name}")
         self.record_dir = Path(record_dir) if record_dir else Path.cwd()
@@ -134,7 +142,7 @@ class LiveWindow(QMainWindow):
                 return AvatarRuntime(self.subject_dir, backend=backend, device=device, mda=mda,
                                      camera=camera, run_name=run_name, driver=driver)
         self.worker = LiveWorker(runtime_factory, source_factory or open_source, retry_s=retry_s,
-                                 loop=loop)
+                                 loop=loop, max_source_failures=max_source_failures)
         self._build_ui(source)
         self.mda_box.setChecked(bool(mda))
         self.worker.set_mda(bool(mda))
@@ -296,7 +304,18 @@ class LiveWindow(QMainWindow):
 
     def _on_frame(self, packet: dict) -> None:
         self.last_packet = packet
-        self.avatar_view.set_image(packet["avatar"])
+        avatar = packet["avatar"]
+        if packet.get("person", True):
+            if self.no_person_frames >= NO_PERSON_FRAMES:
+                self.show_status("info", "person in view: tracking")
+            self.no_person_frames = 0
+        else:
+            self.no_person_frames += 1
+            if self.no_person_frames == NO_PERSON_FRAMES:
+                self.show_status("warning", NO_PERSON_MESSAGE)
+            if self.no_person_frames >= NO_PERSON_FRAMES:
+                avatar = _banner(avatar, "no person in view")
+        self.avatar_view.set_image(avatar)
         self.preview.set_image(packet["preview"])
         self.fps_label.setText(f"FPS: {packet['fps']:.1f}")
         for name, lab in self.latency_labels.items():
@@ -330,6 +349,22 @@ class LiveWindow(QMainWindow):
         super().closeEvent(event)
 
 
+def _banner(img: np.ndarray, text: str) -> np.ndarray:
+    """A copy of ``img`` (H, W, 3) uint8 with ``text`` on a dark strip across its top (display
+    only: recordings and the virtual camera get the plain avatar)."""
+    import cv2
+
+    out = img.copy()
+    h, w = out.shape[:2]
+    strip = max(16, h // 12)
+    out[:strip] = (out[:strip] * 0.35).astype(np.uint8)
+    scale = strip / 40.0
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.putText(out, text, (max(2, (w - tw) // 2), (strip + th) // 2), cv2.FONT_HERSHEY_SIMPLEX,
+                scale, (255, 200, 60), max(1, strip // 20), cv2.LINE_AA)
+    return out
+
+
 def _ensure_platform(headless: bool) -> None:
     """Use Qt's offscreen platform when asked to, or when there is no display at all."""
     if "QT_QPA_PLATFORM" in os.environ:
@@ -357,13 +392,20 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
             given, or when there is no display).
     Returns:
         summary: frames processed, fps, mean per-stage latency (ms), screenshot path, messages.
+    Raises:
+        SourceError / VideoError: in ``frames`` mode, the source file is missing or unreadable,
+            or the webcam cannot be opened in 3 tries (within seconds, before any window opens);
+            a source lost later ends the run after 3 failed reopenings (``completed`` False).
     """
     if screenshot is not None and frames is None:
         frames = 30
+    if frames is not None:
+        check_source(source, tries=3, wait_s=1.0)
     _ensure_platform(bool(headless) if headless is not None else frames is not None)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     win = LiveWindow(subject_dir, source=source, backend=backend, device=device, mda=mda,
-                     camera=camera, run_name=run_name, loop=loop, driver=driver)
+                     camera=camera, run_name=run_name, loop=loop, driver=driver,
+                     max_source_failures=3 if frames is not None else None)
     win.resize(win.sizeHint())
     win.overlay_box.setChecked(bool(overlay))
     win.show()

@@ -6,11 +6,14 @@ No Qt here (usable and testable without a display):
 * :class:`VideoFileSource` — a video file decoded with PyAV (:func:`ram_avatar.capture.video.iter_frames`),
   played at its own frame rate like a camera;
 * :func:`open_source` — ``"0"`` / ``0`` -> webcam 0, anything else -> a video file;
+* :func:`check_source` — open a source once (a webcam: a few tries) and close it again, so
+  ``live --frames N`` fails within seconds on a missing file or camera instead of retrying;
 * :class:`LatestFrameReader` — a thread that reads a source as fast as it delivers, keeps only
   the latest frame (older ones are dropped, never queued), reports status changes, and when
   the source fails (webcam unplugged, reader error, missing device) closes it and retries
-  every ``retry_s`` seconds until stopped. The end of a video file is reported and, with
-  ``loop``, the file starts again.
+  every ``retry_s`` seconds until stopped (or, with ``max_failures``, gives up after that
+  many failures in a row). The end of a video file is reported and, with ``loop``, the file
+  starts again.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ram_avatar.errors import RamAvatarError
 log = logging.getLogger(__name__)
 
 __all__ = ["SourceError", "FrameSource", "WebcamSource", "VideoFileSource", "open_source",
-           "parse_source", "LatestFrameReader"]
+           "parse_source", "check_source", "LatestFrameReader"]
 
 
 class SourceError(RamAvatarError):
@@ -94,7 +97,8 @@ class VideoFileSource:
         self.path = Path(path)
         self.name = self.path.name
         if not self.path.is_file():
-            raise SourceError(f"video file {self.path} does not exist")
+            raise SourceError(f"video file {self.path} does not exist (resolved from "
+                              f"{Path.cwd()}): check the path, or give a webcam index such as 0")
         info = probe_video(self.path)  # VideoError (a RamAvatarError) for broken files
         self.fps = float(info.fps) if info.fps and info.fps > 0 else None
         self._it = iter_frames(self.path)
@@ -126,6 +130,33 @@ def open_source(spec: str | int) -> FrameSource:
     return WebcamSource(s) if isinstance(s, int) else VideoFileSource(s)
 
 
+def check_source(spec: str | int, tries: int = 3, wait_s: float = 1.0,
+                 factory: Callable[[object], FrameSource] = open_source) -> None:
+    """Open ``spec`` once and close it again, to fail fast before a run that needs it.
+
+    A video file is opened (and probed) once; a webcam up to ``tries`` times, ``wait_s``
+    seconds apart (a camera that is just being plugged in or released by another program).
+
+    Raises:
+        SourceError / VideoError: the file is missing or unreadable, or the webcam could not be
+            opened in ``tries`` attempts (the message says how often and why).
+    """
+    s = parse_source(spec)
+    attempts = max(1, int(tries)) if isinstance(s, int) else 1
+    for i in range(attempts):
+        try:
+            src = factory(spec)
+        except RamAvatarError as e:
+            if i + 1 >= attempts:
+                if attempts > 1:
+                    raise SourceError(f"{e} (tried {attempts} times, {wait_s:g} s apart)") from None
+                raise
+            time.sleep(wait_s)
+            continue
+        _close(src)
+        return
+
+
 class LatestFrameReader:
     """Reads a source on its own thread and keeps only the newest frame (module docstring).
 
@@ -138,6 +169,8 @@ class LatestFrameReader:
             the consumer is slower).
         on_status: ``callback(level, message)`` with level ``info`` | ``warning`` | ``error`` |
             ``ended``, called from the reader thread on every status change.
+        max_failures: give up (status ``ended``) after this many failures in a row to open or
+            read the source; None retries until stopped (the interactive app).
 
     Attributes:
         frames_read, frames_dropped (never consumed), failures, ended (a non-looping source
@@ -145,8 +178,11 @@ class LatestFrameReader:
     """
 
     def __init__(self, factory: Callable[[], FrameSource], retry_s: float = 1.0, loop: bool = False,
-                 realtime: bool = True, on_status: Callable[[str, str], None] | None = None):
+                 realtime: bool = True, on_status: Callable[[str, str], None] | None = None,
+                 max_failures: int | None = None):
         self.factory = factory
+        self.max_failures = max_failures
+        self._in_a_row = 0
         self.retry_s = float(retry_s)
         self.loop = loop
         self.realtime = realtime
@@ -204,6 +240,15 @@ class LatestFrameReader:
             except Exception:  # noqa: BLE001 - a broken callback must not kill the reader
                 log.exception("status callback failed")
 
+    def _give_up(self, reason: str) -> bool:
+        """Count a failure in a row; True (status ``ended``) once ``max_failures`` is reached."""
+        self._in_a_row += 1
+        if self.max_failures is None or self._in_a_row < self.max_failures:
+            return False
+        self.ended = True
+        self._set_status("ended", f"{reason}; gave up after {self._in_a_row} failed attempts")
+        return True
+
     def _push(self, frame: np.ndarray) -> None:
         with self._cond:
             if self._frame is not None and self._consumed < self._seq:
@@ -211,6 +256,7 @@ class LatestFrameReader:
             self._frame = frame
             self._seq += 1
             self.frames_read += 1
+            self._in_a_row = 0
             self._cond.notify_all()
 
     def _run(self) -> None:
@@ -219,6 +265,8 @@ class LatestFrameReader:
                 src = self.factory()
             except Exception as e:  # noqa: BLE001 - missing camera, bad file, ...
                 self.failures += 1
+                if self._give_up(f"cannot open the source: {e}"):
+                    break
                 self._set_status("error", f"cannot open the source: {e} (retrying every {self.retry_s:g} s)")
                 self._stop.wait(self.retry_s)
                 continue
@@ -248,8 +296,10 @@ class LatestFrameReader:
                     break  # stopped
             except Exception as e:  # noqa: BLE001 - unplugged camera, decoder error, ...
                 self.failures += 1
-                self._set_status("error", f"{self.source_name} lost: {e} (retrying every {self.retry_s:g} s)")
                 _close(src)
+                if self._give_up(f"{self.source_name} lost: {e}"):
+                    break
+                self._set_status("error", f"{self.source_name} lost: {e} (retrying every {self.retry_s:g} s)")
                 self._stop.wait(self.retry_s)
                 continue
             _close(src)

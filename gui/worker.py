@@ -51,6 +51,8 @@ class LiveWorker(QObject):
         retry_s: seconds between attempts to reopen a failed source.
         loop: restart video files at their end.
         realtime: pace video files at their frame rate (as a camera would deliver them).
+        max_source_failures: stop reading a source after this many failures in a row (the
+            reader reports ``ended``); None retries until stopped.
 
     Signals:
         frame_ready(dict): ``avatar`` (S,S,3) uint8 for display, ``preview`` (h,w,3) uint8 source
@@ -72,8 +74,9 @@ class LiveWorker(QObject):
 
     def __init__(self, runtime_factory: Callable[[], object],
                  source_factory: Callable[[object], object] = open_source, retry_s: float = 1.0,
-                 loop: bool = False, realtime: bool = True):
+                 loop: bool = False, realtime: bool = True, max_source_failures: int | None = None):
         super().__init__()
+        self.max_source_failures = max_source_failures
         self.runtime_factory = runtime_factory
         self.source_factory = source_factory
         self.retry_s = retry_s
@@ -159,7 +162,8 @@ class LiveWorker(QObject):
                     last_seq, last_done = 0, None
                     self.reader = LatestFrameReader(
                         lambda spec=pending: self.source_factory(spec), retry_s=self.retry_s,
-                        loop=self.loop, realtime=self.realtime, on_status=self._reader_status).start()
+                        loop=self.loop, realtime=self.realtime, on_status=self._reader_status,
+                        max_failures=self.max_source_failures).start()
                 if self.reader is None:
                     self._stop.wait(0.05)
                     continue

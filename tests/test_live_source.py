@@ -1,0 +1,135 @@
+"""`live --frames N` fails fast on a missing source; the app says when nobody is in view."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+pytest.importorskip("PySide6.QtWidgets", reason="the live app needs PySide6 (extra [gui])")
+
+from ram_avatar.cli import main  # noqa: E402
+
+
+def test_live_frames_missing_file_exits_at_once(tmp_path, capsys):
+    t0 = time.monotonic()
+    code = main(["live", str(tmp_path / "subject"), "--source", str(tmp_path / "nope.mp4"),
+                 "--frames", "3", "--timeout", "600"])
+    took = time.monotonic() - t0
+    assert code == 2 and took < 5.0, took
+    err = capsys.readouterr().err
+    assert "nope.mp4" in err and "does not exist" in err
+
+
+def test_live_frames_missing_webcam_retries_then_fails(tmp_path, capsys):
+    t0 = time.monotonic()
+    code = main(["live", str(tmp_path / "subject"), "--source", "9", "--frames", "3"])
+    took = time.monotonic() - t0
+    assert code == 2 and took < 10.0, took
+    err = capsys.readouterr().err
+    assert "webcam 9" in err and "tried 3 times" in err
+
+
+def test_reader_gives_up_after_max_failures():
+    from gui.sources import LatestFrameReader, SourceError
+
+    calls, statuses = [], []
+
+    def factory():
+        calls.append(1)
+        raise SourceError("webcam 7 not found")
+
+    r = LatestFrameReader(factory, retry_s=0.01, max_failures=3,
+                          on_status=lambda lvl, msg: statuses.append((lvl, msg))).start()
+    r._thread.join(5)
+    assert not r.alive and r.ended and len(calls) == 3
+    assert statuses[-1][0] == "ended" and "gave up after 3" in statuses[-1][1]
+
+
+class _Runtime:
+    """A stand-in runtime whose tracker sees a person only while ``person`` is True."""
+
+    resolution = 64
+    mda_available, mda_status, mda_enabled, want_landmarks = False, "not fitted", False, False
+    person = False
+
+    class engine:  # noqa: N801
+        name, providers = "fake", ["none"]
+
+    def __init__(self):
+        from ram_avatar.runtime.avatar_runtime import FrameResult
+
+        self.last = FrameResult()
+
+    def process(self, frame):
+        img = np.full((64, 64, 3), 128, np.uint8)
+        stats = {k: 1.0 for k in ("track", "fit", "retarget", "align", "maps", "render")}
+        return img, {**stats, "total": 6.0, "person": _Runtime.person, "full_fit": False}
+
+    def set_mda(self, on):
+        return False
+
+    def reset(self):
+        pass
+
+    def close(self):
+        pass
+
+    def release_thread_resources(self):
+        pass
+
+
+class _Frames:
+    name, fps, live = "frames", 100.0, True
+
+    def read(self):
+        time.sleep(0.01)
+        return np.zeros((48, 64, 3), np.uint8)
+
+    def close(self):
+        pass
+
+
+def _wait(app, cond, timeout):
+    t0 = time.monotonic()
+    while not cond():
+        app.processEvents()
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.01)
+
+
+def test_no_person_in_view_is_shown():
+    from PySide6.QtWidgets import QApplication
+
+    from gui.app import NO_PERSON_MESSAGE, LiveWindow
+
+    app = QApplication.instance() or QApplication([])
+    _Runtime.person = False
+    win = LiveWindow("unused", source="cam", runtime_factory=_Runtime,
+                     source_factory=lambda spec: _Frames())
+    win.show()
+    try:
+        _wait(app, lambda: any(m == NO_PERSON_MESSAGE for _, m in win.messages), 30)
+        assert win.message.text() == NO_PERSON_MESSAGE
+        assert sum(m == NO_PERSON_MESSAGE for _, m in win.messages) == 1   # once, not per frame
+        _Runtime.person = True
+        _wait(app, lambda: win.messages[-1][1] == "person in view: tracking", 30)
+        n = len(win.messages)
+        _wait(app, lambda: win.frames_shown > 10, 30)
+        assert len(win.messages) == n                                      # no flicker
+    finally:
+        win.shutdown(10000)
+        win.close()
+        app.processEvents()
+
+
+def test_banner_marks_the_displayed_frame_only():
+    from gui.app import _banner
+
+    img = np.full((128, 128, 3), 200, np.uint8)
+    out = _banner(img, "no person in view")
+    assert out.shape == img.shape and not np.array_equal(out[:10], img[:10])
+    assert np.array_equal(out[20:], img[20:]) and np.all(img == 200)
