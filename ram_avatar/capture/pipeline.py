@@ -37,6 +37,7 @@ from ram_avatar.io.disk import fmt_bytes, free_bytes, is_disk_full
 from ram_avatar.io.lock import FolderLock
 from ram_avatar.io.sequence import OVERLAY, SOURCE, FittedSequence
 from ram_avatar.render.conditioning import face_to_head_local, fill_invalid
+from ram_avatar.render.texture_bake import bake_capture_texture
 from ram_avatar.utils import progress, resolve_device, sha256_file
 
 log = logging.getLogger(__name__)
@@ -419,6 +420,8 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
                 write_overlay(tmp / OVERLAY, video, tr.start, tr.end, info.fps, body, tr.params,
                               tr.keypoints_fit, K)
                 timings["overlay_s"] = time.time() - t2
+            # the training frames' appearance in the body's UV atlas: texture.png (issue 10)
+            timings["texture_s"] = bake_capture_texture(seq, body)
             timings["total_s"] = time.time() - t0
             seq.manifest["timings"] = timings
             seq.save(tmp)

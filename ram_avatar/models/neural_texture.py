@@ -13,6 +13,13 @@ about 4x cheaper on CPU; gradients still reach every level through the upsamplin
 UV convention (OBJ): ``u`` runs left to right, ``v`` bottom to top, both in [0, 1]; texel row
 ``(1 - v) * S``. Background pixels carry ``uv = 0`` and are zeroed by the body mask.
 
+Fixed RGB texture (``rgb=True``, issue 10): a persistent, non-learnable buffer
+``rgb_texture (1,3,S,S)`` in [0,1] (0.5 grey until set, e.g. from the texture baked from the
+video, :mod:`ram_avatar.render.texture_bake`) is concatenated to the collapsed learned texture
+before the single ``grid_sample``, so the output has ``C + 3`` channels: the learned features
+first, then the RGB colour at the same uv. It is saved in checkpoints and embedded in ONNX
+exports as a constant.
+
 Export: only :func:`torch.nn.functional.grid_sample` (ONNX GridSample, opset >= 16) and
 elementwise ops; batch size stays dynamic.
 """
@@ -43,13 +50,15 @@ class NeuralTexture(nn.Module):
         size: texture side S in texels (power of two recommended when ``levels > 1``).
         levels: Laplacian-pyramid levels; level k has side ``size / 2**k`` (1 = plain texture).
         init_std: standard deviation of the normal initialisation (of every level).
+        rgb: also hold the fixed RGB texture buffer ``rgb_texture (1,3,S,S)`` (module doc).
 
     Shapes:
-        ``uv (B,2,H,W)`` in [0,1], ``body_mask (B,1,H,W)`` in [0,1] -> ``(B,C,H,W)``.
+        ``uv (B,2,H,W)`` in [0,1], ``body_mask (B,1,H,W)`` in [0,1] -> ``(B,C,H,W)``, or
+        ``(B,C+3,H,W)`` with ``rgb`` (learned features, then RGB in [0,1]).
     """
 
     def __init__(self, channels: int = 16, size: int = 256, levels: int = 1,
-                 init_std: float = 0.1) -> None:
+                 init_std: float = 0.1, rgb: bool = False) -> None:
         super().__init__()
         if channels < 1 or size < 1 or levels < 1:
             raise ValueError(f"NeuralTexture needs channels, size, levels >= 1 "
@@ -63,6 +72,39 @@ class NeuralTexture(nn.Module):
             nn.Parameter(torch.randn(1, channels, size >> k, size >> k) * init_std)
             for k in range(levels)
         )
+        self.rgb = bool(rgb)
+        if self.rgb:
+            self.register_buffer("rgb_texture", torch.full((1, 3, size, size), 0.5))
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of :meth:`forward`'s output (C, plus 3 with the RGB texture)."""
+        return self.channels + (3 if self.rgb else 0)
+
+    @torch.no_grad()
+    def set_rgb_texture(self, texture: torch.Tensor) -> None:
+        """Load the fixed RGB texture from ``texture (1,3,H,W)`` or ``(3,H,W)`` float in [0,1]
+        (same uv layout: row 0 = v 1), resized to ``size`` (area average when shrinking,
+        bilinear when enlarging).
+
+        Raises:
+            ValueError: the texture was built without ``rgb``, or ``texture`` has a wrong shape.
+        """
+        if not self.rgb:
+            raise ValueError("this NeuralTexture has no RGB texture (build it with rgb=True, "
+                             "model.texture_rgb in the renderer config)")
+        t = torch.as_tensor(texture, dtype=torch.float32)
+        if t.dim() == 3:
+            t = t[None]
+        if t.dim() != 4 or t.shape[:2] != (1, 3):
+            raise ValueError(f"RGB texture must be (1,3,H,W) or (3,H,W), got {tuple(t.shape)}")
+        t = t.to(self.rgb_texture.device)
+        if t.shape[-2:] != (self.size, self.size):
+            shrink = t.shape[-1] > self.size and t.shape[-2] > self.size
+            t = F.interpolate(t, size=(self.size, self.size),
+                              mode="area" if shrink else "bilinear",
+                              **({} if shrink else {"align_corners": False}))
+        self.rgb_texture.copy_(t.clamp(0.0, 1.0))
 
     def full_texture(self) -> torch.Tensor:
         """The pyramid collapsed to one ``(1,C,S,S)`` texture (levels upsampled bilinearly, summed)."""
@@ -73,9 +115,12 @@ class NeuralTexture(nn.Module):
         return out
 
     def forward(self, uv: torch.Tensor, body_mask: torch.Tensor) -> torch.Tensor:
-        """Sample the texture at ``uv``; returns ``(B,C,H,W)`` features, zero where mask is 0."""
+        """Sample the texture at ``uv``; returns ``(B,C,H,W)`` features (``(B,C+3,H,W)`` with the
+        RGB texture), zero where mask is 0."""
         grid = uv_to_grid(uv)
         tex = self.full_texture()
+        if self.rgb:
+            tex = torch.cat([tex, self.rgb_texture], dim=1)
         out = F.grid_sample(tex.expand(uv.shape[0], -1, -1, -1), grid, mode="bilinear",
                             padding_mode="border", align_corners=False)
         return out * body_mask

@@ -25,6 +25,13 @@ frame), ``canon``/``canon_expanded``/``prev_canon`` (canonical positions, tripla
 extra map is missing, the current frame's map stands in for it (the spatial part then attends
 with queries from ``F`` itself, the temporal part treats the frame as static) and a warning is
 logged once; :meth:`AvatarRenderer.input_names` lists what a config needs.
+
+Fixed RGB texture (``RendererConfig.texture_rgb``, issue 10, either variant with the UV texture):
+the neural texture also holds a non-learnable RGB texture (:meth:`AvatarRenderer.set_rgb_texture`,
+typically the texture baked from the training video by :mod:`ram_avatar.render.texture_bake`),
+sampled at the same uv in the same ``grid_sample`` pass; its 3 channels (zero off the body)
+go straight to the generator input after the body features. The dual attention still sees
+the learned features only.
 """
 
 from __future__ import annotations
@@ -58,7 +65,14 @@ class RendererConfig:
         texture_channels: neural texture channels C (paper: 48).
         texture_size: neural texture side in texels (paper: 1024).
         texture_levels: Laplacian-pyramid levels of the texture (1 = single texture).
-        texture_init_std: std of the texture's normal initialisation.
+        texture_init_std: std of the texture's normal initialisation. With ``texture_rgb`` the
+            colour comes from the fixed RGB channels and the learned levels keep this
+            initialisation (noise of this std); lowering it (e.g. to 0) is a training-preset
+            choice, the default is unchanged so old configs rebuild the same model.
+        texture_rgb: hold a fixed RGB texture (1,3,texture_size,texture_size) beside the learned
+            features (module docstring); +3 generator input channels. Needs the UV texture
+            (``body_features="texture"``). Default False: old configs and checkpoints load
+            unchanged.
         hand_channels: channels of the hand map (one per finger).
         face_channels: channels of the face map.
         base_channels: generator channels at its top resolution (S/2 with wavelets).
@@ -101,6 +115,7 @@ class RendererConfig:
     texture_size: int = 256
     texture_levels: int = 4
     texture_init_std: float = 0.1
+    texture_rgb: bool = False
     hand_channels: int = 5
     face_channels: int = 3
     base_channels: int = 16
@@ -143,12 +158,14 @@ class RendererConfig:
         """Generator input channels.
 
         v1: texture C + hand + face + 1 body mask. full: body C + branch channels of each
-        enabled branch + 1 body mask (paper: 48 + 16 + 16, plus the mask).
+        enabled branch + 1 body mask (paper: 48 + 16 + 16, plus the mask). Plus 3 RGB
+        channels with ``texture_rgb``.
         """
+        rgb = 3 if self.texture_rgb else 0
         if self.variant == "full":
-            return (self.body_channels + self.branch_channels * (int(self.face_branch)
-                                                                  + int(self.hand_branch)) + 1)
-        return self.texture_channels + self.hand_channels + self.face_channels + 1
+            return (self.body_channels + rgb + self.branch_channels * (
+                int(self.face_branch) + int(self.hand_branch)) + 1)
+        return self.texture_channels + rgb + self.hand_channels + self.face_channels + 1
 
     @property
     def uses_attention(self) -> bool:
@@ -199,6 +216,9 @@ class RendererConfig:
         if self.body_features not in BODY_FEATURES:
             raise ValueError(f"model.body_features must be one of {BODY_FEATURES}, "
                              f"got {self.body_features!r}")
+        if self.texture_rgb and self.variant == "full" and self.body_features != "texture":
+            raise ValueError("model.texture_rgb needs the UV texture (body_features='texture'): "
+                             "the RGB texture is sampled at the uv map")
         if self.attention_impl not in ("einsum", "reference", "dense"):
             raise ValueError(f"model.attention_impl must be einsum, reference or dense, "
                              f"got {self.attention_impl!r}")
@@ -255,7 +275,8 @@ class AvatarRenderer(nn.Module):
                                      config.texture_init_std)
         else:
             self.texture = NeuralTexture(config.texture_channels, config.texture_size,
-                                         config.texture_levels, config.texture_init_std)
+                                         config.texture_levels, config.texture_init_std,
+                                         rgb=config.texture_rgb)
         if full and config.uses_attention:
             from ram_avatar.models.dual_attention import DualAttention
 
@@ -296,6 +317,19 @@ class AvatarRenderer(nn.Module):
         """The learnable body feature field: the UV :class:`NeuralTexture` or the triplane."""
         return self.triplane if hasattr(self, "triplane") else self.texture
 
+    @torch.no_grad()
+    def set_rgb_texture(self, texture: torch.Tensor) -> None:
+        """Load the fixed RGB texture (``config.texture_rgb``): ``texture (1,3,H,W)`` float in
+        [0,1] in the neural texture's uv layout (row 0 = v 1, e.g. ``sequence/texture.png`` via
+        :func:`ram_avatar.render.texture_bake.load_texture`), resized to ``texture_size``.
+
+        Raises:
+            ValueError: the config has ``texture_rgb`` off, or ``texture`` has a wrong shape.
+        """
+        if not self.config.texture_rgb:
+            raise ValueError("set_rgb_texture needs model.texture_rgb=True in the renderer config")
+        self.texture.set_rgb_texture(texture)
+
     def input_names(self) -> tuple[str, ...]:
         """Inputs this renderer reads (see :meth:`RendererConfig.input_names`)."""
         return self.config.input_names()
@@ -315,7 +349,8 @@ class AvatarRenderer(nn.Module):
                          masks: list[torch.Tensor]) -> list[torch.Tensor]:
         """Sample the body features at several maps in one pass (the texture pyramid is
         collapsed once; the maps are stacked on the batch axis): lists of ``(B,C,S,S)`` coords
-        (uv or canon) and ``(B,1,S,S)`` masks -> list of ``(B,body_channels,S,S)``."""
+        (uv or canon) and ``(B,1,S,S)`` masks -> list of ``(B,body_channels,S,S)``
+        (``body_channels + 3`` with ``texture_rgb``: the RGB texture's colour last)."""
         if len(coords) == 1:
             return [self._sample_body(coords[0], masks[0])]
         feats = self._sample_body(torch.cat(coords, dim=0), torch.cat(masks, dim=0))
@@ -324,14 +359,24 @@ class AvatarRenderer(nn.Module):
     def body_map(self, uv: torch.Tensor | None, body_mask: torch.Tensor, **extra) -> torch.Tensor:
         """Body feature map ``(B, body_channels, S, S)``: sampled features, through the dual
         attention when it is enabled (full variant). ``extra`` as in :meth:`forward`."""
+        return self.body_and_rgb(uv, body_mask, **extra)[0]
+
+    def body_and_rgb(self, uv: torch.Tensor | None, body_mask: torch.Tensor,
+                     **extra) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`body_map` and the fixed RGB texture's colour at ``uv`` ``(B,3,S,S)`` (zero off
+        the body; None without ``texture_rgb``), from one sampling pass. The attention sees
+        the learned features only."""
         tri = hasattr(self, "triplane")
         key = "canon" if tri else "uv"
         coords = extra.get("canon") if tri else uv
         if coords is None:
             raise ValueError("the triplane renderer needs the 'canon' map (canonical positions)")
         attention = getattr(self, "attention", None)
+        nc = self.config.body_channels
+        rgb_on = self.config.texture_rgb
         if attention is None:
-            return self._sample_body(coords, body_mask)
+            f = self._sample_body(coords, body_mask)
+            return (f[:, :nc], f[:, nc:]) if rgb_on else (f, None)
         cs, ms = [coords], [body_mask]
         row: dict[str, int] = {}  # attention part -> its row in the stacked sampling
         for part, c_name, m_name in (("spatial", f"{key}_expanded", "body_mask_expanded"),
@@ -346,11 +391,13 @@ class AvatarRenderer(nn.Module):
                 cs.append(c)
                 ms.append(m)
         feats = self.sample_body_maps(cs, ms)
+        rgb = feats[0][:, nc:] if rgb_on else None
+        feats = [x[:, :nc] for x in feats] if rgb_on else feats
         f = feats[0]
         f_exp, f_prev = (feats[row[part]] if part in row else
                          (f if getattr(attention, part) is not None else None)
                          for part in ("spatial", "temporal"))
-        return attention(f, f_exp, f_prev)
+        return attention(f, f_exp, f_prev), rgb
 
     def forward(self, uv: torch.Tensor | None, body_mask: torch.Tensor,
                 hand: torch.Tensor | None = None, face: torch.Tensor | None = None,
@@ -365,18 +412,18 @@ class AvatarRenderer(nn.Module):
         if frame_index is not None and not isinstance(frame_index, torch.Tensor):
             frame_index = torch.as_tensor(frame_index, device=body_mask.device)
         if self.config.variant == "full":
-            body = self.body_map(uv, body_mask, uv_expanded=uv_expanded,
-                                 body_mask_expanded=body_mask_expanded, prev_uv=prev_uv,
-                                 prev_body_mask=prev_body_mask, canon=canon,
-                                 canon_expanded=canon_expanded, prev_canon=prev_canon)
-            parts = [body]
+            body, rgb = self.body_and_rgb(uv, body_mask, uv_expanded=uv_expanded,
+                                          body_mask_expanded=body_mask_expanded, prev_uv=prev_uv,
+                                          prev_body_mask=prev_body_mask, canon=canon,
+                                          canon_expanded=canon_expanded, prev_canon=prev_canon)
+            parts = [body] if rgb is None else [body, rgb]
             if hasattr(self, "hand_branch"):
                 parts.append(self.hand_branch(hand))
             if hasattr(self, "face_branch"):
                 parts.append(self.face_branch(face))
             x = torch.cat(parts + [body_mask], dim=1)
         else:
-            features = self.texture(uv, body_mask)
+            features = self.texture(uv, body_mask)  # learned features (+ RGB with texture_rgb)
             x = torch.cat([features, hand, face, body_mask], dim=1)
         out = self.generator(x, frame_index)
         fg = torch.sigmoid(out[:, :3])
