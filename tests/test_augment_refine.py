@@ -194,3 +194,42 @@ def test_refiner_prior_and_arrays(anny_body):
     arr = r.refined_arrays(p)
     assert arr["transl"].shape == (3, 3) and abs(arr["transl"][1, 0] - 0.02) < 1e-7
     assert arr["delta_body_pose"].shape == tuple(p.body_pose.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# refined poses through a run: saved, read back by evaluate, opt-in test-time refinement
+
+
+@pytest.mark.slow
+def test_refined_poses_saved_and_used_by_evaluate(tmp_path, anny_body, monkeypatch):
+    import ram_avatar.body
+    import ram_avatar.training.data
+    from tiny_subject import TINY_TRAIN, write_tiny_subject
+
+    from ram_avatar.cli import main
+    from ram_avatar.eval.evaluate import evaluate_subject
+    from ram_avatar.io.sequence import load_sequence
+    from ram_avatar.training.pose_refine import apply_refined_poses, load_refined_poses
+
+    monkeypatch.setattr(ram_avatar.body, "load_body_model", lambda *a, **k: anny_body)
+    monkeypatch.setattr(ram_avatar.training.data, "load_body_model", lambda *a, **k: anny_body)
+    subject = write_tiny_subject(tmp_path / "s", anny_body, T=20, fps=10.0)
+    sets = [x for s in TINY_TRAIN + ["pose_refine=true", "pose_refine_lr=0.01",
+                                     "augment_prob=0.5", "solid_bg_prob=0.5"]
+            for x in ("--set", s)]
+    assert main(["train", str(subject), "--run", "r", "--steps", "6", "--device", "cpu",
+                 "--preset", "cpu-256-v1", *sets]) == 0
+    refined = load_refined_poses(subject / "runs" / "r" / "refined_poses.npz")
+    assert int(refined["step"]) == 6
+    seq = load_sequence(subject)
+    val = np.flatnonzero(~np.isin(np.arange(20), np.arange(18)))  # tail 10 %: frames 18, 19
+    moved = np.abs(refined["delta_transl"]).sum(-1)
+    assert moved[:18].max() > 0 and moved[val].max() == 0  # held-out frames never trained
+    assert np.abs(refined["delta_betas"]).max() > 0
+    params = apply_refined_poses(seq.params, refined)
+    assert torch.allclose(params.betas, torch.as_tensor(refined["betas"]))
+    ev = evaluate_subject(subject, "r", device="cpu")
+    assert "betas" in ev["pose_refinement"] and np.isfinite(ev["psnr_masked"])
+    ev2 = evaluate_subject(subject, "r", device="cpu", refine_poses=1)
+    assert ev2["pose_refinement"].startswith("held-out poses refined")
+    assert np.isfinite(ev2["psnr_masked"])

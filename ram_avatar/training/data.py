@@ -181,6 +181,8 @@ class SubjectDataset(Dataset):
         backend: rasterizer backend.
         extras: optional keys to add (module docstring): any of :data:`EXTRAS`.
         expand_offset: metres of the expanded mesh (``RendererConfig.expand_offset``).
+        params: BodyParams of all T frames to render the maps from (e.g. a run's refined
+            poses, training.pose_refine); None = the sequence's fitted parameters.
 
     Attributes used by pose refinement: ``body`` (the body model), ``params`` (the sequence's
     fitted BodyParams, all T frames), ``K_crop`` (3,3) intrinsics of the S x S crop, ``backend``.
@@ -190,7 +192,7 @@ class SubjectDataset(Dataset):
     """
 
     def __init__(self, seq: FittedSequence, indices: np.ndarray, size: int, backend: str = "auto",
-                 body=None, extras=(), expand_offset: float = 0.01):
+                 body=None, extras=(), expand_offset: float = 0.01, params=None):
         unknown = sorted(set(extras) - set(EXTRAS))
         if unknown:
             raise ValueError(f"unknown dataset extras {unknown}; known: {EXTRAS}")
@@ -227,12 +229,12 @@ class SubjectDataset(Dataset):
         # what pose refinement (training.pose_refine) re-renders the maps from
         self.body = body or load_body_model(seq.manifest["body_model"]["name"],
                                             model_path=seq.manifest["body_model"].get("model_path"))
-        self.params = seq.params
+        self.params = seq.params if params is None else params
         self.K_crop = crop_intrinsics(seq.K, crop, size)
         self.backend = backend
         self.maps = render_sequence_maps(
             seq, np.asarray(map_frames, dtype=np.int64), size, body=self.body, backend=backend,
-            expand_offset=expand_offset if "expanded" in self.extras else None,
+            params=self.params, expand_offset=expand_offset if "expanded" in self.extras else None,
             canonical="canonical" in self.extras, boxes="hand_boxes" in self.extras)
 
     def __len__(self) -> int:

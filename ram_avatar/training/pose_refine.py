@@ -170,3 +170,81 @@ def load_refined_poses(path) -> dict[str, np.ndarray] | None:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is damaged ({exc}); delete it to use the fitted poses") \
             from None
+
+
+def apply_refined_poses(params: BodyParams, refined: dict[str, np.ndarray] | None) -> BodyParams:
+    """The sequence's fitted ``params`` (T frames) with a run's refinement applied: refined
+    ``global_orient``, ``body_pose``, ``transl`` per frame (frames never trained on have zero
+    corrections, so they keep their fitted pose) and the refined shared ``betas``.
+
+    Raises:
+        ram_avatar.errors.CheckpointError: ``refined`` does not fit ``params`` (another subject).
+    """
+    if refined is None:
+        return params
+    from ram_avatar.errors import CheckpointError
+
+    T = params.batch_size
+    want = {"global_orient": (T, 3), "body_pose": tuple(params.body_pose.shape),
+            "transl": (T, 3), "betas": (1, params.betas.shape[1])}
+    for k, shape in want.items():
+        if k not in refined or tuple(refined[k].shape[-len(shape):]) != shape[-len(shape):] \
+                or (k != "betas" and refined[k].shape[0] != T):
+            raise CheckpointError(f"refined poses do not fit this subject ({k}: expected "
+                                  f"{shape}, got {None if k not in refined else refined[k].shape})"
+                                  "; delete the run's refined_poses.npz or retrain")
+    t = {k: torch.as_tensor(refined[k], dtype=params.global_orient.dtype) for k in want}
+    betas = t["betas"][:1] if params.betas.shape[0] == 1 else t["betas"][:1].expand_as(params.betas)
+    return BodyParams(betas=betas, global_orient=t["global_orient"], body_pose=t["body_pose"],
+                      left_hand_pose=params.left_hand_pose, right_hand_pose=params.right_hand_pose,
+                      jaw_pose=params.jaw_pose, expression=params.expression, transl=t["transl"])
+
+
+def refine_heldout_poses(model, dataset, iterations: int = 20, lr: float = 3e-3,
+                         prior_weight: float = 1e-3, rot_sigma: float = 0.05,
+                         transl_sigma: float = 0.02, batch: int = 4,
+                         device: str | torch.device = "cpu") -> BodyParams:
+    """Test-time pose refinement of held-out frames from their images (opt-in evaluation
+    protocol of InstantAvatar / GaussianAvatar): the renderer is frozen and per-frame
+    corrections of ``global_orient``, ``body_pose`` and ``transl`` are fitted by Adam to
+    the frames' pixels (L1 of the composited render, mean style code) plus the same Gaussian
+    prior as in training. Shape is not changed.
+
+    Args:
+        model: trained :class:`~ram_avatar.models.renderer.AvatarRenderer` (eval mode).
+        dataset: :class:`~ram_avatar.training.data.SubjectDataset` of the held-out frames.
+        iterations: passes over the frames.
+    Returns:
+        The dataset's ``params`` (all T frames) with the held-out frames' poses refined.
+    """
+    params = dataset.params
+    T = params.batch_size
+    refiner = PoseRefiner(T, params.body_pose.shape[1], params.betas.shape[1]).to(device)
+    refiner.betas.requires_grad_(False)
+    maps = RefinedMapRenderer(dataset.body, dataset.K_crop, dataset.size,
+                              model.config.expand_offset if "uv_expanded" in model.input_names()
+                              else None, backend=dataset.backend)
+    opt = torch.optim.Adam([refiner.global_orient, refiner.body_pose, refiner.transl], lr=lr)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = model.input_names()
+    for _ in range(iterations):
+        for c in range(0, len(dataset), batch):
+            items = [dataset[i] for i in range(c, min(len(dataset), c + batch))]
+            b = {k: torch.stack([it[k] for it in items]).to(device)
+                 for k in set(names) | {"image"} if k in items[0]}
+            idx = torch.as_tensor([it["frame_index"] for it in items], device=device)
+            b.update(maps(refiner.refine(params.index(idx.cpu()).to(device), idx)))
+            out = model.forward_batch(b, None)
+            loss = (out["rgb"] - b["image"]).abs().mean() + prior_weight * refiner.prior_loss(
+                idx, rot_sigma, transl_sigma, 1.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return _detach(refiner.refine(params, torch.arange(T)))
+
+
+def _detach(p: BodyParams) -> BodyParams:
+    return BodyParams(**{k: v.detach().cpu() for k, v in vars(p).items()})
