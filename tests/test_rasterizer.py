@@ -480,7 +480,7 @@ def emulated_nvdiffrast(monkeypatch):
     import types
 
     state = R._NvdrState()
-    state._checked = True
+    state._checked, state._pid = True, R.os.getpid()
     state._dr = types.SimpleNamespace(RasterizeCudaContext=lambda device=None: object(),
                                       rasterize=_emulated_dr_rasterize)
     monkeypatch.setattr(state, "device_for", lambda verts: verts.device)
@@ -546,7 +546,8 @@ def test_auto_prefers_nvdiffrast(emulated_nvdiffrast):
 
 def test_nvdiffrast_unavailable_error(monkeypatch):
     state = R._NvdrState()
-    state._checked, state.error = True, "ModuleNotFoundError: No module named 'nvdiffrast'"
+    state._checked, state._pid = True, R.os.getpid()
+    state.error = "ModuleNotFoundError: No module named 'nvdiffrast'"
     monkeypatch.setattr(R, "_NV", state)
     verts, faces, K = _tiny()
     with pytest.raises(RasterBackendUnavailableError, match=r"\[nvdiffrast\]"):
@@ -582,3 +583,14 @@ def test_body_nvdiffrast_agrees_with_torch(body, S):
     assert dz.median() < 1e-5 and dz.max() < 1e-3
     pt, pn = interpolate(ft, verts), interpolate(fn, verts)
     assert ((pt - pn).norm(dim=-1)[inter] < 5e-3).float().mean() > 0.99  # metres
+
+
+def test_nvdiffrast_state_is_checked_again_after_fork(emulated_nvdiffrast):
+    """A forked child inherits no usable CUDA state: the backend is checked again there (and
+    falls back when CUDA cannot start in the child) instead of reusing the parent's module."""
+    state = emulated_nvdiffrast
+    assert state.available()
+    state._pid = -1  # what a forked child sees: the state belongs to another process
+    assert state.available() == NV_OK
+    if not NV_OK:
+        assert state.error and R.auto_backend() in ("moderngl", "torch")

@@ -812,11 +812,16 @@ class _NvdrState:
         self._dr = None
         self._probe = None
         self._checked = False
+        self._pid: int | None = None
         self.error: str | None = None
 
     def module(self):
         """``nvdiffrast.torch`` or None (reason in ``self.error``)."""
         with self._lock:
+            if self._pid != os.getpid():  # first call, or a forked child: CUDA state is not
+                self._pid = os.getpid()   # inherited, so check again (and fall back there)
+                self._checked, self._dr, self._probe, self.error = False, None, None, None
+                self._local = threading.local()
             if not self._checked:
                 self._checked = True
                 if not torch.cuda.is_available():
