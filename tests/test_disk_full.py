@@ -38,6 +38,13 @@ def test_disk_full_while_saving_a_checkpoint(tmp_path, monkeypatch, error):
     # a stale temporary file of a save that was killed (kill -9) earlier
     stale = run / "checkpoints" / ".step_00000002.k1ll3d.tmp.safetensors"
     stale.write_bytes(b"\0" * 100)
+    stale_config = run / ".config.k1ll3d.tmp.yaml"
+    stale_config.write_text("half")
+    (run / "previews").mkdir(exist_ok=True)
+    stale_preview = run / "previews" / ".step_00000002.k1ll3d.tmp.png"
+    stale_preview.write_bytes(b"x")
+    keep = run / ".metrics.other.tmp.json"                 # not train's: left alone
+    keep.write_text("{}")
 
     real_save = safetensors.torch.save_file
 
@@ -61,7 +68,8 @@ def test_disk_full_while_saving_a_checkpoint(tmp_path, monkeypatch, error):
     # previous checkpoint intact, no orphan aux of step 4, no temporary files
     assert _files(run) == ["step_00000002.aux.safetensors", "step_00000002.safetensors"]
     assert {n: _sha(run / "checkpoints" / n) for n in _files(run)} == before
-    assert not stale.exists()
+    assert not stale.exists() and not stale_config.exists() and not stale_preview.exists()
+    assert keep.exists()
     monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     summary = train(data, None, run, cfg, steps=4, device="cpu", show_progress=False)
     assert summary["start_step"] == 2 and summary["step"] == 4

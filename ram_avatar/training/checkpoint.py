@@ -189,8 +189,9 @@ def save_run_checkpoint(run_dir: str | os.PathLike, model: nn.Module,
                         keep: int = 3) -> Path:
     """Save ``step_<step>.safetensors`` in the run's checkpoint folder and keep only the last ``keep``.
 
-    Temporary files left in the folder by a process killed while saving are removed first (the
-    caller holds the run's lock, :func:`ram_avatar.io.lock.run_lock`). When the save fails, the
+    Temporary files left by a process killed while writing (checkpoints, ``config.yaml``,
+    ``split.json``, ``sequence.json``, previews) are removed first (the caller holds the run's
+    lock, :func:`ram_avatar.io.lock.run_lock`; only ``train`` writes these files). When the save fails, the
     step's auxiliary file ``step_<step>.aux.safetensors`` (written just before it) is removed,
     so no checkpoint is left without its main file.
 
@@ -198,8 +199,11 @@ def save_run_checkpoint(run_dir: str | os.PathLike, model: nn.Module,
         DiskFullError: see :func:`save_checkpoint`.
     """
     target = checkpoint_path(run_dir, step)
-    for p in remove_stale_temp_files(target.parent, ("step_",)):
-        log.info("removed %s, left by an interrupted save", p.name)
+    stale = (remove_stale_temp_files(target.parent, ("step_",))
+             + remove_stale_temp_files(run_dir, ("config.", "split.", "sequence."))
+             + remove_stale_temp_files(Path(run_dir) / "previews", ("step_",)))
+    for p in stale:
+        log.info("removed %s, left by an interrupted write", p)
     try:
         path = save_checkpoint(target, model, optimizer, step, config, scaler, extra)
     except BaseException:
