@@ -38,7 +38,7 @@ from ram_avatar.utils import atomic_path
 log = logging.getLogger(__name__)
 
 __all__ = ["VideoInfo", "probe_video", "iter_frames", "read_frames", "VideoWriter",
-           "fps_to_fraction"]
+           "AlphaVideoWriter", "fps_to_fraction"]
 
 _FIX_HINT = ("re-export or re-copy the video (for example `ffmpeg -i in.mov -c:v libx264 "
              "-pix_fmt yuv420p out.mp4`)")
@@ -499,3 +499,101 @@ class VideoWriter:
         finally:
             self._container = self._stream = None
         return False
+
+
+class AlphaVideoWriter(VideoWriter):
+    """Write straight (non-premultiplied) RGBA frames to a video with an alpha channel, atomically.
+
+    The codec follows the file suffix, the two formats OBS's media source plays with
+    transparency:
+
+    - ``.webm``: VP9 (``libvpx-vp9``, ``yuva420p``), the alpha plane coded as a second VP9
+      stream in WebM's BlockAdditional. Decoders must be libvpx's: FFmpeg's native ``vp9``
+      decoder drops the alpha (with PyAV: ``av.codec.CodecContext.create("libvpx-vp9", "r")``
+      fed with the demuxed packets);
+    - ``.mov``: ProRes 4444 (``prores_ks`` profile 4444, ``yuva444p10le``): large files,
+      lossless-looking, alpha decoded by FFmpeg's native ``prores`` decoder.
+
+    Like :class:`VideoWriter` the file appears only when the ``with`` block ends without an
+    exception and with at least one frame; odd sizes are padded by one pixel (edge pixels
+    repeated, alpha included) for the 4:2:0 chroma of VP9.
+
+    Args:
+        path: output ``.webm`` or ``.mov``.
+        fps: frame rate (as :class:`VideoWriter`).
+        size: (W, H) pixels of the frames.
+        crf: VP9 constant quality (0..63, lower = better; 20 default). Unused for ProRes.
+
+    Raises:
+        ValueError: another suffix, bad size/fps, or a frame that is not (H,W,4) uint8 in
+            :meth:`write`.
+        VideoError: the encoder fails, or the writer is closed without any frame.
+    """
+
+    #: suffix -> (container format, codec, pixel format, codec options)
+    FORMATS = {
+        ".webm": ("webm", "libvpx-vp9", "yuva420p",
+                  {"deadline": "good", "cpu-used": "4", "row-mt": "1", "auto-alt-ref": "0",
+                   "b": "0"}),
+        ".mov": ("mov", "prores_ks", "yuva444p10le", {"profile": "4444", "vendor": "apl0"}),
+    }
+
+    def __init__(self, path: str | os.PathLike, fps: float | Fraction, size: tuple[int, int],
+                 crf: int = 20):
+        suffix = Path(path).suffix.lower()
+        if suffix not in self.FORMATS:
+            raise ValueError(f"a video with alpha must be .webm (VP9) or .mov (ProRes 4444), "
+                             f"got {Path(path).name}")
+        super().__init__(path, fps, size, crf=crf)
+        self.container_format, self.codec, self.pix_fmt, options = self.FORMATS[suffix]
+        self.options = dict(options)
+        if self.codec == "libvpx-vp9":
+            self.options["crf"] = str(self.crf)
+
+    def __enter__(self) -> "AlphaVideoWriter":
+        if self._stack is not None:
+            raise RuntimeError("AlphaVideoWriter is already open")
+        stack = contextlib.ExitStack()
+        try:
+            tmp = stack.enter_context(atomic_path(self.path))
+            container = av.open(str(tmp), mode="w", format=self.container_format)
+            stack.callback(container.close)
+            stream = container.add_stream(self.codec, rate=self.rate)
+            stream.width, stream.height = self.encoded_size
+            stream.pix_fmt = self.pix_fmt
+            stream.codec_context.time_base = 1 / self.rate
+            stream.options = self.options
+        except BaseException as e:
+            stack.__exit__(type(e), e, e.__traceback__)
+            if isinstance(e, av.error.FFmpegError):
+                raise VideoError(f"cannot create video {self.path}: {e}") from e
+            raise
+        self._stack, self._container, self._stream = stack, container, stream
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        """Encode one frame: (H, W, 4) uint8 straight RGBA with (W, H) equal to ``size``.
+
+        Raises:
+            ValueError: wrong shape or dtype. RuntimeError: writer not opened with ``with``.
+        """
+        if self._stream is None:
+            raise RuntimeError("use AlphaVideoWriter as a context manager")
+        frame = np.asarray(frame)
+        width, height = self.size
+        if frame.dtype != np.uint8 or frame.shape != (height, width, 4):
+            raise ValueError(f"expected a ({height}, {width}, 4) uint8 RGBA frame, got "
+                             f"{frame.shape} {frame.dtype}")
+        pad_w, pad_h = self.encoded_size[0] - width, self.encoded_size[1] - height
+        if pad_w or pad_h:
+            frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgba")
+        video_frame.pts = self.frames_written
+        video_frame.time_base = 1 / self.rate
+        try:
+            for packet in self._stream.encode(video_frame):
+                self._container.mux(packet)
+        except av.error.FFmpegError as e:
+            raise VideoError(
+                f"encoding frame {self.frames_written} of {self.path} failed: {e}") from e
+        self.frames_written += 1
