@@ -14,8 +14,9 @@ which swaps them) and w_gan ramps from 1e-3 to 0.02 (losses.gan). Without VGG19 
 term becomes 1 - SSIM (losses.perceptual); the hand distance is LPIPS, VGG19 or L1 (losses.hand).
 Everything in the renderer, including the dual attention (which the released trainer never
 gives to its optimiser), is optimised by one Adam with global gradient-norm clipping; the
-discriminator has its own Adam. Optional EMA of the renderer's weights. float16 autocast +
-GradScaler on CUDA only.
+discriminator has its own Adam. Optional EMA of the renderer's weights. Mixed precision on CUDA
+only: bfloat16 autocast where the GPU supports it (no loss scaling needed), else float16
+autocast + GradScaler.
 
 Multi-GPU: run under ``torchrun --nproc_per_node N``. When ``WORLD_SIZE > 1`` the trainer joins
 the process group (NCCL on CUDA, gloo on CPU), wraps the renderer in
@@ -670,7 +671,9 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
     model = AvatarRenderer(config.model).to(device)
     optimizer = torch.optim.Adam(_param_groups(model, config), lr=config.lr, betas=config.betas)
     use_amp = bool(config.amp and device.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp) if device.type == "cuda" else None
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scale_loss = use_amp and amp_dtype == torch.float16  # bf16 has float32's range
+    scaler = torch.amp.GradScaler("cuda", enabled=scale_loss) if device.type == "cuda" else None
     disc = opt_d = scaler_d = None
     if config.adversarial:
         from ram_avatar.models.discriminator import TemporalDiscriminator
@@ -681,7 +684,7 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
         _set_requires_grad(disc, False)
         opt_d = torch.optim.Adam([{"params": list(disc.parameters()), "name": "discriminator"}],
                                  lr=config.lr * config.disc_lr_mult, betas=config.betas)
-        scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp) if device.type == "cuda" \
+        scaler_d = torch.amp.GradScaler("cuda", enabled=scale_loss) if device.type == "cuda" \
             else None
     refiner = refine_maps = seq_params = None
     if config.pose_refine:
@@ -771,7 +774,7 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if start_step else None)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if use_amp \
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp \
         else contextlib.nullcontext
 
     augmenter = BatchAugmenter(config, rank=dist_ctx.rank)
@@ -812,7 +815,7 @@ def _train(train_set, val_set, run_dir: Path, config: TrainConfig, steps, minute
         return deadline is not None and time.monotonic() >= deadline
 
     def clip_and_step(opt, sc, params, loss, what: str) -> None:
-        if sc is not None and use_amp:
+        if sc is not None and scale_loss:
             sc.scale(loss).backward()
             if what == "discriminator":
                 dist_ctx.average_grads(disc)
