@@ -128,6 +128,14 @@ def cmd_capture(a) -> int:
     return 0
 
 
+def cmd_body_model(a) -> int:
+    """``body-model import PATH``: a licensed SMPL-X file into the user's model cache."""
+    from ram_avatar.body.smplx_backend import import_smplx_model
+
+    _print_json(import_smplx_model(a.path, gender=a.gender))
+    return 0
+
+
 def cmd_info(a) -> int:
     from ram_avatar.capture.pipeline import sequence_info
     from ram_avatar.io.sequence import load_sequence
@@ -255,6 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "them (remove), once the new capture has succeeded")
     _add_device(p)
     p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("body-model", help="import a licensed SMPL-X model file into your "
+                                          "model cache (numeric arrays only)")
+    bm = p.add_subparsers(dest="action", required=True)
+    q = bm.add_parser("import", help="read PATH without unpickling, store its arrays as "
+                                     "<cache>/smplx/<sha256>.npz; subjects refer to it by that hash")
+    q.add_argument("path", help="SMPLX_<GENDER>.npz or the folder holding it")
+    q.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
+    q.set_defaults(func=cmd_body_model)
 
     p = sub.add_parser("info", help="summary of a captured subject")
     p.add_argument("subject")

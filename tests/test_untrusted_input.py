@@ -170,3 +170,74 @@ def test_capture_with_crafted_model_runs_no_code(tmp_path, taiji_video, capsys):
     assert code == 2 and "pickled" in capsys.readouterr().err
     assert not marker.exists()
     shutil.rmtree(tmp_path / "m")
+
+
+@pytest.fixture
+def model_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "model_cache"
+    monkeypatch.setenv("RAM_AVATAR_MODELS", str(cache))
+    return cache
+
+
+def test_body_model_import_and_reference_by_hash(smplx_dir, model_cache, capsys):
+    assert main(["body-model", "import", str(smplx_dir)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["ref"] == "sha256:" + info["sha256"] and info["imported"]
+    cached = model_cache / "smplx" / f"{info['sha256']}.npz"
+    assert cached.is_file()
+    with np.load(cached, allow_pickle=False) as z:             # numbers only in the cache
+        assert all(z[k].dtype.kind in "biuf" for k in z.files)
+    by_ref = load_body_model("smplx", model_path=info["ref"])
+    by_path = load_body_model("smplx", model_path=smplx_dir)
+    assert by_ref.model_ref == by_path.model_ref == info["ref"]
+    p = by_ref.zero_params(1)
+    assert torch.equal(by_ref(p).vertices, by_path(p).vertices)
+    # importing again changes nothing
+    assert main(["body-model", "import", str(smplx_dir / "SMPLX_NEUTRAL.npz")]) == 0
+    assert json.loads(capsys.readouterr().out)["imported"] is False
+
+
+def test_unknown_or_tampered_reference_is_a_clear_error(smplx_dir, model_cache):
+    from ram_avatar.body.smplx_backend import import_smplx_model
+
+    with pytest.raises(ModelFileError, match="not in your model cache.*body-model import"):
+        load_body_model("smplx", model_path="sha256:" + "0" * 64)
+    with pytest.raises(ModelFileError, match="malformed"):
+        load_body_model("smplx", model_path="sha256:../../etc/passwd")
+    info = import_smplx_model(smplx_dir)
+    arrays = dict(np.load(info["path"]))
+    arrays["v_template"] = arrays["v_template"] + 0.01           # a damaged cache entry
+    np.savez(info["path"], **arrays)
+    with pytest.raises(ModelFileError, match="does not match its name"):
+        load_body_model("smplx", model_path=info["ref"])
+
+
+def test_import_of_crafted_file_runs_no_code(tmp_path, model_cache, capsys):
+    marker = tmp_path / "PWNED"
+    crafted = _pickle_file(tmp_path / "m" / "SMPLX_NEUTRAL.npz", marker)
+    assert main(["body-model", "import", str(crafted)]) == 2
+    assert "pickled" in capsys.readouterr().err
+    assert not marker.exists() and not model_cache.exists()
+
+
+def test_capture_names_the_model_by_hash(tmp_path, smplx_dir, model_cache, taiji_video, monkeypatch):
+    """capture --model-path imports the file and hands the body loader (and so the manifest)
+    only the sha256 reference, never the path."""
+    from ram_avatar.capture import pipeline
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def loader(name, model_path=None, device="cpu"):
+        seen.update(name=name, model_path=model_path)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "load_body_model", loader)
+    with pytest.raises(Stop):
+        pipeline.capture(taiji_video, tmp_path / "s", end=2, body_model="smplx",
+                         model_path=smplx_dir, device="cpu")
+    assert seen["name"] == "smplx" and seen["model_path"].startswith("sha256:")
+    assert str(smplx_dir) not in seen["model_path"]
+    assert (model_cache / "smplx" / (seen["model_path"][7:] + ".npz")).is_file()

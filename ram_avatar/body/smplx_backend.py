@@ -13,6 +13,14 @@ code hidden in a crafted file; so this backend never hands a path to ``smplx``: 
 :data:`REQUIRED_KEYS` (real SMPL-X files also hold pickled ``joint2num``/``part2num`` dicts,
 which are never read) and builds the model from those arrays.
 
+Model files are imported once into a user-level cache (``ram-avatar body-model import PATH``,
+and automatically by ``capture --body-model smplx --model-path PATH``): only the numeric arrays
+are written, as ``<cache>/smplx/<sha256>.npz``, where the sha256 is taken over those arrays
+(:func:`arrays_sha256`). A subject's manifest then names the model as ``sha256:<hex>``, never
+by a path, and loading it checks the hash again (a mismatch or a model missing from this
+user's cache is a clear :class:`ModelFileError`). The cache is ``$RAM_AVATAR_MODELS`` or
+``~/.cache/ram_avatar/body_models``. Nothing of SMPL-X is copied into a subject folder.
+
 Joint layout of ``smplx`` output ``joints`` (127 with ``use_face_contour=False``): 55 skeleton
 joints (0 pelvis ... 21 right wrist, 22 jaw, 23/24 eyes, 25-39 left hand, 40-54 right hand
 in the order index, middle, pinky, ring, thumb), then vertex landmarks 55 nose, 56 right eye,
@@ -22,6 +30,8 @@ in the order index, middle, pinky, ring, thumb), then vertex landmarks 55 nose, 
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +160,79 @@ def load_smplx_arrays(path: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+#: prefix of a model reference by content hash (what manifests store)
+REF_PREFIX = "sha256:"
+
+
+def model_cache_dir() -> Path:
+    """The user-level body-model cache: ``$RAM_AVATAR_MODELS`` or ``~/.cache/ram_avatar/body_models``."""
+    env = os.environ.get("RAM_AVATAR_MODELS")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ram_avatar" / "body_models"
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over the model's numeric arrays (key, dtype, shape and bytes, keys sorted): the
+    same model gives the same hash whatever the file around it (zip layout, extra members)."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def import_smplx_model(model_path, gender: str = "neutral") -> dict:
+    """Import an SMPL-X model file into the user's cache as numeric arrays only.
+
+    Args:
+        model_path: the ``SMPLX_<GENDER>.npz`` file or a directory holding it (as ``--model-path``).
+        gender: ``neutral``, ``male`` or ``female``.
+    Returns:
+        dict ``name`` ("smplx"), ``ref`` (``sha256:<hex>``, what manifests store), ``sha256``,
+        ``path`` (the cached file), ``source`` (the imported file), ``imported`` (False when the
+        cache already held it).
+    Raises:
+        ModelFileError: the file is missing, pickled or malformed (see :func:`load_smplx_arrays`).
+    """
+    src = find_smplx_file(model_path, gender)
+    arrays = load_smplx_arrays(src)
+    digest = arrays_sha256(arrays)
+    dest = model_cache_dir() / "smplx" / f"{digest}.npz"
+    imported = not dest.is_file()
+    if imported:
+        from ram_avatar.utils import atomic_path
+
+        with atomic_path(dest) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)  # numeric arrays only: the cache holds nothing to unpickle
+    return {"name": "smplx", "ref": REF_PREFIX + digest, "sha256": digest, "path": str(dest),
+            "source": str(src), "imported": imported}
+
+
+def resolve_smplx_model(model_path, gender: str = "neutral") -> tuple[Path, str | None]:
+    """``(file, expected sha256 or None)`` for a ``--model-path`` / manifest reference.
+
+    ``sha256:<hex>`` names a model in the user's cache (:func:`import_smplx_model`); anything
+    else is a path as in :func:`find_smplx_file`.
+
+    Raises:
+        ModelFileError: a reference that is not in this user's cache, or no file at the path.
+    """
+    if isinstance(model_path, str) and model_path.startswith(REF_PREFIX):
+        digest = model_path[len(REF_PREFIX):]
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ModelFileError(f"malformed SMPL-X model reference {model_path!r}")
+        path = model_cache_dir() / "smplx" / f"{digest}.npz"
+        if not path.is_file():
+            raise ModelFileError(
+                f"this subject uses the SMPL-X model {model_path[:19]}..., which is not in your "
+                f"model cache ({model_cache_dir()}): import your licensed copy of the same file "
+                "with `ram-avatar body-model import PATH/SMPLX_NEUTRAL.npz` (download it from "
+                "https://smpl-x.is.tue.mpg.de).")
+        return path, digest
+    return find_smplx_file(model_path, gender), None
+
+
 def validate_smplx_npz(path: Path) -> None:
     """Check that an SMPL-X npz has every key the backend needs with the right shapes.
 
@@ -168,7 +251,8 @@ class SMPLXBodyModel(BodyModel):
 
     Args:
         model_path: directory containing ``SMPLX_NEUTRAL.npz`` (or ``smplx/SMPLX_NEUTRAL.npz``),
-            or the file itself.
+            the file itself, or ``sha256:<hex>``, a model in the user's cache
+            (:func:`import_smplx_model`).
         gender: ``neutral``, ``male`` or ``female``.
         num_betas: shape coefficients (10 by default).
         num_expression: expression coefficients (10 by default).
@@ -182,8 +266,16 @@ class SMPLXBodyModel(BodyModel):
     def __init__(self, model_path, gender: str = "neutral", num_betas: int = 10,
                  num_expression: int = 10):
         super().__init__()
-        path = find_smplx_file(model_path, gender)
+        path, expected = resolve_smplx_model(model_path, gender)
         data = load_smplx_arrays(path)  # numeric arrays only: nothing is unpickled
+        digest = arrays_sha256(data)
+        if expected is not None and digest != expected:
+            raise ModelFileError(
+                f"the cached SMPL-X model {path} does not match its name (sha256 {digest[:12]}... "
+                f"instead of {expected[:12]}...): the cache is damaged; delete the file and import "
+                "the model again with `ram-avatar body-model import PATH`.")
+        #: how a manifest names this model: by content hash, never by path
+        self.model_ref = REF_PREFIX + digest
         try:
             from smplx.vertex_ids import vertex_ids as smplx_vertex_ids
         except ImportError as e:

@@ -333,7 +333,9 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
         subject_dir: output subject directory; ``sequence/`` is (re)written inside it.
         start, end: frame range [start, end) (``end=None``: to the last frame).
         camera: optional camera.json; default field of view otherwise (io.camera).
-        body_model, model_path: body-model backend (``anny`` or ``smplx`` + files).
+        body_model, model_path: body-model backend (``anny`` or ``smplx`` + its file or
+            ``sha256:`` reference; a file is imported into the user's model cache and the
+            manifest names it by hash, never by path).
         device: ``auto``, ``cpu`` or ``cuda`` for the body fit.
         fit_config: FitConfig overrides.
         overlay: also write ``overlay.mp4``.
@@ -361,6 +363,11 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
     subject_dir = Path(subject_dir)
     check_output_folder(subject_dir, overwrite)  # fail before minutes of tracking
     dev = resolve_device(device)
+    if body_model == "smplx" and model_path is not None and not str(model_path).startswith("sha256:"):
+        from ram_avatar.body.smplx_backend import import_smplx_model
+
+        # into the user's model cache (numeric arrays only); the manifest names it by hash
+        model_path = import_smplx_model(model_path)["ref"]
     body = load_body_model(body_model, model_path=model_path, device=dev)
     tr = track_video(video, body, start, end, camera, dev, fit_config, estimate_focal, min_person_fraction)
     kp, errors, K, info, timings = tr.keypoints, tr.errors, tr.camera["K"], tr.info, tr.timings
