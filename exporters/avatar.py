@@ -7,9 +7,18 @@ renderer v1 the conditioning maps ``uv (B,2,S,S)``, ``body_mask (B,1,S,S)``, ``h
 ``face (B,3,S,S)``; the full RAM-Avatar renderer adds the expanded-mesh maps
 ``uv_expanded``/``body_mask_expanded`` (spatial attention) and the previous frame's
 ``prev_uv``/``prev_body_mask`` (temporal attention), minus what its ablation switches remove.
-Output ``rgb (B,3,S,S)`` in [0, 1], dynamic batch. Texture sampling, dual attention, branches,
-generator and background compositing are all in the one graph. Parity is measured on real
-conditioning maps of the subject's held-out frames (the run's split.json, io.split).
+Outputs ``rgb (B,3,S,S)`` in [0, 1] (first, composited over the learned background) and
+``alpha (B,1,S,S)`` in [0, 1] (the renderer's alpha: ``drive``/``live`` re-composite over another
+background or write it as transparency, :mod:`ram_avatar.render.composite`), dynamic batch.
+Texture sampling, dual attention, branches, generator and background compositing are all in
+the one graph. Parity is measured on real conditioning maps of the subject's held-out frames
+(the run's split.json, io.split), for every output, against the trained model itself.
+
+Input-independent work is done once here instead of in every frame (issue 13): the neural
+texture's Laplacian pyramid is collapsed (``NeuralTexture.full_texture``) and the fixed RGB
+texture (``model.texture_rgb``) concatenated to it into one constant, so the graph holds a
+single ``GridSample`` on that constant (:class:`FrozenTexture`). ``export.json`` records it as
+``texture: frozen`` with the constant's shape.
 
 An export is all-or-nothing: ``avatar.onnx``, the TensorRT engine (``--tensorrt``) and
 ``export.json`` are written into a temporary folder ``<subject>/.export.<random>/`` and that
@@ -21,6 +30,7 @@ an export removes the temporary folders of one that was killed.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -31,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from exporters.onnx_export import export_onnx
@@ -39,6 +50,7 @@ from ram_avatar.io.disk import fmt_bytes, free_bytes, is_disk_full
 from ram_avatar.io.lock import FolderLock
 from ram_avatar.io.sequence import load_sequence
 from ram_avatar.io.subject import Subject
+from ram_avatar.models.neural_texture import NeuralTexture, uv_to_grid
 from ram_avatar.training.data import (add_previous_maps, map_render_options, maps_to_float,
                                       render_sequence_maps)
 from ram_avatar.training.run import load_renderer
@@ -48,17 +60,63 @@ log = logging.getLogger(__name__)
 
 
 
+class FrozenTexture(nn.Module):
+    """Export view of a :class:`ram_avatar.models.neural_texture.NeuralTexture`: the pyramid
+    collapsed and the fixed RGB texture concatenated once, into the buffer ``texture``
+    ``(1, C(+3), S, S)``; :meth:`forward` is the texture's own sampling (one ``grid_sample``,
+    bilinear, border padding, ``align_corners=False``, zero off the body).
+
+    Shapes: ``uv (B,2,H,W)`` in [0,1], ``body_mask (B,1,H,W)`` -> ``(B,C(+3),H,W)``.
+    """
+
+    def __init__(self, texture: nn.Module):
+        super().__init__()
+        with torch.no_grad():
+            tex = texture.full_texture()
+            if getattr(texture, "rgb", False):
+                tex = torch.cat([tex, texture.rgb_texture], dim=1)
+        self.register_buffer("texture", tex.detach().clone().contiguous())
+        self.channels, self.size, self.rgb = texture.channels, texture.size, texture.rgb
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.texture.shape[1])
+
+    def forward(self, uv: torch.Tensor, body_mask: torch.Tensor) -> torch.Tensor:
+        out = F.grid_sample(self.texture.expand(uv.shape[0], -1, -1, -1), uv_to_grid(uv),
+                            mode="bilinear", padding_mode="border", align_corners=False)
+        return out * body_mask
+
+
+def freeze_texture(renderer: nn.Module) -> nn.Module:
+    """A copy of ``renderer`` whose neural texture is a :class:`FrozenTexture` (the renderer
+    itself is unchanged); renderers without a UV texture (triplane) are copied as they are."""
+    frozen = copy.deepcopy(renderer)
+    if isinstance(getattr(frozen, "texture", None), NeuralTexture):
+        frozen.texture = FrozenTexture(frozen.texture)
+    return frozen
+
+
 class RendererExport(nn.Module):
     """Export wrapper: maps in (positional, in ``renderer.input_names()`` order), composited
-    RGB ``(B,3,S,S)`` out, with the mean per-frame style code."""
+    ``rgb (B,3,S,S)`` and ``alpha (B,1,S,S)`` out, with the mean per-frame style code and the
+    texture frozen (:func:`freeze_texture`; ``freeze=False`` keeps the trained module)."""
 
-    def __init__(self, renderer: nn.Module):
+    OUTPUTS = ("rgb", "alpha")
+
+    def __init__(self, renderer: nn.Module, freeze: bool = True):
         super().__init__()
-        self.renderer = renderer
+        self.renderer = freeze_texture(renderer) if freeze else renderer
+        self.frozen = freeze and isinstance(getattr(self.renderer, "texture", None), FrozenTexture)
         self.names = tuple(renderer.input_names())
 
     def forward(self, *maps):
-        return self.renderer.forward_batch(dict(zip(self.names, maps)), None)["rgb"]
+        out = self.renderer.forward_batch(dict(zip(self.names, maps)), None)
+        return out["rgb"], out["alpha"]
+
+
+#: largest |frozen - trained| (torch, float32) accepted before exporting
+FROZEN_TEXTURE_ATOL = 1e-5
 
 
 def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int = 17,
@@ -93,6 +151,7 @@ def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int
     if any(n.startswith("prev_") for n in wrapper.names):
         add_previous_maps(maps)
     maps = maps_to_float(maps)
+    texture_check = _check_frozen(model, wrapper, maps)
     final = subject_dir / "export"
     with FolderLock(subject_dir, what="subject (export)", name=".export.lock"):
         for stale in subject_dir.glob(".export.*"):
@@ -106,6 +165,7 @@ def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int
         try:
             report = _export_into(out_dir, final, wrapper, maps, opset, tensorrt)
             report.update(_report_fields(subject_dir, run_name, S, info, offset, frames, split))
+            report["texture"] = texture_check
             atomic_write_text(out_dir / "export.json", json.dumps(report, indent=1, default=str))
             _swap_in(out_dir, final)
         except BaseException as e:
@@ -125,7 +185,7 @@ def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int
 def _export_into(out_dir: Path, final: Path, wrapper, maps, opset: int, tensorrt: bool) -> dict:
     """ONNX (+ engine) into the temporary ``out_dir``; paths in the report name ``final``."""
     report = export_onnx(wrapper, {k: maps[k] for k in wrapper.names}, out_dir / "avatar.onnx",
-                         output_names=["rgb"], dynamic_batch=True, opset=opset)
+                         output_names=list(wrapper.OUTPUTS), dynamic_batch=True, opset=opset)
     report["path"] = str(final / "avatar.onnx")
     if tensorrt:
         from exporters.tensorrt import build_engine
@@ -134,6 +194,29 @@ def _export_into(out_dir: Path, final: Path, wrapper, maps, opset: int, tensorrt
         trt.update(engine_path=str(final / "avatar.engine"), onnx_path=str(final / "avatar.onnx"))
         report["tensorrt"] = trt
     return report
+
+
+@torch.no_grad()
+def _check_frozen(model: nn.Module, wrapper: RendererExport, maps: dict) -> dict:
+    """Compare the export wrapper (frozen texture) with the trained model in torch on the
+    parity maps, so the export's parity (ONNX vs wrapper) is parity against the model.
+
+    Raises:
+        RamAvatarError: they differ by more than :data:`FROZEN_TEXTURE_ATOL`.
+    """
+    from ram_avatar.errors import RamAvatarError
+
+    feed = {k: maps[k] for k in wrapper.names}
+    ref = model.forward_batch(feed, None)
+    got = dict(zip(wrapper.OUTPUTS, wrapper(*feed.values())))
+    diff = max(float((got[k] - ref[k]).abs().max()) for k in wrapper.OUTPUTS)
+    if diff > FROZEN_TEXTURE_ATOL:
+        raise RamAvatarError(f"export: the frozen texture changes the renderer's output by "
+                             f"{diff:.3g} (> {FROZEN_TEXTURE_ATOL:g}); please report this bug")
+    tex = getattr(wrapper.renderer, "texture", None)
+    return {"mode": "frozen" if wrapper.frozen else "module",
+            "shape": list(tex.texture.shape) if wrapper.frozen else None,
+            "max_abs_diff_vs_trained": diff}
 
 
 def _swap_in(new: Path, final: Path) -> None:

@@ -159,3 +159,53 @@ def test_tensorrt_missing_gives_clear_error(tmp_path, monkeypatch):
         build_engine(tmp_path / "a.onnx", tmp_path / "a.engine")
     with pytest.raises(RamAvatarError, match="TensorRT is not installed"):
         TensorRTRunner(tmp_path / "a.engine")
+
+
+@pytest.mark.parametrize("variant", ["v1", "full"])
+def test_renderer_export_frozen_texture_and_alpha(tmp_path, variant):
+    """The export wrapper collapses the texture pyramid (+ the RGB texture) into one constant:
+    the graph has one GridSample and no Resize, and outputs rgb then alpha equal to the
+    trained model's."""
+    import onnx
+
+    from exporters.avatar import FrozenTexture, RendererExport
+    from ram_avatar.models.renderer import AvatarRenderer, RendererConfig
+
+    torch.manual_seed(0)
+    cfg = RendererConfig(variant=variant, resolution=32, texture_channels=4, texture_size=32,
+                         texture_levels=3, base_channels=8, max_channels=16, style_dim=16,
+                         latent_dim=8, texture_rgb=True)
+    model = AvatarRenderer(cfg).eval()
+    model.set_rgb_texture(torch.rand(3, 32, 32))
+    names = model.input_names()
+    g = torch.Generator().manual_seed(1)
+    maps = {}
+    for n in names:
+        c = {"uv": 2, "body_mask": 1, "hand": 5, "face": 3}[n.replace("prev_", "").replace("_expanded", "")]
+        maps[n] = torch.rand(2, c, 32, 32, generator=g)
+        if "body_mask" in n:
+            maps[n] = (maps[n] > 0.3).float()
+    wrapper = RendererExport(model).eval()
+    assert isinstance(wrapper.renderer.texture, FrozenTexture) and wrapper.frozen
+    assert wrapper.renderer.texture.texture.shape == (1, 4 + 3, 32, 32)
+    assert model.texture.levels == 3  # the trained model is untouched
+    with torch.no_grad():
+        ref = model.forward_batch(maps, None)
+        got = wrapper(*[maps[n] for n in names])
+    for k, v in zip(("rgb", "alpha"), got):
+        assert (v - ref[k]).abs().max() < 1e-5
+    path = tmp_path / "avatar.onnx"
+    report = export_onnx(wrapper, maps, path, output_names=list(RendererExport.OUTPUTS))
+    assert [o["name"] for o in report["outputs"]] == ["rgb", "alpha"]
+    assert report["outputs"][1]["shape"] == ["batch", 1, 32, 32]
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    outs = OnnxRunner(path)({n: maps[n] for n in names})
+    for k in ("rgb", "alpha"):
+        assert np.abs(outs[k] - ref[k].numpy()).max() < 1e-4
+    # without freezing, the pyramid's 2 coarse levels are upsampled inside the graph (Resize);
+    # frozen, only the generator's Resize ops remain and one GridSample reads the constant
+    export_onnx(RendererExport(model, freeze=False), maps, tmp_path / "a0.onnx",
+                output_names=["rgb", "alpha"])
+    ops0 = [node.op_type for node in onnx.load(str(tmp_path / "a0.onnx")).graph.node]
+    assert ops.count("GridSample") == 1
+    assert ops.count("Resize") == ops0.count("Resize") - 2
