@@ -65,16 +65,19 @@ class FolderLock:
         folder: the folder to lock (created when missing).
         what: what the folder is, for the error message (``"training run"``, ``"subject"``).
         name: lock file name inside ``folder``.
+        hint: what else the user can do, for the error message (default: use another folder).
 
     Raises (from :meth:`acquire` / ``__enter__``):
         RunLockedError: another live process holds the lock; the message names its PID and
             command and says what to do.
     """
 
-    def __init__(self, folder: str | os.PathLike, what: str = "folder", name: str = LOCK_NAME):
+    def __init__(self, folder: str | os.PathLike, what: str = "folder", name: str = LOCK_NAME,
+                 hint: str = "write into another folder"):
         self.folder = Path(folder)
         self.path = self.folder / name
         self.what = what
+        self.hint = hint
         self._fd: int | None = None
         self._fallback = None
         self._created: list[Path] = []
@@ -86,8 +89,8 @@ class FolderLock:
     def _refuse(self) -> RunLockedError:
         return RunLockedError(
             f"the {self.what} {self.folder} is in use by {_holder(self.path)}: wait for it to "
-            "finish or stop it, or use another folder / run name (--run NAME). A process that "
-            "was killed releases its lock by itself.")
+            f"finish or stop it, or {self.hint}. A process that was killed releases its lock by "
+            "itself.")
 
     def acquire(self) -> "FolderLock":
         """Take the lock now or raise :class:`RunLockedError` (never waits)."""
@@ -183,4 +186,4 @@ def run_lock(run_dir: str | os.PathLike) -> contextlib.AbstractContextManager:
     """
     if int(os.environ.get("RANK", "0") or 0) > 0:
         return contextlib.nullcontext()
-    return FolderLock(run_dir, what="training run")
+    return FolderLock(run_dir, what="training run", hint="train another run (--run NAME)")

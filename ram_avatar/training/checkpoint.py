@@ -239,7 +239,7 @@ def check_run_sequence(run_dir: str | os.PathLike, sequence_dir: str | os.PathLi
     Args:
         run_dir: ``<subject>/runs/<name>``.
         sequence_dir: the subject's ``sequence/`` folder.
-        record: write the record when the run has none yet.
+        record: write the record when the run has none yet (rank 0 only under torchrun).
     Returns:
         the fingerprint (None when the sequence has no ``fitted.npz``: loading it fails later
         with its own error).
@@ -264,7 +264,7 @@ def check_run_sequence(run_dir: str | os.PathLike, sequence_dir: str | os.PathLi
                 f"the subject's sequence is now {fp[:12]}...): the subject was captured again, or "
                 "the run was copied from another subject. Train a new run (--run NAME), or capture "
                 "into a new folder (capture --overwrite moves old runs aside).")
-    elif record:
+    elif record and int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun rank 0 writes
         atomic_write_text(path, json.dumps({"sha256": fp, "file": "sequence/fitted.npz"}))
     return fp
 
