@@ -75,3 +75,95 @@ def test_alpha_writer_rejects_bad_input(tmp_path):
             w.write(np.zeros((48, 64, 4), np.uint8))
             raise RuntimeError("stop")
     assert not (tmp_path / "y.mov").exists()
+
+
+@pytest.fixture(scope="module")
+def driven_motion(anny_body):
+    """T frames of the Anny avatar in varied poses, in the camera frame."""
+    import torch
+
+    T = 5
+    g = torch.Generator().manual_seed(0)
+    p = anny_body.zero_params(T)
+    p.body_pose = (torch.rand(p.body_pose.shape, generator=g) - 0.5) * 0.6
+    p.left_hand_pose = (torch.rand(p.left_hand_pose.shape, generator=g) - 0.5) * 0.4
+    p.global_orient = p.global_orient + (torch.rand(T, 3, generator=g) - 0.5) * 0.5
+    p.transl = torch.tensor([[0.1, 0.2, 3.0]]) + torch.rand(T, 3, generator=g) * 0.2
+    return p
+
+
+def _fk_from_parsed(mocap) -> tuple[list[str], np.ndarray]:
+    """World joint positions (T,J,3) from a BVH parsed by the ``bvh`` package (R = product of
+    the channels' rotations in file order, degrees; offsets, root position channels)."""
+    from scipy.spatial.transform import Rotation
+
+    names = mocap.get_joints_names()
+    idx = {n: i for i, n in enumerate(names)}
+    T = mocap.nframes
+    pos = np.zeros((T, len(names), 3))
+    rot = np.zeros((T, len(names), 3, 3))
+    for j, n in enumerate(names):
+        chans = mocap.joint_channels(n)
+        vals = np.array(mocap.frames_joint_channels(n, chans), float).reshape(T, len(chans))
+        R = np.repeat(np.eye(3)[None], T, 0)
+        local_t = np.array(mocap.joint_offset(n), float)[None].repeat(T, 0)
+        for c, name in enumerate(chans):
+            if name.endswith("position"):
+                local_t[:, "XYZ".index(name[0])] = vals[:, c]
+            else:
+                R = R @ Rotation.from_euler(name[0].lower(), vals[:, c:c + 1], degrees=True).as_matrix()
+        parent = mocap.joint_parent(n)
+        if parent is None:
+            rot[:, j], pos[:, j] = R, local_t
+        else:
+            p = idx[parent.name]
+            rot[:, j] = rot[:, p] @ R
+            pos[:, j] = pos[:, p] + np.einsum("tab,tb->ta", rot[:, p], local_t)
+    return names, pos
+
+
+def test_motion_npz_and_bvh_read_back_by_other_parsers(tmp_path, anny_body, driven_motion):
+    import bvh
+
+    from ram_avatar.motion.export import CAMERA_TO_BVH, write_motion
+
+    fps = 23.976
+    s_npz = write_motion(tmp_path / "m.npz", anny_body, driven_motion, fps)
+    s_bvh = write_motion(tmp_path / "m.bvh", anny_body, driven_motion, fps)
+    d = np.load(tmp_path / "m.npz")
+    names, parents = anny_body.joint_tree()
+    T, J = 5, len(names)
+    assert d["joints"].shape == (T, J, 3) and list(d["joint_names"]) == names
+    assert float(d["fps"]) == pytest.approx(fps)
+    for k in ("betas", "global_orient", "body_pose", "left_hand_pose", "right_hand_pose",
+              "jaw_pose", "transl"):
+        assert np.allclose(d[k], driven_motion.as_numpy()[k], atol=1e-6)
+    # joints are in the camera frame: the pose landmarks (bone heads) of the same body agree
+    head = names.index("head")
+    assert np.all(d["joints"][:, :, 2] > 2.0)  # in front of the camera, metres
+    import torch
+
+    with torch.no_grad():
+        out = anny_body(driven_motion, return_vertices=False)
+    assert np.abs(d["joints"][:, head] - out.head_transform[:, :3, 3].numpy()).max() < 1e-5
+    # BVH parsed by the `bvh` package (not ours): hierarchy, channels, frames, frame time
+    mocap = bvh.Bvh((tmp_path / "m.bvh").read_text())
+    assert mocap.get_joints_names() == names  # depth-first order == Anny's parent-first order
+    for j, n in enumerate(names):
+        parent = mocap.joint_parent(n)
+        assert (parent.name if parent is not None else None) == (names[parents[j]] if parents[j] >= 0 else None)
+    assert sum(len(mocap.joint_channels(n)) for n in names) == 6 + 3 * (J - 1) == s_bvh["channels"]
+    assert mocap.nframes == T and mocap.frame_time == pytest.approx(1 / fps, abs=1e-7)
+    # forward kinematics of the parsed file reproduces the avatar's joints (BVH frame: y up)
+    _, fk = _fk_from_parsed(mocap)
+    want = np.einsum("ab,tjb->tja", CAMERA_TO_BVH, d["joints"])
+    err = np.linalg.norm(fk - want, axis=-1)
+    assert err.max() < 2e-3, err.max()  # metres
+    # the rest pose is upright: head above the feet (y up)
+    rest = np.zeros((J, 3))
+    for j, n in enumerate(names):
+        if parents[j] >= 0:
+            rest[j] = rest[parents[j]] + np.array(mocap.joint_offset(n))
+    foot = [i for i, n in enumerate(names) if n.startswith("foot")][0]
+    assert rest[head, 1] - rest[foot, 1] > 1.0
+    assert s_npz["frames"] == T
