@@ -167,7 +167,9 @@ def cmd_drive(a) -> int:
 
     _print_json(drive(a.subject, a.source, a.output, backend=a.backend, device=a.device,
                       run_name=a.run, camera=a.camera, driver=a.driver, mda=a.mda,
-                      mda_strength=a.mda_strength, report=a.report))
+                      mda_strength=a.mda_strength, report=a.report, background=a.background,
+                      layout=a.layout, framing=a.framing, zoom=a.zoom, offset=a.offset,
+                      out_size=a.out_size, motion_out=a.motion_out))
     return 0
 
 
@@ -302,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drive", help="drive the avatar with another video's motion (offline)")
     p.add_argument("subject")
     p.add_argument("--source", required=True, help="driving video")
-    p.add_argument("-o", "--output", required=True, help="output mp4 (driver | avatar)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output video: .mp4 (H.264), .webm (VP9 with alpha, plays transparent in "
+                        "OBS) or .mov (ProRes 4444 with alpha)")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
     p.add_argument("--run", default="default")
     p.add_argument("--camera", default=None, help="camera.json of the driving video")
@@ -316,6 +320,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "frames, temporal change/jitter, sharpness; no ground truth needed) and "
                         "OUTPUT_STEM.contact.png (8 frames: driving | avatar | avatar + MDA); "
                         "use with --mda both to compare with and without alignment")
+    p.add_argument("--background", default="learned", metavar="MODE",
+                   help="learned (the training room, default) | transparent (.webm/.mov only) | "
+                        "#RRGGBB | IMAGE path; all but learned need an export with the alpha output")
+    p.add_argument("--layout", default=None, choices=["side-by-side", "avatar"],
+                   help="driving frame | avatar, or the avatar alone in an --out-size frame "
+                        "(default: side-by-side for .mp4 with the learned background and no "
+                        "--framing, avatar otherwise)")
+    p.add_argument("--framing", default=None, choices=["full", "upper", "head"],
+                   help="place the avatar in the output frame: whole person, head to hips, or "
+                        "head and shoulders (crop and upscale of the rendered frame; default "
+                        "full with --layout avatar)")
+    p.add_argument("--zoom", type=float, default=1.0, help="framing zoom (> 1 = closer)")
+    p.add_argument("--offset", default="0,0", metavar="X,Y",
+                   help="shift of the framing box as fractions of its width,height (+ = right, down)")
+    p.add_argument("--out-size", default="1280x720", metavar="WxH",
+                   help="size of the framed avatar (default 1280x720)")
+    p.add_argument("--motion-out", default=None, metavar="FILE",
+                   help="also write the driven avatar's motion: .npz (smplx-style parameters, "
+                        "joints in metres in the camera frame, joint names, fps) or .bvh")
     _add_device(p)
     p.set_defaults(func=cmd_drive)
 

@@ -3,7 +3,26 @@
 driving video -> track (keypoints + body fit, as capture) -> retarget onto the avatar's shape
 and framing (runtime.retarget) -> optional motion distribution alignment (Sec. 3.3) ->
 conditioning maps in the avatar's training crop -> renderer (ONNX Runtime or torch) ->
-video of the driving frame beside the avatar frame, with the source's frame count and fps.
+video with the source's frame count and fps.
+
+Output (issue 13, for streamers):
+
+- ``background``: ``learned`` (the training room), ``transparent``, ``#RRGGBB`` or an image
+  (:mod:`ram_avatar.render.composite`, from the renderer's ``rgb`` and ``alpha``; an ONNX export
+  without the ``alpha`` output supports only ``learned``: re-export it);
+- ``layout``: ``side-by-side`` (driving frame | avatar, ``OUTPUT_HEIGHT`` high) or ``avatar``
+  (the avatar alone, placed by ``framing`` in an ``out_size`` frame, 1280x720 by default). The
+  default (:func:`choose_layout`) is side-by-side only for an ``.mp4`` with the learned
+  background and no ``framing``; anything else (transparent, another background, a framing,
+  ``.webm``/``.mov``) writes the avatar alone;
+- ``framing``: ``full|upper|head`` with ``zoom`` and ``offset`` (:mod:`ram_avatar.render.framing`,
+  crop and upscale of the rendered frame, boxes from the avatar's own projected pose landmarks,
+  smoothed over time); ``layout=avatar`` without a framing uses ``full``;
+- the file type follows the suffix: ``.mp4`` H.264 (no alpha), ``.webm`` VP9 with alpha,
+  ``.mov`` ProRes 4444 with alpha (:class:`~ram_avatar.capture.video.AlphaVideoWriter`; opaque
+  modes write alpha 255);
+- ``motion_out``: the driven avatar's motion as ``.npz`` or ``.bvh``
+  (:mod:`ram_avatar.motion.export`).
 """
 
 from __future__ import annotations
@@ -19,10 +38,13 @@ import torch
 
 from ram_avatar.body import load_body_model
 from ram_avatar.capture.pipeline import track_video
-from ram_avatar.capture.video import VideoWriter, iter_frames
+from ram_avatar.capture.video import AlphaVideoWriter, VideoWriter, iter_frames
 from ram_avatar.errors import RamAvatarError
 from ram_avatar.io.sequence import load_sequence
 from ram_avatar.io.subject import Subject
+from ram_avatar.render import framing as fr
+from ram_avatar.render.composite import Background, compose_uint8, parse_background
+from ram_avatar.render.conditioning import crop_intrinsics
 from ram_avatar.runtime.retarget import load_driver_betas, retarget
 from ram_avatar.training.data import (add_previous_maps, map_render_options, maps_to_float,
                                       render_sequence_maps)
@@ -32,13 +54,19 @@ log = logging.getLogger(__name__)
 
 #: height in pixels of the side-by-side output video
 OUTPUT_HEIGHT = 512
+#: layouts of the output video
+LAYOUTS = ("side-by-side", "avatar")
+#: output suffixes written with an alpha channel
+ALPHA_SUFFIXES = (".webm", ".mov")
 
 
 class RendererBackend:
-    """The avatar renderer behind one call signature: maps (float32 tensors) -> rgb (B,3,S,S).
+    """The avatar renderer behind one call signature: maps (float32 tensors) -> rgb (B,S,S,3)
+    uint8 (and alpha with :meth:`render`).
 
     ``onnx`` runs ``<subject>/export/avatar.onnx`` with ONNX Runtime; ``torch`` loads the
-    latest checkpoint of the run.
+    latest checkpoint of the run. :attr:`has_alpha` is False for an ONNX export made before
+    the ``alpha`` output existed.
     """
 
     def __init__(self, subject_dir: Path, backend: str, run_name: str, device: torch.device):
@@ -57,6 +85,7 @@ class RendererBackend:
             self.expand_offset = float(meta.get("expand_offset", 0.01))
             self.runner = OnnxRunner(path)
             self.input_names = tuple(self.runner.input_names)
+            self.has_alpha = "alpha" in self.runner.output_names
         elif backend == "torch":
             from ram_avatar.training.run import load_renderer
 
@@ -65,6 +94,7 @@ class RendererBackend:
             self.expand_offset = info["config"].model.expand_offset
             self.input_names = self.model.input_names()
             self.device = device
+            self.has_alpha = True
         else:
             raise RamAvatarError(f"unknown renderer backend {backend!r}: use onnx or torch")
 
@@ -75,14 +105,21 @@ class RendererBackend:
     def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
         """maps: the renderer's inputs (:attr:`input_names`, (B,C,S,S) float32; extra keys are
         ignored) -> (B,S,S,3) uint8 RGB."""
+        return self.render(maps)[0]
+
+    def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`__call__` plus the renderer's alpha: ((B,S,S,3) uint8 RGB, (B,S,S) uint8
+        alpha or None when the export has no ``alpha`` output)."""
         if self.kind == "onnx":
-            rgb = self.runner({k: maps[k] for k in self.input_names})["rgb"]
+            out = self.runner({k: maps[k] for k in self.input_names})
+            rgb, alpha = out["rgb"], out.get("alpha")
         else:
             with torch.no_grad():
-                rgb = self.model.forward_batch({k: maps[k].to(self.device)
-                                                for k in self.input_names}, None)["rgb"]
-                rgb = rgb.cpu().numpy()
-        return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+                out = self.model.forward_batch({k: maps[k].to(self.device)
+                                                for k in self.input_names}, None)
+                rgb, alpha = out["rgb"].cpu().numpy(), out["alpha"].cpu().numpy()
+        to8 = lambda x: (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)  # noqa: E731
+        return to8(rgb).transpose(0, 2, 3, 1), None if alpha is None else to8(alpha[:, 0])
 
 
 def _side_by_side(left: np.ndarray, right: np.ndarray, height: int) -> np.ndarray:
@@ -109,16 +146,120 @@ def _load_aligner(subject_dir: Path, mda: str):
         return None
 
 
+def choose_layout(layout: str | None, output: Path, background: Background,
+                  framing: str | None) -> str:
+    """The output layout: ``layout`` when given, else ``side-by-side`` for an ``.mp4`` with the
+    learned background and no framing, ``avatar`` otherwise (module docstring).
+
+    Raises:
+        RamAvatarError: an unknown layout; side-by-side with a transparent background (the
+            driving frame has no alpha); transparent into a file type without alpha.
+    """
+    suffix = output.suffix.lower()
+    if background.has_alpha and suffix not in ALPHA_SUFFIXES:
+        raise RamAvatarError(f"--background transparent needs a video with alpha: write "
+                             f"{output.with_suffix('.webm').name} (VP9, for OBS) or "
+                             f"{output.with_suffix('.mov').name} (ProRes 4444), not {suffix or 'no suffix'}")
+    if layout is None:
+        return "side-by-side" if (suffix == ".mp4" and background.mode == "learned"
+                                  and framing is None) else "avatar"
+    if layout not in LAYOUTS:
+        raise RamAvatarError(f"--layout {layout!r}: use {' or '.join(LAYOUTS)}")
+    if layout == "side-by-side" and background.has_alpha:
+        raise RamAvatarError("--layout side-by-side cannot be transparent (the driving video has "
+                             "no alpha): use --layout avatar, or an opaque --background")
+    return layout
+
+
+def avatar_landmarks(body, params, K: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """The avatar's MediaPipe pose landmarks projected into the rendered frame.
+
+    Args:
+        body: the body model; params: BodyParams of T frames (camera frame, metres).
+        K: (3,3) intrinsics of the rendered frame (``crop_intrinsics``), pixels.
+    Returns:
+        (T,33,2) float64 pixels, NaN for landmarks the body model does not define.
+    """
+    valid = body.pose_landmark_mask.cpu().numpy().astype(bool)
+    out = []
+    with torch.no_grad():
+        for c in range(0, params.batch_size, chunk):
+            p = params.index(torch.arange(c, min(c + chunk, params.batch_size))).to(body.device)
+            out.append(body(p, return_vertices=False).pose_landmarks.cpu().numpy())
+    return fr.project_landmarks(np.concatenate(out), K, valid)
+
+
+def _over(rgba: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Straight RGBA (H,W,4) uint8 over an opaque (H,W,3) uint8 background -> (H,W,3) uint8."""
+    a = rgba[..., 3:].astype(np.float32) / 255.0
+    return (rgba[..., :3] * a + bg * (1.0 - a) + 0.5).astype(np.uint8)
+
+
+class AvatarComposer:
+    """Turns rendered frames into output avatar images: background mode, then framing.
+
+    Without a framing the rendered square is re-composited over the background
+    (:func:`ram_avatar.render.composite.compose_uint8`). With a framing, each frame's box
+    (:func:`ram_avatar.render.framing.framing_box`, smoothed by a
+    :class:`~ram_avatar.render.framing.BoxSmoother`) is cropped and resized to ``out_size``;
+    the learned background extends by its edge pixels, other modes frame the transparent
+    avatar (outside alpha 0) and put it over the colour or picture at the output size.
+
+    Args:
+        background: parsed ``--background``; learned: (S,S,3) uint8 learned background.
+        framing: ``full|upper|head`` or None; zoom, offset, out_size (W,H): as framing.py;
+        fps: frame rate (for the smoother).
+    """
+
+    def __init__(self, background: Background, learned: np.ndarray | None, framing: str | None,
+                 zoom: float = 1.0, offset=(0.0, 0.0), out_size=fr.DEFAULT_OUT_SIZE, fps: float = 30.0):
+        self.background, self.learned, self.framing = background, learned, framing
+        self.zoom, self.offset, self.out_size = zoom, tuple(offset), tuple(out_size)
+        self.smoother = fr.BoxSmoother(fps=fps)
+        self.boxes: list[tuple[float, float, float, float]] = []
+        self._bg_out = None
+        if background.mode in ("colour", "image"):
+            W, H = self.out_size
+            t = background.tensor((H, W))
+            self._bg_out = (t[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+    def __call__(self, rgb: np.ndarray, alpha: np.ndarray | None, landmarks: np.ndarray | None,
+                 mask_bbox) -> np.ndarray:
+        """One frame: rgb (S,S,3) uint8, alpha (S,S) uint8 (None only for ``learned``),
+        landmarks (33,2) px, mask_bbox -> (H,W,3) or (H,W,4) uint8 (transparent)."""
+        mode = self.background.mode
+        if self.framing is None:
+            if mode == "learned":
+                return rgb
+            return compose_uint8(rgb[None], alpha[None], self.learned, self.background)[0]
+        S = rgb.shape[0]
+        W, H = self.out_size
+        box = self.smoother(fr.framing_box(self.framing, landmarks, mask_bbox, S, out_aspect=W / H,
+                                           zoom=self.zoom, offset=self.offset))
+        self.boxes.append(box)
+        if mode == "learned":
+            return fr.compose_frame(rgb, box, self.out_size, fill=None)
+        rgba = compose_uint8(rgb[None], alpha[None], self.learned, Background("transparent"))[0]
+        framed = fr.compose_frame(rgba, box, self.out_size)
+        return framed if mode == "transparent" else _over(framed, self._bg_out)
+
+
 def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backend: str = "onnx",
           device: str = "auto", run_name: str = "default", camera: str | Path | None = None,
           driver: str | Path | None = None, mda: str = "auto", mda_strength: float = 1.0,
-          batch: int = 4, report: bool = False) -> dict:
+          batch: int = 4, report: bool = False, background: str = "learned",
+          layout: str | None = None, framing: str | None = None, zoom: float = 1.0,
+          offset: tuple[float, float] | str = (0.0, 0.0),
+          out_size: tuple[int, int] | str = fr.DEFAULT_OUT_SIZE,
+          motion_out: str | Path | None = None) -> dict:
     """Drive the avatar of ``subject_dir`` with the motion in ``source``; write ``output``.
 
     Args:
         subject_dir: captured and trained (and for ``onnx``, exported) subject.
         source: driving video.
-        output: output .mp4: driving frame | avatar frame (| aligned avatar with ``mda=both``).
+        output: output video: ``.mp4`` (H.264), ``.webm`` (VP9 + alpha) or ``.mov``
+            (ProRes 4444 + alpha); driving frame | avatar frame (| aligned avatar with
+            ``mda=both``), or the avatar alone (``layout``).
         backend: ``onnx`` (ONNX Runtime) or ``torch``.
         device: device for tracking and the torch renderer.
         run_name: training run.
@@ -130,17 +271,39 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
             of every rendered variant, :mod:`ram_avatar.eval.render_stats`) and
             ``<output stem>.contact.png`` (source | avatar | aligned avatar on 8 frames);
             see :func:`write_render_report`.
+        background: ``learned``, ``transparent``, ``#RRGGBB`` or an image path.
+        layout: ``side-by-side``, ``avatar`` or None (:func:`choose_layout`).
+        framing: ``full``, ``upper``, ``head`` or None; zoom (> 1 closer), offset (dx, dy
+            fractions of the box), out_size (W, H) pixels of the framed avatar.
+        motion_out: also write the rendered avatar's motion (``.npz`` or ``.bvh``,
+            :func:`ram_avatar.motion.export.write_motion`); with ``mda=both`` the aligned one.
     Returns:
-        summary dict: frames, fps, output path, timings, retargeting info (and ``report``).
+        summary dict: frames, fps, output path, layout, background, framing, timings,
+        retargeting info (and ``report``, ``motion_out``).
     Raises:
         VideoError / NoPersonError for a bad driving video; RamAvatarError when the avatar is
-        not trained/exported.
+        not trained/exported, the export has no alpha for a non-learned background, or the
+        output options do not fit together (:func:`choose_layout`); FramingError,
+        BackgroundError for bad framing/background values.
     """
     t0 = time.time()
     subject_dir, output = Path(subject_dir), Path(output)
+    bg = parse_background(background)
+    if framing is not None:
+        fr.check_framing(framing, zoom)
+    out_size, offset = fr.parse_out_size(out_size), fr.parse_offset(offset)
+    layout = choose_layout(layout, output, bg, framing)
+    if layout == "avatar" and framing is None:
+        framing = "full"
+    if motion_out is not None and Path(motion_out).suffix.lower() not in (".npz", ".bvh"):
+        raise RamAvatarError(f"--motion-out {motion_out}: use a .npz or .bvh file")
     dev = resolve_device(device)
     seq = load_sequence(subject_dir)
     engine = RendererBackend(subject_dir, backend, run_name, dev)
+    if bg.mode != "learned" and not engine.has_alpha:
+        raise RamAvatarError(f"--background {background} needs the renderer's alpha, but "
+                             f"{subject_dir / 'export' / 'avatar.onnx'} was exported without it: "
+                             f"run `ram-avatar export {subject_dir}` again, or use --backend torch")
     aligner = _load_aligner(subject_dir, mda)
     bm = seq.manifest["body_model"]
     body = load_body_model(bm["name"], model_path=bm.get("model_path"), device=dev)
@@ -159,33 +322,70 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
     T = tracked.end - tracked.start
     S = engine.resolution
     t1 = time.time()
-    frames_out, silhouettes = {}, {}
+    frames_out, alphas, silhouettes, bboxes = {}, {}, {}, {}
     for name, params in variants.items():
         maps = render_sequence_maps(seq, np.arange(T), S, body=body, params=params,
                                     face_local=face_local, desc=f"maps ({name})",
                                     **engine.render_options())
         if any(n.startswith("prev_") for n in engine.input_names):
             add_previous_maps(maps)  # temporal attention: frame t-1 of the driven sequence
-        outs = []
+        outs, alpha_outs = [], []
         with progress() as bar:
             task = bar.add_task(f"render ({name}, {backend})", total=T, info="")
             for c in range(0, T, batch):
                 sl = {k: v[c:c + batch] for k, v in maps.items()}
-                outs.append(engine(maps_to_float(sl)))
-                bar.advance(task, len(outs[-1]))
+                rgb, alpha = engine.render(maps_to_float(sl))
+                outs.append(rgb)
+                alpha_outs.append(alpha)
+                bar.advance(task, len(rgb))
         frames_out[name] = np.concatenate(outs)
+        alphas[name] = None if alpha_outs[0] is None else np.concatenate(alpha_outs)
         silhouettes[name] = maps["body_mask"][:, 0].numpy() > 0  # for the render report
+        bboxes[name] = [fr.mask_bbox(m) for m in silhouettes[name]]
     t_render = time.time() - t1
-    with VideoWriter(output, tracked.info.fps, _side_by_side(
-            np.zeros((tracked.info.height, tracked.info.width, 3), np.uint8),
-            np.concatenate([frames_out[n][0] for n in frames_out], 1), OUTPUT_HEIGHT).shape[1::-1]) as w:
-        for t, frame in enumerate(iter_frames(source, tracked.start, tracked.end)):
-            w.write(_side_by_side(frame, np.concatenate([frames_out[n][t] for n in frames_out], 1),
-                                  OUTPUT_HEIGHT))
+    learned = None
+    if bg.mode != "learned":  # the renderer's output for all-zero maps (no body: alpha ~ 0)
+        zeros = {k: torch.zeros_like(v[:1]) for k, v in maps.items()}
+        learned = engine.render(maps_to_float(zeros))[0][0]
+    K = crop_intrinsics(seq.K, seq.manifest["crop"], S)
+    landmarks = {n: avatar_landmarks(body, variants[n], K) for n in variants} if framing else {}
+    composers = {n: AvatarComposer(bg, learned, framing, zoom, offset, out_size,
+                                   fps=float(tracked.info.fps)) for n in variants}
+
+    def avatar_cells(t: int) -> np.ndarray:
+        cells = [composers[n](frames_out[n][t], None if alphas[n] is None else alphas[n][t],
+                              landmarks[n][t] if framing else None, bboxes[n][t])
+                 for n in frames_out]
+        return np.concatenate(cells, 1)
+
+    def out_frame(t: int, driving: np.ndarray | None) -> np.ndarray:
+        img = avatar_cells(t)
+        if layout == "side-by-side":
+            img = _side_by_side(driving, img, OUTPUT_HEIGHT)
+        if output.suffix.lower() in ALPHA_SUFFIXES and img.shape[2] == 3:
+            img = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], 2)
+        return img
+
+    src = iter_frames(source, tracked.start, tracked.end)
+    first = out_frame(0, next(src) if layout == "side-by-side" else None)
+    Writer = AlphaVideoWriter if output.suffix.lower() in ALPHA_SUFFIXES else VideoWriter
+    with Writer(output, tracked.info.fps, first.shape[1::-1]) as w:
+        w.write(first)
+        for t in range(1, T):
+            w.write(out_frame(t, next(src) if layout == "side-by-side" else None))
     summary = {"output": str(output), "frames": T, "fps": tracked.info.fps, "backend": backend,
                "resolution": S, "variants": list(variants), "retarget": info,
+               "layout": layout, "background": background, "output_size": list(first.shape[1::-1]),
+               "framing": None if framing is None else {"mode": framing, "zoom": zoom,
+                                                         "offset": list(offset)},
                "driver_reprojection_error_body": float(np.nanmedian(tracked.errors["body"])),
                "timings": {**tracked.timings, "render_s": t_render, "total_s": time.time() - t0}}
+    if motion_out is not None:
+        from ram_avatar.motion.export import write_motion
+
+        name = list(variants)[-1]  # the aligned motion when MDA ran
+        summary["motion_out"] = write_motion(motion_out, body, variants[name], fps=tracked.info.fps)
+        summary["motion_out"]["variant"] = name
     if report:
         summary["report"] = write_render_report(output, source, tracked.start, tracked.end,
                                                 frames_out, silhouettes, engine, seq, body, batch,

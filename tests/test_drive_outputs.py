@@ -167,3 +167,63 @@ def test_motion_npz_and_bvh_read_back_by_other_parsers(tmp_path, anny_body, driv
     foot = [i for i, n in enumerate(names) if n.startswith("foot")][0]
     assert rest[head, 1] - rest[foot, 1] > 1.0
     assert s_npz["frames"] == T
+
+
+def test_layout_rule():
+    from pathlib import Path
+
+    from ram_avatar.drive import choose_layout
+    from ram_avatar.errors import RamAvatarError
+    from ram_avatar.render.composite import parse_background
+
+    learned, transparent, green = (parse_background(b) for b in ("learned", "transparent", "#00ff00"))
+    assert choose_layout(None, Path("a.mp4"), learned, None) == "side-by-side"
+    assert choose_layout(None, Path("a.mp4"), learned, "upper") == "avatar"
+    assert choose_layout(None, Path("a.mp4"), green, None) == "avatar"
+    assert choose_layout(None, Path("a.webm"), transparent, None) == "avatar"
+    assert choose_layout(None, Path("a.webm"), learned, None) == "avatar"
+    assert choose_layout("side-by-side", Path("a.mp4"), green, "head") == "side-by-side"
+    with pytest.raises(RamAvatarError, match="webm"):
+        choose_layout(None, Path("a.mp4"), transparent, None)
+    with pytest.raises(RamAvatarError, match="side-by-side"):
+        choose_layout("side-by-side", Path("a.mov"), transparent, None)
+
+
+def test_avatar_composer_background_and_framing(tmp_path):
+    """Rendered frames -> framed output in each background mode; transparent frames written
+    to WebM keep alpha 0 around the avatar and 255 inside it."""
+    from ram_avatar.drive import AvatarComposer
+    from ram_avatar.render.composite import parse_background
+    from test_framing import standing_landmarks
+
+    S = 256
+    learned = np.full((S, S, 3), (90, 60, 30), np.uint8)
+    alpha = np.zeros((S, S), np.uint8)
+    alpha[30:240, 100:156] = 255                 # the avatar's body (a box around the landmarks)
+    fg = np.full((S, S, 3), (200, 180, 160), np.uint8)
+    a = alpha[..., None] / 255.0
+    rgb = (fg * a + learned * (1 - a) + 0.5).astype(np.uint8)
+    lm, bbox = standing_landmarks(), (100, 30, 156, 240)
+    out = {}
+    for spec in ("learned", "transparent", "#00ff00"):
+        comp = AvatarComposer(parse_background(spec), learned, "upper", out_size=(320, 180))
+        out[spec] = comp(rgb, alpha, lm, bbox)
+        assert len(comp.boxes) == 1
+    assert out["learned"].shape == (180, 320, 3) and out["transparent"].shape == (180, 320, 4)
+    t = out["transparent"]
+    assert t[5, 5, 3] == 0 and t[90, 160, 3] == 255            # corner clear, torso opaque
+    assert np.abs(t[90, 160, :3].astype(int) - (200, 180, 160)).max() <= 2
+    assert (out["#00ff00"][5, 5] == (0, 255, 0)).all()
+    assert np.abs(out["#00ff00"][90, 160].astype(int) - (200, 180, 160)).max() <= 2
+    assert np.abs(out["learned"][5, 5].astype(int) - (90, 60, 30)).max() <= 1  # edge repeated
+    # without framing: the rendered square, re-composited
+    comp = AvatarComposer(parse_background("#0000ff"), learned, None)
+    sq = comp(rgb, alpha, None, bbox)
+    assert sq.shape == (S, S, 3) and (sq[0, 0] == (0, 0, 255)).all()
+    # transparent frames through the WebM writer and back
+    path = tmp_path / "avatar.webm"
+    with AlphaVideoWriter(path, 24, (320, 180)) as w:
+        for _ in range(3):
+            w.write(t)
+    got, _ = decode_rgba(path)
+    assert got[0, 5, 5, 3] <= 4 and got[0, 90, 160, 3] >= 251
