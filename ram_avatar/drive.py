@@ -423,13 +423,23 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
       like), the training-frame reference and the direction of "better" of every key. With
       ``params`` each variant and the held-out reference also get the per-body-part coverages
       (``coverage_<part>``, ``arm_coverage``, ``part_pixels``, ``part_frames``) from a part-label
-      rasterisation of their meshes (:func:`ram_avatar.eval.render_stats.part_label_maps`);
-      every one gets the chroma ``speckle`` and ``speckle_ratio``;
+      rasterisation of their meshes (:func:`ram_avatar.eval.render_stats.part_label_maps`), and
+      the per-part appearance: ``arm_fidelity`` (each arm and mean: arm pixels rendered in the
+      arms' training colours rather than the torso's) and ``part_colour_distance`` (per part
+      group, against the same part's pixels in the training frames); every one gets the chroma
+      ``speckle`` and ``speckle_ratio``. ``captured_heldout`` holds the per-part appearance
+      statistics of the real held-out frames (the captured person, inside the capture's person
+      masks, so fit errors count too); ``training_reference`` the arm fidelity of the training
+      frames the colour models come from (in-sample). ``arms`` puts ``arm_coverage`` and the
+      ``arm_fidelity`` values of every variant and reference side by side;
     - ``<stem>.contact.png``: 8 frames evenly over the clip, columns driving frame | variants,
-      each avatar cell captioned with that frame's silhouette IoU (and arm coverage with
+      each avatar cell captioned with that frame's silhouette IoU (and arm fidelity with
       ``params``).
 
-    The learned background is the renderer's output for all-zero conditioning maps.
+    The learned background is the renderer's output for all-zero conditioning maps. The
+    training reference (colours, sharpness, speckle, the arm and torso colour models) comes
+    from ``REPORT_REFERENCE_FRAMES`` training frames with the part labels of their fitted
+    meshes, restricted to the capture's person masks.
 
     Args:
         output: the drive video path; start/end: the driving frames rendered.
@@ -437,7 +447,8 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
             (T,S,S) bool driven ``body_mask`` maps.
         params: variant -> BodyParams (T poses) of the driven bodies, for the per-part coverage.
     Returns:
-        dict: ``stats_file``, ``contact_sheet`` paths and the ``variants`` statistics.
+        dict: ``stats_file``, ``contact_sheet`` paths, the ``variants`` statistics,
+        ``mda_minus_no_mda`` and the ``arms`` table.
     """
     from ram_avatar.eval import render_stats as rs
     from ram_avatar.render.conditioning import crop_intrinsics
@@ -458,37 +469,56 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
         add_previous_maps(held)
     held_frames = _render_frames(engine, held, batch)
     background = _render_frames(engine, {k: torch.zeros_like(v[:1]) for k, v in held.items()}, 1)[0]
-    # training reference: real crops inside the fitted body's silhouette
+    # training reference: real crops inside the fitted body's silhouette; real crops of the
+    # held-out frames (captured_heldout) and the capture's person masks of both
     ref_idx = train_idx[rs.sample_indices(len(train_idx), REPORT_REFERENCE_FRAMES)]
     ref_masks = render_sequence_maps(seq, ref_idx, S, body=body, desc="maps (training reference)")["body_mask"]
-    wanted, crops = set(ref_idx.tolist()), {}
-    s0 = seq.manifest["source"]["start"]
-    for t, frame in enumerate(iter_frames(seq.source_video(), s0, s0 + int(ref_idx.max()) + 1)):
+    wanted, crops = set(ref_idx.tolist()) | set(val_idx.tolist()), {}
+    s0, crop = seq.manifest["source"]["start"], seq.manifest["crop"]
+    for t, frame in enumerate(iter_frames(seq.source_video(), s0, s0 + max(wanted) + 1)):
         if t in wanted:
-            crops[t] = crop_resize(frame, seq.manifest["crop"], S)
+            crops[t] = crop_resize(frame, crop, S)
+    person_all = seq.load_masks()
+    captured_person = {t: crop_resize(person_all[t], crop, S) > 127 for t in sorted(wanted)}
+    del person_all
+    # body-part label maps of the training, driven and held-out meshes (per-part statistics)
+    K = crop_intrinsics(seq.K, crop, S)
+    ref_parts = rs.part_label_maps(body, seq.params.index(torch.as_tensor(ref_idx)), K, S)
     reference = rs.TrainingReference(np.stack([crops[t] for t in ref_idx.tolist()]),
-                                     ref_masks[:, 0].numpy() > 0)
-    # body-part label maps of the driven and held-out meshes (per-part coverage)
-    K = crop_intrinsics(seq.K, seq.manifest["crop"], S)
+                                     ref_masks[:, 0].numpy() > 0, parts=ref_parts,
+                                     person=np.stack([captured_person[t] for t in ref_idx.tolist()]))
     parts = {n: rs.part_label_maps(body, params[n], K, S) for n in frames_out} if params else {}
-    held_parts = rs.part_label_maps(body, seq.params.index(torch.as_tensor(val_idx)), K, S) \
-        if params else None
+    held_parts = rs.part_label_maps(body, seq.params.index(torch.as_tensor(val_idx)), K, S)
     variants = {n: rs.render_stats(frames_out[n], silhouettes[n], background, reference,
                                    parts=parts.get(n))
                 for n in frames_out}
+    heldout = rs.render_stats(held_frames, held["body_mask"][:, 0].numpy() > 0, background,
+                              reference, parts=held_parts)
+    # the same per-part colour statistics on the real held-out frames (the captured person)
+    captured = rs.json_floats(rs.part_appearance_stats(
+        np.stack([crops[t] for t in val_idx.tolist()]), held_parts, reference,
+        person=np.stack([captured_person[t] for t in val_idx.tolist()])))
+    arm_keys = ("arm_coverage", "arm_fidelity", "arm_fidelity_left", "arm_fidelity_right")
+    arms = {name: {k: st[k] for k in arm_keys if k in st}
+            for name, st in [*variants.items(), ("heldout_reference", heldout),
+                             ("captured_heldout", captured),
+                             ("training_reference", reference.arm_fidelity or {})]}
     res = {
         "source": str(source), "frames": int(end - start), "resolution": S, "backend": engine.kind,
+        "arms": arms,
         "variants": variants, "mda_minus_no_mda": rs.summarize(variants),
-        "heldout_reference": {**rs.render_stats(held_frames, held["body_mask"][:, 0].numpy() > 0,
-                                                background, reference, parts=held_parts),
-                              "frame_indices": [int(v) for v in val_idx]},
+        "heldout_reference": {**heldout, "frame_indices": [int(v) for v in val_idx]},
+        "captured_heldout": {**captured, "frame_indices": [int(v) for v in val_idx]},
         "training_reference": {"frames": reference.frames, "frame_indices": [int(v) for v in ref_idx],
-                               "sharpness": reference.sharpness, "speckle": reference.speckle},
+                               "sharpness": reference.sharpness, "speckle": reference.speckle,
+                               "part_colour_pixels": reference.part_pixels(),
+                               **(reference.arm_fidelity or {})},
         "person_threshold": rs.PERSON_THRESHOLD, "min_part_pixels": rs.MIN_PART_PIXELS,
+        "part_erode_px": rs.PART_ERODE_PX,
         "better": rs.BETTER,
         "definitions": "ram_avatar/eval/render_stats.py (module docstring)",
     }
-    # contact sheet: driving frame | each variant, silhouette IoU of that frame as caption
+    # contact sheet: driving frame | each variant, silhouette IoU and arm fidelity of that frame
     rows_t = rs.sample_indices(end - start, REPORT_SHEET_ROWS)
     wanted_src = set(rows_t.tolist())
     src = {t: f for t, f in enumerate(iter_frames(source, start, start + int(rows_t.max()) + 1))
@@ -501,9 +531,10 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
             person = rs.rendered_person_mask(frames_out[n][t:t + 1], background)
             iou = rs.silhouette_agreement(person, silhouettes[n][t:t + 1])["silhouette_iou"]
             caption = f"IoU {iou:.2f}"
-            if n in parts:
-                arms = rs.part_coverage(person, parts[n][t:t + 1])["arm_coverage"]
-                caption += "" if np.isnan(arms) else f" arms {arms:.2f}"
+            if n in parts and reference.arm_model is not None:
+                fid = rs.arm_fidelity(frames_out[n][t:t + 1], parts[n][t:t + 1], reference.arm_model,
+                                      reference.torso_model, person)["arm_fidelity"]
+                caption += "" if np.isnan(fid) else f" arm fidelity {fid:.2f}"
             rs.draw_label(cell, caption, (4, S - 8), 0.45)
             row.append(cell)
         rows.append(row)
@@ -515,5 +546,8 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
     res["contact_frames"] = [int(start + t) for t in rows_t]
     atomic_write_text(stats_path, json.dumps(res, indent=1))
     log.info("render report: %s, %s", stats_path, sheet_path)
+    for name, a in arms.items():
+        log.info("arms (%s): %s", name, ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}"
+                                                  for k, v in a.items()))
     return {"stats_file": str(stats_path), "contact_sheet": str(sheet_path), "variants": variants,
-            "mda_minus_no_mda": res["mda_minus_no_mda"]}
+            "mda_minus_no_mda": res["mda_minus_no_mda"], "arms": arms}

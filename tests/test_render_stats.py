@@ -277,3 +277,148 @@ def test_part_label_maps_match_body_mask_and_blank_arm(anny_body):
     assert st["coverage_left_arm"] < 0.05
     for name in ("head", "torso", "right_arm", "legs"):
         assert st[f"coverage_{name}"] > 0.9, (name, st)
+    # the same body dressed (skin arms, shirt torso): its left arm painted in the shirt's colour
+    # keeps full coverage but loses its arm fidelity; the right arm keeps both
+    train, bg = _dressed(parts, noise=3, seed=1)
+    ref = rs.TrainingReference(train, parts >= 0, parts=parts)
+    frames, _ = _dressed(parts, noise=3, seed=2)
+    frames[parts == 2] = SHIRT
+    st = rs.render_stats(frames, parts >= 0, bg, ref, parts=parts)
+    assert st["coverage_left_arm"] > 0.9 and st["arm_fidelity_left"] < 0.05
+    assert st["arm_fidelity_right"] > 0.9
+    assert st["part_colour_distance"]["arms"] > 10 and st["part_colour_distance"]["legs"] < 1.5
+
+
+# --- per-part appearance: part colour distance and arm fidelity -----------------------------
+
+SKIN, SHIRT, TROUSERS, BG = (205, 150, 120), (40, 60, 160), (170, 150, 110), (20, 110, 30)
+
+
+def _dressed(parts, arm=SKIN, noise=0.0, seed=0, bg=BG):
+    """Frames painting each part of ``parts`` in its colour (head/hands skin, torso shirt, legs
+    trousers, arms ``arm``) over a flat background, with optional Gaussian RGB noise (sigma in
+    grey levels) on the person."""
+    colours = {0: SKIN, 1: SHIRT, 2: arm, 3: arm, 4: SKIN, 5: SKIN, 6: TROUSERS}
+    frames = np.empty(parts.shape + (3,), np.float64)
+    frames[:] = bg
+    for p, c in colours.items():
+        frames[parts == p] = c
+    if noise:
+        frames += (parts >= 0)[..., None] * np.random.default_rng(seed).normal(0, noise, frames.shape)
+    return np.clip(np.round(frames), 0, 255).astype(np.uint8), np.broadcast_to(
+        np.array(bg, np.uint8), parts.shape[1:] + (3,)).copy()
+
+
+def _lab1(rgb):
+    return cv2.cvtColor(np.array([[rgb]], np.float32) / 255.0, cv2.COLOR_RGB2Lab)[0, 0]
+
+
+def test_part_masks_erosion_and_names():
+    parts = _stick_parts(T=1)
+    m = rs.part_masks(parts, ("left_arm",), erode_px=1)
+    assert m.sum() == 4 * 14                     # the 6x16 arm loses its 1-px border
+    assert m[0, 17:21, 41:55].all()
+    assert rs.part_masks(parts, ("left_arm",), erode_px=0).sum() == 6 * 16
+    both = rs.part_masks(parts, rs.PART_GROUPS["arms"], erode_px=1)
+    assert both.sum() == 2 * 4 * 14
+    with pytest.raises(ValueError):
+        rs.part_masks(parts, ("tail",))
+
+
+def test_lab_histogram_prefers_its_colours():
+    rng = np.random.default_rng(6)
+    skin = _lab1(SKIN) + rng.normal(0, 2, (500, 3))
+    shirt = _lab1(SHIRT) + rng.normal(0, 2, (500, 3))
+    hs, ht = rs.LabHistogram(skin), rs.LabHistogram(shirt)
+    q = np.stack([_lab1(SKIN), _lab1(SHIRT), [50.0, 90.0, -90.0]])  # skin, shirt, an unseen purple
+    ls, lt = hs.log_prob(q), ht.log_prob(q)
+    assert ls[0] > lt[0] and lt[1] > ls[1]
+    assert ls[2] == lt[2] == pytest.approx(math.log(rs.LAB_HIST_FLOOR / np.prod(rs.LAB_HIST_BINS)))
+    assert np.isfinite(hs.log_prob(np.array([[120.0, 300.0, -300.0]]))).all()  # clamped to edge bins
+    with pytest.raises(ValueError):
+        rs.LabHistogram(np.zeros((0, 3)))
+
+
+def test_arm_in_torso_colour_is_far_and_unfaithful():
+    """The issue's failure: arms rendered in the shirt's colour. Coverage cannot see it (the
+    pixels differ from the background); the part colour distance and arm fidelity do."""
+    parts = _stick_parts(T=4)
+    train, _ = _dressed(parts, noise=4, seed=1)
+    ref = rs.TrainingReference(train, parts >= 0, parts=parts)
+    assert ref.arm_model is not None and ref.part_pixels()["arms"] == 4 * 2 * 4 * 14
+    assert ref.arm_fidelity["arm_fidelity"] > 0.97   # the captured person, in-sample
+    good, bg = _dressed(parts, noise=4, seed=2)              # arms in their own colour
+    vanished, _ = _dressed(parts, arm=SHIRT, noise=4, seed=3)  # arms in the shirt's colour
+    st_good = rs.render_stats(good, parts >= 0, bg, ref, parts=parts)
+    st_bad = rs.render_stats(vanished, parts >= 0, bg, ref, parts=parts)
+    assert st_good["arm_coverage"] == st_bad["arm_coverage"] == pytest.approx(1.0)  # blind to it
+    gap = float(np.abs(_lab1(SKIN) - _lab1(SHIRT)).mean())   # ~45 Lab units for these colours
+    assert st_bad["part_colour_distance"]["arms"] == pytest.approx(gap, rel=0.1)
+    assert st_good["part_colour_distance"]["arms"] < 1.5
+    for g in ("head", "torso", "legs"):
+        assert st_bad["part_colour_distance"][g] < 1.5, g
+    assert st_good["arm_fidelity"] > 0.97 and st_bad["arm_fidelity"] < 0.03
+    assert st_bad["arm_fidelity_left"] < 0.03 and st_bad["arm_fidelity_right"] < 0.03
+    assert st_good["fidelity_frames"] == {"left_arm": 4, "right_arm": 4}
+    keys = list(st_good)
+    assert keys.index("arm_fidelity") == keys.index("arm_coverage") + 1  # shown side by side
+    # exact value without noise: a constant colour shift, per channel W1 = |Lab difference|
+    flat_ref = rs.TrainingReference(*(lambda f: (f, parts >= 0))(_dressed(parts)[0]), parts=parts)
+    flat = rs.part_appearance_stats(_dressed(parts, arm=SHIRT)[0], parts, flat_ref)
+    assert flat["part_colour_distance"]["arms"] == pytest.approx(gap, abs=0.05)
+    assert flat["part_colour_distance"]["torso"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_arm_fidelity_background_line_speckle_and_sleeves():
+    parts = _stick_parts(T=3)
+    train, _ = _dressed(parts, noise=4, seed=1)
+    ref = rs.TrainingReference(train, parts >= 0, parts=parts)
+    frames, bg = _dressed(parts, noise=4, seed=2)
+    # the left arm renders as background; the right arm shrinks to a 1-px line of skin
+    frames[parts == 2] = bg[0, 0]
+    frames[parts == 3] = bg[0, 0]
+    frames[:, 18, 8:24] = SKIN
+    st = rs.render_stats(frames, parts >= 0, bg, ref, parts=parts)
+    assert st["arm_fidelity_left"] == 0.0 and st["arm_fidelity_right"] == 0.0
+    assert st["part_colour_distance"]["arms"] > 20
+    # multicoloured speckle on the arms: colours neither model has seen do not count
+    rng = np.random.default_rng(7)
+    speckled, _ = _dressed(parts, noise=4, seed=2)
+    arm = np.isin(parts, (2, 3))
+    speckled[arm] = rng.integers(0, 256, (int(arm.sum()), 3), dtype=np.uint8)
+    assert rs.render_stats(speckled, parts >= 0, bg, ref, parts=parts)["arm_fidelity"] < 0.25
+    # two-tone arms (shirt-coloured sleeve + skin forearm): the sleeve counts for the torso,
+    # so the captured person itself scores the skin fraction; an all-shirt arm still scores 0
+    two = parts.copy()
+    sleeve = np.zeros_like(parts, bool)
+    sleeve[:, :, 40:48] = sleeve[:, :, 16:24] = True   # the half of each arm next to the torso
+    train2, _ = _dressed(parts, noise=4, seed=1)
+    train2[sleeve & np.isin(two, (2, 3))] = SHIRT
+    ref2 = rs.TrainingReference(train2, parts >= 0, parts=parts)
+    real = rs.part_appearance_stats(train2, parts, ref2)
+    assert real["arm_fidelity"] == pytest.approx(7 / 14, abs=0.05)  # eroded arm: 7 of 14 columns skin
+    assert ref2.arm_fidelity["arm_fidelity"] == pytest.approx(real["arm_fidelity"])
+    shirt_arms = rs.part_appearance_stats(_dressed(parts, arm=SHIRT, noise=4, seed=3)[0], parts, ref2)
+    assert shirt_arms["arm_fidelity"] < 0.03
+
+
+def test_training_reference_person_mask_drops_fit_errors():
+    """Arm labels of a badly fitted mesh that reach over the real background: the capture's
+    person mask keeps the background out of the arm colours."""
+    parts = _stick_parts(T=2)
+    train, _ = _dressed(parts, noise=2, seed=1)
+    fat = parts.copy()
+    fat[:, 22:28, 40:56] = 2                    # label 6 px below the real left arm: background
+    person = parts >= 0
+    with_mask = rs.TrainingReference(train, person, parts=fat, person=person)
+    without = rs.TrainingReference(train, person, parts=fat)
+    skin_lab = _lab1(SKIN)
+    assert np.abs(with_mask.part_lab["arms"] - skin_lab).max() < 8
+    assert np.abs(without.part_lab["arms"] - skin_lab).max() > 30  # background crept in
+    # no torso pixels at all: no colour models, no arm fidelity, distances still per group
+    no_torso = np.where(parts == 1, -1, parts).astype(np.int8)
+    ref = rs.TrainingReference(train, person, parts=no_torso)
+    assert ref.arm_model is None and ref.arm_fidelity is None
+    st = rs.render_stats(train, person, np.zeros((S, S, 3), np.uint8), ref, parts=no_torso)
+    assert "arm_fidelity" not in st and st["part_colour_distance"]["torso"] is None
+    assert st["part_colour_distance"]["arms"] < 1.5

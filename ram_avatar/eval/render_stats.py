@@ -71,8 +71,44 @@ higher is better) and ``arm_coverage``
     (shoulder to wrist, hands excluded). An arm that renders as background, or shrinks to a
     line thinner than the 3x3 opening of the person mask, lowers it.
 
-Everything here is numpy + OpenCV, deterministic, and CPU-only, except :func:`part_label_maps`
-(which poses and rasterises the body model with torch).
+``part_colour_distance`` {group: CIELAB units; lower is better}
+    Per-part colour fidelity. The part groups are :data:`PART_GROUPS` (``head``, ``torso``,
+    ``arms`` = both arms shoulder to wrist, ``hands`` = both hands, ``legs``). For each group g,
+    the pixels labelled g (:func:`part_label_maps`, the union of the group's labels eroded by
+    ``PART_ERODE_PX`` pixels so that part edges and mislabelled borders do not count;
+    :func:`part_masks`) are pooled over the rendered frames, and the same part's pixels are
+    pooled over the subject's training frames (labels of the fitted training meshes, further
+    restricted to the capture's person mask so that fit errors over the real background do not
+    count); the value is the mean over L*, a*, b* of the per-channel 1-D Wasserstein-1 distance
+    between the two pools, (W1_L + W1_a + W1_b) / 3 (:func:`part_colour_distance`), in Lab units
+    as ``colour_w1_mean``: a constant shift of d in one channel gives d / 3. Rendered pixels are
+    *not* restricted to the rendered person: an arm that renders as background is scored with
+    the background's colour. NaN (JSON null) when either pool has fewer than
+    ``MIN_PART_PIXELS`` pixels. An arm rendered in the shirt/dress colour scores about the
+    distance between the arm's and the torso's training colours.
+``arm_fidelity_left``, ``arm_fidelity_right``, ``arm_fidelity`` (fraction, 0..1, higher is better)
+    Does the arm look like an arm? Two colour models are built from the training frames' pixels
+    above: the arms' and the torso's CIELAB histograms (:class:`LabHistogram`: ``LAB_HIST_BINS``
+    bins over L* 0..100 and a*, b* -128..128, Gaussian-smoothed by ``LAB_HIST_SIGMA`` bins, plus
+    a uniform floor of ``LAB_HIST_FLOOR`` of the mass). A pixel is arm-coloured when
+    p(colour | arms) > p(colour | torso) and p(colour | arms) > 1 / n_bins, i.e. the arms' model
+    beats both the torso's and a uniform "any other colour" model (so colours the arms were
+    never seen in, such as multicoloured speckle, do not count). In each frame, over the eroded
+    labels of one arm, arm_fidelity = |pixels rendered as person (:func:`rendered_person_mask`)
+    and arm-coloured| / |arm pixels| (:func:`arm_fidelity`); frames where the eroded arm has
+    fewer than ``MIN_PART_PIXELS`` pixels are skipped; per-side means over the scored frames,
+    ``arm_fidelity`` = mean of the sides that exist. An arm that vanished into the dress (torso
+    colours), rendered as background, or broken into unseen colours scores ~0; it never exceeds
+    the arm's coverage. Colours the arm shares with the torso (a sleeve of the shirt's fabric)
+    count for the torso, so even the captured person scores below 1: read it next to
+    ``training_reference.arm_fidelity`` of the drive report (the captured person on the
+    training frames the colour models come from, in-sample), ``captured_heldout`` (the real
+    held-out frames with the capture's person mask as "person": fitted-mesh arms that miss the
+    real arm count against it, so it is no ceiling) and the ``heldout_reference`` (the avatar
+    rendered in the held-out poses). ``fidelity_frames`` gives the scored frames per arm.
+
+Everything here is numpy + OpenCV (+ scipy's Gaussian filter), deterministic, and CPU-only,
+except :func:`part_label_maps` (which poses and rasterises the body model with torch).
 """
 
 from __future__ import annotations
@@ -97,6 +133,17 @@ ERODE_PX = 3
 SPECKLE_MEDIAN = 5
 #: a body part with fewer visible pixels than this in a frame is not scored in that frame
 MIN_PART_PIXELS = 20
+#: body-part groups of the per-part colour statistics (left and right pooled)
+PART_GROUPS = {"head": ("head",), "torso": ("torso",), "arms": ("left_arm", "right_arm"),
+               "hands": ("left_hand", "right_hand"), "legs": ("legs",)}
+#: erosion (pixels) of each part's label mask for the per-part colour statistics
+PART_ERODE_PX = 1
+#: bins of the CIELAB colour histograms (L* over 0..100, a* and b* over -128..128)
+LAB_HIST_BINS = (10, 32, 32)
+#: Gaussian smoothing of the colour histograms, in bins
+LAB_HIST_SIGMA = 1.0
+#: fraction of the histogram mass spread uniformly over all bins (unseen colours)
+LAB_HIST_FLOOR = 1e-3
 
 
 def _check_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
@@ -356,20 +403,263 @@ def part_coverage(person: np.ndarray, parts: np.ndarray, min_pixels: int = MIN_P
     return out
 
 
+def _part_index(part_names: Sequence[str] | None) -> dict[str, int]:
+    if part_names is None:
+        from ram_avatar.body.base import PART_NAMES as part_names
+    return {n: i for i, n in enumerate(part_names)}
+
+
+def part_masks(parts: np.ndarray, names: Sequence[str], erode_px: int = PART_ERODE_PX,
+               part_names: Sequence[str] | None = None) -> np.ndarray:
+    """Pixels labelled as any of the parts ``names``, eroded.
+
+    Args:
+        parts: (T,H,W) int part labels (:func:`part_label_maps`), -1 = no body.
+        names: part names (of ``part_names``) whose union is taken, e.g. ``("left_arm",)``.
+        erode_px: erosion of the union, pixels ((2e+1)^2 square; 0 = none).
+        part_names: label names (default ``PART_NAMES`` of the body models).
+    Returns:
+        (T,H,W) bool.
+    Raises:
+        ValueError: a name that is not a part.
+    """
+    index = _part_index(part_names)
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise ValueError(f"unknown body parts {unknown}; known: {list(index)}")
+    parts = np.asarray(parts)
+    sel = np.isin(parts, [index[n] for n in names])
+    if erode_px <= 0:
+        return sel
+    kernel = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8)
+    return np.stack([cv2.erode(m, kernel) for m in sel.astype(np.uint8)]).astype(bool) \
+        if len(sel) else sel
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    """(N,3) uint8 RGB -> (N,3) float32 CIELAB (OpenCV's float conversion)."""
+    if len(rgb) == 0:
+        return np.zeros((0, 3), np.float32)
+    return cv2.cvtColor((rgb.astype(np.float32) / 255.0)[:, None], cv2.COLOR_RGB2Lab)[:, 0]
+
+
+def part_lab_pixels(frames: np.ndarray, parts: np.ndarray, person: np.ndarray | None = None,
+                    erode_px: int = PART_ERODE_PX, groups: Mapping[str, Sequence[str]] = PART_GROUPS,
+                    max_pixels: int = MAX_PIXELS, seed: int = 0,
+                    part_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """CIELAB pixels of every part group, pooled over frames (module docstring,
+    ``part_colour_distance``).
+
+    Args:
+        frames: (T,H,W,3) uint8 RGB; parts: (T,H,W) int part labels of the same frames.
+        person: optional (T,H,W) bool; only pixels inside it count (the capture's person mask
+            for real frames).
+        erode_px: erosion of each group's label mask (:func:`part_masks`).
+        groups: group name -> part names.
+        max_pixels, seed: per-group random subsample, as :func:`lab_pixels`.
+    Returns:
+        {group: (N_g,3) float32 [L*, a*, b*]} ((0,3) when the group is not visible).
+    Raises:
+        ValueError: shapes differ.
+    """
+    frames = _check_frames(frames)
+    parts = np.asarray(parts)
+    if parts.shape != frames.shape[:3]:
+        raise ValueError(f"part labels {parts.shape} do not match the frames {frames.shape[:3]}")
+    if person is not None:
+        person = _check_masks(person, frames, "person")
+    out = {}
+    for g, names in groups.items():
+        m = part_masks(parts, names, erode_px, part_names)
+        if person is not None:
+            m &= person
+        out[g] = lab_pixels(frames, m, max_pixels, seed)
+    return out
+
+
+def part_colour_distance(lab: Mapping[str, np.ndarray], ref_lab: Mapping[str, np.ndarray],
+                         min_pixels: int = MIN_PART_PIXELS) -> dict[str, float]:
+    """Mean over L*, a*, b* of the per-channel Wasserstein-1 distance between the rendered and
+    the training pixels of each part group (module docstring).
+
+    Args:
+        lab, ref_lab: {group: (N,3) Lab pixels} (:func:`part_lab_pixels`).
+        min_pixels: a group with fewer pixels on either side gets NaN.
+    Returns:
+        {group: distance in Lab units} for every group of ``lab``.
+    """
+    out = {}
+    for g, x in lab.items():
+        y = ref_lab.get(g, np.zeros((0, 3)))
+        out[g] = (colour_distance(x, y)["colour_w1_mean"]
+                  if len(x) >= min_pixels and len(y) >= min_pixels else math.nan)
+    return out
+
+
+class LabHistogram:
+    """A smoothed CIELAB colour histogram: a small non-parametric colour model.
+
+    ``LAB_HIST_BINS`` bins over L* 0..100, a* and b* -128..128 (values outside are clamped to
+    the edge bins), counts smoothed by a Gaussian of ``sigma`` bins (scipy.ndimage), normalised,
+    with ``floor`` of the mass spread uniformly so that unseen colours keep a small,
+    model-independent probability.
+
+    Args:
+        lab: (N,3) Lab pixels (N >= 1).
+    Raises:
+        ValueError: no pixels or not (N,3).
+    """
+
+    LO = np.array([0.0, -128.0, -128.0])
+    HI = np.array([100.0, 128.0, 128.0])
+
+    def __init__(self, lab: np.ndarray, bins: Sequence[int] = LAB_HIST_BINS,
+                 sigma: float = LAB_HIST_SIGMA, floor: float = LAB_HIST_FLOOR):
+        from scipy.ndimage import gaussian_filter
+
+        lab = np.asarray(lab, np.float64)
+        if lab.ndim != 2 or lab.shape[1] != 3 or len(lab) == 0:
+            raise ValueError(f"a colour histogram needs (N>=1, 3) Lab pixels, got {lab.shape}")
+        self.bins = tuple(int(b) for b in bins)
+        flat = np.ravel_multi_index(tuple(self._index(lab).T), self.bins)
+        h = np.bincount(flat, minlength=int(np.prod(self.bins))).reshape(self.bins).astype(np.float64)
+        if sigma > 0:
+            h = gaussian_filter(h, sigma, mode="constant")
+        h /= h.sum()
+        self.log_p = np.log((1.0 - floor) * h + floor / h.size)
+        #: log probability of a bin under a uniform colour distribution over the same bins
+        self.log_uniform = -math.log(h.size)
+        self.pixels = len(lab)
+
+    def _index(self, lab: np.ndarray) -> np.ndarray:
+        b = np.array(self.bins)
+        i = np.floor((np.asarray(lab, np.float64) - self.LO) / (self.HI - self.LO) * b).astype(np.int64)
+        return np.clip(i, 0, b - 1)
+
+    def log_prob(self, lab: np.ndarray) -> np.ndarray:
+        """(N,3) Lab -> (N,) log probability of each pixel's bin (comparable between models with
+        the same bins)."""
+        return self.log_p[tuple(self._index(lab).T)]
+
+
+def arm_fidelity(frames: np.ndarray, parts: np.ndarray, arm_model: LabHistogram,
+                 torso_model: LabHistogram, person: np.ndarray | None = None,
+                 erode_px: int = PART_ERODE_PX, min_pixels: int = MIN_PART_PIXELS,
+                 part_names: Sequence[str] | None = None) -> dict:
+    """Fraction of each arm's pixels that are person and arm-coloured (module docstring).
+
+    Args:
+        frames: (T,H,W,3) uint8 RGB; parts: (T,H,W) int part labels of the same frames.
+        arm_model, torso_model: colour models of the subject's arms and torso
+            (:class:`LabHistogram` of the training frames' pixels).
+        person: (T,H,W) bool pixels that show the person (rendered: :func:`rendered_person_mask`;
+            real: the capture's mask); None = every pixel.
+        erode_px: erosion of each arm's label mask; min_pixels: frames where the eroded arm has
+            fewer pixels are skipped for it.
+    Returns:
+        ``arm_fidelity_left``, ``arm_fidelity_right`` (NaN when never scored), ``arm_fidelity``
+        (mean of the sides that exist), ``fidelity_frames`` {arm: scored frames} and
+        ``per_frame`` {arm: (T,) float, NaN where skipped}.
+    Raises:
+        ValueError: shapes differ.
+    """
+    frames = _check_frames(frames)
+    parts = np.asarray(parts)
+    if parts.shape != frames.shape[:3]:
+        raise ValueError(f"part labels {parts.shape} do not match the frames {frames.shape[:3]}")
+    if person is not None:
+        person = _check_masks(person, frames, "person")
+    T = len(frames)
+    out: dict = {"fidelity_frames": {}, "per_frame": {}}
+    vals = []
+    for side in ("left", "right"):
+        name = f"{side}_arm"
+        m = part_masks(parts, (name,), erode_px, part_names)
+        t_idx = np.nonzero(m)[0]
+        lab = _lab(frames[m])
+        log_arm = arm_model.log_prob(lab)
+        good = (log_arm > torso_model.log_prob(lab)) & (log_arm > arm_model.log_uniform)
+        if person is not None:
+            good &= person[m]
+        n = np.bincount(t_idx, minlength=T).astype(np.float64)
+        hit = np.bincount(t_idx, weights=good.astype(np.float64), minlength=T)
+        ok = n >= min_pixels
+        per = np.full(T, np.nan)
+        per[ok] = hit[ok] / n[ok]
+        v = float(per[ok].mean()) if ok.any() else math.nan
+        out[f"arm_fidelity_{side}"] = v
+        out["fidelity_frames"][name] = int(ok.sum())
+        out["per_frame"][name] = per
+        if not math.isnan(v):
+            vals.append(v)
+    out["arm_fidelity"] = float(np.mean(vals)) if vals else math.nan
+    return out
+
+
+def part_appearance_stats(frames: np.ndarray, parts: np.ndarray, reference: "TrainingReference",
+                          person: np.ndarray | None = None) -> dict:
+    """``part_colour_distance`` and the ``arm_fidelity`` keys of one clip against the training
+    reference (module docstring).
+
+    Args:
+        frames: (T,H,W,3) uint8 RGB (rendered or real); parts: (T,H,W) their part labels.
+        reference: a :class:`TrainingReference` built with part labels.
+        person: person pixels for :func:`arm_fidelity` (None = all).
+    Returns:
+        dict with ``part_colour_distance`` {group: Lab units} and, when the reference has arm and
+        torso colour models, ``arm_fidelity``, ``arm_fidelity_left``, ``arm_fidelity_right``,
+        ``fidelity_frames``; empty when the reference has no part colours.
+    """
+    if reference.part_lab is None:
+        return {}
+    out: dict = {}
+    if reference.arm_model is not None and reference.torso_model is not None:
+        fid = arm_fidelity(frames, parts, reference.arm_model, reference.torso_model, person)
+        out.update({k: fid[k] for k in ("arm_fidelity", "arm_fidelity_left", "arm_fidelity_right",
+                                        "fidelity_frames")})
+    out["part_colour_distance"] = part_colour_distance(part_lab_pixels(frames, parts),
+                                                       reference.part_lab)
+    return out
+
+
 class TrainingReference:
     """The subject's captured look: pooled Lab pixels, sharpness and chroma speckle of real
-    training crops.
+    training crops, and with part labels the per-part colours and the arm/torso colour models.
 
     Args:
         images: (N,S,S,3) uint8 real frames cropped as for training.
         masks: (N,S,S) bool fitted-body silhouettes of those frames (the ``body_mask`` map).
+        parts: optional (N,S,S) int part labels of the fitted meshes (:func:`part_label_maps`);
+            with them ``part_lab`` ({group: (N_g,3) Lab}, :func:`part_lab_pixels`) and, when
+            both have at least ``MIN_PART_PIXELS`` pixels, ``arm_model`` / ``torso_model``
+            (:class:`LabHistogram`) and ``arm_fidelity`` (``arm_fidelity``,
+            ``arm_fidelity_left``, ``arm_fidelity_right`` of these same frames, in-sample: what
+            the captured person scores) are set (else None).
+        person: optional (N,S,S) bool capture person masks of the frames; part pixels outside
+            them (fit errors over the background) are left out.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, erode_px: int = ERODE_PX):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, erode_px: int = ERODE_PX,
+                 parts: np.ndarray | None = None, person: np.ndarray | None = None):
         self.lab = lab_pixels(images, masks, seed=1)
         self.sharpness = laplacian_variance(images, masks, erode_px)
         self.speckle = chroma_speckle(images, masks, erode_px)
         self.frames = len(images)
+        self.part_lab: dict[str, np.ndarray] | None = None
+        self.arm_model = self.torso_model = None
+        self.arm_fidelity: dict[str, float] | None = None
+        if parts is not None:
+            self.part_lab = part_lab_pixels(images, parts, person, seed=2)
+            arms, torso = self.part_lab.get("arms", ()), self.part_lab.get("torso", ())
+            if len(arms) >= MIN_PART_PIXELS and len(torso) >= MIN_PART_PIXELS:
+                self.arm_model, self.torso_model = LabHistogram(arms), LabHistogram(torso)
+                fid = arm_fidelity(images, parts, self.arm_model, self.torso_model, person)
+                self.arm_fidelity = json_floats({k: fid[k] for k in (
+                    "arm_fidelity", "arm_fidelity_left", "arm_fidelity_right")})
+
+    def part_pixels(self) -> dict[str, int]:
+        """{group: pooled training pixels} of the per-part colours ({} without part labels)."""
+        return {g: int(len(v)) for g, v in (self.part_lab or {}).items()}
 
 
 def render_stats(frames: np.ndarray, silhouettes: np.ndarray, background: np.ndarray,
@@ -386,7 +676,9 @@ def render_stats(frames: np.ndarray, silhouettes: np.ndarray, background: np.nda
             sharpness and speckle ratios are omitted.
         parts: (T,S,S) int body-part labels of the driven mesh (:func:`part_label_maps`); with
             them the per-part coverages (``coverage_*``, ``arm_coverage``, ``part_pixels``,
-            ``part_frames``) are added.
+            ``part_frames``) are added, and with a ``reference`` built from part labels also
+            ``arm_fidelity*`` (next to ``arm_coverage``), ``fidelity_frames`` and
+            ``part_colour_distance`` (:func:`part_appearance_stats`).
     Returns:
         dict of floats (NaN values written as None, for JSON), plus ``frames``.
     """
@@ -399,6 +691,8 @@ def render_stats(frames: np.ndarray, silhouettes: np.ndarray, background: np.nda
         cov = part_coverage(person, np.asarray(parts))
         cov.pop("per_frame")
         out.update(cov)
+        if reference is not None:  # arm_fidelity* right after arm_coverage in the report
+            out.update(part_appearance_stats(frames, np.asarray(parts), reference, person))
     if reference is not None:
         out.update(colour_distance(lab_pixels(frames, sil), reference.lab))
     out.update(temporal_stats(frames, sil))
@@ -410,10 +704,10 @@ def render_stats(frames: np.ndarray, silhouettes: np.ndarray, background: np.nda
     if reference is not None:
         ref = reference.speckle
         out["speckle_ratio"] = out["speckle"] / ref if ref > 0 else math.nan
-    return _json_floats(out)
+    return json_floats(out)
 
 
-def _json_floats(d: dict) -> dict:
+def json_floats(d: dict) -> dict:
     """NaN floats -> None (JSON null), also one level down in nested dicts."""
     fix = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
     return {k: ({kk: fix(vv) for kk, vv in v.items()} if isinstance(v, dict) else fix(v))
@@ -429,7 +723,11 @@ BETTER = {"silhouette_iou": "higher", "silhouette_coverage": "higher", "person_s
           "speckle_ratio": "lower (1 = as clean as the training frames)",
           "arm_coverage": "higher", "coverage_<part>": "higher",
           "part_pixels": "context (visible pixels per scored frame)",
-          "part_frames": "context (frames where the part had enough pixels)"}
+          "part_frames": "context (frames where the part had enough pixels)",
+          "part_colour_distance": "lower (per part group; Lab units, mean of the L*, a*, b* W1)",
+          "arm_fidelity": "higher (arm pixels rendered in arm, not torso, colours)",
+          "arm_fidelity_left": "higher", "arm_fidelity_right": "higher",
+          "fidelity_frames": "context (frames where the eroded arm had enough pixels)"}
 
 
 def sample_indices(num_frames: int, count: int = 8) -> np.ndarray:
