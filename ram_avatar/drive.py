@@ -43,7 +43,7 @@ from ram_avatar.errors import RamAvatarError
 from ram_avatar.io.sequence import load_sequence
 from ram_avatar.io.subject import Subject
 from ram_avatar.render import framing as fr
-from ram_avatar.render.composite import Background, compose_uint8, parse_background
+from ram_avatar.render.composite import Background, parse_background
 from ram_avatar.render.conditioning import crop_intrinsics
 from ram_avatar.runtime.retarget import load_driver_betas, retarget
 from ram_avatar.training.data import (add_previous_maps, map_render_options, maps_to_float,
@@ -189,61 +189,6 @@ def avatar_landmarks(body, params, K: np.ndarray, chunk: int = 64) -> np.ndarray
     return fr.project_landmarks(np.concatenate(out), K, valid)
 
 
-def _over(rgba: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """Straight RGBA (H,W,4) uint8 over an opaque (H,W,3) uint8 background -> (H,W,3) uint8."""
-    a = rgba[..., 3:].astype(np.float32) / 255.0
-    return (rgba[..., :3] * a + bg * (1.0 - a) + 0.5).astype(np.uint8)
-
-
-class AvatarComposer:
-    """Turns rendered frames into output avatar images: background mode, then framing.
-
-    Without a framing the rendered square is re-composited over the background
-    (:func:`ram_avatar.render.composite.compose_uint8`). With a framing, each frame's box
-    (:func:`ram_avatar.render.framing.framing_box`, smoothed by a
-    :class:`~ram_avatar.render.framing.BoxSmoother`) is cropped and resized to ``out_size``;
-    the learned background extends by its edge pixels, other modes frame the transparent
-    avatar (outside alpha 0) and put it over the colour or picture at the output size.
-
-    Args:
-        background: parsed ``--background``; learned: (S,S,3) uint8 learned background.
-        framing: ``full|upper|head`` or None; zoom, offset, out_size (W,H): as framing.py;
-        fps: frame rate (for the smoother).
-    """
-
-    def __init__(self, background: Background, learned: np.ndarray | None, framing: str | None,
-                 zoom: float = 1.0, offset=(0.0, 0.0), out_size=fr.DEFAULT_OUT_SIZE, fps: float = 30.0):
-        self.background, self.learned, self.framing = background, learned, framing
-        self.zoom, self.offset, self.out_size = zoom, tuple(offset), tuple(out_size)
-        self.smoother = fr.BoxSmoother(fps=fps)
-        self.boxes: list[tuple[float, float, float, float]] = []
-        self._bg_out = None
-        if background.mode in ("colour", "image"):
-            W, H = self.out_size
-            t = background.tensor((H, W))
-            self._bg_out = (t[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-
-    def __call__(self, rgb: np.ndarray, alpha: np.ndarray | None, landmarks: np.ndarray | None,
-                 mask_bbox) -> np.ndarray:
-        """One frame: rgb (S,S,3) uint8, alpha (S,S) uint8 (None only for ``learned``),
-        landmarks (33,2) px, mask_bbox -> (H,W,3) or (H,W,4) uint8 (transparent)."""
-        mode = self.background.mode
-        if self.framing is None:
-            if mode == "learned":
-                return rgb
-            return compose_uint8(rgb[None], alpha[None], self.learned, self.background)[0]
-        S = rgb.shape[0]
-        W, H = self.out_size
-        box = self.smoother(fr.framing_box(self.framing, landmarks, mask_bbox, S, out_aspect=W / H,
-                                           zoom=self.zoom, offset=self.offset))
-        self.boxes.append(box)
-        if mode == "learned":
-            return fr.compose_frame(rgb, box, self.out_size, fill=None)
-        rgba = compose_uint8(rgb[None], alpha[None], self.learned, Background("transparent"))[0]
-        framed = fr.compose_frame(rgba, box, self.out_size)
-        return framed if mode == "transparent" else _over(framed, self._bg_out)
-
-
 def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backend: str = "onnx",
           device: str = "auto", run_name: str = "default", camera: str | Path | None = None,
           driver: str | Path | None = None, mda: str = "auto", mda_strength: float = 1.0,
@@ -349,7 +294,7 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
         learned = engine.render(maps_to_float(zeros))[0][0]
     K = crop_intrinsics(seq.K, seq.manifest["crop"], S)
     landmarks = {n: avatar_landmarks(body, variants[n], K) for n in variants} if framing else {}
-    composers = {n: AvatarComposer(bg, learned, framing, zoom, offset, out_size,
+    composers = {n: fr.AvatarComposer(bg, learned, framing, zoom, offset, out_size,
                                    fps=float(tracked.info.fps)) for n in variants}
 
     def avatar_cells(t: int) -> np.ndarray:

@@ -192,7 +192,7 @@ def test_layout_rule():
 def test_avatar_composer_background_and_framing(tmp_path):
     """Rendered frames -> framed output in each background mode; transparent frames written
     to WebM keep alpha 0 around the avatar and 255 inside it."""
-    from ram_avatar.drive import AvatarComposer
+    from ram_avatar.render.framing import AvatarComposer
     from ram_avatar.render.composite import parse_background
     from test_framing import standing_landmarks
 
@@ -208,7 +208,7 @@ def test_avatar_composer_background_and_framing(tmp_path):
     for spec in ("learned", "transparent", "#00ff00"):
         comp = AvatarComposer(parse_background(spec), learned, "upper", out_size=(320, 180))
         out[spec] = comp(rgb, alpha, lm, bbox)
-        assert len(comp.boxes) == 1
+        assert comp.last_box is not None and comp.last_box[2] / comp.last_box[3] == pytest.approx(16 / 9)
     assert out["learned"].shape == (180, 320, 3) and out["transparent"].shape == (180, 320, 4)
     t = out["transparent"]
     assert t[5, 5, 3] == 0 and t[90, 160, 3] == 255            # corner clear, torso opaque

@@ -10,7 +10,9 @@ person, the upper body (head to a bit below the hips) or head and shoulders. Thi
 - :class:`BoxSmoother`: a One-Euro filter (Casiez et al., CHI 2012) with a deadband on the box
   centre and height, so the virtual camera neither jitters nor lags behind real moves;
 - :func:`compose_frame`: crop the box out of the rendered frame and resize it to the output
-  (OpenCV), filling what lies outside the rendered square with a colour (RGB) or alpha 0 (RGBA).
+  (OpenCV), filling what lies outside the rendered square with a colour (RGB) or alpha 0 (RGBA);
+- :class:`AvatarComposer`: rendered rgb + alpha -> the output image of one frame, background
+  mode (:mod:`ram_avatar.render.composite`) then framing (used by ``drive``; usable live).
 
 Crop and upscale of the rendered frame is the baseline of issue 13. Where the renderer was trained
 with scale augmentation, the same box can instead move the virtual camera (scale the crop
@@ -29,6 +31,7 @@ import cv2
 import numpy as np
 
 from ram_avatar.errors import RamAvatarError
+from ram_avatar.render.composite import Background, compose_uint8
 
 FRAMINGS = ("full", "upper", "head")
 #: default output size (W, H) in pixels: the usual virtual-camera size
@@ -377,3 +380,62 @@ def box_intrinsics(K: np.ndarray, box: tuple[float, float, float, float], size: 
     Kb[0] *= W / w
     Kb[1] *= H / h
     return Kb
+
+
+def _over(rgba: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Straight RGBA (H,W,4) uint8 over an opaque (H,W,3) uint8 background -> (H,W,3) uint8."""
+    a = rgba[..., 3:].astype(np.float32) / 255.0
+    return (rgba[..., :3] * a + bg * (1.0 - a) + 0.5).astype(np.uint8)
+
+
+class AvatarComposer:
+    """Turns rendered frames into output avatar images: background mode, then framing.
+
+    Without a framing the rendered square is re-composited over the background
+    (:func:`ram_avatar.render.composite.compose_uint8`). With a framing, each frame's box
+    (:func:`ram_avatar.render.framing.framing_box`, smoothed by a
+    :class:`~ram_avatar.render.framing.BoxSmoother`) is cropped and resized to ``out_size``;
+    the learned background extends by its edge pixels, other modes frame the transparent
+    avatar (outside alpha 0) and put it over the colour or picture at the output size.
+
+    Args:
+        background: parsed ``--background``; learned: (S,S,3) uint8 learned background.
+        framing: ``full|upper|head`` or None; zoom, offset, out_size (W,H): as framing.py;
+        fps: frame rate (for the smoother).
+
+    Call once per frame in order (the box smoother keeps state); a live caller makes one per
+    stream and calls ``smoother.reset()`` when the person changes.
+    """
+
+    def __init__(self, background: Background, learned: np.ndarray | None, framing: str | None,
+                 zoom: float = 1.0, offset=(0.0, 0.0), out_size=DEFAULT_OUT_SIZE, fps: float = 30.0):
+        self.background, self.learned, self.framing = background, learned, framing
+        self.zoom, self.offset, self.out_size = zoom, tuple(offset), tuple(out_size)
+        self.smoother = BoxSmoother(fps=fps)
+        #: the (smoothed) box of the last framed frame, rendered-frame pixels
+        self.last_box: tuple[float, float, float, float] | None = None
+        self._bg_out = None
+        if background.mode in ("colour", "image"):
+            W, H = self.out_size
+            t = background.tensor((H, W))
+            self._bg_out = (t[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+    def __call__(self, rgb: np.ndarray, alpha: np.ndarray | None, landmarks: np.ndarray | None,
+                 mask_bbox) -> np.ndarray:
+        """One frame: rgb (S,S,3) uint8, alpha (S,S) uint8 (None only for ``learned``),
+        landmarks (33,2) px, mask_bbox -> (H,W,3) or (H,W,4) uint8 (transparent)."""
+        mode = self.background.mode
+        if self.framing is None:
+            if mode == "learned":
+                return rgb
+            return compose_uint8(rgb[None], alpha[None], self.learned, self.background)[0]
+        S = rgb.shape[0]
+        W, H = self.out_size
+        box = self.smoother(framing_box(self.framing, landmarks, mask_bbox, S, out_aspect=W / H,
+                                        zoom=self.zoom, offset=self.offset))
+        self.last_box = box
+        if mode == "learned":
+            return compose_frame(rgb, box, self.out_size, fill=None)
+        rgba = compose_uint8(rgb[None], alpha[None], self.learned, Background("transparent"))[0]
+        framed = compose_frame(rgba, box, self.out_size)
+        return framed if mode == "transparent" else _over(framed, self._bg_out)
