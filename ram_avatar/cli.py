@@ -174,11 +174,18 @@ def cmd_drive(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from ram_avatar.eval.evaluate import evaluate_subject
+    from ram_avatar.eval.evaluate import evaluate_mda, evaluate_subject
 
+    mda_options = {"strength": a.mda_strength, "mode": a.mda_mode, "curve": a.curve,
+                   "track_cache": not a.no_track_cache}
+    if a.curve:  # the motion-alignment trade-off curve needs no trained renderer
+        if a.source is None:
+            raise RamAvatarError("--curve needs --source VIDEO (the driving video to measure)")
+        _print_json(evaluate_mda(a.subject, a.source, device=a.device, **mda_options))
+        return 0
     _print_json(evaluate_subject(a.subject, run_name=a.run, device=a.device,
                                  lpips_weights=a.lpips_weights, mda=a.mda, source=a.source,
-                                 split=a.split))
+                                 split=a.split, mda_options=mda_options))
     return 0
 
 
@@ -348,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips-weights", default=None, help="AlexNet ImageNet weights for LPIPS")
     p.add_argument("--mda", action="store_true", help="motion-alignment metrics (needs --source)")
     p.add_argument("--source", default=None, help="driving video for --mda")
+    p.add_argument("--mda-mode", default=None, choices=["part", "global"],
+                   help="--mda: part = align only the body parts out of the avatar's pose "
+                        "distribution, global = align every part (default: the fitted aligner's, part)")
+    p.add_argument("--mda-strength", type=float, default=1.0, help="--mda: 0 = source pose, 1 = aligned")
+    p.add_argument("--curve", action="store_true",
+                   help="motion alignment only (no renderer needed; needs --source): the trade-off "
+                        "curve of both modes at strengths 0..1 -> SUBJECT/mda/mda_curve-VIDEO.json/.png")
+    p.add_argument("--no-track-cache", action="store_true",
+                   help="--mda: re-track the driving video instead of reusing its cached body fit")
     p.add_argument("--split", default=None, choices=["tail", "segment"],
                    help="held-out frames to evaluate (default: the run's own split from its "
                         "split.json; another split may include trained frames: metrics.json then "

@@ -122,12 +122,13 @@ def evaluation_split(run_split: Split, seq, split: str | None = None) -> tuple[S
 
 def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device: str = "auto",
                      lpips_weights: str | None = None, mda: bool = False, source: str | None = None,
-                     split: str | None = None) -> dict:
+                     split: str | None = None, mda_options: dict | None = None) -> dict:
     """Evaluate a trained run on its held-out frames; writes ``<run>/metrics.json``.
 
     Args:
         split: ``tail`` | ``segment`` | None: which held-out frames (None: the run's own split,
             read from its split.json; another one is computed anyway, with a ``split_note``).
+        mda_options: keyword arguments of :func:`evaluate_mda` (strength, mode, curve, ...).
     Returns:
         dict with psnr, ssim, psnr_masked, ssim_masked, lpips, tlpips, temporal_stability,
         fid, frames, frame_indices, step, ``split`` (method), ``split_val_fraction``,
@@ -161,31 +162,93 @@ def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device:
             from ram_avatar.errors import RamAvatarError
 
             raise RamAvatarError("--mda needs --source VIDEO (the driving video to measure)")
-        res["mda"] = evaluate_mda(subject_dir, source, device=dev)
+        res["mda"] = evaluate_mda(subject_dir, source, device=dev, **(mda_options or {}))
     out = run.metrics_path
     atomic_write_text(out, json.dumps(res, indent=1))
     res["metrics_file"] = str(out)
     return res
 
 
-def evaluate_mda(subject_dir: str | Path, source: str | Path, device="cpu", strength: float = 1.0) -> dict:
+def _tracked_driver(source: str | Path, body, device, cache: bool = True):
+    """(BodyParams, fps) of a driving video tracked as capture does (keypoints + body fit).
+
+    With ``cache``, the fitted parameters are kept in ``$XDG_CACHE_HOME/ram_avatar/tracked``
+    (default ``~/.cache``), keyed by the video's sha256, the body model and the fit settings,
+    so that repeated motion-alignment measurements do not re-run keypoints and fitting.
+    """
+    import dataclasses
+    import hashlib
+    import os
+
+    from ram_avatar.body.base import BodyParams
+    from ram_avatar.capture.fitting import FitConfig
+    from ram_avatar.capture.pipeline import track_video
+    from ram_avatar.utils import atomic_path, sha256_file
+
+    path = None
+    if cache:
+        key = hashlib.sha256(json.dumps([sha256_file(source), body.name, body.num_betas,
+                                         dataclasses.asdict(FitConfig())], sort_keys=True, default=str)
+                             .encode()).hexdigest()[:24]
+        root = Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "ram_avatar" / "tracked"
+        path = root / f"{Path(source).stem}-{key}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                log.info("driving video %s: tracked parameters from the cache %s", source, path)
+                return BodyParams.from_numpy({k: z[k] for k in z.files if k != "fps"}), float(z["fps"])
+    tracked = track_video(source, body, device=device)
+    params, fps = tracked.params.to("cpu"), float(tracked.info.fps)
+    if path is not None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, fps=np.float64(fps), **params.as_numpy())
+    return params, fps
+
+
+def evaluate_mda(subject_dir: str | Path, source: str | Path, device="cpu", strength: float = 1.0,
+                 mode: str | None = None, curve: bool = False, strengths=None,
+                 out_dir: str | Path | None = None, track_cache: bool = True) -> dict:
     """Motion-distribution-alignment measurements (Sec. 3.3) of a driving video on a subject.
 
-    Tracks the driving video (keypoints + body fit, as capture), then measures with
-    :func:`ram_avatar.motion.metrics.mda_metrics`: ``id_angle_change_deg``,
-    ``id_position_change_mm`` (held-out subject poses), ``ood_nn_distance_before/after``,
-    ``arm_correlation``, ``jerk_before/after`` (driving poses).
+    Tracks the driving video (keypoints + body fit, as capture; cached, see
+    :func:`_tracked_driver`), then measures with :func:`ram_avatar.motion.metrics.mda_metrics`:
+    ``id_angle_change_deg``, ``id_position_change_mm`` (held-out subject poses),
+    ``ood_nn_distance_before/after``, ``arm_correlation``, ``jerk_before/after`` (driving poses).
+    With ``curve``, also the trade-off curve of both filters (``global``, ``part``) at
+    ``strengths`` (:func:`ram_avatar.motion.metrics.mda_curve`), written as
+    ``<out_dir>/mda_curve-<video>.json`` and ``.png`` (default ``out_dir``: ``<subject>/mda``).
 
+    Args:
+        strength: filter strength of the single measurement; mode: ``part`` / ``global``
+            (default: the fitted aligner's ``config.mode``).
+        strengths: curve strengths (default 0, 0.25, 0.5, 0.75, 1).
+        track_cache: reuse / store the tracked driving parameters.
+    Returns:
+        the mda_metrics dict (+ ``curve``: the curve dict with ``json`` / ``png`` paths).
     Raises:
         CheckpointError: no fitted aligner (run ``ram-avatar fit-mda``); VideoError/NoPersonError.
     """
     from ram_avatar.body import load_body_model
-    from ram_avatar.capture.pipeline import track_video
-    from ram_avatar.motion.metrics import mda_metrics
+    from ram_avatar.motion.mda import MotionAligner
+    from ram_avatar.motion.metrics import CURVE_STRENGTHS, mda_curve, mda_metrics, plot_mda_curve
 
     seq = load_sequence(subject_dir)
     bm = seq.manifest["body_model"]
     body = load_body_model(bm["name"], model_path=bm.get("model_path"), device=device)
-    tracked = track_video(source, body, device=device)
-    return mda_metrics(subject_dir, tracked.params, strength=strength, body=body, sequence=seq,
-                       source_fps=tracked.info.fps)
+    params, fps = _tracked_driver(source, body, device, track_cache)
+    aligner = MotionAligner.load(subject_dir)
+    res = mda_metrics(subject_dir, params, strength=strength, body=body, sequence=seq, aligner=aligner,
+                      source_fps=fps, mode=mode)
+    res["source"] = str(source)
+    if curve:
+        c = mda_curve(subject_dir, params, strengths or CURVE_STRENGTHS, body=body, aligner=aligner,
+                      sequence=seq, source_fps=fps)
+        c["source"] = str(source)
+        out = Path(out_dir) if out_dir is not None else Path(subject_dir) / "mda"
+        stem = f"mda_curve-{Path(source).stem}"
+        c["json"] = str(out / f"{stem}.json")
+        png = plot_mda_curve(c, out / f"{stem}.png")
+        c["png"] = str(png) if png is not None else None
+        atomic_write_text(c["json"], json.dumps(c, indent=1))
+        res["curve"] = c
+    return res

@@ -7,9 +7,11 @@
 * :mod:`.prior` — VPoser-like VAE pose prior (``train_prior``, ``load_prior``); a prior trained
   on the Bandai-Namco-Research-Motiondataset (CC BY-NC 4.0, non-commercial) ships in
   ``ram_avatar/assets/motion_prior``.
-* :mod:`.mda` — avatar-specific decoder (``fit_mda``) and runtime filter (``MotionAligner``).
+* :mod:`.mda` — avatar-specific decoder (``fit_mda``) and runtime filter (``MotionAligner``;
+  ``mode="part"`` gates each body part by its own out-of-distribution distance, ``PartGate``).
 * :mod:`.metrics` — ``mda_metrics``: in-distribution change, out-of-distribution
-  nearest-training-pose distance, arm correlation, acceleration / jerk.
+  nearest-training-pose distance, arm correlation, acceleration / jerk; ``mda_curve`` /
+  ``plot_mda_curve``: their trade-off over strengths for both modes.
 * :mod:`.cli` — ``register(subparsers)`` adds ``train-prior``, ``fit-mda`` and ``retarget``.
 
 Imports are lazy so that ``import ram_avatar.motion`` stays cheap.
@@ -27,8 +29,8 @@ _EXPORTS = {
     "plot_retarget_strip": "retarget", "ANNY_GROUPS": "retarget",
     "body_pose_to_groups": "retarget", "groups_to_body_pose": "retarget",
     "PosePrior": "prior", "PriorConfig": "prior", "train_prior": "prior", "load_prior": "prior",
-    "MotionAligner": "mda", "MDAConfig": "mda", "fit_mda": "mda",
-    "mda_metrics": "metrics",
+    "MotionAligner": "mda", "MDAConfig": "mda", "fit_mda": "mda", "PartGate": "mda",
+    "mda_metrics": "metrics", "mda_curve": "metrics", "plot_mda_curve": "metrics",
 }
 
 __all__ = sorted(_EXPORTS)

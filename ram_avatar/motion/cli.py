@@ -4,8 +4,10 @@
 
 * ``train-prior --mocap PATH... [-o DIR] [--minutes M] [--steps N]``: train the VPoser-like pose
   prior from BVH / AMASS npz files or folders;
-* ``fit-mda SUBJECT_DIR [--minutes M] [--steps N] [--prior DIR]``: train the avatar-specific
-  decoder on the subject's captured training poses (writes ``SUBJECT_DIR/mda/``);
+* ``fit-mda SUBJECT_DIR [--minutes M] [--steps N] [--prior DIR] [--mode part|global]``: train the
+  avatar-specific decoder on the subject's captured training poses (writes ``SUBJECT_DIR/mda/``;
+  ``--mode`` is the filter's default in drive / live: ``part`` aligns only the body parts out of
+  the subject's pose distribution, ``global`` every part);
 * ``retarget MOCAP [-o OUT.npz] [--png STRIP.png]``: retarget one clip to Anny parameters and
   print its joint-direction / twist errors (a check for new mocap data).
 
@@ -54,6 +56,9 @@ def register(subparsers) -> None:
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 3000)")
     p.add_argument("--prior", default=None, metavar="DIR", help="prior folder (default: the shipped prior)")
+    p.add_argument("--mode", default="part", choices=["part", "global"],
+                   help="default filter of drive / live: part = align only the body parts out of the "
+                        "subject's pose distribution (default), global = align every part")
     _add_device(p)
     p.set_defaults(func=_fit_mda_cmd)
 
@@ -81,8 +86,9 @@ def _train_prior_cmd(args) -> int:
 
 
 def _fit_mda_cmd(args) -> int:
-    from ram_avatar.motion.mda import fit_mda
-    meta = fit_mda(args.subject, steps=args.steps, minutes=args.minutes, prior=args.prior, device=args.device)
+    from ram_avatar.motion.mda import MDAConfig, fit_mda
+    meta = fit_mda(args.subject, steps=args.steps, minutes=args.minutes, prior=args.prior, device=args.device,
+                   config=MDAConfig(mode=getattr(args, "mode", "part")))
     log.info("fit-mda: %d training poses, %d steps in %.0f s -> %s", meta["frames"]["train"],
              meta["steps_done"], meta["training_time_s"], Path(args.subject) / "mda")
     return 0

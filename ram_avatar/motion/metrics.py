@@ -22,6 +22,11 @@ subtracted, so that only the articulated pose counts.
   fit's ``global_orient`` noise is partly cancelled by opposite ``body_pose`` noise; a filter
   that cleans ``body_pose`` uncovers it, so world jerk can rise while body-frame jerk falls:
   smooth the driving capture's root before or after MDA.
+
+``mda_curve`` measures the trade-off of a filter (issue 10, item 7): for each mode
+(``global``: every part aligned; ``part``: per-part out-of-distribution gating) and strength,
+the driving sequence's nearest-training-pose distance after filtering against its arm
+correlation and jerk. ``plot_mda_curve`` draws it (matplotlib, optional).
 """
 
 from __future__ import annotations
@@ -130,8 +135,46 @@ def group_angle_change_deg(before: torch.Tensor, after: torch.Tensor) -> float:
     return float(geodesic_deg(a, b).mean())
 
 
+class _Source:
+    """A driving sequence's source-side measurements, computed once and shared by every
+    filter setting (:func:`driving_metrics`, :func:`mda_curve`)."""
+
+    def __init__(self, body, body_pose, betas, train_bank, global_orient=None, transl=None):
+        self.body, self.betas, self.bank = body, betas, train_bank
+        self.bp = torch.as_tensor(np.asarray(body_pose), dtype=torch.float32)
+        self.go, self.tr = global_orient, transl
+        self.lm = landmarks(body, self.bp, betas)
+        self.nn_before = nn_distance_mm(self.lm, train_bank)
+        self.acc, self.jerk = accel_jerk(self.lm)
+        if global_orient is not None:
+            self.acc_w, self.jerk_w = accel_jerk(landmarks(body, self.bp, betas, global_orient, transl))
+
+    def measure(self, aligner, strength: float, fps: float, mode: str | None = None) -> dict:
+        out = torch.as_tensor(aligner.align(self.bp.numpy(), strength=strength, fps=fps, mode=mode))
+        lm_out = landmarks(self.body, out, self.betas)
+        acc_a, jerk_a = accel_jerk(lm_out)
+        res = {
+            "frames": int(self.bp.shape[0]),
+            "ood_nn_distance_before": float(self.nn_before.mean()),
+            "ood_nn_distance_after": float(nn_distance_mm(lm_out, self.bank).mean()),
+            "arm_correlation": arm_correlation(self.lm, lm_out),
+            "angle_change_deg": group_angle_change_deg(self.bp, out),
+            "accel_before": self.acc, "accel_after": acc_a, "jerk_before": self.jerk, "jerk_after": jerk_a,
+        }
+        w = getattr(aligner, "last_part_weights", None)
+        if strength > 0 and w is not None and w.shape[0] == out.shape[0]:
+            from ram_avatar.motion.mda import PARTS
+            res["part_weight_mean"] = {p: float(w[:, i].mean()) for i, p in enumerate(PARTS)}
+        if self.go is not None:
+            acc_wa, jerk_wa = accel_jerk(landmarks(self.body, out, self.betas, self.go, self.tr))
+            res.update(accel_world_before=self.acc_w, accel_world_after=acc_wa,
+                       jerk_world_before=self.jerk_w, jerk_world_after=jerk_wa)
+        return res
+
+
 def driving_metrics(aligner, body_pose, betas, train_bank: np.ndarray, body=None,
-                    global_orient=None, transl=None, strength: float = 1.0, fps: float = 30.0) -> dict:
+                    global_orient=None, transl=None, strength: float = 1.0, fps: float = 30.0,
+                    mode: str | None = None) -> dict:
     """OOD metrics of one driving sequence (module docstring).
 
     Args:
@@ -140,36 +183,44 @@ def driving_metrics(aligner, body_pose, betas, train_bank: np.ndarray, body=None
             world-space acceleration (default: body frame).
         betas: (6,) subject shape; train_bank: (M, 33, 3) body-frame landmarks of the
             subject's training poses; fps: frame rate of the driving sequence.
+        mode: aligner mode (``part`` / ``global``; default the aligner's).
     Returns:
         dict with ood_nn_distance_before/after, arm_correlation, accel_before/after,
-        jerk_before/after, angle_change_deg, frames.
+        jerk_before/after, angle_change_deg, frames (and ``part_weight_mean`` per part in
+        part mode).
     """
-    body = _body(body)
-    bp = torch.as_tensor(np.asarray(body_pose), dtype=torch.float32)
-    out = torch.as_tensor(aligner.align(bp.numpy(), strength=strength, fps=fps))
-    lm_src = landmarks(body, bp, betas)
-    lm_out = landmarks(body, out, betas)
-    acc_b, jerk_b = accel_jerk(lm_src)
-    acc_a, jerk_a = accel_jerk(lm_out)
-    res = {
-        "frames": int(bp.shape[0]),
-        "ood_nn_distance_before": float(nn_distance_mm(lm_src, train_bank).mean()),
-        "ood_nn_distance_after": float(nn_distance_mm(lm_out, train_bank).mean()),
-        "arm_correlation": arm_correlation(lm_src, lm_out),
-        "angle_change_deg": group_angle_change_deg(bp, out),
-        "accel_before": acc_b, "accel_after": acc_a, "jerk_before": jerk_b, "jerk_after": jerk_a,
-    }
-    if global_orient is not None:
-        acc_wb, jerk_wb = accel_jerk(landmarks(body, bp, betas, global_orient, transl))
-        acc_wa, jerk_wa = accel_jerk(landmarks(body, out, betas, global_orient, transl))
-        res.update(accel_world_before=acc_wb, accel_world_after=acc_wa,
-                   jerk_world_before=jerk_wb, jerk_world_after=jerk_wa)
-    return res
+    src = _Source(_body(body), body_pose, betas, train_bank, global_orient, transl)
+    return src.measure(aligner, strength, fps, mode)
+
+
+def _subject_bank(subject_dir, body, aligner, sequence):
+    """(aligner, sequence, betas, train frames, held-out frames, (M, 33, 3) training landmarks)."""
+    from ram_avatar.io.sequence import load_sequence
+    from ram_avatar.motion.mda import MotionAligner, split_subject_frames
+    seq = sequence or load_sequence(subject_dir)
+    aligner = aligner or MotionAligner.load(subject_dir)
+    betas = seq.params.betas[0]
+    tr, va = split_subject_frames(seq.valid, aligner.config.val_fraction)
+    bank = landmarks(body, seq.params.body_pose[torch.from_numpy(tr)], betas)
+    return aligner, seq, betas, tr, va, bank
+
+
+def _id_metrics(aligner, seq, va, betas, bank, body, strength, mode) -> dict:
+    """Held-out subject poses (in distribution), filtered as one stream."""
+    if not len(va):
+        return {"id_angle_change_deg": None, "id_position_change_mm": None}
+    src = seq.params.body_pose[torch.from_numpy(va)]
+    out = torch.as_tensor(aligner.align(src.numpy(), strength=strength, fps=seq.fps, mode=mode))
+    lm_s, lm_o = landmarks(body, src, betas), landmarks(body, out, betas)
+    return {"id_angle_change_deg": group_angle_change_deg(src, out),
+            "id_position_change_mm": float(np.linalg.norm(lm_s - lm_o, axis=-1)[:, BODY_LANDMARKS].mean() * 1000),
+            "id_nn_distance_before": float(nn_distance_mm(lm_s, bank).mean()),
+            "id_nn_distance_after": float(nn_distance_mm(lm_o, bank).mean())}
 
 
 def mda_metrics(subject_dir: str | Path, source_params: BodyParams | None = None, strength: float = 1.0,
                 extra_sources: dict | None = None, body=None, aligner=None, sequence=None,
-                source_fps: float = 30.0, extra_fps: float = 30.0) -> dict:
+                source_fps: float = 30.0, extra_fps: float = 30.0, mode: str | None = None) -> dict:
     """All Sec. 3.3 measurements of a subject's fitted MDA (issue 4, item 6).
 
     Args:
@@ -182,6 +233,7 @@ def mda_metrics(subject_dir: str | Path, source_params: BodyParams | None = None
         extra_sources: name -> (T, 35, 3) body poses (e.g. retargeted mocap kicks / runs),
             reported under ``sources``.
         body: Anny body model (loaded when omitted); aligner / sequence: preloaded objects.
+        mode: aligner mode (``part`` / ``global``; default the aligner's ``config.mode``).
     Returns:
         dict with ``id_angle_change_deg``, ``id_position_change_mm``, ``id_nn_distance_before``,
         ``id_nn_distance_after`` (held-out poses), ``ood_nn_distance_before``,
@@ -192,40 +244,117 @@ def mda_metrics(subject_dir: str | Path, source_params: BodyParams | None = None
     Raises:
         SequenceFormatError / CheckpointError: missing capture or MDA model.
     """
-    from ram_avatar.io.sequence import load_sequence
-    from ram_avatar.motion.mda import MotionAligner, split_subject_frames
     body = _body(body)
-    seq = sequence or load_sequence(subject_dir)
-    aligner = aligner or MotionAligner.load(subject_dir)
-    betas = seq.params.betas[0]
-    val_fraction = aligner.config.val_fraction
-    tr, va = split_subject_frames(seq.valid, val_fraction)
-    bp_all = seq.params.body_pose
-    bank = landmarks(body, bp_all[torch.from_numpy(tr)], betas)
-    res: dict = {"strength": strength, "frames": {"train": int(len(tr)), "held_out": int(len(va))}}
+    aligner, seq, betas, tr, va, bank = _subject_bank(subject_dir, body, aligner, sequence)
+    res: dict = {"strength": strength, "mode": aligner._resolve_mode(mode),
+                 "frames": {"train": int(len(tr)), "held_out": int(len(va))}}
     # in-distribution: the held-out tail, filtered as one stream (contiguous valid frames)
-    if len(va):
-        src = bp_all[torch.from_numpy(va)]
-        out = torch.as_tensor(aligner.align(src.numpy(), strength=strength, fps=seq.fps))
-        lm_s, lm_o = landmarks(body, src, betas), landmarks(body, out, betas)
-        res["id_angle_change_deg"] = group_angle_change_deg(src, out)
-        res["id_position_change_mm"] = float(np.linalg.norm(lm_s - lm_o, axis=-1)[:, BODY_LANDMARKS].mean() * 1000)
-        res["id_nn_distance_before"] = float(nn_distance_mm(lm_s, bank).mean())
-        res["id_nn_distance_after"] = float(nn_distance_mm(lm_o, bank).mean())
-    else:
-        res.update(id_angle_change_deg=None, id_position_change_mm=None)
+    res.update(_id_metrics(aligner, seq, va, betas, bank, body, strength, mode))
     keys = ("ood_nn_distance_before", "ood_nn_distance_after", "arm_correlation", "jerk_before",
             "jerk_after", "accel_before", "accel_after", "jerk_world_before", "jerk_world_after",
             "accel_world_before", "accel_world_after")
     if source_params is not None:
         d = driving_metrics(aligner, source_params.body_pose, betas, bank, body,
-                            source_params.global_orient, source_params.transl, strength, source_fps)
+                            source_params.global_orient, source_params.transl, strength, source_fps, mode)
         res.update({k: d[k] for k in keys})
         res["frames"]["source"] = d["frames"]
         res["source_angle_change_deg"] = d["angle_change_deg"]
+        if "part_weight_mean" in d:
+            res["part_weight_mean"] = d["part_weight_mean"]
     else:
         res.update({k: None for k in keys})
     if extra_sources:
-        res["sources"] = {name: driving_metrics(aligner, bp, betas, bank, body, strength=strength, fps=extra_fps)
+        res["sources"] = {name: driving_metrics(aligner, bp, betas, bank, body, strength=strength,
+                                                fps=extra_fps, mode=mode)
                           for name, bp in extra_sources.items()}
+    if getattr(aligner, "gate", None) is not None:
+        res["part_gate"] = aligner.gate.summary()
     return res
+
+
+#: strengths of the trade-off curve (issue 10, item 7)
+CURVE_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def mda_curve(subject_dir: str | Path, source_params: BodyParams, strengths=CURVE_STRENGTHS,
+              modes=("global", "part"), body=None, aligner=None, sequence=None,
+              source_fps: float = 30.0) -> dict:
+    """Trade-off curve of motion alignment: OOD distance against arm correlation and jerk.
+
+    For each mode and strength, the driving sequence (``source_params``) is filtered as one
+    stream and measured as in :func:`driving_metrics`; the subject's held-out poses give the
+    in-distribution change. Source landmarks and the training bank are computed once.
+
+    Args:
+        subject_dir: captured subject with ``mda/``.
+        source_params: BodyParams of the driving sequence (T consecutive frames).
+        strengths: filter strengths in [0, 1]; modes: aligner modes (``global``, ``part``).
+        body, aligner, sequence: preloaded objects (loaded when omitted).
+        source_fps: frame rate of the driving sequence.
+    Returns:
+        dict with ``rows`` (one per mode x strength: mode, strength,
+        ood_nn_distance_before/after, ood_reduction (fraction), arm_correlation, jerk_after,
+        jerk_world_after, accel_after, id_angle_change_deg, id_position_change_mm,
+        part_weight_mean), the source's ``jerk_before`` / ``jerk_world_before``, ``frames``
+        and the gate's radii (``part_gate``).
+    Raises:
+        SequenceFormatError / CheckpointError: missing capture or MDA model;
+        ValueError: strength outside [0, 1] or unknown mode.
+    """
+    body = _body(body)
+    aligner, seq, betas, tr, va, bank = _subject_bank(subject_dir, body, aligner, sequence)
+    src = _Source(body, source_params.body_pose, betas, bank, source_params.global_orient, source_params.transl)
+    rows = []
+    for mode in modes:
+        for s in strengths:
+            d = src.measure(aligner, float(s), source_fps, mode)
+            idm = _id_metrics(aligner, seq, va, betas, bank, body, float(s), mode)
+            before, after = d["ood_nn_distance_before"], d["ood_nn_distance_after"]
+            rows.append({"mode": mode, "strength": float(s), "ood_nn_distance_before": before,
+                         "ood_nn_distance_after": after, "ood_reduction": 1.0 - after / before,
+                         "arm_correlation": d["arm_correlation"], "jerk_after": d["jerk_after"],
+                         "jerk_world_after": d.get("jerk_world_after"), "accel_after": d["accel_after"],
+                         "id_angle_change_deg": idm["id_angle_change_deg"],
+                         "id_position_change_mm": idm["id_position_change_mm"],
+                         "part_weight_mean": d.get("part_weight_mean")})
+            log.info("mda curve %s %.2f: OOD %.1f -> %.1f mm (%.0f%%), arm corr %.3f, jerk %.2f",
+                     mode, s, before, after, 100 * rows[-1]["ood_reduction"], d["arm_correlation"], d["jerk_after"])
+    return {"rows": rows, "frames": {"train": int(len(tr)), "held_out": int(len(va)), "source": int(src.bp.shape[0])},
+            "jerk_before": src.jerk, "jerk_world_before": getattr(src, "jerk_w", None),
+            "part_gate": aligner.gate.summary() if getattr(aligner, "gate", None) is not None else None}
+
+
+def plot_mda_curve(curve: dict, path: str | Path) -> Path | None:
+    """Draw :func:`mda_curve`'s result as a PNG: OOD distance after (mm, x) against arm
+    correlation (left) and body-frame jerk (right), one line per mode, points labelled by
+    strength. Returns the path, or None (with a log line) when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib not installed: no curve plot (pip install matplotlib)")
+        return None
+    from ram_avatar.utils import atomic_path
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for mode in dict.fromkeys(r["mode"] for r in curve["rows"]):
+        rs = [r for r in curve["rows"] if r["mode"] == mode]
+        x = [r["ood_nn_distance_after"] for r in rs]
+        for ax, key in zip(axes, ("arm_correlation", "jerk_after")):
+            ax.plot(x, [r[key] for r in rs], "o-", label=mode)
+            for r in rs:
+                ax.annotate(f"{r['strength']:g}", (r["ood_nn_distance_after"], r[key]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+    axes[0].set_ylabel("arm correlation with the driver")
+    axes[1].set_ylabel("jerk, body frame (mm / frame$^3$)")
+    for ax in axes:
+        ax.set_xlabel("nearest-training-pose distance after (mm)")
+        ax.grid(alpha=0.3)
+        ax.legend(title="mode (labels: strength)")
+    fig.suptitle("motion alignment trade-off")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path

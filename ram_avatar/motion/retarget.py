@@ -194,28 +194,37 @@ def replace_groups(body_pose: torch.Tensor, new_groups: torch.Tensor) -> torch.T
     Returns:
         (..., 35, 3) new ``body_pose``.
     """
-    R = _rotvec_to_rotmat(body_pose)
-    src = body_pose_to_groups(body_pose)
-    C = new_groups @ src.transpose(-1, -2)
-    cvec = _rotmat_to_rotvec(C)                                       # (..., G, 3)
-    out = []
-    for gi, bones in enumerate(GROUP_BONES):
-        P_prev = None
-        Cprev = None
-        for b in bones:
-            P = R[..., b, :, :] if P_prev is None else P_prev @ R[..., b, :, :]
-            Ci = _rotvec_to_rotmat(cvec[..., gi, :] * float(BONE_CUM_WEIGHT[b]))
-            Pn = Ci @ P
-            if P_prev is None:
-                D = Pn
-            else:
-                D = (Cprev @ P_prev).transpose(-1, -2) @ Pn
-            out.append((b, _rotmat_to_rotvec(D)))
-            P_prev, Cprev = P, Ci
-    res = torch.zeros_like(body_pose)
-    for b, v in out:
-        res[..., b, :] = v
-    return res
+    R = _rotvec_to_rotmat(body_pose)                                  # (..., 35, 3, 3)
+    # partial products P_i of each group's chain, all bones at once (one level per chain depth)
+    P = R.clone()
+    for bones, prevs in _CHAIN_LEVELS[1:]:
+        P[..., bones, :, :] = P[..., prevs, :, :] @ R[..., bones, :, :]
+    src = P[..., _GROUP_LAST, :, :]                                   # (..., G, 3, 3) group products
+    cvec = _rotmat_to_rotvec(new_groups @ src.transpose(-1, -2))      # (..., G, 3) corrections
+    cw = torch.as_tensor(BONE_CUM_WEIGHT, dtype=cvec.dtype, device=cvec.device)
+    Pn = _rotvec_to_rotmat(cvec[..., BONE_GROUP, :] * cw[:, None]) @ P  # corrected partial products
+    # bone rotation D_i = P'_{i-1}^T P'_i (the first bone of a group: P'_1)
+    D = Pn.clone()
+    for bones, prevs in _CHAIN_LEVELS[1:]:
+        D[..., bones, :, :] = Pn[..., prevs, :, :].transpose(-1, -2) @ Pn[..., bones, :, :]
+    return _rotmat_to_rotvec(D).to(body_pose.dtype)
+
+
+def _chain_levels() -> list[tuple[list[int], list[int]]]:
+    """Bones by depth in their group's chain: [(bones at depth d, their predecessors)]."""
+    levels: list[tuple[list[int], list[int]]] = []
+    for bones in GROUP_BONES:
+        for d, b in enumerate(bones):
+            while len(levels) <= d:
+                levels.append(([], []))
+            levels[d][0].append(b)
+            levels[d][1].append(bones[d - 1] if d else b)
+    return levels
+
+
+_CHAIN_LEVELS = _chain_levels()
+#: group -> its last bone (whose partial product is the group rotation)
+_GROUP_LAST = [bones[-1] for bones in GROUP_BONES]
 
 
 # ----------------------------------------------------------------------------------------------
