@@ -171,7 +171,8 @@ def bench_quality(subject_dir: str | Path, minutes=(2, 5, 10, 20), preset: str =
     done = 0.0
     for m in marks:
         summary = train(setup.train_set, setup.val_set, setup.run.dir, setup.config,
-                        minutes=m - done, device=dev, show_progress=show_progress)
+                        minutes=m - done, device=dev, show_progress=show_progress,
+                        init_texture=setup.texture)
         done = m
         train_s += float(summary["elapsed_s"])
         t0 = time.perf_counter()

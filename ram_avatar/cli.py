@@ -185,7 +185,8 @@ def cmd_evaluate(a) -> int:
         return 0
     _print_json(evaluate_subject(a.subject, run_name=a.run, device=a.device,
                                  lpips_weights=a.lpips_weights, mda=a.mda, source=a.source,
-                                 split=a.split, mda_options=mda_options))
+                                 split=a.split, mda_options=mda_options,
+                                 refine_poses=a.refine_poses))
     return 0
 
 
@@ -324,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="also write OUTPUT_STEM.render_stats.json (weights-free image statistics "
                         "of each variant: silhouette IoU, Lab colour distance to the training "
-                        "frames, temporal change/jitter, sharpness; no ground truth needed) and "
+                        "frames, temporal change/jitter, sharpness, chroma speckle, per-part "
+                        "coverage, per-part colour distance and arm fidelity (arm pixels in the "
+                        "arms' own colours, not the torso's); no ground truth needed) and "
                         "OUTPUT_STEM.contact.png (8 frames: driving | avatar | avatar + MDA); "
                         "use with --mda both to compare with and without alignment")
     p.add_argument("--background", default="learned", metavar="MODE",
@@ -354,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default="default")
     p.add_argument("--lpips-weights", default=None, help="AlexNet ImageNet weights for LPIPS")
     p.add_argument("--mda", action="store_true", help="motion-alignment metrics (needs --source)")
+    p.add_argument("--refine-poses", type=int, default=0, metavar="N",
+                   help="refine the held-out frames' poses from their own images for N passes "
+                        "(renderer frozen; test-time refinement, noted in metrics.json). "
+                        "Default 0: fitted poses (with the run's refined shape)")
     p.add_argument("--source", default=None, help="driving video for --mda")
     p.add_argument("--mda-mode", default=None, choices=["part", "global"],
                    help="--mda: part = align only the body parts out of the avatar's pose "

@@ -98,6 +98,23 @@ def image_metrics(pred: torch.Tensor, real: torch.Tensor, person_mask: torch.Ten
     return res
 
 
+def evaluation_params(run, seq):
+    """Body parameters to render held-out frames with, and a sentence saying which.
+
+    Returns:
+        (params, protocol): the sequence's fitted parameters, with the run's refined shared
+        betas (and refined training poses) when it saved ``refined_poses.npz``.
+    """
+    from ram_avatar.training.pose_refine import (REFINED_POSES_FILE, apply_refined_poses,
+                                                 load_refined_poses)
+
+    refined = load_refined_poses(run.dir / REFINED_POSES_FILE)
+    if refined is None:
+        return seq.params, "fitted poses (no pose refinement in training)"
+    return (apply_refined_poses(seq.params, refined),
+            "held-out frames: fitted poses with the shape (betas) refined in training")
+
+
 def evaluation_split(run_split: Split, seq, split: str | None = None) -> tuple[Split, str | None]:
     """The frames to evaluate: the run's own split, or the ``split`` method asked for.
 
@@ -122,8 +139,15 @@ def evaluation_split(run_split: Split, seq, split: str | None = None) -> tuple[S
 
 def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device: str = "auto",
                      lpips_weights: str | None = None, mda: bool = False, source: str | None = None,
-                     split: str | None = None, mda_options: dict | None = None) -> dict:
+                     split: str | None = None, mda_options: dict | None = None,
+                     refine_poses: int = 0) -> dict:
     """Evaluate a trained run on its held-out frames; writes ``<run>/metrics.json``.
+
+    Poses: a run trained with pose refinement (``pose_refine``) saved ``refined_poses.npz``;
+    its refined shared ``betas`` apply to the held-out frames, whose poses stay as fitted
+    (they were never trained on). ``refine_poses > 0`` also refines the held-out frames' poses
+    from their own images with the renderer frozen (training.pose_refine.refine_heldout_poses);
+    ``pose_refinement`` in the result says which protocol the numbers used.
 
     Args:
         split: ``tail`` | ``segment`` | None: which held-out frames (None: the run's own split,
@@ -147,14 +171,24 @@ def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device:
     run_split = run.split(seq)
     ev, split_note = evaluation_split(run_split, seq, split)
     val = ev.val
+    params, protocol = evaluation_params(run, seq)
     ds = SubjectDataset(seq, val, cfg.model.resolution, extras=cfg.model.data_extras(),
-                        expand_offset=cfg.model.expand_offset)
+                        expand_offset=cfg.model.expand_offset, params=params)
+    if refine_poses > 0:
+        from ram_avatar.training.pose_refine import refine_heldout_poses
+
+        params = refine_heldout_poses(model, ds, iterations=refine_poses, device=dev)
+        ds = SubjectDataset(seq, val, cfg.model.resolution, extras=cfg.model.data_extras(),
+                            expand_offset=cfg.model.expand_offset, params=params, body=ds.body)
+        protocol = (f"held-out poses refined from their own images ({refine_poses} passes, "
+                    f"renderer frozen): test-time refinement, not comparable with fitted poses; "
+                    + protocol)
     pred, real, mask = predict(model, ds, dev)
     lp = load_lpips("alex", backbone_path=lpips_weights, device="cpu")
     res = {"step": info["step"], **image_metrics(pred, real, mask, val, lp, dev),
            "resolution": cfg.model.resolution, "preset": cfg.preset,
            "split": ev.method, "split_val_fraction": ev.val_fraction,
-           "run_split": run_split.method}
+           "run_split": run_split.method, "pose_refinement": protocol}
     if split_note is not None:
         res["split_note"] = split_note
     if mda:

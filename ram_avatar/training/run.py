@@ -129,6 +129,9 @@ class TrainingSetup:
     split: Split
     train_set: SubjectDataset
     val_set: SubjectDataset | None
+    #: (1,3,T,T) RGB texture baked from the training frames, for a new run of a renderer with
+    #: ``model.texture_rgb`` (None otherwise, and when resuming: the checkpoint holds it)
+    texture: torch.Tensor | None = None
 
 
 def prepare_training(subject_dir: str | Path, preset: str = "cpu-256", run_name: str = DEFAULT_RUN,
@@ -150,7 +153,14 @@ def prepare_training(subject_dir: str | Path, preset: str = "cpu-256", run_name:
     split = resolve_split(run, seq, config, holdout, body=body)
     log.info("subject %s: %s", subject_dir, split.describe())
     train_set, val_set = build_datasets(seq, split, config, backend=backend, body=body)
-    return TrainingSetup(seq, run, config, split, train_set, val_set)
+    texture = None
+    if getattr(config.model, "texture_rgb", False) and run.latest_checkpoint() is None:
+        from ram_avatar.render.texture_bake import ensure_texture
+
+        # baked from this run's training frames only (held-out frames never leak in)
+        texture = ensure_texture(seq, frames=split.train, size=config.model.texture_size,
+                                 body=body)
+    return TrainingSetup(seq, run, config, split, train_set, val_set, texture)
 
 
 def split_summary(split: Split) -> dict:
@@ -191,7 +201,7 @@ def train_subject(subject_dir: str | Path, preset: str = "cpu-256", steps: int |
         setup = prepare_training(subject_dir, preset, run_name, overrides, holdout, backend)
         check_run_sequence(setup.run.dir, setup.seq.root, record=True)  # same capture only
         summary = train(setup.train_set, setup.val_set, setup.run.dir, setup.config, steps=steps,
-                        minutes=minutes, device=device)
+                        minutes=minutes, device=device, init_texture=setup.texture)
     summary["split"] = split_summary(setup.split)
     return summary
 
