@@ -60,12 +60,13 @@ from ram_avatar.render.conditioning import (
     project_points,
 )
 from ram_avatar.runtime.retarget import FOOT_LANDMARKS, ground_level, load_driver_betas
-from ram_avatar.runtime.tracking import BodyTracker, HolisticTracker, LiveFitConfig
+from ram_avatar.runtime.tracking import (LOWER_BODY_MODES, BodyTracker, HolisticTracker,
+                                         LiveFitConfig, lower_body_joints, standing_leg_pose)
 from ram_avatar.utils import resolve_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AvatarRuntime", "LiveRetargeter", "OnnxRenderer", "TorchRenderer",
+__all__ = ["AvatarRuntime", "LiveRetargeter", "blend_params", "OnnxRenderer", "TorchRenderer",
            "TensorRTRenderer", "load_renderer_engine", "STAGES", "MAP_NAMES"]
 
 #: timed stages of :meth:`AvatarRuntime.process`, in order (``total`` is added to the stats)
@@ -368,6 +369,30 @@ class LiveRetargeter:
 # the runtime
 
 
+def blend_params(a: BodyParams, b: BodyParams, w: float) -> BodyParams:
+    """``(1 - w) a + w b`` for body parameters of batch 1: rotations (global_orient, body,
+    hand and jaw poses; axis-angles, radians) by spherical interpolation per joint
+    (``roma.rotvec_slerp``), translation and expression linearly, betas from ``a``."""
+    import roma
+
+    w = float(w)
+    steps = torch.tensor([w], dtype=torch.float32)
+    out = {}
+    for f in ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose"):
+        x, y = getattr(a, f), getattr(b, f)
+        if x is None or y is None:
+            continue
+        x = x.detach().cpu().float()
+        y = y.detach().cpu().float().to(x.dtype)
+        out[f] = roma.rotvec_slerp(x.reshape(-1, 3), y.reshape(-1, 3), steps)[0].reshape(x.shape)
+    for f in ("transl", "expression"):
+        x, y = getattr(a, f), getattr(b, f)
+        if x is None or y is None or x.shape != y.shape:
+            continue
+        out[f] = (1.0 - w) * x.detach().cpu().float() + w * y.detach().cpu().float()
+    return replace(a.to("cpu"), **out)
+
+
 @dataclass
 class FrameResult:
     """What :meth:`AvatarRuntime.process` saw and produced for the latest frame (for overlays).
@@ -434,6 +459,12 @@ class AvatarRuntime:
         model_path: explicit renderer file (.onnx / .engine), e.g. a timing-only renderer.
         engine: a ready renderer engine (anything with ``name``, ``resolution``, ``providers``
             and ``__call__(maps) -> (1, 3, S, S)`` float32); overrides ``backend``.
+        lower_body: ``stand`` | ``sit``: the leg pose held while the legs are not in view
+            (``stand`` is the avatar's straightest-legged training pose; see
+            :class:`~ram_avatar.runtime.tracking.BodyTracker`); overrides ``fit.lower_body``.
+        hold_s, ease_s: when the person leaves the frame the avatar holds its last pose for
+            ``hold_s`` seconds, then eases back to its rest pose (first training frame) over
+            ``ease_s`` seconds.
 
     Call :meth:`process` with consecutive frames of one stream; :meth:`reset` starts a new
     stream (another source). Not thread-safe: use it from one thread.
@@ -447,7 +478,8 @@ class AvatarRuntime:
                  resolution: int | None = None, mda: bool = False, run_name: str = "default",
                  camera: str | Path | None = None, fit: LiveFitConfig | None = None,
                  raster_backend: str = "auto", model_path: str | Path | None = None,
-                 engine=None, driver: str | Path | None = None):
+                 engine=None, driver: str | Path | None = None, lower_body: str | None = None,
+                 hold_s: float = 1.0, ease_s: float = 1.5):
         self.subject_dir = Path(subject_dir)
         self.device = resolve_device(device)
         self.backend = backend
@@ -474,7 +506,20 @@ class AvatarRuntime:
         # the person in front of the camera is fitted with their own shape when calibrated
         # (driver.json); retargeting then swaps in the avatar's betas
         fit_betas = load_driver_betas(driver, self.body) if driver is not None else seq.params.betas
-        self.fitter = BodyTracker(self.body, fit_betas, fit, self.device)
+        fit = fit or LiveFitConfig()
+        if lower_body is not None:
+            if lower_body not in LOWER_BODY_MODES:
+                raise RamAvatarError(f"unknown --lower-body {lower_body!r}: use "
+                                     + " or ".join(LOWER_BODY_MODES))
+            fit = replace(fit, lower_body=lower_body)
+        stand = standing_leg_pose(seq.params.body_pose[torch.as_tensor(np.nonzero(mask)[0])],
+                                  lower_body_joints(self.body))
+        self.fitter = BodyTracker(self.body, fit_betas, fit, self.device, stand_pose=stand)
+        self.hold_s, self.ease_s = float(hold_s), float(ease_s)
+        self._lost_at: float | None = None
+        self._held = None
+        self._ease = 0.0
+        self._lower_body_request: str | None = None
         self.camera_path = camera
         self._cams: dict[tuple[int, int], dict] = {}
         self.aligner = None
@@ -520,6 +565,21 @@ class AvatarRuntime:
         return on
 
     # -- stream control -----------------------------------------------------------------------
+    @property
+    def lower_body(self) -> str:
+        return self._lower_body_request or self.fitter.lower_body
+
+    def set_lower_body(self, mode: str) -> None:
+        """Hold the unseen legs standing or seated (``stand`` | ``sit``), from the next frame;
+        safe to call from any thread.
+
+        Raises:
+            RamAvatarError: an unknown mode.
+        """
+        if mode not in LOWER_BODY_MODES:
+            raise RamAvatarError(f"unknown lower-body mode {mode!r}: use " + " or ".join(LOWER_BODY_MODES))
+        self._lower_body_request = mode
+
     def reset(self) -> None:
         """Start a new stream: tracking, fit warm start, running medians and MDA state."""
         self.tracker.reset()
@@ -528,6 +588,7 @@ class AvatarRuntime:
         if self.aligner is not None:
             self.aligner.reset()
         self._target, self._face, self._shift = None, self.retargeter.face_base, None
+        self._lost_at, self._held, self._ease = None, None, 0.0
         self._prev_maps = {}
         self._prev_inputs = {}
         self.last = FrameResult()
@@ -561,14 +622,17 @@ class AvatarRuntime:
         return self._cams[key]
 
     # -- per frame ----------------------------------------------------------------------------
-    def process(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Track, fit, retarget, align and render one frame.
+    def process(self, frame_rgb: np.ndarray, timestamp: float | None = None) -> tuple[np.ndarray, dict]:
+        """Track, fit, retarget, align and render one frame (the three stages in sequence;
+        :class:`ram_avatar.runtime.pipeline.LivePipeline` overlaps them in threads).
 
         Args:
             frame_rgb: (H, W, 3) uint8 RGB camera frame.
+            timestamp: capture time (``time.perf_counter()`` seconds), default now.
         Returns:
             (avatar (S, S, 3) uint8 RGB, stats) with stats the per-stage latencies in ms
-            (:data:`STAGES` and ``total``) plus ``person`` (bool) and ``full_fit`` (bool).
+            (:data:`STAGES`, ``total`` and ``latency``) plus ``person``, ``full_fit`` and
+            ``legs_held`` (bool), see :meth:`stage_render`.
         Raises:
             ValueError: a frame that is not (H, W, 3) uint8.
 
@@ -580,15 +644,29 @@ class AvatarRuntime:
         if self.device.type == "cpu":
             torch.set_num_threads(1)
         try:
-            return self._process(frame_rgb)
+            return self._process(frame_rgb, timestamp)
         finally:
             torch.set_num_threads(threads)
 
-    def _process(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, dict]:
-        t = [time.perf_counter()]
+    def _process(self, frame_rgb: np.ndarray, timestamp: float | None = None) -> tuple[np.ndarray, dict]:
+        job = self.stage_track(frame_rgb, timestamp)
+        job = self.stage_pose(job)
+        return self.stage_render(job)
+
+    # -- the stages (sequential in :meth:`process`, threads in runtime.pipeline.LivePipeline) --
+    def stage_track(self, frame_rgb: np.ndarray, timestamp: float | None = None) -> dict:
+        """Stage 1, ``track``: MediaPipe Holistic on one frame (undistorted keypoints).
+
+        Args:
+            frame_rgb: (H, W, 3) uint8 RGB.
+            timestamp: capture time (``time.perf_counter()`` seconds; default now), used for
+                the hold-and-ease of a lost person and the end-to-end latency.
+        Returns:
+            a job dict for :meth:`stage_pose` (``kp``, ``K``, ``frame_size``, timings).
+        """
+        t0 = time.perf_counter()
         frame_rgb = np.asarray(frame_rgb)
         kp = self.tracker(frame_rgb)
-        t.append(time.perf_counter())
         h, w = frame_rgb.shape[:2]
         cam = self.camera(w, h)
         K = cam["K"]
@@ -598,51 +676,85 @@ class AvatarRuntime:
                 arr = getattr(kp, name).copy()
                 arr[..., :2] = undistort_points(arr[..., :2], K, cam["dist"])
                 setattr(kp, name, arr)
-        params = self.fitter(kp, K)
-        t.append(time.perf_counter())
-        landmarks = None
-        if params is not None:
-            out = self.fitter.last_output  # the Gauss-Newton fit's landmarks at its result
-            if out is None:
-                with torch.no_grad():
-                    out = self.body(params.to(self.device), return_vertices=False)
-            lm = out.pose_landmarks[0].cpu()
-            face_d = None
-            if kp.face_valid[0]:
-                face_d = face_to_head_local(kp.face[:1].astype(np.float64),
-                                            out.head_transform.cpu().numpy().astype(np.float64), K)[0]
-            self._target, self._face, self._shift = self.retargeter(params, lm, face_d)
-            landmarks = lm + self._shift
-        elif self._target is None:
-            self._target = self.retargeter.rest
-        target = self._target
-        t.append(time.perf_counter())
-        if self.mda_enabled and params is not None:
-            bp = self.aligner.step(target.body_pose[0])
-            target = replace(target, body_pose=torch.as_tensor(bp, dtype=torch.float32)[None].cpu())
+        t1 = time.perf_counter()
+        return {"kp": kp, "K": K, "frame_size": (w, h), "t_capture": t0 if timestamp is None else timestamp,
+                "stats": {"track": 1000.0 * (t1 - t0)}}
+
+    def _eased_target(self, now: float) -> BodyParams:
+        """The pose shown while nobody is tracked: the last pose for ``hold_s`` seconds, then
+        a slerp to the rest pose over ``ease_s`` seconds (smoothstep in time)."""
+        if self._target is None:
+            return self.retargeter.rest
+        if self._lost_at is None:
+            self._lost_at, self._held = now, (self._target, self._face)
+        w = (now - self._lost_at - self.hold_s) / max(self.ease_s, 1e-6)
+        w = float(np.clip(w, 0.0, 1.0))
+        w = w * w * (3.0 - 2.0 * w)
+        self._ease = w
+        held, face = self._held
+        if w <= 0.0:
+            return held
+        self._face = ((1.0 - w) * face + w * self.retargeter.face_base).astype(np.float32)
+        return blend_params(held, self.retargeter.rest, w)
+
+    def stage_pose(self, job: dict) -> dict:
+        """Stage 2, ``fit`` + ``retarget`` + ``align`` + ``maps`` (one thread: the moderngl
+        context of the maps is per thread). Adds ``maps``, ``target`` and the frame result."""
+        st = job["stats"]
+        kp, K = job["kp"], job["K"]
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            t = [time.perf_counter()]
+            if self._lower_body_request is not None:
+                self.fitter.set_lower_body(self._lower_body_request)
+                self._lower_body_request = None
+            params = self.fitter(kp, K, job["frame_size"])
+            t.append(time.perf_counter())
             landmarks = None
-            if self.want_landmarks:
+            self._ease = 0.0
+            if params is not None:
+                self._lost_at = None
+                out = self.fitter.last_output  # the Gauss-Newton fit's landmarks at its result
+                if out is None:
+                    with torch.no_grad():
+                        out = self.body(params.to(self.device), return_vertices=False)
+                lm = out.pose_landmarks[0].cpu()
+                face_d = None
+                if kp.face_valid[0]:
+                    face_d = face_to_head_local(kp.face[:1].astype(np.float64),
+                                                out.head_transform.cpu().numpy().astype(np.float64), K)[0]
+                self._target, self._face, self._shift = self.retargeter(params, lm, face_d)
+                landmarks = lm + self._shift
+            else:
+                self._target = self._eased_target(job["t_capture"])
+            target = self._target
+            t.append(time.perf_counter())
+            if self.mda_enabled and params is not None:
+                bp = self.aligner.step(target.body_pose[0])
+                target = replace(target, body_pose=torch.as_tensor(bp, dtype=torch.float32)[None].cpu())
+                landmarks = None
+            if landmarks is None and self.want_landmarks and (params is not None or self._ease > 0):
                 with torch.no_grad():
-                    out = self.body(target.to(self.device), return_vertices=False)
-                    landmarks = out.pose_landmarks[0].cpu()
-        t.append(time.perf_counter())
-        maps = self.cond.render(target, self._face[None], self.K_avatar, self.resolution,
-                                **self._render_kw)
-        # temporal attention: the previous frame's maps (this frame's on the first); while
-        # nobody is seen the held pose is rendered with the same inputs as the last frame, so
-        # the avatar stays exactly still
-        holding = params is None and bool(self._prev_inputs)
-        for name in self.input_names:
-            if name.startswith("prev_"):
-                maps[name] = self._prev_inputs[name] if holding else \
-                    self._prev_maps.get(name[5:], maps[name[5:]])
-        self._prev_inputs = {n: maps[n] for n in self.input_names if n.startswith("prev_")}
-        if not holding:
-            self._prev_maps = {k: maps[k] for k in ("uv", "body_mask", "canon") if k in maps}
-        t.append(time.perf_counter())
-        rgb = self.engine(maps)
-        img = (np.clip(rgb[0], 0, 1).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
-        t.append(time.perf_counter())
+                    landmarks = self.body(target.to(self.device), return_vertices=False).pose_landmarks[0].cpu()
+            t.append(time.perf_counter())
+            maps = self.cond.render(target, self._face[None], self.K_avatar, self.resolution,
+                                    **self._render_kw)
+            # temporal attention: the previous frame's maps (this frame's on the first); while
+            # nobody is seen the held pose is rendered with the same inputs as the last frame, so
+            # the avatar stays exactly still
+            holding = params is None and self._ease <= 0.0 and bool(self._prev_inputs)
+            for name in self.input_names:
+                if name.startswith("prev_"):
+                    maps[name] = self._prev_inputs[name] if holding else \
+                        self._prev_maps.get(name[5:], maps[name[5:]])
+            self._prev_inputs = {n: maps[n] for n in self.input_names if n.startswith("prev_")}
+            if not holding:
+                self._prev_maps = {k: maps[k] for k in ("uv", "body_mask", "canon") if k in maps}
+            t.append(time.perf_counter())
+        finally:
+            torch.set_num_threads(threads)
         if landmarks is None and params is None and self.last.avatar_pose_2d is not None:
             pose2d = self.last.avatar_pose_2d  # holding the last pose
         elif landmarks is not None:
@@ -650,13 +762,40 @@ class AvatarRuntime:
             pose2d = project_points(landmarks, Kt).numpy()
         else:
             pose2d = None
+        view = dict(self.fitter.view)
         self.last = FrameResult(keypoints=kp, person=params is not None, avatar_pose_2d=pose2d,
                                 pose_mask=self.pose_mask, avatar_hands_2d=maps["hands_2d"][0].numpy(),
-                                full_fit=params is not None and self.fitter.last_was_init)
+                                full_fit=params is not None and self.fitter.last_was_init,
+                                extra={"view": view, "ease": self._ease, "target": target})
+        for name, a, b in zip(("fit", "retarget", "align", "maps"), t[:-1], t[1:]):
+            st[name] = 1000.0 * (b - a)
+        job.update(maps=maps, target=target, result=self.last, person=params is not None)
+        return job
+
+    def stage_render(self, job: dict) -> tuple[np.ndarray, dict]:
+        """Stage 3, ``render``: the neural renderer on the job's maps.
+
+        Returns:
+            (avatar (S, S, 3) uint8 RGB, stats): per-stage ms (:data:`STAGES`), ``total``
+            (their sum), ``latency`` (ms from the capture timestamp to now), ``person``,
+            ``full_fit``, ``legs_held`` and ``seq`` (the job's frame number, if set).
+        """
+        t0 = time.perf_counter()
+        maps = job["maps"]
+        rgb = self.engine(maps)
+        img = (np.clip(rgb[0], 0, 1).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+        t1 = time.perf_counter()
         self.last_maps = {k: maps[k] for k in dict.fromkeys(MAP_NAMES + self.input_names)}
         self.frames += 1
-        stats = {name: 1000.0 * (t[i + 1] - t[i]) for i, name in enumerate(STAGES)}
-        stats["total"] = 1000.0 * (t[-1] - t[0])
-        stats["person"] = params is not None
-        stats["full_fit"] = self.last.full_fit
+        stats = dict(job["stats"])
+        stats["render"] = 1000.0 * (t1 - t0)
+        stats["total"] = sum(stats.get(k, 0.0) for k in STAGES)
+        stats["latency"] = 1000.0 * (t1 - job["t_capture"])
+        stats["person"] = bool(job["person"])
+        res = job["result"]
+        stats["full_fit"] = res.full_fit
+        stats["legs_held"] = bool(res.extra.get("view", {}).get("legs_held", False))
+        if "seq" in job:
+            stats["seq"] = job["seq"]
+        job["image"] = img
         return img, stats

@@ -42,7 +42,127 @@ from ram_avatar.capture.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, Keypoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HolisticTracker", "BodyTracker", "FixedShapeBody", "LiveFitConfig"]
+__all__ = ["HolisticTracker", "BodyTracker", "FixedShapeBody", "LiveFitConfig", "IdentityGate",
+           "LOWER_BODY_MODES", "landmarks_seen", "lower_body_joints", "seated_leg_pose",
+           "standing_leg_pose"]
+
+#: MediaPipe pose landmarks of the hips, and of the legs below them (knees, ankles, heels, toes)
+HIP_LANDMARKS = (23, 24)
+LEG_LANDMARKS = (25, 26, 27, 28, 29, 30, 31, 32)
+#: what the lower body does when the legs are not seen (``--lower-body``)
+LOWER_BODY_MODES = ("stand", "sit")
+#: body-pose joint names of the lower body (Anny bones / SMPL-X joints), matched by prefix
+_LOWER_BODY_PREFIXES = ("pelvis.", "upperleg", "lowerleg", "foot", "toe", "left_hip", "right_hip",
+                        "left_knee", "right_knee", "left_ankle", "right_ankle", "left_foot",
+                        "right_foot")
+_THIGH_PREFIXES = ("upperleg01.", "left_hip", "right_hip")
+_KNEE_PREFIXES = ("lowerleg01.", "left_knee", "right_knee")
+
+
+def landmarks_seen(kp: Keypoints2D, frame_size: tuple[int, int], min_visibility: float = 0.5,
+                   margin: float = 0.0) -> np.ndarray:
+    """Which pose landmarks the frame really shows: ``(33,)`` bool for a one-frame ``kp``.
+
+    A landmark is seen when MediaPipe's visibility is at least ``min_visibility`` and it lies
+    inside the frame (``frame_size = (W, H)`` pixels, extended by ``margin`` x the frame
+    height on every side). MediaPipe extrapolates the whole body when only its top is in view
+    (a desk webcam) and then reports knees and ankles below the frame with visibilities around
+    0.5-0.7, so the position test is what tells a cropped body from a visible one.
+    """
+    w, h = frame_size
+    p = kp.pose[0]
+    m = margin * h
+    inside = (p[:, 0] >= -m) & (p[:, 0] < w + m) & (p[:, 1] >= -m) & (p[:, 1] < h + m)
+    return (p[:, 2] >= min_visibility) & inside & bool(kp.pose_valid[0])
+
+
+def _joints_with_prefix(body: BodyModel, prefixes: tuple[str, ...]) -> list[int]:
+    return [i for i, n in enumerate(body.body_joint_names) if n.startswith(prefixes)]
+
+
+def lower_body_joints(body: BodyModel) -> list[int]:
+    """Indices into ``body_pose`` of the lower body (pelvis sides, hips, knees, ankles, feet)."""
+    return _joints_with_prefix(body, _LOWER_BODY_PREFIXES)
+
+
+def standing_leg_pose(body_pose: torch.Tensor, leg_joints: list[int]) -> torch.Tensor:
+    """A natural standing leg pose taken from the avatar's own poses.
+
+    Args:
+        body_pose: (T, J, 3) axis-angles (radians), e.g. the avatar's training frames.
+        leg_joints: indices of :func:`lower_body_joints`.
+    Returns:
+        (J, 3): the frame whose legs are closest to straight (smallest summed leg rotation
+        angle) -- a pose the renderer has seen -- with every other joint zero.
+    """
+    bp = body_pose.detach().cpu().float()
+    idx = torch.as_tensor(leg_joints, dtype=torch.long)
+    t = int(bp[:, idx].norm(dim=-1).sum(-1).argmin())
+    out = torch.zeros_like(bp[0])
+    out[idx] = bp[t, idx]
+    return out
+
+
+def seated_leg_pose(body: BodyModel, betas: torch.Tensor, angle_deg: float = 90.0) -> torch.Tensor:
+    """A seated leg pose for any body model: thighs forward, shins down, (J, 3) radians.
+
+    The body's forward direction is the heel-to-toe direction and its up direction the
+    ankle-to-hip direction of the rest pose (MediaPipe landmarks 23-32); the flexion axis of
+    each hip and knee is found among the bone's local axes (+-x, +-y, +-z) as the one whose
+    rotation by ``angle_deg`` brings the thigh closest to forward and then the shin closest
+    to down, so no per-model axis convention is hard-coded.
+
+    Raises:
+        ValueError: the body model has no hip / knee joints recognised by name.
+    """
+    thighs = _joints_with_prefix(body, _THIGH_PREFIXES)
+    knees = _joints_with_prefix(body, _KNEE_PREFIXES)
+    if len(thighs) != 2 or len(knees) != 2:
+        raise ValueError(f"cannot find hips and knees among the joints of {body.name}")
+    J = body.num_body_joints
+    dev = body.device
+
+    def landmarks(pose: torch.Tensor) -> torch.Tensor:
+        p = body.zero_params(1, device=dev)
+        p.betas = betas.reshape(1, -1).to(dev)
+        p.body_pose = pose[None].to(dev)
+        with torch.no_grad():
+            return body(p, return_vertices=False).pose_landmarks[0].cpu()
+
+    pose = torch.zeros(J, 3)
+    lm = landmarks(pose)
+    fwd = (lm[[31, 32]] - lm[[29, 30]]).mean(0)
+    up = (lm[[23, 24]] - lm[[27, 28]]).mean(0)
+    up = up / up.norm()
+    fwd = fwd - (fwd @ up) * up
+    fwd = fwd / fwd.norm()
+    a = np.deg2rad(angle_deg)
+    axes = [torch.tensor(v, dtype=torch.float32) * s for v in np.eye(3) for s in (1.0, -1.0)]
+    # left side: hip 23, knee 25, ankle 27; right: 24, 26, 28 (both backends list the left
+    # joint first)
+    for side, (thigh, kn) in enumerate(zip(thighs, knees)):
+        hip_i, knee_i, ankle_i = 23 + side, 25 + side, 27 + side
+        best = None
+        for ax in axes:
+            trial = pose.clone()
+            trial[thigh] = a * ax
+            l2 = landmarks(trial)
+            d = l2[knee_i] - l2[hip_i]
+            score = float(d @ fwd / d.norm())
+            if best is None or score > best[0]:
+                best = (score, a * ax)
+        pose[thigh] = best[1]
+        best = None
+        for ax in axes:
+            trial = pose.clone()
+            trial[kn] = a * ax
+            l2 = landmarks(trial)
+            d = l2[ankle_i] - l2[knee_i]
+            score = float(-(d @ up) / d.norm())
+            if best is None or score > best[0]:
+                best = (score, a * ax)
+        pose[kn] = best[1]
+    return pose
 
 
 class HolisticTracker:
@@ -250,6 +370,7 @@ class GaussNewtonFit:
         # per-frame data (set by fit())
         self._xy = self._c = self._K = self._h = self._x_pred = None
         self.temporal = self.temporal_transl = 0.0
+        self._root_weight = 1.0
 
     # -- parameters -----------------------------------------------------------------------
     def pack(self, p: BodyParams) -> torch.Tensor:
@@ -308,7 +429,9 @@ class GaussNewtonFit:
             k = bp[self.knees]
             e = e + cfg.w_limit * ((torch.relu(-k[:, 0]) ** 2).sum() + (k[:, 1:] ** 2).sum())
         d = x - self._x_pred
-        e = e + self.temporal * (d[3:] * d[3:]).sum() + self.temporal_transl * (d[:3] * d[:3]).sum()
+        rw = self._root_weight
+        e = e + self.temporal * ((d[6:] * d[6:]).sum() + rw * (d[3:6] * d[3:6]).sum()) \
+            + rw * self.temporal_transl * (d[:3] * d[:3]).sum()
         return e
 
     def _prior_grad_hess(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,8 +466,10 @@ class GaussNewtonFit:
         Hb = x.new_zeros(self.nj, 3, self.nj, 3)
         Hb[idx, :, idx, :] = Hp                                                   # block diagonal
         H[6:, 6:] = Hb.reshape(3 * self.nj, 3 * self.nj)
+        rw = self._root_weight
         wt = torch.full((n,), self.temporal, device=x.device, dtype=x.dtype)
-        wt[:3] = self.temporal_transl
+        wt[3:6] = rw * self.temporal
+        wt[:3] = rw * self.temporal_transl
         g += 2 * wt * (x - self._x_pred)
         H += torch.diag(2 * wt)
         return g, H
@@ -377,7 +502,9 @@ class GaussNewtonFit:
     def fit(self, kp: Keypoints2D, K: torch.Tensor, init: BodyParams, iters: int,
             temporal: float = 0.0, temporal_transl: float = 0.0, damping: float = 1e-3,
             tol: float = 1e-5,
-            sigma_schedule: tuple[float, ...] = ()) -> tuple[BodyParams, BodyOutput, int]:
+            sigma_schedule: tuple[float, ...] = (),
+            frozen: torch.Tensor | None = None,
+            root_weight: float = 1.0) -> tuple[BodyParams, BodyOutput, int]:
         """Levenberg-Marquardt from ``init`` on one frame's keypoints.
 
         Args:
@@ -394,6 +521,11 @@ class GaussNewtonFit:
                 ``sigma * sigma_schedule[k]`` (then ``sigma``), so landmarks far from the warm
                 start (a hand that just appeared) are pulled in before the robust kernel of
                 the final energy would treat them as outliers.
+            frozen: (N,) bool parameters held at their value in ``init`` (no step is taken
+                on them: their rows / columns of the normal equations are replaced by the
+                identity), e.g. the legs of a partial view (:class:`BodyTracker`).
+            root_weight: multiplier of both temporal weights on the root (translation and
+                global orientation); > 1 steadies the pelvis when the hips are not seen.
         Returns:
             (fitted BodyParams on the fit's device with this fit's betas, BodyOutput of it
             without vertices, number of body-model evaluations).
@@ -406,6 +538,10 @@ class GaussNewtonFit:
         self.temporal, self.temporal_transl = float(temporal), float(temporal_transl)
         x = self.pack(init)
         self._x_pred = x.clone()
+        self._root_weight = float(root_weight)
+        keep = None
+        if frozen is not None and bool(frozen.any()):
+            keep = frozen.to(self.device, torch.bool)
         st = self._evaluate(x)
         evals, lam = 1, float(damping)
         for k in range(iters):
@@ -420,6 +556,10 @@ class GaussNewtonFit:
             gp, Hp = self._prior_grad_hess(st.x)
             g = 2 * Jf.T @ rf + gp
             H = 2 * Jf.T @ Jf + Hp
+            if keep is not None:  # held parameters: identity rows / columns, zero gradient
+                g = torch.where(keep, torch.zeros_like(g), g)
+                H = H.masked_fill(keep[:, None] | keep[None, :], 0.0)
+                H = H + torch.diag(keep.to(H.dtype))
             diag = H.diagonal().clamp(min=1e-6)
             accepted = False
             for _ in range(6):
@@ -475,6 +615,19 @@ class LiveFitConfig:
             scratch (the person may have come back elsewhere).
         extrapolate: the warm start is the previous fit plus this fraction of the last
             frame-to-frame change (constant-velocity prediction; 0 = previous fit).
+        lower_body: ``stand`` | ``sit``: the leg pose held while the legs are not seen
+            (partial view, e.g. a desk webcam; see :class:`BodyTracker`).
+        min_visibility, frame_margin: a pose landmark is seen when its MediaPipe visibility
+            is at least ``min_visibility`` and it lies inside the frame extended by
+            ``frame_margin`` x its height (:func:`landmarks_seen`).
+        legs_return_after: frames the knees and ankles must be seen in a row before the legs
+            follow the tracking again (no flicker at the frame edge).
+        partial_root_weight: multiplier of the temporal weights on the root (translation and
+            global orientation) while the hips are not seen: the pelvis then has no landmark
+            of its own and would otherwise sway with every shoulder movement.
+        jump_scale, jump_refuse: identity gate (:class:`IdentityGate`): a detection whose
+            shoulder centre moves more than ``jump_scale`` upper-body sizes in one frame is
+            refused for up to ``jump_refuse`` frames (another person picked up).
     """
 
     method: str = "gauss-newton"
@@ -490,24 +643,117 @@ class LiveFitConfig:
     init_hands: int = 30
     reinit_after: int = 15
     extrapolate: float = 0.5
+    lower_body: str = "stand"
+    min_visibility: float = 0.5
+    frame_margin: float = 0.0
+    legs_return_after: int = 3
+    partial_root_weight: float = 10.0
+    partial_floor: float = 0.0
+    jump_scale: float = 1.5
+    jump_refuse: int = 5
+
+
+class IdentityGate:
+    """Keeps following the same person: refuses a sudden jump of the tracked body.
+
+    MediaPipe Holistic follows one person; when several are in view it can switch to another
+    from one frame to the next. The gate measures the shoulder centre (pixels) of each
+    detection against the last accepted one, in units of the person's upper-body size
+    ``max(shoulder width, 2 |nose - shoulder centre|)`` (running median of accepted frames,
+    so it adapts to the distance from the camera). A move larger than ``jump_scale`` sizes in
+    one frame is refused (the caller holds the last pose) for up to ``refuse_frames`` frames;
+    a jump that persists that long (the same new place for every refused frame) is accepted
+    as a real move and the tracking restarts there. After ``reset`` (or a frame without a
+    person for longer than the caller's re-initialisation) any detection is accepted.
+
+    Call: ``gate(kp) -> (accept: bool, restarted: bool)`` with ``kp`` a one-frame
+    :class:`Keypoints2D` that has a pose.
+    """
+
+    def __init__(self, jump_scale: float = 1.5, refuse_frames: int = 5, window: int = 15):
+        self.jump_scale = float(jump_scale)
+        self.refuse_frames = int(refuse_frames)
+        self.window = int(window)
+        self.reset()
+
+    def reset(self) -> None:
+        self.centre: np.ndarray | None = None
+        self.sizes: list[float] = []
+        self.candidate: np.ndarray | None = None
+        self.refused = 0
+
+    @staticmethod
+    def measure(kp: Keypoints2D) -> tuple[np.ndarray, float]:
+        """Shoulder centre (2,) px and upper-body size (px) of a one-frame ``kp``."""
+        p = kp.pose[0, :, :2].astype(np.float64)
+        c = 0.5 * (p[11] + p[12])
+        size = max(float(np.linalg.norm(p[11] - p[12])), 2.0 * float(np.linalg.norm(p[0] - c)), 1.0)
+        return c, size
+
+    def __call__(self, kp: Keypoints2D) -> tuple[bool, bool]:
+        c, size = self.measure(kp)
+        if self.centre is None:
+            self._accept(c, size)
+            return True, True
+        ref = float(np.median(self.sizes))
+        if np.linalg.norm(c - self.centre) <= self.jump_scale * ref:
+            self.candidate, self.refused = None, 0
+            self._accept(c, size)
+            return True, False
+        # a jump: refuse it unless it stays where it jumped to for refuse_frames frames
+        if self.candidate is not None and np.linalg.norm(c - self.candidate) <= self.jump_scale * size:
+            self.refused += 1
+        else:
+            self.refused = 1
+        self.candidate = c
+        if self.refused > self.refuse_frames:
+            self.reset()
+            self._accept(c, size)
+            return True, True
+        return False, False
+
+    def _accept(self, c: np.ndarray, size: float) -> None:
+        self.centre = c
+        self.sizes = (self.sizes + [size])[-self.window:]
 
 
 class BodyTracker:
     """Fits the body to one frame of keypoints at a time, warm-started (module docstring).
+
+    Partial views (a desk webcam that sees the person from head to waist): when a knee or an
+    ankle is not seen (:func:`landmarks_seen`: low visibility or outside the frame), the leg
+    landmarks are left out of the fit and the lower-body joints
+    (:func:`lower_body_joints`) are held at ``config.lower_body``'s pose -- ``stand`` (the
+    ``stand_pose`` given, e.g. the avatar's straightest-legged training frame, else straight
+    legs) or ``sit`` (:func:`seated_leg_pose`) -- exactly, so they do not jitter, while the
+    arms, hands and head keep following. When the hips are not seen either, their landmarks
+    are left out too and the root's temporal weights are raised
+    (``config.partial_root_weight``) so the pelvis stays steady. The legs follow the tracking
+    again after ``config.legs_return_after`` frames in a row with knees and ankles in view.
+    A sudden jump of the tracked person is refused by an :class:`IdentityGate`.
 
     Args:
         body: the avatar's body model.
         betas: (1, n_betas) the avatar's shape, held fixed.
         config: :class:`LiveFitConfig`.
         device: fitting device (CPU is usually faster: the fit is many tiny ops).
+        stand_pose: (J, 3) body pose whose lower-body joints are the ``stand`` pose (radians);
+            None: straight legs (zeros).
 
-    Call: ``tracker(kp, K) -> BodyParams`` (batch 1, on CPU, betas = the avatar's) or None when
-    the frame has no person (the caller keeps showing the last pose).
+    Call: ``tracker(kp, K, frame_size=None) -> BodyParams`` (batch 1, on CPU, betas = the
+    avatar's) or None when the frame has no person or its detection was refused (the caller
+    keeps showing the last pose). ``frame_size = (W, H)`` of the frame (None: ``2 c_x, 2 c_y``
+    of ``K``). :attr:`view` says what the last frame showed (``legs_seen``, ``hips_seen``,
+    ``legs_held``, ``refused``).
+
+    Raises:
+        ValueError: an unknown fit method or lower-body mode, or keypoints of more than one frame.
     """
 
     def __init__(self, body: BodyModel, betas: torch.Tensor, config: LiveFitConfig | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", stand_pose: torch.Tensor | None = None):
         self.body = FixedShapeBody(body, betas)
+        self._raw_body = body
         self.betas = betas.reshape(1, -1).detach().cpu()
         self.config = config or LiveFitConfig()
         self.device = torch.device(device)
@@ -520,19 +766,55 @@ class BodyTracker:
         self.last_output: BodyOutput | None = None
         if self.config.method not in ("gauss-newton", "adam"):
             raise ValueError(f"unknown live fit method {self.config.method!r}: use gauss-newton or adam")
+        if self.config.lower_body not in LOWER_BODY_MODES:
+            raise ValueError(f"unknown lower-body mode {self.config.lower_body!r}: use "
+                             + " or ".join(LOWER_BODY_MODES))
         self._gn: GaussNewtonFit | None = None
         if self.config.method == "gauss-newton" and getattr(body, "name", None) == "anny":
             self._gn = GaussNewtonFit(body, betas, FitConfig(), self.device)
+        self.leg_joints = lower_body_joints(body)
+        J = body.num_body_joints
+        self._hold_poses: dict[str, torch.Tensor] = {
+            "stand": (torch.zeros(J, 3) if stand_pose is None
+                      else torch.as_tensor(stand_pose, dtype=torch.float32).reshape(J, 3).clone())}
+        self.gate = IdentityGate(self.config.jump_scale, self.config.jump_refuse)
+        self._legs_seen_run = 0
+        self.legs_held = False
+        self.view: dict = {}
 
     @property
     def method(self) -> str:
         """The per-frame fit in use: ``gauss-newton`` or ``adam`` (other body models)."""
         return "gauss-newton" if self._gn is not None else "adam"
 
+    @property
+    def lower_body(self) -> str:
+        return self.config.lower_body
+
+    def set_lower_body(self, mode: str) -> None:
+        """Switch the held leg pose (``stand`` | ``sit``); takes effect on the next frame.
+
+        Raises:
+            ValueError: an unknown mode.
+        """
+        if mode not in LOWER_BODY_MODES:
+            raise ValueError(f"unknown lower-body mode {mode!r}: use " + " or ".join(LOWER_BODY_MODES))
+        self.config = replace(self.config, lower_body=mode)
+
+    def hold_pose(self, mode: str | None = None) -> torch.Tensor:
+        """(J, 3) body pose whose lower-body joints are held in ``mode`` (default: the config's)."""
+        mode = mode or self.config.lower_body
+        if mode not in self._hold_poses:
+            self._hold_poses[mode] = seated_leg_pose(self._raw_body, self.betas)
+        return self._hold_poses[mode]
+
     def reset(self) -> None:
         self.prev = self.prev2 = None
         self.lost = 0
         self.last_output = None
+        self.gate.reset()
+        self._legs_seen_run = 0
+        self.legs_held = False
 
     def _predict(self) -> BodyParams:
         """Warm start: previous fit + ``extrapolate`` x its last change (axis-angle deltas are
@@ -544,32 +826,84 @@ class BodyTracker:
         fields = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "transl")
         return replace(p, **{f: getattr(p, f) + a * (getattr(p, f) - getattr(q, f)) for f in fields})
 
-    def __call__(self, kp: Keypoints2D, K: np.ndarray) -> BodyParams | None:
+    def _with_legs(self, p: BodyParams) -> BodyParams:
+        bp = p.body_pose.clone()
+        idx = torch.as_tensor(self.leg_joints, dtype=torch.long, device=bp.device)
+        bp[:, idx] = self.hold_pose().to(bp.device, bp.dtype)[idx][None]
+        return replace(p, body_pose=bp)
+
+    def _lost(self) -> None:
+        c = self.config
+        self.lost += 1
+        if self.lost > c.reinit_after:
+            self.prev = None
+            self.gate.reset()
+        self.prev2 = None  # no velocity across a gap
+
+    def __call__(self, kp: Keypoints2D, K: np.ndarray,
+                 frame_size: tuple[int, int] | None = None) -> BodyParams | None:
         c = self.config
         if kp.num_frames != 1:
             raise ValueError(f"BodyTracker fits one frame at a time, got {kp.num_frames}")
+        self.view = {"person": bool(kp.pose_valid[0]), "refused": False}
         if not kp.pose_valid[0]:
-            self.lost += 1
-            if self.lost > c.reinit_after:
-                self.prev = None
-            self.prev2 = None  # no velocity across a gap
+            self._lost()
             return None
+        accept, restarted = self.gate(kp)
+        if not accept:
+            self.view["refused"] = True
+            self._lost()
+            return None
+        if restarted and self.prev is not None:
+            log.info("tracking restarted: the tracked person moved too far to be the same one")
+            self.prev = self.prev2 = None
         self.lost = 0
         self.last_output = None
+        # partial view: which of the hips / legs the frame shows
+        if frame_size is None:
+            K_ = np.asarray(K, np.float64)
+            frame_size = (int(round(2 * K_[0, 2])), int(round(2 * K_[1, 2])))
+        seen = landmarks_seen(kp, frame_size, c.min_visibility, c.frame_margin)
+        legs_seen = bool(seen[[25, 26, 27, 28]].all())
+        hips_seen = bool(seen[list(HIP_LANDMARKS)].all())
+        self._legs_seen_run = self._legs_seen_run + 1 if legs_seen else 0
+        hold = bool(self.leg_joints) and (not legs_seen or (
+            self.legs_held and self._legs_seen_run < c.legs_return_after))
+        self.legs_held = hold
+        self.view.update(legs_seen=legs_seen, hips_seen=hips_seen, legs_held=hold)
+        if hold:
+            kp = kp.subset(slice(None))
+            pose = kp.pose.copy()
+            pose[0, list(LEG_LANDMARKS), 2] = 0.0
+            if c.partial_floor > 0:
+                inside = landmarks_seen(kp, frame_size, -1.0, c.frame_margin)
+                up = np.zeros(33, bool)
+                up[:23] = inside[:23]
+                pose[0, up, 2] = np.maximum(pose[0, up, 2], c.partial_floor)
+            if not hips_seen:
+                pose[0, list(HIP_LANDMARKS), 2] = 0.0
+            kp.pose = pose
         init = None if self.prev is None else self._predict()
         self.last_was_init = init is None
+        if init is not None and hold:
+            init = self._with_legs(init)
         if init is not None and self._gn is not None:
             Kt = torch.as_tensor(np.asarray(K), dtype=torch.float32, device=self.device)
+            frozen = None
+            if hold:
+                frozen = torch.zeros(self._gn.n, dtype=torch.bool, device=self.device)
+                for j in self.leg_joints:
+                    frozen[6 + 3 * j:9 + 3 * j] = True
             threads = torch.get_num_threads()
             if self.device.type == "cpu":
                 torch.set_num_threads(1)  # tiny ops: intra-op threads only add synchronisation
             try:
                 with torch.no_grad():
-                    p, self.last_output, _ = self._gn.fit(kp, Kt, init.to(self.device), c.gn_iters,
-                                                          temporal=c.temporal,
-                                                          temporal_transl=c.temporal_transl,
-                                                          damping=c.damping,
-                                                          sigma_schedule=tuple(c.sigma_schedule))
+                    p, self.last_output, _ = self._gn.fit(
+                        kp, Kt, init.to(self.device), c.gn_iters, temporal=c.temporal,
+                        temporal_transl=c.temporal_transl, damping=c.damping,
+                        sigma_schedule=tuple(c.sigma_schedule), frozen=frozen,
+                        root_weight=c.partial_root_weight if hold and not hips_seen else 1.0)
             finally:
                 torch.set_num_threads(threads)
             p = p.to("cpu")
@@ -580,6 +914,9 @@ class BodyTracker:
             else:
                 cfg = FitConfig(iters_global=0, iters_body=0, iters_hands=c.iters, lr=c.lr)
             p = fit_sequence(self.body, kp, K, cfg, device=self.device, init=init, show_progress=False)
+            if hold:  # the Adam fit cannot freeze joints: put the held legs back
+                p = self._with_legs(p)
+                self.last_output = None
         p = replace(p, betas=self.betas.clone())
         self.prev2, self.prev = (None if init is None else self.prev), p
         return p

@@ -1,0 +1,212 @@
+"""Partial views in the live runtime (issue 13, item 1): held legs, lost person, identity gate.
+
+The crop test drives the body fit of :class:`ram_avatar.runtime.tracking.BodyTracker` from the
+full frame and from its head-to-waist crop (top 55%) of examples/taiji.mp4 and compares the
+arms: shoulder-centred elbow and wrist positions of the fitted body (mean shape), crop vs
+full frame, 14 frames (104..131, every 2nd; MediaPipe ~0.3 s/frame here), first 2 frames
+(initial fits) left out. Measured (2026-12-02, this machine):
+
+* ``stand``: median 6.1 cm in 3D, 1.0 cm in the image plane (camera x, y);
+* ``sit``:   median 5.3 cm in 3D, 0.9 cm in the image plane.
+
+The 3D error is mostly depth, which one monocular frame does not determine. On other clips
+of the same video (frames 100..131 with the avatar's own shape) we measured up to 16 cm 3D /
+7.5 cm image plane, with MediaPipe's own 2D disagreement between crop and full frame at
+~3 cm median and up to 20 cm on single frames. The tolerances (3D median <= 10 cm, image
+plane median <= 4 cm) are the test's measurement with headroom for MediaPipe run-to-run
+variation; the issue's 5 cm median is met on this clip, not everywhere. The legs of the
+crop are held exactly (zero jitter) at the chosen pose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from live_fixture import TAIJI, live_subject  # noqa: F401 - session fixture
+
+from ram_avatar.capture.keypoints import Keypoints2D
+
+
+def _kp(pose_xyv: np.ndarray) -> Keypoints2D:
+    z = lambda n: np.zeros((1, n, 3), np.float32)  # noqa: E731
+    return Keypoints2D(pose=pose_xyv[None].astype(np.float32), left_hand=z(21), right_hand=z(21),
+                       face=z(478), face_valid=np.array([False]), pose_valid=np.array([True]),
+                       left_hand_valid=np.array([False]), right_hand_valid=np.array([False]))
+
+
+def _person(cx: float, cy: float, scale: float = 100.0) -> np.ndarray:
+    """A standing stick figure (33 MediaPipe landmarks, visibility 1) centred at (cx, cy)."""
+    p = np.zeros((33, 3))
+    p[:, 2] = 1.0
+    p[0, :2] = (0, -1.6)
+    p[11, :2], p[12, :2] = (0.5, -1.2), (-0.5, -1.2)
+    p[13, :2], p[14, :2] = (0.7, -0.6), (-0.7, -0.6)
+    p[15, :2], p[16, :2] = (0.8, 0.0), (-0.8, 0.0)
+    p[23, :2], p[24, :2] = (0.3, 0.0), (-0.3, 0.0)
+    p[25, :2], p[26, :2] = (0.3, 1.0), (-0.3, 1.0)
+    p[27:33, :2] = [(0.3, 2.0), (-0.3, 2.0), (0.3, 2.1), (-0.3, 2.1), (0.4, 2.1), (-0.4, 2.1)]
+    p[:, :2] = p[:, :2] * scale + (cx, cy)
+    return p
+
+
+def test_landmarks_seen_uses_visibility_and_the_frame():
+    from ram_avatar.runtime.tracking import landmarks_seen
+
+    p = _person(320, 200)            # feet at y = 410: below a 640 x 360 frame
+    p[13, 2] = 0.2                    # left elbow: low visibility
+    seen = landmarks_seen(_kp(p), (640, 360), min_visibility=0.5)
+    assert seen.shape == (33,)
+    assert seen[[0, 11, 12, 14, 15, 16, 23, 24]].all()
+    assert not seen[13]
+    assert not seen[[27, 28, 29, 30, 31, 32]].any()     # outside the frame despite visibility 1
+    assert seen[[25, 26]].all()                          # knees at y = 300 < 360
+    assert landmarks_seen(_kp(p), (640, 360), 0.5, margin=0.2)[[27, 28]].all()
+
+
+def test_identity_gate_refuses_a_jump_then_accepts_a_lasting_move():
+    from ram_avatar.runtime.tracking import IdentityGate
+
+    g = IdentityGate(jump_scale=1.5, refuse_frames=3)
+    assert g(_kp(_person(300, 200))) == (True, True)
+    for x in (305, 310, 316):                           # normal motion: accepted
+        assert g(_kp(_person(x, 200))) == (True, False)
+    assert g(_kp(_person(900, 200))) == (False, False)   # another person picked up: refused
+    assert g(_kp(_person(320, 200))) == (True, False)    # back to the tracked one
+    out = [g(_kp(_person(900 + i, 210))) for i in range(5)]
+    assert out[:3] == [(False, False)] * 3                # refused for refuse_frames frames
+    assert out[3] == (True, True)                         # a lasting move: tracking restarts
+    assert out[4] == (True, False)
+
+
+def test_blend_params_endpoints_and_midpoint():
+    from ram_avatar.body.base import BodyParams
+    from ram_avatar.runtime.avatar_runtime import blend_params
+
+    def params(rot: float, t: float) -> BodyParams:
+        bp = torch.zeros(1, 3, 3)
+        bp[0, 1, 2] = rot
+        return BodyParams(betas=torch.zeros(1, 2), global_orient=torch.zeros(1, 3), body_pose=bp,
+                          left_hand_pose=torch.zeros(1, 15, 3), right_hand_pose=torch.zeros(1, 15, 3),
+                          jaw_pose=torch.zeros(1, 3), expression=torch.zeros(1, 4),
+                          transl=torch.tensor([[0.0, 0.0, t]]))
+
+    a, b = params(0.2, 2.0), params(1.4, 3.0)
+    assert torch.allclose(blend_params(a, b, 0.0).body_pose, a.body_pose, atol=1e-6)
+    assert torch.allclose(blend_params(a, b, 1.0).body_pose, b.body_pose, atol=1e-6)
+    mid = blend_params(a, b, 0.5)
+    assert float(mid.body_pose[0, 1, 2]) == pytest.approx(0.8, abs=1e-5)   # same axis: angles lerp
+    assert float(mid.transl[0, 2]) == pytest.approx(2.5)
+
+
+@pytest.fixture(scope="module")
+def anny():
+    from ram_avatar.body import load_body_model
+
+    return load_body_model("anny", device="cpu")
+
+
+def test_seated_leg_pose_puts_thighs_forward_and_shins_down(anny):
+    from ram_avatar.runtime.tracking import lower_body_joints, seated_leg_pose
+
+    betas = torch.zeros(1, anny.num_betas)
+    pose = seated_leg_pose(anny, betas)
+    legs = lower_body_joints(anny)
+    other = [j for j in range(anny.num_body_joints) if j not in legs]
+    assert torch.count_nonzero(pose[other]) == 0
+    p = anny.zero_params(1)
+    with torch.no_grad():
+        rest = anny(p, return_vertices=False).pose_landmarks[0]
+        p.body_pose = pose[None]
+        lm = anny(p, return_vertices=False).pose_landmarks[0]
+    up = (rest[[23, 24]] - rest[[27, 28]]).mean(0)
+    up = up / up.norm()
+    for hip, knee, ankle in ((23, 25, 27), (24, 26, 28)):
+        thigh = lm[knee] - lm[hip]
+        shin = lm[ankle] - lm[knee]
+        assert abs(float(thigh @ up / thigh.norm())) < 0.3          # thigh about horizontal
+        assert float(-(shin @ up) / shin.norm()) > 0.8              # shin pointing down
+    # the seated ankles are higher than the standing ones by about a thigh length
+    assert float((lm[[27, 28]] - rest[[27, 28]]).mean(0) @ up) > 0.25
+
+
+def _arm_errors(full, crop):
+    """Shoulder-centred elbow / wrist errors (cm): 3D and camera x-y, per frame (N, 4)."""
+    e3, exy = [], []
+    for a, b in zip(full, crop):
+        da = a[[13, 14, 15, 16]] - 0.5 * (a[11] + a[12])
+        db = b[[13, 14, 15, 16]] - 0.5 * (b[11] + b[12])
+        e3.append(np.linalg.norm(da - db, axis=-1) * 100)
+        exy.append(np.linalg.norm((da - db)[:, :2], axis=-1) * 100)
+    return np.array(e3), np.array(exy)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stand", "sit"])
+def test_head_to_waist_crop_drives_the_arms_and_holds_the_legs(anny, mode):
+    from ram_avatar.capture.video import iter_frames
+    from ram_avatar.io.camera import default_intrinsics
+    from ram_avatar.runtime.tracking import (BodyTracker, HolisticTracker, LiveFitConfig,
+                                             lower_body_joints, seated_leg_pose)
+
+    frames = list(iter_frames(TAIJI, 104, 132))[::2]                         # 14 frames
+    H, W = frames[0].shape[:2]
+    hc = int(0.55 * H)
+    K = default_intrinsics(W, H)       # the crop keeps the top rows: same camera, same pixels
+    betas = torch.zeros(1, anny.num_betas)
+    legs = lower_body_joints(anny)
+    out: dict[str, list] = {}
+    for name in ("full", "crop"):
+        ht = HolisticTracker()
+        bt = BodyTracker(anny, betas, LiveFitConfig(lower_body=mode))
+        res = []
+        for f in frames:
+            img = f if name == "full" else np.ascontiguousarray(f[:hc])
+            p = bt(ht(img), K, (img.shape[1], img.shape[0]))
+            if p is None:
+                res.append(None)
+                continue
+            with torch.no_grad():
+                lm = anny(p, return_vertices=False).pose_landmarks[0].numpy()
+            res.append((lm, p.body_pose[0, legs].numpy().copy(), dict(bt.view)))
+        ht.close()
+        out[name] = res
+    pairs = [(a, b) for a, b in zip(out["full"], out["crop"]) if a is not None and b is not None]
+    assert len(pairs) >= 10
+    crop = [b for _, b in pairs]
+    assert all(v["legs_held"] and not v["legs_seen"] for _, _, v in crop)
+    assert not any(v["legs_held"] for _, _, v in (a for a, _ in pairs))     # full frame: legs followed
+    leg = np.stack([b[1] for b in crop])
+    assert np.abs(np.diff(leg, axis=0)).max() == 0.0                       # no jitter at all
+    want = (seated_leg_pose(anny, betas) if mode == "sit" else torch.zeros(anny.num_body_joints, 3))
+    np.testing.assert_allclose(leg[0], want[legs].numpy(), atol=1e-6)
+    e3, exy = _arm_errors([a[0] for a, _ in pairs[2:]], [b[0] for _, b in pairs[2:]])
+    print(f"{mode}: arms crop vs full, median 3D {np.median(e3):.1f} cm, image plane "
+          f"{np.median(exy):.1f} cm")
+    assert np.median(exy) <= 4.0
+    assert np.median(e3) <= 10.0
+
+
+def test_runtime_holds_then_eases_to_rest(live_subject):  # noqa: F811
+    from ram_avatar.capture.video import iter_frames
+    from ram_avatar.runtime import AvatarRuntime
+
+    frames = list(iter_frames(TAIJI, 104, 106))
+    blank = np.zeros_like(frames[0])
+    with AvatarRuntime(live_subject, device="cpu", hold_s=1.0, ease_s=1.0) as rt:
+        for i, f in enumerate(frames):
+            rt.process(f, timestamp=10.0 + 0.04 * i)
+        last = rt.last.extra["target"]
+        rest = rt.retargeter.rest
+        shown = {}
+        for ts in (10.5, 11.0, 11.6, 12.6, 13.0):       # lost from 10.5 s on
+            img, st = rt.process(blank, timestamp=ts)
+            assert not st["person"]
+            shown[ts] = (rt.last.extra["target"], rt.last.extra["ease"], img)
+    d = lambda p, q: float((p.body_pose - q.body_pose).abs().max())  # noqa: E731
+    assert d(shown[10.5][0], last) == 0 and shown[10.5][1] == 0.0      # held
+    assert np.array_equal(shown[10.5][2], shown[11.0][2])              # held exactly still
+    assert 0.0 < shown[11.6][1] < 1.0                                  # easing
+    assert d(shown[11.6][0], last) > 0 and d(shown[11.6][0], rest) > 0
+    assert shown[12.6][1] == 1.0 and d(shown[12.6][0], rest) < 1e-5    # at rest
+    assert torch.allclose(shown[13.0][0].transl, rest.transl, atol=1e-6)
