@@ -53,6 +53,8 @@ MODE_LANDMARKS = {
 HEAD_TOP = 0.6
 #: margins around the kept content, in units of the nose-to-shoulder-centre distance
 MARGIN = {"full": 0.3, "upper": 0.2, "head": 0.25}
+#: headroom above the estimated head top (hair, a tilted head), same unit
+HEADROOM = 0.4
 #: ``upper``: bottom edge below the hip centre, as a fraction of the torso (shoulder to hip)
 UPPER_BELOW_HIPS = 0.15
 #: ``head``: bottom edge below the shoulder line, in nose-to-shoulder distances
@@ -221,7 +223,8 @@ def framing_box(mode: str, landmarks: np.ndarray | None, mask_bbox: tuple | None
         m = MARGIN[mode] * u
         cx = float(sh[0])
         half_w = float(np.abs(P[:, 0] - cx).max()) + m
-        y0, y1 = float(P[:, 1].min()) - m, float(P[:, 1].max()) + (m if mode == "full" else 0.0)
+        y0 = min(float(P[:, 1].min()) - m, float(head_top[1]) - HEADROOM * u)
+        y1 = float(P[:, 1].max()) + (m if mode == "full" else 0.0)
         box = (cx - half_w, y0, cx + half_w, y1)
     elif bbox is not None:
         m = 0.05 * (bbox[3] - bbox[1])
