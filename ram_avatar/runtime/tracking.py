@@ -625,6 +625,9 @@ class LiveFitConfig:
         partial_root_weight: multiplier of the temporal weights on the root (translation and
             global orientation) while the hips are not seen: the pelvis then has no landmark
             of its own and would otherwise sway with every shoulder movement.
+        partial_floor: while the legs are held, upper-body landmarks inside the frame get at
+            least this confidence (MediaPipe lowers the visibility of arms in a cropped view
+            although it still places them; 0 = off, the default).
         jump_scale, jump_refuse: identity gate (:class:`IdentityGate`): a detection whose
             shoulder centre moves more than ``jump_scale`` upper-body sizes in one frame is
             refused for up to ``jump_refuse`` frames (another person picked up).

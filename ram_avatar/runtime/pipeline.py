@@ -1,0 +1,235 @@
+"""Pipelined live runtime: track | fit + retarget + maps | render, overlapped in threads.
+
+:meth:`AvatarRuntime.process` runs its three stages one after another, so a frame costs the
+sum of the stages. :class:`LivePipeline` runs the same stage functions
+(:meth:`~ram_avatar.runtime.avatar_runtime.AvatarRuntime.stage_track`, ``stage_pose``,
+``stage_render``) in three threads connected by one-slot queues (:class:`Slot`), so while
+frame n is rendered, frame n+1 is fitted and frame n+2 tracked: throughput approaches
+1 / the slowest stage. MediaPipe, torch and ONNX Runtime release the GIL in their kernels,
+so threads overlap (on a CPU the stages then share the cores, and each stage gets slower
+than alone: the gain is largest when the cores are not all busy).
+
+Queue policy (newest frame first):
+
+* the input slot **drops**: a frame submitted while the previous one is still waiting to be
+  tracked replaces it (the dropped count is kept), so a fast camera never builds a backlog;
+* the slots between stages **block** (size 1), and a stage takes its next input only once
+  its output slot is empty: a stage that is ahead waits for the next one instead of doing
+  work that would be thrown away (on a CPU, wasted work slows the others), and what it
+  takes then is the newest frame, so frames do not queue up behind a slow stage;
+* the output slot drops too: a consumer that is behind sees the newest avatar frame.
+
+Each stage runs on one thread for the life of the pipeline: the maps stage owns a moderngl /
+EGL context (one per thread, :mod:`ram_avatar.render.rasterizer`), released when it ends.
+The GUI's :class:`gui.worker.LiveWorker` and ``ram-avatar bench live`` both drive the runtime
+through this class.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Slot", "LivePipeline"]
+
+
+class Slot:
+    """A queue of size 1 with a newest-item (``drop``) or a back-pressure (``block``) policy.
+
+    Args:
+        drop: True: :meth:`put` replaces an item nobody took yet (counted in :attr:`dropped`);
+            False: :meth:`put` waits until the slot is empty.
+    """
+
+    def __init__(self, drop: bool):
+        self.drop = bool(drop)
+        self._cv = threading.Condition()
+        self._item = None
+        self._full = False
+        self.dropped = 0
+
+    def put(self, item, stop: threading.Event | None = None) -> bool:
+        """Store ``item``; returns False when ``stop`` was set while waiting (item not stored)."""
+        with self._cv:
+            if self.drop:
+                if self._full:
+                    self.dropped += 1
+            else:
+                while self._full:
+                    if stop is not None and stop.is_set():
+                        return False
+                    self._cv.wait(0.05)
+            self._item, self._full = item, True
+            self._cv.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None):
+        """The item, or None after ``timeout`` seconds with nothing in the slot."""
+        with self._cv:
+            end = None if timeout is None else time.monotonic() + timeout
+            while not self._full:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cv.wait(left if left is not None else 0.05)
+            item, self._item, self._full = self._item, None, False
+            self._cv.notify_all()
+            return item
+
+    def wait_empty(self, stop: threading.Event | None = None) -> bool:
+        """Wait until the slot is empty; False when ``stop`` was set first."""
+        with self._cv:
+            while self._full:
+                if stop is not None and stop.is_set():
+                    return False
+                self._cv.wait(0.05)
+            return True
+
+    def clear(self) -> None:
+        with self._cv:
+            self._item, self._full = None, False
+            self._cv.notify_all()
+
+
+class LivePipeline:
+    """Run an :class:`~ram_avatar.runtime.avatar_runtime.AvatarRuntime` as a 3-stage pipeline.
+
+    Args:
+        runtime: the runtime (its stage methods are called from the pipeline's threads only:
+            do not call :meth:`AvatarRuntime.process` while the pipeline runs).
+        on_result: optional ``callback(image, stats)`` called on the render thread for every
+            finished frame (besides the output slot, read with :meth:`get`).
+        torch_threads: intra-op torch threads while the pipeline runs (the stages already run
+            in parallel; 1 avoids threads spinning against each other on a CPU).
+
+    Use: ``start()``, then ``submit(frame)`` per camera frame and ``get()`` for results
+    ``(image (S,S,3) uint8, stats)`` in frame order (stats as
+    :meth:`AvatarRuntime.stage_render`, ``seq`` = submission number, ``latency`` = ms from
+    :meth:`submit` to the rendered frame); ``stop()`` at the end (or use ``with``).
+    Errors in a stage are logged and returned as ``(None, {"error": message, "seq": n})``.
+    """
+
+    def __init__(self, runtime, on_result: Callable[[np.ndarray, dict], None] | None = None,
+                 torch_threads: int | None = 1):
+        self.runtime = runtime
+        self.on_result = on_result
+        self.torch_threads = torch_threads
+        self.inbox = Slot(drop=True)
+        self._tracked = Slot(drop=False)
+        self._posed = Slot(drop=False)
+        self.outbox = Slot(drop=True)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._seq = 0
+        self._saved_threads: int | None = None
+        self.completed = 0
+
+    # -- control --------------------------------------------------------------------------------
+    def start(self) -> "LivePipeline":
+        if self._threads:
+            return self
+        self._stop.clear()
+        if self.torch_threads is not None:
+            self._saved_threads = torch.get_num_threads()
+            torch.set_num_threads(self.torch_threads)
+        rt = self.runtime
+        stages = [("track", self.inbox, self._tracked, self._track),
+                  ("pose", self._tracked, self._posed, rt.stage_pose),
+                  ("render", self._posed, self.outbox, self._render)]
+        for name, src, dst, fn in stages:
+            th = threading.Thread(target=self._loop, args=(name, src, dst, fn),
+                                  name=f"live-{name}", daemon=True)
+            th.start()
+            self._threads.append(th)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the threads (each finishes its current frame) and restore torch's threads."""
+        self._stop.set()
+        for th in self._threads:
+            th.join(timeout)
+        self._threads = []
+        for s in (self.inbox, self._tracked, self._posed):
+            s.clear()
+        if self._saved_threads is not None:
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None
+
+    def __enter__(self) -> "LivePipeline":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads)
+
+    @property
+    def dropped(self) -> int:
+        """Frames replaced in the input slot before they were tracked."""
+        return self.inbox.dropped
+
+    def submit(self, frame: np.ndarray, timestamp: float | None = None) -> int:
+        """Queue a camera frame (replacing one not yet tracked); returns its sequence number."""
+        self._seq += 1
+        ts = time.perf_counter() if timestamp is None else timestamp
+        self.inbox.put((self._seq, frame, ts))
+        return self._seq
+
+    def idle(self) -> bool:
+        """True when no frame is queued between the stages (the last one may be rendering)."""
+        return not (self.inbox._full or self._tracked._full or self._posed._full)
+
+    def get(self, timeout: float | None = None):
+        """The newest finished ``(image, stats)``, or None after ``timeout`` seconds."""
+        return self.outbox.get(timeout)
+
+    # -- threads --------------------------------------------------------------------------------
+    def _track(self, item):
+        seq, frame, ts = item
+        job = self.runtime.stage_track(frame, ts)
+        job["seq"] = seq
+        return job
+
+    def _render(self, job):
+        img, stats = self.runtime.stage_render(job)
+        self.completed += 1
+        if self.on_result is not None:
+            self.on_result(img, stats)
+        return img, stats
+
+    def _loop(self, name: str, src: Slot, dst: Slot, fn) -> None:
+        try:
+            while not self._stop.is_set():
+                # pull a frame only when the next stage can take the result at once: frames
+                # never wait in a full slot behind a busy stage (latency stays about the sum
+                # of the stages), and the frame pulled is the newest one
+                if not dst.drop and not dst.wait_empty(self._stop):
+                    break
+                item = src.get(0.05)
+                if item is None:
+                    continue
+                if isinstance(item, tuple) and len(item) == 2 and item[0] is None:
+                    dst.put(item, self._stop)  # an error of an earlier stage: pass it on
+                    continue
+                try:
+                    out = fn(item)
+                except Exception as e:  # noqa: BLE001 - reported to the consumer, loop goes on
+                    seq = item[0] if isinstance(item, tuple) else item.get("seq")
+                    log.exception("live stage %s failed", name)
+                    out = (None, {"error": f"{name}: {e}", "seq": seq})
+                dst.put(out, self._stop)
+        finally:
+            if name == "pose":  # this thread's moderngl context
+                try:
+                    self.runtime.release_thread_resources()
+                except Exception:  # noqa: BLE001
+                    log.debug("releasing the maps context failed", exc_info=True)
