@@ -32,6 +32,7 @@ from PySide6.QtGui import QFont, QImage, QPixmap
 from PySide6.QtWidgets import (
     QApplication,
     QCheckBox,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -52,7 +53,7 @@ __all__ = ["LiveWindow", "ImageView", "run_live", "to_qimage", "STAGE_NAMES"]
 
 log = logging.getLogger(__name__)
 
-STAGE_NAMES = ("track", "fit", "retarget", "align", "maps", "render", "total")
+STAGE_NAMES = ("track", "fit", "retarget", "align", "maps", "render", "total", "latency")
 #: side of the avatar view at start-up (it grows with the window)
 DISPLAY_SIZE = 512
 #: frames in a row without a tracked person before "no person in view" is shown
@@ -124,7 +125,7 @@ class LiveWindow(QMainWindow):
                  run_name: str = "default", runtime_factory: Callable[[], object] | None = None,
                  source_factory: Callable[[object], object] | None = None, loop: bool = False,
                  retry_s: float = 1.0, record_dir: str | Path | None = None,
-                 max_source_failures: int | None = None):
+                 max_source_failures: int | None = None, lower_body: str = "stand"):
         super().__init__()
         self.no_person_frames = 0
         self.subject_dir = Path(subject_dir)
@@ -146,6 +147,8 @@ class LiveWindow(QMainWindow):
         self._build_ui(source)
         self.mda_box.setChecked(bool(mda))
         self.worker.set_mda(bool(mda))
+        self.lower_body_box.setCurrentText(lower_body)
+        self.worker.set_lower_body(lower_body)
         self.thread = QThread(self)
         self.thread.setObjectName("avatar-worker")
         self.worker.moveToThread(self.thread)
@@ -205,6 +208,15 @@ class LiveWindow(QMainWindow):
         self.mda_box.setToolTip("available once the avatar is loaded, when `ram-avatar fit-mda` was run")
         self.mda_box.toggled.connect(lambda on: self.worker.set_mda(on))
         ol.addWidget(self.mda_box)
+        row_lb = QHBoxLayout()
+        row_lb.addWidget(QLabel("Legs out of view:"))
+        self.lower_body_box = QComboBox()
+        self.lower_body_box.addItems(["stand", "sit"])
+        self.lower_body_box.setToolTip("pose held by the legs when the camera does not see them "
+                                       "(a webcam at a desk)")
+        self.lower_body_box.currentTextChanged.connect(lambda m: self.worker.set_lower_body(m))
+        row_lb.addWidget(self.lower_body_box)
+        ol.addLayout(row_lb)
         self.vcam_box = QCheckBox("Virtual camera")
         ok, why = virtual_camera_available()
         self.vcam_box.setEnabled(ok)
@@ -379,7 +391,7 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
              driver: str | Path | None = None,
              frames: int | None = None, screenshot: str | Path | None = None,
              record: str | Path | None = None, loop: bool = False, timeout_s: float = 600.0,
-             headless: bool | None = None, overlay: bool = False) -> dict:
+             headless: bool | None = None, overlay: bool = False, lower_body: str = "stand") -> dict:
     """Open the live window; with ``frames`` / ``screenshot`` run that many frames and close.
 
     Args:
@@ -387,6 +399,7 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
         screenshot: PNG path of a grab of the whole window (after ``frames`` frames, default 30).
         record: start recording the avatar to this mp4 at once.
         overlay: start with the skeleton overlay on.
+        lower_body: ``stand`` | ``sit``: pose of legs the camera does not see.
         timeout_s: in ``frames`` mode, give up after this many seconds.
         headless: force the offscreen platform (default: when ``frames`` / ``screenshot`` are
             given, or when there is no display).
@@ -405,7 +418,7 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     win = LiveWindow(subject_dir, source=source, backend=backend, device=device, mda=mda,
                      camera=camera, run_name=run_name, loop=loop, driver=driver,
-                     max_source_failures=3 if frames is not None else None)
+                     max_source_failures=3 if frames is not None else None, lower_body=lower_body)
     win.resize(win.sizeHint())
     win.overlay_box.setChecked(bool(overlay))
     win.show()

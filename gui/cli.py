@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--driver", default=None, help="driver.json from `ram-avatar calibrate driver`")
     p.add_argument("--mda", action="store_true", help="start with motion alignment on (when fitted)")
     p.add_argument("--overlay", action="store_true", help="start with the skeleton overlay on")
+    p.add_argument("--lower-body", default="stand", choices=["stand", "sit"],
+                   help="pose of legs the camera does not see (a webcam at a desk): stand "
+                        "(default) or sit; also an app control")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
     p.add_argument("--record", default=None, metavar="MP4", help="record the avatar from the start")
     p.add_argument("--frames", type=int, default=None,
@@ -44,7 +47,8 @@ def run_from_args(a) -> int:
         raise RamAvatarError(f"the live app needs PySide6: pip install 'ram-avatar-studio[gui]' ({e})") from e
     summary = run_live(a.subject, source=a.source, backend=a.backend, device=a.device, mda=a.mda,
                        camera=a.camera, driver=a.driver, run_name=a.run, frames=a.frames, screenshot=a.screenshot,
-                       record=a.record, loop=a.loop, timeout_s=a.timeout, overlay=a.overlay)
+                       record=a.record, loop=a.loop, timeout_s=a.timeout, overlay=a.overlay,
+                       lower_body=a.lower_body)
     if a.frames is not None or a.screenshot is not None:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
         return 0 if summary["completed"] else 1

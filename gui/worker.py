@@ -1,8 +1,9 @@
 """The live app's processing worker: runs the avatar runtime off the GUI thread.
 
 :class:`LiveWorker` lives on its own ``QThread``. Its loop takes the newest frame from a
-:class:`~gui.sources.LatestFrameReader` (stale frames are dropped, never queued), runs
-:meth:`ram_avatar.runtime.avatar_runtime.AvatarRuntime.process`, records / forwards the avatar
+:class:`~gui.sources.LatestFrameReader` (stale frames are dropped, never queued), feeds it to
+the runtime's three-stage pipeline (:class:`ram_avatar.runtime.pipeline.LivePipeline`: track |
+fit + maps | render in threads, the same code path as ``ram-avatar bench live``), records / forwards the avatar
 frame (mp4 via :class:`ram_avatar.capture.video.VideoWriter`, virtual camera via
 ``pyvirtualcam``), draws the optional skeleton overlay and emits one packet per frame to the
 GUI. Controls (source, overlay, MDA, recording, virtual camera) are plain thread-safe setters
@@ -25,6 +26,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from gui.overlay import draw_keypoints, draw_skeleton
 from gui.sources import LatestFrameReader, open_source
+from ram_avatar.runtime.pipeline import LivePipeline
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class LiveWorker(QObject):
         self._has_pending = False
         self.overlay = False
         self.mda = False
+        self.lower_body: str | None = None
         self._record_request: tuple[str, str | None] | None = None  # ("start", path) | ("stop", None)
         self._vcam_request: bool | None = None
         self.runtime = None
@@ -107,6 +110,12 @@ class LiveWorker(QObject):
 
     def set_mda(self, on: bool) -> None:
         self.mda = bool(on)
+
+    def set_lower_body(self, mode: str) -> None:
+        """``stand`` | ``sit``: the pose of legs that are not in view (from the next frame)."""
+        self.lower_body = str(mode)
+        if self.runtime is not None:
+            self.runtime.set_lower_body(self.lower_body)
 
     def start_recording(self, path: str | Path) -> None:
         with self._lock:
@@ -136,6 +145,8 @@ class LiveWorker(QObject):
             self.finished.emit()
             return
         rt = self.runtime
+        if self.lower_body is not None:
+            rt.set_lower_body(self.lower_body)
         self.runtime_ready.emit({
             "resolution": rt.resolution, "backend": rt.engine.name,
             "providers": list(getattr(rt.engine, "providers", [])),
@@ -144,6 +155,9 @@ class LiveWorker(QObject):
         writer = vcam = None
         last_seq = 0
         last_done = None
+        pipe: LivePipeline | None = None
+        pending_frames: dict[int, np.ndarray] = {}  # submitted frames by pipeline number (previews)
+        frame = None
         try:
             while not self._stop.is_set():
                 with self._lock:
@@ -158,7 +172,11 @@ class LiveWorker(QObject):
                 if has_pending:
                     if self.reader is not None:
                         self.reader.stop()
+                    if pipe is not None:
+                        pipe.stop()
                     rt.reset()
+                    pipe = LivePipeline(rt).start()
+                    pending_frames.clear()
                     last_seq, last_done = 0, None
                     self.reader = LatestFrameReader(
                         lambda spec=pending: self.source_factory(spec), retry_s=self.retry_s,
@@ -167,20 +185,24 @@ class LiveWorker(QObject):
                 if self.reader is None:
                     self._stop.wait(0.05)
                     continue
-                item = self.reader.get(timeout=0.1, after=last_seq)
-                if item is None:
+                item = self.reader.get(timeout=0.01, after=last_seq)
+                if item is not None:
+                    last_seq, frame = item
+                    if rt.mda_enabled != (self.mda and rt.mda_available):
+                        rt.set_mda(self.mda)
+                    rt.want_landmarks = self.overlay
+                    n = pipe.submit(frame)
+                    pending_frames[n] = frame
+                    for k in [k for k in pending_frames if k < n - 8]:
+                        del pending_frames[k]
+                res = pipe.get(timeout=0.0 if item is not None else 0.02)
+                if res is None:
                     continue
-                last_seq, frame = item
-                if rt.mda_enabled != (self.mda and rt.mda_available):
-                    rt.set_mda(self.mda)
-                rt.want_landmarks = self.overlay
-                try:
-                    img, stats = rt.process(frame)
-                except Exception as e:  # noqa: BLE001 - report, keep going with the next frame
+                img, stats = res
+                frame = pending_frames.get(stats.get("seq"), frame)
+                if img is None:  # a stage failed on this frame: report, keep going
                     self.errors += 1
-                    log.exception("processing a frame failed")
-                    self.status.emit("error", f"processing a frame failed: {e}")
-                    self._stop.wait(0.05)
+                    self.status.emit("error", f"processing a frame failed: {stats.get('error')}")
                     continue
                 now = time.perf_counter()
                 if last_done is not None:
@@ -196,6 +218,8 @@ class LiveWorker(QObject):
                     vcam = self._send_vcam(vcam, img)
                 self.frame_ready.emit(self._packet(img, frame, stats))
         finally:
+            if pipe is not None:
+                pipe.stop()
             if self.reader is not None:
                 self.reader.stop()
             if writer is not None:
@@ -203,8 +227,7 @@ class LiveWorker(QObject):
             if vcam is not None:
                 _close_quietly(vcam)
             try:
-                rt.close()
-                rt.release_thread_resources()  # this thread's moderngl context, if it had one
+                rt.close()  # the pipeline's maps thread released its moderngl context
             except Exception:  # noqa: BLE001
                 log.debug("closing the runtime failed", exc_info=True)
             self.finished.emit()

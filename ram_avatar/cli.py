@@ -240,7 +240,8 @@ def cmd_bench(a) -> int:
         from ram_avatar.bench import bench_live
 
         res = a.resolution[0] if a.resolution else None
-        _print_json(bench_live(a.subject, resolution=res, device=a.device, backend=a.backend, frames=a.frames))
+        _print_json(bench_live(a.subject, resolution=res, device=a.device, backend=a.backend, frames=a.frames,
+                               pipelined=not a.sequential))
     return 0
 
 
@@ -397,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, action="append", default=None, help="repeatable")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torch", "tensorrt"])
     p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--sequential", action="store_true",
+                   help="bench live: run the stages one after another instead of the pipeline")
     p.add_argument("--preset", default=None,
                    help="bench render: training preset of the renderer (default paper-1024); "
                         "bench quality: training preset (default cpu-256)")

@@ -188,13 +188,26 @@ class _FakeRuntime:
 
         self.last = FrameResult()
 
-    def process(self, frame):
+    def stage_track(self, frame, ts):  # the stages the worker's LivePipeline calls
+        return {"stats": {"track": 1.0}, "t_capture": ts}
+
+    def stage_pose(self, job):
+        job["stats"].update({k: 1.0 for k in ("fit", "retarget", "align", "maps")})
+        return job
+
+    def stage_render(self, job):
         img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-        stats = {k: 1.0 for k in ("track", "fit", "retarget", "align", "maps", "render")}
-        return img, {**stats, "total": 6.0, "person": False, "full_fit": False}
+        return img, {**job["stats"], "render": 1.0, "total": 6.0, "latency": 6.0, "person": False,
+                     "full_fit": False, "seq": job.get("seq")}
 
     def set_mda(self, on):
         return False
+
+    def set_lower_body(self, mode):
+        self.lower_body = mode
+
+    def release_thread_resources(self):
+        pass
 
     def reset(self):
         pass
