@@ -430,13 +430,35 @@ def test_rgb_texture_needs_the_switch_and_the_uv_texture():
 
 
 @pytest.mark.parametrize("variant", ["v1", "full"])
-def test_rgb_texture_onnx_export_parity(tmp_path, variant):
+def test_rgb_skip_starts_from_the_baked_colours(variant):
+    """With texture_rgb_skip an untrained renderer already paints the baked texture: its
+    foreground on the body is the texture's colour up to the generator's initial residual."""
+    torch.manual_seed(0)
+    model = AvatarRenderer(_config(variant, texture_rgb_skip=True, texture_init_std=0.0)).eval()
+    colour = torch.tensor([0.85, 0.25, 0.1])
+    model.set_rgb_texture(colour.view(1, 3, 1, 1).expand(1, 3, 16, 16))
+    maps = _maps(2)
+    with torch.no_grad():
+        fg = model.forward_batch(maps)["fg"]
+        plain = AvatarRenderer(_config(variant, texture_init_std=0.0)).eval()
+        plain.set_rgb_texture(colour.view(1, 3, 1, 1).expand(1, 3, 16, 16))
+        fg_plain = plain.forward_batch(maps)["fg"]
+    on = maps["body_mask"].bool().expand_as(fg)
+    err = (fg - colour.view(1, 3, 1, 1)).abs()[on].mean()
+    err_plain = (fg_plain - colour.view(1, 3, 1, 1)).abs()[on].mean()
+    assert err < 0.06 and err < 0.3 * err_plain, (err, err_plain)
+    with pytest.raises(ValueError, match="texture_rgb_skip"):
+        AvatarRenderer(_config(variant, texture_rgb=False, texture_rgb_skip=True))
+
+
+@pytest.mark.parametrize("variant,skip", [("v1", False), ("full", False), ("full", True)])
+def test_rgb_texture_onnx_export_parity(tmp_path, variant, skip):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from exporters.onnx_export import export_onnx
 
     torch.manual_seed(0)
-    model = AvatarRenderer(_config(variant)).eval()
+    model = AvatarRenderer(_config(variant, texture_rgb_skip=skip)).eval()
     model.set_rgb_texture(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
     names = model.input_names()
 

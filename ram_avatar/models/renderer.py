@@ -73,6 +73,10 @@ class RendererConfig:
             features (module docstring); +3 generator input channels. Needs the UV texture
             (``body_features="texture"``). Default False: old configs and checkpoints load
             unchanged.
+        texture_rgb_skip: with ``texture_rgb``, the foreground colour is
+            ``sigmoid(logit(c) * body_mask + G_rgb)`` with c the RGB texture's colour at the pixel:
+            the generator learns a residual on the video's colours instead of colours from
+            scratch, so an untrained renderer already shows the baked texture at the driven pose.
         hand_channels: channels of the hand map (one per finger).
         face_channels: channels of the face map.
         base_channels: generator channels at its top resolution (S/2 with wavelets).
@@ -116,6 +120,7 @@ class RendererConfig:
     texture_levels: int = 4
     texture_init_std: float = 0.1
     texture_rgb: bool = False
+    texture_rgb_skip: bool = False
     hand_channels: int = 5
     face_channels: int = 3
     base_channels: int = 16
@@ -216,6 +221,8 @@ class RendererConfig:
         if self.body_features not in BODY_FEATURES:
             raise ValueError(f"model.body_features must be one of {BODY_FEATURES}, "
                              f"got {self.body_features!r}")
+        if self.texture_rgb_skip and not self.texture_rgb:
+            raise ValueError("model.texture_rgb_skip needs model.texture_rgb=True")
         if self.texture_rgb and self.variant == "full" and self.body_features != "texture":
             raise ValueError("model.texture_rgb needs the UV texture (body_features='texture'): "
                              "the RGB texture is sampled at the uv map")
@@ -416,6 +423,7 @@ class AvatarRenderer(nn.Module):
                                           body_mask_expanded=body_mask_expanded, prev_uv=prev_uv,
                                           prev_body_mask=prev_body_mask, canon=canon,
                                           canon_expanded=canon_expanded, prev_canon=prev_canon)
+            tex_rgb = rgb
             parts = [body] if rgb is None else [body, rgb]
             if hasattr(self, "hand_branch"):
                 parts.append(self.hand_branch(hand))
@@ -424,9 +432,15 @@ class AvatarRenderer(nn.Module):
             x = torch.cat(parts + [body_mask], dim=1)
         else:
             features = self.texture(uv, body_mask)  # learned features (+ RGB with texture_rgb)
+            tex_rgb = features[:, -3:] if self.config.texture_rgb else None
             x = torch.cat([features, hand, face, body_mask], dim=1)
         out = self.generator(x, frame_index)
-        fg = torch.sigmoid(out[:, :3])
+        fg_logit = out[:, :3]
+        if self.config.texture_rgb_skip and tex_rgb is not None:
+            # the generator predicts a residual on the baked colour (in logit space): the first
+            # render already shows the person's texture at the driven pose
+            fg_logit = fg_logit + body_mask * torch.logit(tex_rgb.clamp(0.02, 0.98))
+        fg = torch.sigmoid(fg_logit)
         alpha_logit = out[:, 3:4] + self.alpha_prior * (2.0 * body_mask - 1.0)
         alpha = torch.sigmoid(alpha_logit)
         bg = self.background()
