@@ -82,14 +82,22 @@ def resolve_split(run: Run, seq: FittedSequence, config: TrainConfig, holdout: s
                 f"run {run.dir} was split with val_fraction {split.val_fraction:g}; "
                 f"val_fraction={config.val_fraction:g} conflicts with it. Train a new run "
                 "(--run NAME) for another fraction")
-        if not run.has_split():
+        if not run.has_split() and _rank0():
             run.write_split(split)
             log.info("%s: recorded the run's split in the current layout", run.split_path)
         return split
     split = decide_split(seq, holdout or "tail", config.val_fraction, body=body)
-    run.write_split(split)
+    if _rank0():  # every rank decides the same split; one writes it
+        run.write_split(split)
     log.info("%s: %s", run.split_path, split.describe())
     return split
+
+
+def _rank0() -> bool:
+    """True outside torchrun and on its rank 0 (``RANK`` environment variable)."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 def build_datasets(seq: FittedSequence, split: Split, config: TrainConfig, backend: str = "auto",
