@@ -28,7 +28,7 @@ def test_live_frames_missing_webcam_retries_then_fails(tmp_path, capsys):
     t0 = time.monotonic()
     code = main(["live", str(tmp_path / "subject"), "--source", "9", "--frames", "3"])
     took = time.monotonic() - t0
-    assert code == 2 and took < 10.0, took
+    assert code == 2 and took < 30.0, took  # the --timeout default is 600 s
     err = capsys.readouterr().err
     assert "webcam 9" in err and "tried 3 times" in err
 
