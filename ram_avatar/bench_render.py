@@ -301,6 +301,10 @@ def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu
         sampling = _Sampling(model)
         with torch.no_grad():
             feats = sampling(*sampling_in)
+        f_all = feats[0]  # learned features (+ the fixed RGB texture's 3 channels, texture_rgb)
+        nc = mcfg.body_channels
+        rgb = f_all[:, nc:] if mcfg.texture_rgb else None
+        feats = [t[:, :nc] for t in feats]  # the attention sees the learned features only
         f = feats[0]
         fe = feats[1] if len(feats) > 1 and attention.spatial is not None else f
         fp = feats[-1] if attention is not None and attention.temporal is not None else f
@@ -315,9 +319,10 @@ def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu
         with torch.no_grad():
             if mcfg.variant == "full":
                 body = attention(f, fe, fp) if attention is not None else f
-                x = torch.cat([body, *branches(maps["hand"], maps["face"]), maps["body_mask"]], 1)
+                x = torch.cat([body, *([] if rgb is None else [rgb]),
+                               *branches(maps["hand"], maps["face"]), maps["body_mask"]], 1)
             else:
-                x = torch.cat([f, maps["hand"], maps["face"], maps["body_mask"]], 1)
+                x = torch.cat([f_all, maps["hand"], maps["face"], maps["body_mask"]], 1)
         components["generator"] = (_Generator(model.generator), [x], model.generator)
         components["total"] = (_Total(model, names), [maps[n] for n in names], model)
         res = {}

@@ -285,7 +285,20 @@ def _cpu_256() -> TrainConfig:
     cfg.disc_base_channels = 8
     cfg.disc_max_channels = 64
     cfg.ema_decay = 0.999
+    _appearance_from_video(cfg)
     return cfg
+
+
+def _appearance_from_video(cfg: TrainConfig) -> None:
+    """Issue 10's appearance settings of the product presets: the generator starts from the
+    texture baked from the video (fixed RGB input + residual on its colours, learned features
+    from zero instead of noise), and learns from warped views over random solid backgrounds
+    part of the time. Pose refinement stays a switch (``pose_refine``): at CPU budgets each frame
+    is visited only a few times and the re-rendering costs about 12 % of the steps."""
+    cfg.model = dataclasses.replace(cfg.model, texture_rgb=True, texture_rgb_skip=True,
+                                    texture_init_std=0.0)
+    cfg.augment_prob = 0.3
+    cfg.solid_bg_prob = 0.2
 
 
 def _gpu_512() -> TrainConfig:
