@@ -64,13 +64,23 @@ class _Runtime:
 
         self.last = FrameResult()
 
-    def process(self, frame):
+    def stage_track(self, frame, ts):  # the stages the worker's LivePipeline calls
+        return {"stats": {"track": 1.0}, "t_capture": ts}
+
+    def stage_pose(self, job):
+        job["stats"].update({k: 1.0 for k in ("fit", "retarget", "align", "maps")})
+        return job
+
+    def stage_render(self, job):
         img = np.full((64, 64, 3), 128, np.uint8)
-        stats = {k: 1.0 for k in ("track", "fit", "retarget", "align", "maps", "render")}
-        return img, {**stats, "total": 6.0, "person": _Runtime.person, "full_fit": False}
+        return img, {**job["stats"], "render": 1.0, "total": 6.0, "latency": 6.0,
+                     "person": _Runtime.person, "full_fit": False, "seq": job.get("seq")}
 
     def set_mda(self, on):
         return False
+
+    def set_lower_body(self, mode):
+        self.lower_body = mode
 
     def reset(self):
         pass
