@@ -294,7 +294,7 @@ def _appearance_from_video(cfg: TrainConfig) -> None:
     texture baked from the video (fixed RGB input + residual on its colours, learned features
     from zero instead of noise), and learns from warped views over random solid backgrounds
     part of the time. Pose refinement stays a switch (``pose_refine``): at CPU budgets each frame
-    is visited only a few times and the re-rendering costs about 12 % of the steps."""
+    is visited only a few times, no gain was measured, and it re-renders the maps every step."""
     cfg.model = dataclasses.replace(cfg.model, texture_rgb=True, texture_rgb_skip=True,
                                     texture_init_std=0.0)
     cfg.augment_prob = 0.3
