@@ -37,3 +37,51 @@ def live_subject(tmp_path_factory) -> Path:
     if "subject" not in _BUILT:
         _BUILT["subject"] = build_live_subject(tmp_path_factory.mktemp("live_subject"))
     return _BUILT["subject"]
+
+
+class FakeStageRuntime:
+    """Stands in for AvatarRuntime where only the app's source and message handling is tested:
+    the pipelined stage interface the GUI worker calls (stage_track / stage_pose /
+    stage_render), with a grey 64x64 frame whose stats report ``person`` (a class attribute
+    tests may flip)."""
+
+    resolution = 64
+    mda_available, mda_status, mda_enabled, want_landmarks = False, "not fitted", False, False
+    person = False
+
+    class engine:  # noqa: N801
+        name, providers = "fake", ["none"]
+
+    def __init__(self):
+        from ram_avatar.runtime.avatar_runtime import FrameResult
+
+        self.last = FrameResult()
+
+    def stage_track(self, frame, ts):
+        return {"stats": {"track": 1.0}, "t_capture": ts}
+
+    def stage_pose(self, job):
+        job["stats"].update({k: 1.0 for k in ("fit", "retarget", "align", "maps")})
+        return job
+
+    def stage_render(self, job):
+        import numpy as np
+
+        img = np.full((64, 64, 3), 128, np.uint8)
+        return img, {**job["stats"], "render": 1.0, "total": 6.0, "latency": 6.0,
+                     "person": type(self).person, "full_fit": False, "seq": job.get("seq")}
+
+    def set_mda(self, on):
+        return False
+
+    def set_lower_body(self, mode):
+        self.lower_body = mode
+
+    def release_thread_resources(self):
+        pass
+
+    def reset(self):
+        pass
+
+    def close(self):
+        pass

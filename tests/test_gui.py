@@ -22,7 +22,8 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("PySide6.QtWidgets", reason="the live app needs PySide6 (extra [gui])")
 
-from live_fixture import BASKETBALL, TAIJI, live_subject  # noqa: E402,F401 - session fixture
+from live_fixture import (BASKETBALL, TAIJI, FakeStageRuntime,  # noqa: E402,F401
+                          live_subject)  # live_subject: session fixture
 
 
 @pytest.fixture(scope="module")
@@ -174,46 +175,8 @@ def test_app_survives_failing_reader_and_end_of_video(qapp, live_subject):  # no
         _close(qapp, win)
 
 
-class _FakeRuntime:
+class _FakeRuntime(FakeStageRuntime):
     """Stands in for AvatarRuntime where only the app's source handling is tested."""
-
-    resolution = 64
-    mda_available, mda_status, mda_enabled, want_landmarks = False, "not fitted", False, False
-
-    class engine:  # noqa: N801
-        name, providers = "fake", ["none"]
-
-    def __init__(self):
-        from ram_avatar.runtime.avatar_runtime import FrameResult
-
-        self.last = FrameResult()
-
-    def stage_track(self, frame, ts):  # the stages the worker's LivePipeline calls
-        return {"stats": {"track": 1.0}, "t_capture": ts}
-
-    def stage_pose(self, job):
-        job["stats"].update({k: 1.0 for k in ("fit", "retarget", "align", "maps")})
-        return job
-
-    def stage_render(self, job):
-        img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-        return img, {**job["stats"], "render": 1.0, "total": 6.0, "latency": 6.0, "person": False,
-                     "full_fit": False, "seq": job.get("seq")}
-
-    def set_mda(self, on):
-        return False
-
-    def set_lower_body(self, mode):
-        self.lower_body = mode
-
-    def release_thread_resources(self):
-        pass
-
-    def reset(self):
-        pass
-
-    def close(self):
-        pass
 
 
 def test_app_missing_webcam_shows_message_and_retries(qapp):

@@ -11,6 +11,7 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("PySide6.QtWidgets", reason="the live app needs PySide6 (extra [gui])")
 
+from live_fixture import FakeStageRuntime  # noqa: E402
 from ram_avatar.cli import main  # noqa: E402
 
 
@@ -49,47 +50,10 @@ def test_reader_gives_up_after_max_failures():
     assert statuses[-1][0] == "ended" and "gave up after 3" in statuses[-1][1]
 
 
-class _Runtime:
+class _Runtime(FakeStageRuntime):
     """A stand-in runtime whose tracker sees a person only while ``person`` is True."""
 
-    resolution = 64
-    mda_available, mda_status, mda_enabled, want_landmarks = False, "not fitted", False, False
     person = False
-
-    class engine:  # noqa: N801
-        name, providers = "fake", ["none"]
-
-    def __init__(self):
-        from ram_avatar.runtime.avatar_runtime import FrameResult
-
-        self.last = FrameResult()
-
-    def stage_track(self, frame, ts):  # the stages the worker's LivePipeline calls
-        return {"stats": {"track": 1.0}, "t_capture": ts}
-
-    def stage_pose(self, job):
-        job["stats"].update({k: 1.0 for k in ("fit", "retarget", "align", "maps")})
-        return job
-
-    def stage_render(self, job):
-        img = np.full((64, 64, 3), 128, np.uint8)
-        return img, {**job["stats"], "render": 1.0, "total": 6.0, "latency": 6.0,
-                     "person": _Runtime.person, "full_fit": False, "seq": job.get("seq")}
-
-    def set_mda(self, on):
-        return False
-
-    def set_lower_body(self, mode):
-        self.lower_body = mode
-
-    def reset(self):
-        pass
-
-    def close(self):
-        pass
-
-    def release_thread_resources(self):
-        pass
 
 
 class _Frames:
