@@ -1,15 +1,19 @@
-"""TensorRT engine build and runner (optional extra ``ram-avatar-studio[tensorrt]``).
+"""TensorRT engine build (optional extra ``ram-avatar-studio[tensorrt]``).
 
 Written against the TensorRT 10 Python API: ``trt.Builder`` -> network from ``trt.OnnxParser``
 (explicit batch, the only mode in TensorRT 10) -> one optimisation profile covering every
-dynamic input -> ``BuilderFlag.FP16`` -> ``build_serialized_network`` -> file; the runner uses
-named I/O tensors (``set_input_shape``, ``set_tensor_address``) and ``execute_async_v3`` on the
-current torch CUDA stream, with torch CUDA tensors as buffers.
+dynamic input -> ``BuilderFlag.FP16`` -> ``build_serialized_network`` -> file.
+
+Running an engine is not done here: the one runner is
+:class:`ram_avatar.runtime.trt.TensorRTEngine` (the runtime may not import ``exporters``), also
+available here under its former name ``TensorRTRunner``; :func:`import_tensorrt` is the
+runtime's too. ``build_engine`` is registered as the ``tensorrt`` entry point of the group
+``ram_avatar.engine_builders`` (``ram-avatar bench gpu`` finds it without importing exporters).
 
 Unmeasured: TensorRT cannot be installed on the development machines (no NVIDIA GPU), so this
 module is exercised only on a GPU machine; there ONNX Runtime's CUDA/TensorRT providers
-(:class:`exporters.onnx_export.OnnxRunner`) are the portable alternative. Engines are specific
-to the GPU model and TensorRT version that built them.
+(:class:`ram_avatar.runtime.engines.OnnxRunner`) are the portable alternative. Engines are
+specific to the GPU model and TensorRT version that built them.
 """
 
 from __future__ import annotations
@@ -23,35 +27,15 @@ from typing import Any, Mapping
 import torch
 
 from ram_avatar.errors import RamAvatarError
+from ram_avatar.runtime.trt import TensorRTEngine, import_tensorrt
 from ram_avatar.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
 __all__ = ["build_engine", "TensorRTRunner", "import_tensorrt"]
 
-_INSTALL_HINT = (
-    "TensorRT is not installed: pip install 'ram-avatar-studio[tensorrt]' on a machine with an "
-    "NVIDIA GPU and a recent driver (TensorRT 10 wheels come from NVIDIA's index via pip). "
-    "Without it, run the exported ONNX model with ONNX Runtime (exporters.onnx_export.OnnxRunner,"
-    " CUDA or CPU)."
-)
-
-
-def import_tensorrt():
-    """Import and return the ``tensorrt`` module.
-
-    Raises:
-        RamAvatarError: TensorRT is not installed (message says how to install it).
-    """
-    try:
-        import tensorrt as trt  # type: ignore[import-not-found]
-    except ImportError as e:
-        raise RamAvatarError(_INSTALL_HINT) from e
-    major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
-    if major < 10:
-        raise RamAvatarError(f"TensorRT {trt.__version__} is too old: this code uses the "
-                             "TensorRT 10 API; pip install 'tensorrt>=10'")
-    return trt
+#: the one TensorRT runner, under the name this module used to define it by
+TensorRTRunner = TensorRTEngine
 
 
 def _logger(trt):
@@ -155,85 +139,3 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, f
     }
     log.info("TensorRT engine written to %s (%.1f s)", engine_path, build_s)
     return report
-
-
-def _torch_dtype(trt, dt) -> torch.dtype:
-    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
-             trt.int8: torch.int8, trt.bool: torch.bool}
-    if hasattr(trt, "int64"):
-        table[trt.int64] = torch.int64
-    if hasattr(trt, "bfloat16"):
-        table[trt.bfloat16] = torch.bfloat16
-    if dt not in table:
-        raise RamAvatarError(f"unsupported TensorRT tensor dtype {dt}")
-    return table[dt]
-
-
-class TensorRTRunner:
-    """Run a serialized TensorRT 10 engine on torch CUDA tensors.
-
-    Args:
-        engine_path: file written by :func:`build_engine` (same GPU model and TensorRT version).
-        device: CUDA device (``"cuda"``, ``"cuda:1"``, or a torch.device).
-
-    Call: ``runner({"uv": tensor, ...}) -> {"rgb": tensor, ...}``: inputs are moved/cast to the
-    engine's device and dtypes; outputs are new CUDA tensors, produced asynchronously on the
-    current torch CUDA stream (later torch work on that stream is ordered after them; call
-    ``torch.cuda.synchronize()`` before timing). Unmeasured on the CPU-only development machines.
-
-    Raises:
-        RamAvatarError: TensorRT missing, no CUDA device, unreadable engine, wrong input names.
-    """
-
-    def __init__(self, engine_path: str | os.PathLike, device: str | torch.device = "cuda"):
-        trt = import_tensorrt()
-        self.trt = trt
-        if not torch.cuda.is_available():
-            raise RamAvatarError("TensorRTRunner needs a CUDA GPU; use OnnxRunner on CPU")
-        self.device = torch.device(device)
-        if self.device.type != "cuda":
-            raise RamAvatarError(f"TensorRTRunner runs on CUDA devices, got {self.device}")
-        path = Path(engine_path)
-        if not path.is_file():
-            raise RamAvatarError(f"TensorRT engine {path} does not exist; build it with "
-                                 "`ram-avatar export --tensorrt`")
-        self.logger = _logger(trt)
-        with torch.cuda.device(self.device):
-            self.runtime = trt.Runtime(self.logger)
-            self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
-            if self.engine is None:
-                raise RamAvatarError(f"could not deserialize {path}: it was built for another GPU "
-                                     "or TensorRT version; rebuild it on this machine")
-            self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_names = [n for n in names
-                            if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.output_names = [n for n in names if n not in self.input_names]
-        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
-
-    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        missing = [n for n in self.input_names if n not in inputs]
-        extra = [n for n in inputs if n not in self.input_names]
-        if missing or extra:
-            raise RamAvatarError(f"TensorRT engine inputs missing {missing}, unknown {extra}; "
-                                 f"expected {self.input_names}")
-        keep = []
-        for n in self.input_names:
-            t = torch.as_tensor(inputs[n]).to(self.device, self.dtypes[n]).contiguous()
-            keep.append(t)
-            if not self.context.set_input_shape(n, tuple(t.shape)):
-                raise RamAvatarError(f"input {n} shape {tuple(t.shape)} is outside the engine's "
-                                     "optimisation profile; rebuild with a larger max_batch")
-            self.context.set_tensor_address(n, t.data_ptr())
-        outputs: dict[str, torch.Tensor] = {}
-        for n in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(n))
-            out = torch.empty(shape, dtype=self.dtypes[n], device=self.device)
-            outputs[n] = out
-            self.context.set_tensor_address(n, out.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RamAvatarError("TensorRT execution failed (see the TensorRT log)")
-        for t in keep:  # inputs must outlive the asynchronous launch on this stream
-            t.record_stream(stream)
-        return outputs

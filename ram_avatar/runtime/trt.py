@@ -1,8 +1,11 @@
-"""TensorRT engine runner for the live runtime (optional extra ``ram-avatar-studio[tensorrt]``).
+"""The one TensorRT engine runner (optional extra ``ram-avatar-studio[tensorrt]``).
 
-The runtime must not import ``exporters`` (imports go one way), so it carries its own small
-runner for the engine that ``ram-avatar export --tensorrt`` writes to
-``<subject>/export/avatar.engine``. Written against the TensorRT 10 Python API: a
+Every user of a TensorRT engine runs it through :class:`TensorRTEngine`: the live runtime and
+``drive`` (via :func:`ram_avatar.runtime.engines.load_renderer_engine`), ``ram-avatar bench``
+and ``exporters`` (whose :func:`exporters.tensorrt.build_engine` writes the engine to
+``<subject>/export/avatar.engine`` and re-exports this runner as ``TensorRTRunner``). It lives
+here, in the lowest layer that needs it, because the runtime must not import ``exporters``.
+Written against the TensorRT 10 Python API: a
 ``trt.Runtime`` deserialises the engine; I/O tensors are addressed by name
 (``engine.get_tensor_name`` / ``get_tensor_mode``), shapes set with
 ``context.set_input_shape``, buffers bound with ``context.set_tensor_address`` (torch CUDA
@@ -27,13 +30,14 @@ from ram_avatar.errors import RamAvatarError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TensorRTEngine", "import_tensorrt", "tensorrt_available"]
+__all__ = ["TensorRTEngine", "import_tensorrt", "tensorrt_available", "torch_dtype",
+           "INSTALL_HINT"]
 
 INSTALL_HINT = (
-    "TensorRT is not installed: on a machine with an NVIDIA GPU run "
-    "`pip install 'ram-avatar-studio[tensorrt]'` (TensorRT >= 10), then build the engine with "
-    "`ram-avatar export SUBJECT --tensorrt`. Without TensorRT use --backend onnx (ONNX Runtime, "
-    "CPU or CUDA).")
+    "TensorRT is not installed: pip install 'ram-avatar-studio[tensorrt]' on a machine with an "
+    "NVIDIA GPU and a recent driver (TensorRT >= 10 wheels come from NVIDIA's index via pip), "
+    "then build the engine with `ram-avatar export SUBJECT --tensorrt`. Without TensorRT run the "
+    "exported ONNX model with ONNX Runtime (--backend onnx; CPU or CUDA).")
 
 
 def import_tensorrt():
@@ -65,7 +69,12 @@ def tensorrt_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _torch_dtype(trt, dt) -> torch.dtype:
+def torch_dtype(trt, dt) -> torch.dtype:
+    """The torch dtype of a TensorRT tensor dtype ``dt`` (``trt.float32`` ... ``trt.bfloat16``).
+
+    Raises:
+        RamAvatarError: a dtype with no torch counterpart here (e.g. FP8, INT4).
+    """
     table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
              trt.int8: torch.int8, trt.bool: torch.bool}
     for name, tdt in (("int64", torch.int64), ("bfloat16", torch.bfloat16)):
@@ -80,8 +89,9 @@ class TensorRTEngine:
     """A deserialised TensorRT engine called with named torch tensors.
 
     Args:
-        engine_path: ``.engine`` file (built on this GPU model with this TensorRT version).
-        device: CUDA device.
+        engine_path: ``.engine`` file written by :func:`exporters.tensorrt.build_engine` (built on
+            this GPU model with this TensorRT version).
+        device: CUDA device (``"cuda"``, ``"cuda:1"`` or a torch.device).
 
     Attributes:
         input_names, output_names, input_shapes (name -> engine shape, -1 for dynamic axes).
@@ -119,7 +129,7 @@ class TensorRTEngine:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if n not in self.input_names]
-        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+        self.dtypes = {n: torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
         self.input_shapes = {n: tuple(int(d) for d in self.engine.get_tensor_shape(n))
                              for n in self.input_names}
 
