@@ -28,12 +28,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from ram_avatar.errors import NoPersonError, SequenceFormatError
+from ram_avatar.errors import NoPersonError
+from ram_avatar.io.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, POSE_LEFT_HIP,  # noqa: F401
+                                     POSE_LEFT_SHOULDER, POSE_LEFT_WRIST, POSE_RIGHT_HIP,
+                                     POSE_RIGHT_SHOULDER, POSE_RIGHT_WRIST, Keypoints2D,
+                                     _ARRAYS)
 from ram_avatar.utils import progress
 
 log = logging.getLogger(__name__)
@@ -43,100 +47,6 @@ __all__ = [
     "POSE_LEFT_SHOULDER", "POSE_RIGHT_SHOULDER", "POSE_LEFT_WRIST", "POSE_RIGHT_WRIST",
     "POSE_LEFT_HIP", "POSE_RIGHT_HIP", "NUM_POSE", "NUM_HAND", "NUM_FACE",
 ]
-
-NUM_POSE, NUM_HAND, NUM_FACE = 33, 21, 478
-POSE_LEFT_SHOULDER, POSE_RIGHT_SHOULDER = 11, 12
-POSE_LEFT_WRIST, POSE_RIGHT_WRIST = 15, 16
-POSE_LEFT_HIP, POSE_RIGHT_HIP = 23, 24
-
-_ARRAYS = {"pose": NUM_POSE, "left_hand": NUM_HAND, "right_hand": NUM_HAND, "face": NUM_FACE}
-_FLAGS = ("pose_valid", "left_hand_valid", "right_hand_valid", "face_valid")
-
-
-@dataclass
-class Keypoints2D:
-    """Per-frame 2D keypoints of one subject, in pixels of the original frame.
-
-    Attributes:
-        pose: (T, 33, 3) float32 [x px, y px, visibility 0..1].
-        left_hand: (T, 21, 3) float32 [x px, y px, conf] of the subject's own left hand.
-        right_hand: (T, 21, 3) float32 [x px, y px, conf] of the subject's own right hand.
-        face: (T, 478, 3) float32 [x px, y px, z px] (z = MediaPipe z times image width).
-        pose_valid, left_hand_valid, right_hand_valid, face_valid: (T,) bool, True where the
-            part was detected; the matching rows are all zero where False.
-
-    Arrays are converted to float32/bool on construction; wrong shapes or non-finite values
-    raise ValueError.
-    """
-
-    pose: np.ndarray
-    left_hand: np.ndarray
-    right_hand: np.ndarray
-    face: np.ndarray
-    pose_valid: np.ndarray
-    left_hand_valid: np.ndarray
-    right_hand_valid: np.ndarray
-    face_valid: np.ndarray
-
-    def __post_init__(self) -> None:
-        t = None
-        for name, n in _ARRAYS.items():
-            arr = np.asarray(getattr(self, name), dtype=np.float32)
-            if arr.ndim != 3 or arr.shape[1:] != (n, 3):
-                raise ValueError(f"Keypoints2D.{name} must be (T, {n}, 3), got {arr.shape}")
-            if not np.isfinite(arr).all():
-                raise ValueError(f"Keypoints2D.{name} contains NaN/Inf; use zeros and a False "
-                                 f"validity flag for missing detections")
-            t = arr.shape[0] if t is None else t
-            if arr.shape[0] != t:
-                raise ValueError(f"Keypoints2D arrays disagree on T: {name} has {arr.shape[0]}, "
-                                 f"expected {t}")
-            setattr(self, name, arr)
-        for name in _FLAGS:
-            flag = np.asarray(getattr(self, name)).astype(bool)
-            if flag.shape != (t,):
-                raise ValueError(f"Keypoints2D.{name} must be ({t},), got {flag.shape}")
-            setattr(self, name, flag)
-
-    @property
-    def num_frames(self) -> int:
-        """T, the number of frames."""
-        return int(self.pose.shape[0])
-
-    def __len__(self) -> int:
-        return self.num_frames
-
-    @classmethod
-    def empty(cls, num_frames: int) -> "Keypoints2D":
-        """All-zero keypoints for ``num_frames`` frames with every validity flag False."""
-        arrays = {name: np.zeros((num_frames, n, 3), np.float32) for name, n in _ARRAYS.items()}
-        return cls(**arrays, **{name: np.zeros(num_frames, bool) for name in _FLAGS})
-
-    def subset(self, index) -> "Keypoints2D":
-        """Frames selected by ``index`` (a slice, an integer array or a boolean (T,) mask)."""
-        return Keypoints2D(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-    def to_npz_dict(self, prefix: str = "kp_") -> dict[str, np.ndarray]:
-        """Flat ``{prefix + field: array}`` dict, e.g. for ``np.savez`` alongside other data."""
-        return {prefix + f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_npz_dict(cls, data, prefix: str = "kp_") -> "Keypoints2D":
-        """Inverse of :meth:`to_npz_dict`; ``data`` is a mapping such as an ``np.load`` result.
-
-        Raises:
-            SequenceFormatError: a key is missing or an array has the wrong shape.
-        """
-        missing = [prefix + f.name for f in fields(cls) if prefix + f.name not in data]
-        if missing:
-            raise SequenceFormatError(
-                f"keypoint data lacks {', '.join(missing)}; the file was not written by this "
-                f"version of ram-avatar (re-run `ram-avatar capture`).")
-        try:
-            return cls(**{f.name: np.asarray(data[prefix + f.name]) for f in fields(cls)})
-        except ValueError as e:
-            raise SequenceFormatError(
-                f"invalid keypoint data: {e}; re-run `ram-avatar capture`.") from e
 
 
 def filter_hands_by_pose_wrist(kp: Keypoints2D, max_torso_fraction: float = 0.5) -> Keypoints2D:

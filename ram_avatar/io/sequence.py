@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ram_avatar.body.base import PARAM_NAMES, BodyParams
-from ram_avatar.capture.keypoints import Keypoints2D
+from ram_avatar.io.keypoints import Keypoints2D
 from ram_avatar.errors import SequenceFormatError
 from ram_avatar.utils import atomic_path, atomic_write_text
 

@@ -559,7 +559,7 @@ def bake_texture(seq, frames=None, size: int = 1024, backend: str = "auto",
         SequenceFormatError: masks missing or of the wrong shape.
     """
     from ram_avatar.body import load_body_model
-    from ram_avatar.capture.video import iter_frames
+    from ram_avatar.io.video import iter_frames
 
     t0 = time.time()
     if seq.root is None:
