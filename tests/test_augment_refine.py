@@ -205,7 +205,7 @@ def test_refiner_prior_and_arrays(anny_body):
 @pytest.mark.slow
 def test_refined_poses_saved_and_used_by_evaluate(tmp_path, anny_body, monkeypatch):
     import ram_avatar.body
-    import ram_avatar.training.data
+    import ram_avatar.render.sequence
     from tiny_subject import TINY_TRAIN, write_tiny_subject
 
     from ram_avatar.cli import main
@@ -214,7 +214,7 @@ def test_refined_poses_saved_and_used_by_evaluate(tmp_path, anny_body, monkeypat
     from ram_avatar.training.pose_refine import apply_refined_poses, load_refined_poses
 
     monkeypatch.setattr(ram_avatar.body, "load_body_model", lambda *a, **k: anny_body)
-    monkeypatch.setattr(ram_avatar.training.data, "load_body_model", lambda *a, **k: anny_body)
+    monkeypatch.setattr(ram_avatar.render.sequence, "load_body_model", lambda *a, **k: anny_body)
     subject = write_tiny_subject(tmp_path / "s", anny_body, T=20, fps=10.0)
     sets = [x for s in TINY_TRAIN + ["pose_refine=true", "pose_refine_lr=0.01",
                                      "augment_prob=0.5", "solid_bg_prob=0.5"]

@@ -15,13 +15,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def shared_body(monkeypatch, anny_body):
     import ram_avatar.body
-    import ram_avatar.training.data
+    import ram_avatar.render.sequence
 
     def load(*a, **k):
         return anny_body
 
     monkeypatch.setattr(ram_avatar.body, "load_body_model", load)
-    monkeypatch.setattr(ram_avatar.training.data, "load_body_model", load)
+    monkeypatch.setattr(ram_avatar.render.sequence, "load_body_model", load)
 
 
 def test_bench_quality_tiny_budgets(tmp_path, anny_body, shared_body, capsys):

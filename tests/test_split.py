@@ -200,13 +200,13 @@ def tiny_subject(tmp_path_factory, anny_body):
 def shared_body(monkeypatch, anny_body):
     """Every load_body_model returns the session's Anny (saves ~10 s per construction)."""
     import ram_avatar.body
-    import ram_avatar.training.data
+    import ram_avatar.render.sequence
 
     def load(*a, **k):
         return anny_body
 
     monkeypatch.setattr(ram_avatar.body, "load_body_model", load)
-    monkeypatch.setattr(ram_avatar.training.data, "load_body_model", load)
+    monkeypatch.setattr(ram_avatar.render.sequence, "load_body_model", load)
 
 
 def _train(subject, run, *extra, steps=2) -> int:

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,15 +34,18 @@ import torch
 from torch import nn
 
 from ram_avatar.errors import CheckpointError, DiskFullError
+# the read side (format, file names, the sequence record) lives in the I/O layer, so inference
+# loads runs without importing training (issue 11); re-exported here
+from ram_avatar.io.checkpoint import (CHECKPOINT_DIR, FORMAT, FORMAT_VERSION,  # noqa: F401
+                                      SEQUENCE_RECORD, check_run_sequence, checkpoint_path,
+                                      latest_checkpoint, list_checkpoints, load_model_state,
+                                      read_checkpoint, read_metadata)
+from ram_avatar.io.checkpoint import _NAME_RE  # noqa: F401  (file names of checkpoints)
 from ram_avatar.io.disk import fmt_bytes, free_bytes, is_disk_full, remove_stale_temp_files
 from ram_avatar.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
-FORMAT = "ram-avatar-checkpoint"
-FORMAT_VERSION = 1
-CHECKPOINT_DIR = "checkpoints"
-_NAME_RE = re.compile(r"^step_(\d{8,})\.safetensors$")
 
 
 @dataclass
@@ -159,30 +161,6 @@ def _intact(path: Path) -> str:
     return f"The latest complete checkpoint, {p} (step {step}), is intact; training resumes from it."
 
 
-def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
-    """``<run_dir>/checkpoints/step_<step:08d>.safetensors``."""
-    return Path(run_dir) / CHECKPOINT_DIR / f"step_{int(step):08d}.safetensors"
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoint files of a run, oldest (lowest step) first."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.iterdir():
-        m = _NAME_RE.match(p.name)
-        if m and p.is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest checkpoint of a run (highest step), or None when it has none."""
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None
-
-
 def save_run_checkpoint(run_dir: str | os.PathLike, model: nn.Module,
                         optimizer: torch.optim.Optimizer | None, step: int,
                         config: dict | None = None, scaler=None, extra: dict | None = None,
@@ -220,145 +198,7 @@ def save_run_checkpoint(run_dir: str | os.PathLike, model: nn.Module,
 
 
 # ---------------------------------------------------------------------------------------------
-# which sequence a run was trained on
-
-#: file in a run directory recording the sequence it was trained on
-SEQUENCE_RECORD = "sequence.json"
-
-
-def check_run_sequence(run_dir: str | os.PathLike, sequence_dir: str | os.PathLike,
-                       record: bool = False) -> str | None:
-    """Make sure a run belongs to the subject's current sequence.
-
-    The fingerprint is the sha256 of the sequence's ``fitted.npz`` (the fit, keypoints and
-    validity of every frame: a new capture changes it). ``train`` records it in
-    ``<run>/sequence.json`` (``record=True``); every later use of the run checks it, so a run
-    moved or left over from another capture is refused instead of resumed, exported, driven or
-    evaluated on frames it was not trained on. Runs written before this record are accepted.
-
-    Args:
-        run_dir: ``<subject>/runs/<name>``.
-        sequence_dir: the subject's ``sequence/`` folder.
-        record: write the record when the run has none yet (rank 0 only under torchrun).
-    Returns:
-        the fingerprint (None when the sequence has no ``fitted.npz``: loading it fails later
-        with its own error).
-    Raises:
-        CheckpointError: the run was trained on another sequence.
-    """
-    from ram_avatar.utils import atomic_write_text, sha256_file
-
-    fitted = Path(sequence_dir) / "fitted.npz"
-    if not fitted.is_file():
-        return None
-    fp = sha256_file(fitted)
-    path = Path(run_dir) / SEQUENCE_RECORD
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text()).get("sha256")
-        except (ValueError, AttributeError):
-            saved = None
-        if saved and saved != fp:
-            raise CheckpointError(
-                f"run {run_dir} was trained on another sequence (fitted.npz sha256 {saved[:12]}..., "
-                f"the subject's sequence is now {fp[:12]}...): the subject was captured again, or "
-                "the run was copied from another subject. Train a new run (--run NAME), or capture "
-                "into a new folder (capture --overwrite moves old runs aside).")
-    elif record and int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun rank 0 writes
-        atomic_write_text(path, json.dumps({"sha256": fp, "file": "sequence/fitted.npz"}))
-    return fp
-
-
-# ---------------------------------------------------------------------------------------------
 # load
-
-
-def _open_error(path: Path, exc: Exception) -> CheckpointError:
-    return CheckpointError(
-        f"checkpoint {path} is corrupt or not a safetensors file ({exc}); delete it to resume "
-        "from an earlier checkpoint, or start a new run directory")
-
-
-def _parse_metadata(path: Path, header: dict | None) -> dict:
-    header = header or {}
-    if "ram_avatar" not in header:
-        raise CheckpointError(f"{path} is a safetensors file but not a RAM-Avatar checkpoint "
-                              "(no 'ram_avatar' metadata)")
-    try:
-        meta = json.loads(header["ram_avatar"])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a RAM-Avatar checkpoint (format "
-                              f"{meta.get('format') if isinstance(meta, dict) else None!r})")
-    if int(meta.get("version", -1)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer RAM-Avatar (checkpoint format "
-                              f"{meta.get('version')} > {FORMAT_VERSION}); upgrade ram-avatar")
-    return meta
-
-
-def read_metadata(path: str | os.PathLike) -> dict:
-    """Only the JSON metadata of a checkpoint (step, config, ...), without reading tensors.
-
-    Raises:
-        CheckpointError: missing, unreadable or not a RAM-Avatar checkpoint.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            header = fh.metadata()
-    except Exception as exc:  # safetensors raises SafetensorError / OSError / ValueError ...
-        raise _open_error(path, exc) from None
-    return _parse_metadata(path, header)
-
-
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a checkpoint file: ``(tensors on CPU, metadata dict)``.
-
-    Raises:
-        CheckpointError: missing, unreadable, corrupt or not a RAM-Avatar checkpoint.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        tensors = {}
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            header = fh.metadata()
-            for key in fh.keys():
-                tensors[key] = fh.get_tensor(key)
-    except Exception as exc:  # safetensors raises SafetensorError / OSError / ValueError ...
-        raise _open_error(path, exc) from None
-    return tensors, _parse_metadata(path, header)
-
-
-def _load_model(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state)
-                   if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:3]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: checkpoint "
-                         f"{tuple(state[k].shape)} vs model {tuple(expected[k].shape)})")
-        raise CheckpointError(
-            f"checkpoint {path} does not match the model: {'; '.join(parts)}. It was trained "
-            "with a different model config; use the run's own config.yaml or a new run directory")
-    model.load_state_dict(state, strict=True)
 
 
 def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
@@ -432,7 +272,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
     path = Path(path)
     tensors, meta = read_checkpoint(path)
     if model is not None:
-        _load_model(path, model, tensors)
+        load_model_state(path, model, tensors)
     if optimizer is not None:
         _load_optimizer(path, optimizer, tensors, meta)
     if scaler is not None and scaler.is_enabled() and meta.get("scaler"):

@@ -1,43 +1,23 @@
-"""Training data of one captured subject: cropped frames, person masks and conditioning maps.
+"""Training data of one captured subject (see :mod:`ram_avatar.render.sequence`).
 
-Each item of :class:`SubjectDataset` is the dict of docs/INTERFACES.md:
-``uv (2,S,S)``, ``body_mask (1,S,S)``, ``hand (5,S,S)``, ``face (3,S,S)`` conditioning maps
-(render.conditioning), ``image (3,S,S)`` in [0, 1], ``person_mask (1,S,S)`` in [0, 1] and
-``frame_index``. Frames are cropped with the subject's fixed square crop (manifest ``crop``)
-and resized to S; maps are rendered with the matching intrinsics. Everything is rendered once
-and kept in memory in compact dtypes (uint8 / float16), about 15 bytes per pixel per frame.
-
-Optional keys (full renderer, temporal discriminator, hand loss), only with ``extras``:
-
-- ``"expanded"``: ``uv_expanded (2,S,S)``, ``body_mask_expanded (1,S,S)`` (expanded mesh, see
-  render.conditioning; ``canon_expanded (3,S,S)`` too with ``"canonical"``);
-- ``"canonical"``: ``canon (3,S,S)`` canonical positions in [-1,1] (triplane);
-- ``"temporal"``: ``prev_uv (2,S,S)``, ``prev_body_mask (1,S,S)`` (``prev_canon`` with
-  ``"canonical"``): the maps of frame t-1 (frame t itself when t-1 is not a valid frame);
-- ``"neighbours"``: ``image_prev``, ``image_next (3,S,S)``: frames t-1 and t+1 when they belong
-  to this dataset's frames, else frame t (so held-out frames never leak into training);
-- ``"hand_boxes"``: ``hand_boxes (2,4)`` [x0, y0, x1, y1] pixels of the projected left/right
-  hand joints, ``hand_valid (2,)`` bool.
-
-:func:`ram_avatar.training.trainer.required_extras` lists the extras a training config needs.
+The dataset (:class:`SubjectDataset`) and the sequence map rendering moved to
+:mod:`ram_avatar.render.sequence` so evaluation, export, ``drive`` and the benches render maps
+without importing training (issue 11, item 2); their names are re-exported here. The item
+dict is that of docs/INTERFACES.md; the renderer's inputs are the contract of
+:mod:`ram_avatar.models.inputs`.
 """
 
 from __future__ import annotations
 
-import logging
-
-import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from ram_avatar.body import load_body_model
-from ram_avatar.capture.video import iter_frames
 from ram_avatar.io.sequence import FittedSequence
-from ram_avatar.render.conditioning import ConditioningRenderer, crop_intrinsics
-from ram_avatar.utils import progress
+from ram_avatar.render.sequence import (EXTRAS, SubjectDataset, add_previous_maps,  # noqa: F401
+                                        crop_resize, map_render_options, maps_to_float,
+                                        render_sequence_maps)
 
-log = logging.getLogger(__name__)
+__all__ = ["EXTRAS", "SubjectDataset", "add_previous_maps", "crop_resize", "map_render_options",
+           "maps_to_float", "render_sequence_maps", "split_frames"]
 
 
 def split_frames(seq: FittedSequence, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -52,214 +32,3 @@ def split_frames(seq: FittedSequence, val_fraction: float = 0.1) -> tuple[np.nda
     cut = T - n_val
     frames = np.arange(T)
     return frames[:cut][seq.valid[:cut]], frames[cut:][seq.valid[cut:]]
-
-
-def crop_resize(img: np.ndarray, crop: list[float], size: int, interpolation=cv2.INTER_AREA) -> np.ndarray:
-    """Crop the square ``[x0, y0, side]`` (may extend past the image: zero padded) and resize to
-    ``size`` x ``size``. Works for (H, W) and (H, W, C) arrays."""
-    x0, y0, side = crop
-    H, W = img.shape[:2]
-    xa, ya = int(round(x0)), int(round(y0))
-    s = int(round(side))
-    pad = [max(0, -ya), max(0, ya + s - H), max(0, -xa), max(0, xa + s - W)]
-    if any(pad):
-        img = cv2.copyMakeBorder(img, *pad, cv2.BORDER_CONSTANT, value=0)
-        xa, ya = xa + pad[2], ya + pad[0]
-    return cv2.resize(img[ya:ya + s, xa:xa + s], (size, size), interpolation=interpolation)
-
-
-EXTRAS = ("expanded", "canonical", "temporal", "neighbours", "hand_boxes")
-
-
-def render_sequence_maps(seq: FittedSequence, indices: np.ndarray, size: int, body=None,
-                         params=None, face_local=None, face_valid=None, backend: str = "auto",
-                         chunk: int = 16, desc: str = "conditioning maps",
-                         expand_offset: float | None = None, canonical: bool = False,
-                         boxes: bool = False) -> dict[str, torch.Tensor]:
-    """Conditioning maps for frames ``indices`` of ``seq`` (or for ``params`` when given,
-    e.g. retargeted driving poses), in the subject's training crop at ``size``.
-
-    Args:
-        expand_offset: also render the expanded-mesh maps (metres along the normals).
-        canonical: also render the canonical-position maps.
-        boxes: also return the hand boxes.
-
-    Returns:
-        dict ``uv`` (N,2,S,S) float16, ``body_mask`` (N,1,S,S) uint8 0/1, ``hand`` (N,5,S,S)
-        uint8 0..255, ``face`` (N,3,S,S) uint8 0..255; optionally ``uv_expanded`` (N,2,S,S)
-        float16, ``body_mask_expanded`` (N,1,S,S) uint8, ``canon`` / ``canon_expanded``
-        (N,3,S,S) float16, ``hand_boxes`` (N,2,4) float32.
-    """
-    body = body or load_body_model(seq.manifest["body_model"]["name"],
-                                   model_path=seq.manifest["body_model"].get("model_path"))
-    params = seq.params if params is None else params
-    face_local = seq.face_local if face_local is None else face_local
-    face_valid = np.ones(len(face_local), bool) if face_valid is None else face_valid
-    K = crop_intrinsics(seq.K, seq.manifest["crop"], size)
-    cond = ConditioningRenderer(body, backend=backend)
-    keys = ["uv", "body_mask", "hand", "face"]
-    if expand_offset is not None:
-        keys += ["uv_expanded", "body_mask_expanded"] + (["canon_expanded"] if canonical else [])
-    if canonical:
-        keys.append("canon")
-    if boxes:
-        keys.append("hand_boxes")
-    out = {k: [] for k in keys}
-    with progress() as bar:
-        task = bar.add_task(desc, total=len(indices), info="")
-        for c in range(0, len(indices), chunk):
-            idx = torch.as_tensor(indices[c:c + chunk])
-            m = cond.render(params.index(idx), face_local[idx.numpy()], K, size,
-                            face_valid[idx.numpy()], expand_offset=expand_offset,
-                            canonical=canonical)
-            for k in keys:
-                v = m[k]
-                if k in ("hand", "face"):
-                    v = (v * 255).round().to(torch.uint8)
-                elif k in ("body_mask", "body_mask_expanded"):
-                    v = v.to(torch.uint8)
-                elif k == "hand_boxes":
-                    v = v.float()
-                else:
-                    v = v.half()
-                out[k].append(v)
-            bar.advance(task, len(idx))
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
-def maps_to_float(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Convert compact maps (render_sequence_maps) to the float32 renderer inputs (the optional
-    maps too, when present)."""
-    out = {"uv": maps["uv"].float(), "body_mask": maps["body_mask"].float(),
-           "hand": maps["hand"].float() / 255.0, "face": maps["face"].float() / 255.0}
-    for k in ("uv_expanded", "body_mask_expanded", "canon", "canon_expanded", "hand_boxes",
-              "prev_uv", "prev_body_mask", "prev_canon"):
-        if k in maps:
-            out[k] = maps[k].float()
-    return out
-
-
-def map_render_options(input_names, expand_offset: float = 0.01) -> dict:
-    """Keyword arguments of :func:`render_sequence_maps` that produce every map a renderer
-    with inputs ``input_names`` reads (``RendererConfig.input_names()`` or an ONNX file's
-    input names): ``expand_offset`` (metres) when an ``*_expanded`` map is read, ``canonical``
-    when a ``canon`` map is read (triplane)."""
-    names = set(input_names)
-    opts: dict = {}
-    if names & {"uv_expanded", "body_mask_expanded", "canon_expanded"}:
-        opts["expand_offset"] = float(expand_offset)
-    if names & {"canon", "canon_expanded", "prev_canon"}:
-        opts["canonical"] = True
-    return opts
-
-
-def add_previous_maps(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Add the previous-frame maps of the temporal attention (Sec. 3.2) to the maps of a
-    consecutive frame sequence: ``prev_uv``, ``prev_body_mask`` (``prev_canon`` when ``canon``
-    is present) where row t holds row t-1's map and row 0 its own (a stream's first frame has
-    no past, as in the live runtime). Works on compact or float maps; shares storage.
-
-    Args:
-        maps: dict of ``(N,C,S,S)`` maps with at least ``uv`` and ``body_mask``.
-    Returns:
-        ``maps`` with the ``prev_*`` entries added (same dict).
-    """
-    for k in ("uv", "body_mask", "canon"):
-        if k in maps:
-            v = maps[k]
-            maps[f"prev_{k}"] = torch.cat([v[:1], v[:-1]]) if len(v) else v
-    return maps
-
-
-class SubjectDataset(Dataset):
-    """Frames ``indices`` of a captured subject at resolution ``size`` (module docstring).
-
-    Args:
-        seq: the FittedSequence (loaded with its ``root`` so frames and masks can be read).
-        indices: frame indices to serve.
-        size: S, the renderer resolution.
-        backend: rasterizer backend.
-        extras: optional keys to add (module docstring): any of :data:`EXTRAS`.
-        expand_offset: metres of the expanded mesh (``RendererConfig.expand_offset``).
-        params: BodyParams of all T frames to render the maps from (e.g. a run's refined
-            poses, training.pose_refine); None = the sequence's fitted parameters.
-
-    Attributes used by pose refinement: ``body`` (the body model), ``params`` (the sequence's
-    fitted BodyParams, all T frames), ``K_crop`` (3,3) intrinsics of the S x S crop, ``backend``.
-
-    Raises:
-        ValueError: unknown extra.
-    """
-
-    def __init__(self, seq: FittedSequence, indices: np.ndarray, size: int, backend: str = "auto",
-                 body=None, extras=(), expand_offset: float = 0.01, params=None):
-        unknown = sorted(set(extras) - set(EXTRAS))
-        if unknown:
-            raise ValueError(f"unknown dataset extras {unknown}; known: {EXTRAS}")
-        self.extras = tuple(extras)
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.num_frames = seq.num_frames  # rows of the per-frame latent table
-        self.size = size
-        crop = seq.manifest["crop"]
-        start = seq.manifest["source"]["start"]
-        wanted = set(self.indices.tolist())
-        images, masks_out = {}, {}
-        masks = seq.load_masks()
-        for t, frame in enumerate(iter_frames(seq.source_video(), start, start + seq.num_frames)):
-            if t in wanted:
-                images[t] = crop_resize(frame, crop, size)
-                masks_out[t] = crop_resize(masks[t], crop, size)
-        self.images = torch.from_numpy(np.stack([images[t] for t in self.indices])).permute(0, 3, 1, 2).contiguous()
-        self.masks = torch.from_numpy(np.stack([masks_out[t] for t in self.indices]))[:, None].contiguous()
-        pos = {int(t): j for j, t in enumerate(self.indices)}
-        # rows of self.maps: this dataset's frames, then previous frames not among them
-        map_frames = list(self.indices.tolist())
-        self.prev_row = None
-        if "temporal" in self.extras:
-            valid = np.asarray(seq.valid, bool)
-            prev = [t - 1 if t - 1 >= 0 and valid[t - 1] else t for t in self.indices.tolist()]
-            extra_frames = sorted({p for p in prev if p not in pos})
-            map_frames += extra_frames
-            row = {t: j for j, t in enumerate(map_frames)}
-            self.prev_row = np.array([row[p] for p in prev], dtype=np.int64)
-        self.prev_pos = self.next_pos = None
-        if "neighbours" in self.extras:
-            self.prev_pos = np.array([pos.get(int(t) - 1, j) for j, t in enumerate(self.indices)])
-            self.next_pos = np.array([pos.get(int(t) + 1, j) for j, t in enumerate(self.indices)])
-        # what pose refinement (training.pose_refine) re-renders the maps from
-        self.body = body or load_body_model(seq.manifest["body_model"]["name"],
-                                            model_path=seq.manifest["body_model"].get("model_path"))
-        self.params = seq.params if params is None else params
-        self.K_crop = crop_intrinsics(seq.K, crop, size)
-        self.backend = backend
-        self.maps = render_sequence_maps(
-            seq, np.asarray(map_frames, dtype=np.int64), size, body=self.body, backend=backend,
-            params=self.params, expand_offset=expand_offset if "expanded" in self.extras else None,
-            canonical="canonical" in self.extras, boxes="hand_boxes" in self.extras)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def _maps_at(self, row: int) -> dict:
-        return {k: v[0] for k, v in maps_to_float({k: m[row:row + 1]
-                                                   for k, m in self.maps.items()}).items()}
-
-    def __getitem__(self, i: int) -> dict:
-        item = self._maps_at(i)
-        item["image"] = self.images[i].float() / 255.0
-        # selfie segmentation misses legs and feet: the fitted body's silhouette completes it
-        item["person_mask"] = torch.maximum(self.masks[i].float() / 255.0, item["body_mask"])
-        item["frame_index"] = int(self.indices[i])
-        if "hand_boxes" in item:
-            item["hand_valid"] = torch.ones(2, dtype=torch.bool)
-        if self.prev_row is not None:
-            prev = self.maps
-            r = int(self.prev_row[i])
-            item["prev_uv"] = prev["uv"][r].float()
-            item["prev_body_mask"] = prev["body_mask"][r].float()
-            if "canon" in prev:
-                item["prev_canon"] = prev["canon"][r].float()
-        if self.prev_pos is not None:
-            item["image_prev"] = self.images[int(self.prev_pos[i])].float() / 255.0
-            item["image_next"] = self.images[int(self.next_pos[i])].float() / 255.0
-        return item

@@ -1,0 +1,251 @@
+"""Conditioning maps and cropped frames of a captured sequence (the data side of the renderer).
+
+Everything that renders the renderer's inputs for many frames of a subject lives here, so the
+training, evaluation, export, ``drive`` and bench paths share one implementation and no
+inference path imports ``ram_avatar.training`` (issue 11, item 2). Map names, channels,
+compact dtypes, which render option produces which map and the previous-frame rule are the
+renderer-input contract of :mod:`ram_avatar.models.inputs`.
+
+- :func:`render_sequence_maps`: compact maps of frames of a sequence (or of driven poses) in the
+  subject's training crop; :func:`maps_to_float` turns them into renderer inputs;
+- :func:`map_render_options`: which render options a renderer's inputs need;
+- :func:`add_previous_maps`: the previous-frame maps of a consecutive stream;
+- :func:`crop_resize`: the subject's square crop of a frame or mask;
+- :class:`SubjectDataset`: cropped frames, person masks and maps of chosen frames (the training
+  and evaluation data).
+
+Training data of one captured subject: cropped frames, person masks and conditioning maps.
+
+Each item of :class:`SubjectDataset` is the dict of docs/INTERFACES.md:
+``uv (2,S,S)``, ``body_mask (1,S,S)``, ``hand (5,S,S)``, ``face (3,S,S)`` conditioning maps
+(render.conditioning), ``image (3,S,S)`` in [0, 1], ``person_mask (1,S,S)`` in [0, 1] and
+``frame_index``. Frames are cropped with the subject's fixed square crop (manifest ``crop``)
+and resized to S; maps are rendered with the matching intrinsics. Everything is rendered once
+and kept in memory in compact dtypes (uint8 / float16), about 15 bytes per pixel per frame.
+
+Optional keys (full renderer, temporal discriminator, hand loss), only with ``extras``:
+
+- ``"expanded"``: ``uv_expanded (2,S,S)``, ``body_mask_expanded (1,S,S)`` (expanded mesh, see
+  render.conditioning; ``canon_expanded (3,S,S)`` too with ``"canonical"``);
+- ``"canonical"``: ``canon (3,S,S)`` canonical positions in [-1,1] (triplane);
+- ``"temporal"``: ``prev_uv (2,S,S)``, ``prev_body_mask (1,S,S)`` (``prev_canon`` with
+  ``"canonical"``): the maps of frame t-1 (frame t itself when t-1 is not a valid frame);
+- ``"neighbours"``: ``image_prev``, ``image_next (3,S,S)``: frames t-1 and t+1 when they belong
+  to this dataset's frames, else frame t (so held-out frames never leak into training);
+- ``"hand_boxes"``: ``hand_boxes (2,4)`` [x0, y0, x1, y1] pixels of the projected left/right
+  hand joints, ``hand_valid (2,)`` bool.
+
+:func:`ram_avatar.training.trainer.required_extras` lists the extras a training config needs;
+:func:`ram_avatar.models.inputs.data_extras` the ones a renderer's inputs need.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ram_avatar.body import load_body_model
+from ram_avatar.io.sequence import FittedSequence
+from ram_avatar.io.video import iter_frames
+from ram_avatar.models import inputs as contract
+from ram_avatar.render.conditioning import ConditioningRenderer, crop_intrinsics
+from ram_avatar.utils import progress
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EXTRAS", "SubjectDataset", "add_previous_maps", "crop_resize", "map_render_options",
+           "maps_to_float", "render_sequence_maps"]
+
+
+def crop_resize(img: np.ndarray, crop: list[float], size: int, interpolation=cv2.INTER_AREA) -> np.ndarray:
+    """Crop the square ``[x0, y0, side]`` (may extend past the image: zero padded) and resize to
+    ``size`` x ``size``. Works for (H, W) and (H, W, C) arrays."""
+    x0, y0, side = crop
+    H, W = img.shape[:2]
+    xa, ya = int(round(x0)), int(round(y0))
+    s = int(round(side))
+    pad = [max(0, -ya), max(0, ya + s - H), max(0, -xa), max(0, xa + s - W)]
+    if any(pad):
+        img = cv2.copyMakeBorder(img, *pad, cv2.BORDER_CONSTANT, value=0)
+        xa, ya = xa + pad[2], ya + pad[0]
+    return cv2.resize(img[ya:ya + s, xa:xa + s], (size, size), interpolation=interpolation)
+
+
+EXTRAS = ("expanded", "canonical", "temporal", "neighbours", "hand_boxes")
+
+
+def render_sequence_maps(seq: FittedSequence, indices: np.ndarray, size: int, body=None,
+                         params=None, face_local=None, face_valid=None, backend: str = "auto",
+                         chunk: int = 16, desc: str = "conditioning maps",
+                         expand_offset: float | None = None, canonical: bool = False,
+                         boxes: bool = False) -> dict[str, torch.Tensor]:
+    """Conditioning maps for frames ``indices`` of ``seq`` (or for ``params`` when given,
+    e.g. retargeted driving poses), in the subject's training crop at ``size``.
+
+    Args:
+        expand_offset: also render the expanded-mesh maps (metres along the normals).
+        canonical: also render the canonical-position maps.
+        boxes: also return the hand boxes.
+
+    Returns:
+        dict ``uv`` (N,2,S,S) float16, ``body_mask`` (N,1,S,S) uint8 0/1, ``hand`` (N,5,S,S)
+        uint8 0..255, ``face`` (N,3,S,S) uint8 0..255; optionally ``uv_expanded`` (N,2,S,S)
+        float16, ``body_mask_expanded`` (N,1,S,S) uint8, ``canon`` / ``canon_expanded``
+        (N,3,S,S) float16, ``hand_boxes`` (N,2,4) float32.
+    """
+    body = body or load_body_model(seq.manifest["body_model"]["name"],
+                                   model_path=seq.manifest["body_model"].get("model_path"))
+    params = seq.params if params is None else params
+    face_local = seq.face_local if face_local is None else face_local
+    face_valid = np.ones(len(face_local), bool) if face_valid is None else face_valid
+    K = crop_intrinsics(seq.K, seq.manifest["crop"], size)
+    cond = ConditioningRenderer(body, backend=backend)
+    keys = ["uv", "body_mask", "hand", "face"]
+    if expand_offset is not None:
+        keys += ["uv_expanded", "body_mask_expanded"] + (["canon_expanded"] if canonical else [])
+    if canonical:
+        keys.append("canon")
+    if boxes:
+        keys.append("hand_boxes")
+    out = {k: [] for k in keys}
+    with progress() as bar:
+        task = bar.add_task(desc, total=len(indices), info="")
+        for c in range(0, len(indices), chunk):
+            idx = torch.as_tensor(indices[c:c + chunk])
+            m = cond.render(params.index(idx), face_local[idx.numpy()], K, size,
+                            face_valid[idx.numpy()], expand_offset=expand_offset,
+                            canonical=canonical)
+            for k in keys:  # compact storage dtypes of the input contract (models.inputs)
+                out[k].append(contract.to_storage(k, m[k]))
+            bar.advance(task, len(idx))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def maps_to_float(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Convert compact maps (:func:`render_sequence_maps`) to float32 renderer inputs
+    (:func:`ram_avatar.models.inputs.to_float`: drawn ``uint8`` maps / 255, the others as
+    float). Every renderer input present is converted, and ``hand_boxes``; other keys (e.g.
+    ``hands_2d``) are dropped."""
+    return {k: contract.to_float(k, v) for k, v in maps.items()
+            if k in contract.INPUTS or k == "hand_boxes"}
+
+
+def map_render_options(input_names, expand_offset: float = 0.01) -> dict:
+    """Keyword arguments of :func:`render_sequence_maps` that produce every map a renderer
+    with inputs ``input_names`` reads (``RendererConfig.input_names()`` or an ONNX file's
+    input names): :func:`ram_avatar.models.inputs.render_options` (``expand_offset`` metres
+    when an ``*_expanded`` map is read, ``canonical`` when a ``canon`` map is read)."""
+    return contract.render_options(input_names, expand_offset)
+
+
+def add_previous_maps(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add the previous-frame maps of the temporal attention (Sec. 3.2) to the maps of a
+    consecutive frame sequence (the previous-frame rule of :mod:`ram_avatar.models.inputs`): ``prev_uv``, ``prev_body_mask`` (``prev_canon`` when ``canon``
+    is present) where row t holds row t-1's map and row 0 its own (a stream's first frame has
+    no past, as in the live runtime). Works on compact or float maps; shares storage.
+
+    Args:
+        maps: dict of ``(N,C,S,S)`` maps with at least ``uv`` and ``body_mask``.
+    Returns:
+        ``maps`` with the ``prev_*`` entries added (same dict).
+    """
+    for spec in contract.INPUTS.values():
+        if spec.previous_of is not None and spec.previous_of in maps:
+            v = maps[spec.previous_of]
+            maps[spec.name] = torch.cat([v[:1], v[:-1]]) if len(v) else v
+    return maps
+
+
+class SubjectDataset(Dataset):
+    """Frames ``indices`` of a captured subject at resolution ``size`` (module docstring).
+
+    Args:
+        seq: the FittedSequence (loaded with its ``root`` so frames and masks can be read).
+        indices: frame indices to serve.
+        size: S, the renderer resolution.
+        backend: rasterizer backend.
+        extras: optional keys to add (module docstring): any of :data:`EXTRAS`.
+        expand_offset: metres of the expanded mesh (``RendererConfig.expand_offset``).
+        params: BodyParams of all T frames to render the maps from (e.g. a run's refined
+            poses, training.pose_refine); None = the sequence's fitted parameters.
+
+    Attributes used by pose refinement: ``body`` (the body model), ``params`` (the sequence's
+    fitted BodyParams, all T frames), ``K_crop`` (3,3) intrinsics of the S x S crop, ``backend``.
+
+    Raises:
+        ValueError: unknown extra.
+    """
+
+    def __init__(self, seq: FittedSequence, indices: np.ndarray, size: int, backend: str = "auto",
+                 body=None, extras=(), expand_offset: float = 0.01, params=None):
+        unknown = sorted(set(extras) - set(EXTRAS))
+        if unknown:
+            raise ValueError(f"unknown dataset extras {unknown}; known: {EXTRAS}")
+        self.extras = tuple(extras)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.num_frames = seq.num_frames  # rows of the per-frame latent table
+        self.size = size
+        crop = seq.manifest["crop"]
+        start = seq.manifest["source"]["start"]
+        wanted = set(self.indices.tolist())
+        images, masks_out = {}, {}
+        masks = seq.load_masks()
+        for t, frame in enumerate(iter_frames(seq.source_video(), start, start + seq.num_frames)):
+            if t in wanted:
+                images[t] = crop_resize(frame, crop, size)
+                masks_out[t] = crop_resize(masks[t], crop, size)
+        self.images = torch.from_numpy(np.stack([images[t] for t in self.indices])).permute(0, 3, 1, 2).contiguous()
+        self.masks = torch.from_numpy(np.stack([masks_out[t] for t in self.indices]))[:, None].contiguous()
+        pos = {int(t): j for j, t in enumerate(self.indices)}
+        # rows of self.maps: this dataset's frames, then previous frames not among them
+        map_frames = list(self.indices.tolist())
+        self.prev_row = None
+        if "temporal" in self.extras:
+            prev = contract.previous_frame_indices(self.indices, seq.valid).tolist()
+            extra_frames = sorted({p for p in prev if p not in pos})
+            map_frames += extra_frames
+            row = {t: j for j, t in enumerate(map_frames)}
+            self.prev_row = np.array([row[p] for p in prev], dtype=np.int64)
+        self.prev_pos = self.next_pos = None
+        if "neighbours" in self.extras:
+            self.prev_pos = np.array([pos.get(int(t) - 1, j) for j, t in enumerate(self.indices)])
+            self.next_pos = np.array([pos.get(int(t) + 1, j) for j, t in enumerate(self.indices)])
+        # what pose refinement (training.pose_refine) re-renders the maps from
+        self.body = body or load_body_model(seq.manifest["body_model"]["name"],
+                                            model_path=seq.manifest["body_model"].get("model_path"))
+        self.params = seq.params if params is None else params
+        self.K_crop = crop_intrinsics(seq.K, crop, size)
+        self.backend = backend
+        self.maps = render_sequence_maps(
+            seq, np.asarray(map_frames, dtype=np.int64), size, body=self.body, backend=backend,
+            params=self.params, expand_offset=expand_offset if "expanded" in self.extras else None,
+            canonical="canonical" in self.extras, boxes="hand_boxes" in self.extras)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _maps_at(self, row: int) -> dict:
+        return {k: v[0] for k, v in maps_to_float({k: m[row:row + 1]
+                                                   for k, m in self.maps.items()}).items()}
+
+    def __getitem__(self, i: int) -> dict:
+        item = self._maps_at(i)
+        item["image"] = self.images[i].float() / 255.0
+        # selfie segmentation misses legs and feet: the fitted body's silhouette completes it
+        item["person_mask"] = torch.maximum(self.masks[i].float() / 255.0, item["body_mask"])
+        item["frame_index"] = int(self.indices[i])
+        if "hand_boxes" in item:
+            item["hand_valid"] = torch.ones(2, dtype=torch.bool)
+        if self.prev_row is not None:
+            r = int(self.prev_row[i])
+            for spec in contract.INPUTS.values():
+                if spec.previous_of is not None and spec.previous_of in self.maps:
+                    item[spec.name] = contract.to_float(spec.previous_of, self.maps[spec.previous_of][r])
+        if self.prev_pos is not None:
+            item["image_prev"] = self.images[int(self.prev_pos[i])].float() / 255.0
+            item["image_next"] = self.images[int(self.next_pos[i])].float() / 255.0
+        return item
