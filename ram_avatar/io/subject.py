@@ -7,21 +7,27 @@ Layout of a subject directory (``ram-avatar capture -o SUBJECT``)::
                        source.mp4, overlay.mp4; texture.png + texture_mask.png (texture
                        back-projected from the video, when built)
       runs/<run>/      one training run: config.yaml, checkpoints/step_N.safetensors,
-                       split.json (the held-out split, io.split), metrics.json, tb/, previews/
-      export/          avatar.onnx (+ avatar.engine), export.json
+                       split.json (the held-out split, io.split), sequence.json (the capture
+                       it was trained on), refined_poses.npz, metrics.json, tb/, previews/
+      export/          avatar.onnx (+ avatar.engine, avatar_<S>.onnx/.engine), export.json
+      mda/             the fitted motion aligner (motion.mda)
 
-This module only knows paths and small JSON/YAML records; it imports neither training nor
-capture, so the runtime, exporters, the GUI and the benches can all use it (issue 11, item 1).
+This module knows the paths and reads the small JSON/YAML records and the trained renderer
+(:meth:`Run.load_renderer`); it imports neither training nor capture, so every verb, the
+runtime, exporters, the GUI and the benches use it (issue 11, item 1) and no other file spells
+a subject path.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ram_avatar.errors import RamAvatarError
+from ram_avatar.io.checkpoint import CHECKPOINT_DIR, SEQUENCE_RECORD, list_checkpoints
+from ram_avatar.io.refined_poses import REFINED_POSES_FILE
 from ram_avatar.io.split import Split, SplitError, read_split
 
 log = logging.getLogger(__name__)
@@ -29,7 +35,10 @@ log = logging.getLogger(__name__)
 DEFAULT_RUN = "default"
 #: ``val_fraction`` of a run whose config cannot be read (TrainConfig's default)
 DEFAULT_VAL_FRACTION = 0.1
-_CKPT = re.compile(r"step_(\d+)\.safetensors")
+
+
+class RunConfigError(RamAvatarError, ValueError):
+    """A run's ``config.yaml`` cannot be read as a renderer config (unknown keys, wrong types)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,15 @@ class Subject:
     @property
     def manifest_path(self) -> Path:
         return self.sequence_dir / "manifest.json"
+
+    @property
+    def fitted_path(self) -> Path:
+        """``fitted.npz``: the per-frame fit (its sha256 fingerprints the capture)."""
+        return self.sequence_dir / "fitted.npz"
+
+    def has_sequence(self) -> bool:
+        """True when a capture was written (the manifest exists)."""
+        return self.manifest_path.is_file()
 
     @property
     def source_video(self) -> Path:
@@ -82,6 +100,54 @@ class Subject:
     @property
     def export_manifest_path(self) -> Path:
         return self.export_dir / "export.json"
+
+    @property
+    def export_engine(self) -> Path:
+        """The TensorRT engine built by ``export --tensorrt`` (on a GPU machine)."""
+        return self.export_dir / "avatar.engine"
+
+    def export_model(self, kind: str = "onnx", resolution: int | None = None) -> Path:
+        """The exported renderer file: ``avatar.onnx`` (``kind="onnx"``) or ``avatar.engine``
+        (``"tensorrt"``); with ``resolution`` the per-size file ``avatar_<S>.onnx/.engine``
+        when it exists (``bench gpu`` writes those), else the default one.
+
+        Raises:
+            ValueError: unknown ``kind``.
+        """
+        if kind not in ("onnx", "tensorrt"):
+            raise ValueError(f"unknown export kind {kind!r}: onnx or tensorrt")
+        ext = ".onnx" if kind == "onnx" else ".engine"
+        if resolution is not None and (self.export_dir / f"avatar_{int(resolution)}{ext}").is_file():
+            return self.export_dir / f"avatar_{int(resolution)}{ext}"
+        return self.export_dir / f"avatar{ext}"
+
+    def export_manifest(self) -> dict:
+        """``export.json`` written by ``ram-avatar export`` (run, resolution, inputs, parity).
+
+        Raises:
+            RamAvatarError: no export (run ``ram-avatar export`` first) or an unreadable file.
+        """
+        path = self.export_manifest_path
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RamAvatarError(f"{path} not found: run `ram-avatar export {self.root}` first") from None
+        except (OSError, ValueError) as e:
+            raise RamAvatarError(f"cannot read {path} ({e}): run `ram-avatar export {self.root}` "
+                                 "again") from None
+
+    def exported_run(self, default: str = DEFAULT_RUN) -> "Run":
+        """The run the current export was made from (``export.json``'s ``run``), else
+        ``default`` when there is no readable export manifest."""
+        try:
+            return self.run(self.export_manifest().get("run", default))
+        except RamAvatarError:
+            return self.run(default)
+
+    @property
+    def mda_dir(self) -> Path:
+        """``mda/``: the fitted motion aligner and MDA measurements (motion.mda)."""
+        return self.root / "mda"
 
     def manifest(self) -> dict:
         """The sequence manifest (JSON), without loading the arrays.
@@ -137,7 +203,25 @@ class Run:
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.dir / "checkpoints"
+        return self.dir / CHECKPOINT_DIR
+
+    @property
+    def sequence_record_path(self) -> Path:
+        """``sequence.json``: sha256 of the capture the run was trained on (io.checkpoint)."""
+        return self.dir / SEQUENCE_RECORD
+
+    @property
+    def refined_poses_path(self) -> Path:
+        """``refined_poses.npz``: body parameters refined in training (io.refined_poses)."""
+        return self.dir / REFINED_POSES_FILE
+
+    @property
+    def previews_dir(self) -> Path:
+        return self.dir / "previews"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.dir / "tb"
 
     @property
     def split_path(self) -> Path:
@@ -149,12 +233,9 @@ class Run:
         return self.dir / "metrics.json"
 
     def checkpoints(self) -> list[Path]:
-        """Main checkpoints ``step_N.safetensors`` (no ``.aux`` files), ascending step."""
-        if not self.checkpoints_dir.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in self.checkpoints_dir.glob("step_*.safetensors")
-                 if (m := _CKPT.fullmatch(p.name))]
-        return [p for _, p in sorted(found)]
+        """Main checkpoints ``step_N.safetensors`` (no ``.aux`` files), ascending step
+        (:func:`ram_avatar.io.checkpoint.list_checkpoints`)."""
+        return list_checkpoints(self.dir)
 
     def latest_checkpoint(self) -> Path | None:
         """The newest main checkpoint (highest step), or None."""
@@ -206,3 +287,118 @@ class Run:
     def write_split(self, split: Split) -> Path:
         """Record ``split`` as the run's ``split.json`` (atomic)."""
         return split.write(self.split_path)
+
+    def renderer_config(self):
+        """The run's renderer architecture: ``config.yaml``'s ``model`` section as a
+        :class:`~ram_avatar.models.renderer.RendererConfig`, strictly (unknown keys and wrong
+        types are refused, as the training config loader does).
+
+        Raises:
+            CheckpointError: no config.yaml (train first).
+            RunConfigError: unreadable YAML, no ``model`` mapping, unknown keys, wrong types
+                or an invalid combination.
+        """
+        from ram_avatar.errors import CheckpointError
+
+        if not self.config_path.is_file():
+            raise CheckpointError(f"no trained renderer in {self.dir}: run `ram-avatar train "
+                                  f"{self.subject.root}` first")
+        try:
+            data = self.config_dict()
+        except SplitError as e:
+            raise RunConfigError(str(e)) from None
+        model = data.get("model")
+        if not isinstance(model, dict):
+            raise RunConfigError(f"{self.config_path} has no 'model' mapping (renderer config)")
+        return renderer_config_from_dict(model, where=str(self.config_path))
+
+    def load_renderer(self, device="cpu"):
+        """The latest checkpoint of this run as an eval-mode
+        :class:`~ram_avatar.models.renderer.AvatarRenderer` (the one loader of trained
+        renderers: export, drive, evaluate, the live runtime and the benches).
+
+        Args:
+            device: torch device (or name) to move the model to.
+        Returns:
+            (model, info) with info ``checkpoint`` (Path), ``step`` (int), ``model_config``
+            (RendererConfig, also ``model.config``), ``preset`` (the run's preset name or None)
+            and ``run`` (this Run).
+        Raises:
+            CheckpointError: no config or no checkpoint (train first), a damaged checkpoint, a
+                checkpoint that does not match the config, or a run trained on another capture
+                of the subject (``sequence.json``, :func:`ram_avatar.io.checkpoint.check_run_sequence`).
+            RunConfigError: a bad config.yaml.
+        """
+        from ram_avatar.errors import CheckpointError
+        from ram_avatar.io.checkpoint import check_run_sequence, load_model_state, read_checkpoint
+        from ram_avatar.models.renderer import AvatarRenderer
+
+        ckpt = self.latest_checkpoint()
+        if ckpt is None or not self.config_path.is_file():
+            raise CheckpointError(f"no trained renderer in {self.dir}: run `ram-avatar train "
+                                  f"{self.subject.root}` first")
+        config = self.renderer_config()
+        check_run_sequence(self.dir, self.subject.sequence_dir)  # trained on this capture?
+        try:
+            model = AvatarRenderer(config)
+        except ValueError as e:
+            raise RunConfigError(f"{self.config_path}: {e}") from None
+        tensors, meta = read_checkpoint(ckpt)
+        load_model_state(ckpt, model, tensors)
+        model.to(device).eval()
+        return model, {"checkpoint": ckpt, "step": int(meta.get("step", 0)),
+                       "model_config": config, "preset": self.config_dict().get("preset"),
+                       "run": self}
+
+
+def load_renderer(subject_dir: str | Path, run_name: str = DEFAULT_RUN, device="cpu"):
+    """``Subject(subject_dir).run(run_name).load_renderer(device)`` (:meth:`Run.load_renderer`)."""
+    return Subject(subject_dir).run(run_name).load_renderer(device)
+
+
+def renderer_config_from_dict(data: dict, where: str = "model"):
+    """A :class:`~ram_avatar.models.renderer.RendererConfig` from the plain mapping a run's
+    config.yaml holds under ``model``; every key must be a field and every value of the
+    field's type (ints where floats are expected are accepted; YAML's ``1e-3`` strings too).
+
+    Raises:
+        RunConfigError: unknown keys, wrong types or an invalid combination (the message starts
+            with ``where``).
+    """
+    import dataclasses
+    import types
+    import typing
+
+    from ram_avatar.models.renderer import RendererConfig
+
+    fields = {f.name for f in dataclasses.fields(RendererConfig)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise RunConfigError(f"{where}: unknown renderer config key(s) "
+                             f"{', '.join('model.' + k for k in unknown)}; valid keys: "
+                             f"{', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(RendererConfig)
+
+    def coerce(name, value, tp):
+        args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is bool and isinstance(value, bool):
+                return value
+            if a is int and isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if a is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            if a is str and isinstance(value, str):
+                return value
+        raise RunConfigError(f"{where}: model.{name} = {value!r} is not of type {tp}")
+
+    kwargs = {k: coerce(k, v, hints[k]) for k, v in data.items()}
+    try:
+        return RendererConfig(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise RunConfigError(f"{where}: invalid renderer config: {e}") from None

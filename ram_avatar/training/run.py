@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ram_avatar.errors import CheckpointError
 from ram_avatar.io.lock import run_lock
 from ram_avatar.io.sequence import FittedSequence, load_sequence
 from ram_avatar.io.split import Split, SplitError, decide_split
 from ram_avatar.io.subject import DEFAULT_RUN, Run, Subject
-from ram_avatar.models.renderer import AvatarRenderer
-from ram_avatar.training.checkpoint import check_run_sequence, load_checkpoint
+from ram_avatar.io.subject import load_renderer  # noqa: F401  (moved to io.subject: Run.load_renderer)
+from ram_avatar.training.checkpoint import check_run_sequence
 from ram_avatar.training.config import TrainConfig, apply_overrides, get_preset, load_config
 from ram_avatar.training.data import SubjectDataset
 from ram_avatar.training.trainer import required_extras, train
@@ -212,27 +211,3 @@ def train_subject(subject_dir: str | Path, preset: str = "cpu-256", steps: int |
                         minutes=minutes, device=device, init_texture=setup.texture)
     summary["split"] = split_summary(setup.split)
     return summary
-
-
-def load_renderer(subject_dir: str | Path, run_name: str = DEFAULT_RUN,
-                  device: str | torch.device = "cpu") -> tuple[AvatarRenderer, dict]:
-    """Load the latest checkpoint of a run as an eval-mode :class:`AvatarRenderer`.
-
-    Returns:
-        (model, info) with info ``checkpoint`` (path), ``step``, ``config`` (TrainConfig).
-    Raises:
-        CheckpointError: no run or no checkpoint (train first), a damaged checkpoint, or a
-            run trained on another capture of the subject.
-    """
-    run = Subject(subject_dir).run(run_name)
-    rd = run.dir
-    ckpt = run.latest_checkpoint()
-    if ckpt is None or not run.config_path.is_file():
-        raise CheckpointError(f"no trained renderer in {rd}: run `ram-avatar train {subject_dir}` first")
-    config = load_config(run.config_path)
-    check_run_sequence(rd, Path(subject_dir) / "sequence")  # trained on this capture?
-    model = AvatarRenderer(config.model)
-    info = load_checkpoint(ckpt, model=model)
-    model.to(device).eval()
-    step = info.step if hasattr(info, "step") else None
-    return model, {"checkpoint": ckpt, "step": step, "config": config}
