@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -282,3 +283,222 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
         "frames_with_person": person, "timed_frames": len(stats),
         "mda": rt.mda_enabled, "raster_backend": raster, "fit_method": rt.fitter.method,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# soak: resident memory and fps over a long live session (issue 12, item 10)
+
+
+def resident_memory_bytes() -> tuple[int, str]:
+    """Current resident set size of this process in bytes, and how it was read.
+
+    Linux: ``/proc/self/statm`` (resident pages x page size). Elsewhere ``psutil`` when it is
+    installed, else ``resource.getrusage`` (the *peak* RSS, said so in the second value).
+
+    Raises:
+        RamAvatarError: none of these is available.
+    """
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"), "/proc/self/statm"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # type: ignore[import-not-found]
+
+        return int(psutil.Process().memory_info().rss), "psutil"
+    except ImportError:
+        pass
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024), "getrusage (peak)"
+    except (ImportError, OSError) as e:
+        raise RamAvatarError(f"cannot read this process's resident memory: {e}") from e
+
+
+def soak_summary(rows: list[dict]) -> dict:
+    """Trends of per-interval soak rows (:func:`bench_soak`).
+
+    Memory growth is measured from the end of the first interval (warm-up: model load, graph
+    optimisation, caches) to the end of the last one, in MiB and percent. The fps trend is the
+    least-squares slope of fps against time over the intervals after the first, in fps per
+    minute and in percent of their mean fps per minute, plus the mean fps of the last third of
+    those intervals relative to the first third (1.0 = no change).
+
+    Args:
+        rows: ``{"t_min", "fps", "rss_mib", ...}`` dicts, one per interval, in time order.
+    Returns:
+        dict with ``rss_after_first_mib``, ``rss_end_mib``, ``rss_peak_mib``,
+        ``rss_growth_after_first_mib``, ``rss_growth_after_first_pct``, ``fps_mean``,
+        ``fps_slope_per_min``, ``fps_slope_pct_per_min``, ``fps_last_over_first_third`` (None
+        where fewer than two intervals follow the first).
+    Raises:
+        RamAvatarError: no rows.
+    """
+    if not rows:
+        raise RamAvatarError("soak: no intervals were measured (run at least one interval)")
+    first, last = rows[0], rows[-1]
+    out = {"intervals": len(rows), "rss_after_first_mib": first["rss_mib"], "rss_end_mib": last["rss_mib"],
+           "rss_peak_mib": max(r["rss_mib"] for r in rows),
+           "rss_growth_after_first_mib": round(last["rss_mib"] - first["rss_mib"], 1),
+           "rss_growth_after_first_pct": round(100.0 * (last["rss_mib"] - first["rss_mib"])
+                                               / max(first["rss_mib"], 1e-9), 2),
+           "fps_mean": round(float(np.mean([r["fps"] for r in rows])), 2),
+           "fps_slope_per_min": None, "fps_slope_pct_per_min": None,
+           "fps_last_over_first_third": None}
+    later = rows[1:]
+    if len(later) >= 2:
+        t = np.array([r["t_min"] for r in later], float)
+        f = np.array([r["fps"] for r in later], float)
+        slope = float(np.polyfit(t, f, 1)[0]) if np.ptp(t) > 0 else 0.0
+        out["fps_slope_per_min"] = round(slope, 4)
+        out["fps_slope_pct_per_min"] = round(100.0 * slope / max(float(f.mean()), 1e-9), 3)
+        k = max(1, len(later) // 3)
+        out["fps_last_over_first_third"] = round(float(f[-k:].mean() / max(f[:k].mean(), 1e-9)), 3)
+    return out
+
+
+def bench_soak(subject_dir: str | Path, minutes: float, resolution: int | None = None,
+               device: str = "auto", backend: str = "onnx", source: str | Path | None = None,
+               run_name: str = "default", mda: str = "auto", pipelined: bool = True,
+               interval_s: float = 60.0, max_video_frames: int = 300,
+               on_row=None) -> dict:
+    """Run the live runtime for ``minutes`` on a looping video and report resident memory and
+    fps over time (``ram-avatar bench live SUBJECT --soak MINUTES``).
+
+    The driving video (default: the subject's ``sequence/source.mp4`` from its captured range,
+    at most ``max_video_frames`` frames decoded into memory once) is fed again and again, as a
+    camera would deliver it, through :class:`~ram_avatar.runtime.pipeline.LivePipeline` (or
+    :meth:`AvatarRuntime.process` with ``pipelined=False``), with the subject's own renderer.
+    Every ``interval_s`` seconds a row is recorded: elapsed minutes, frames finished and fps in
+    that interval, median end-to-end latency, frames with a person, resident memory (RSS, see
+    :func:`resident_memory_bytes`) and, on CUDA, allocated GPU memory. Only counters are kept
+    per interval, so the benchmark's own bookkeeping does not grow with the soak length.
+
+    Args:
+        subject_dir: captured + trained (+ exported, for ``onnx``) subject.
+        minutes: soak length (> 0).
+        resolution: expected renderer side (None: the subject's own).
+        device, backend, source, run_name, mda, pipelined: as :func:`bench_live`.
+        interval_s: seconds per row (60: one row per minute).
+        max_video_frames: frames of the source decoded into memory and looped.
+        on_row: optional callable given each row as it is measured (progress output).
+    Returns:
+        JSON-able dict: ``rows`` (list of per-interval dicts), ``summary``
+        (:func:`soak_summary`: growth after the first interval, fps trend), ``memory_source``,
+        machine info (with the 1-minute load average at start and end: other processes on the
+        machine change fps), renderer, providers.
+    Raises:
+        RamAvatarError: non-positive ``minutes`` / ``interval_s``, bad subject, source or
+            backend, or a stage error on every frame of an interval.
+    """
+    from ram_avatar.runtime.pipeline import LivePipeline
+
+    subject_dir = Path(subject_dir)
+    if not minutes > 0:
+        raise RamAvatarError(f"--soak must be a positive number of minutes, got {minutes}")
+    if not interval_s > 0:
+        raise RamAvatarError(f"the soak interval must be positive, got {interval_s} s")
+    dev = resolve_device(device)
+    seq_dir = subject_dir / "sequence"
+    start = 0
+    if source is None:
+        source = seq_dir / "source.mp4"
+        try:
+            start = int(json.loads((seq_dir / "manifest.json").read_text())["source"]["start"])
+        except (OSError, ValueError, KeyError):
+            start = 0
+    source = Path(source)
+    video = _load_frames(source, start, max_video_frames)
+    rss0, mem_src = resident_memory_bytes()
+    engine = load_renderer_engine(subject_dir, backend, dev, run_name, resolution)
+    rt = AvatarRuntime(subject_dir, backend=backend, device=str(dev), run_name=run_name,
+                       engine=engine, mda=mda in ("auto", "on"))
+    rt.want_landmarks = False
+    mib = 1.0 / (1 << 20)
+    loadavg = (lambda: round(os.getloadavg()[0], 2)) if hasattr(os, "getloadavg") else (lambda: None)
+    report: dict = {
+        "benchmark": "live soak (" + ("pipelined" if pipelined else "sequential") + ")",
+        "subject": str(subject_dir), "source": str(source), "looped_frames": len(video),
+        "backend": backend, "device": str(dev), "resolution": engine.resolution,
+        "providers": list(getattr(engine, "providers", [])), "minutes": float(minutes),
+        "interval_s": float(interval_s), "memory_source": mem_src,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                    "load_avg_1m_start": loadavg()},
+        "rows": [],
+    }
+    # per-interval counters, reset at every row (written by the render thread)
+    cur = {"frames": 0, "person": 0, "errors": 0, "lat": []}
+    lock = threading.Lock()
+
+    def on_result(img, st):
+        with lock:
+            if "error" in st:
+                cur["errors"] += 1
+                return
+            cur["frames"] += 1
+            cur["person"] += bool(st.get("person"))
+            cur["lat"].append(float(st.get("latency", st.get("total", 0.0))))
+
+    def take_row(t0: float, t_prev: float, now: float) -> dict:
+        with lock:
+            c = dict(cur)
+            cur.update(frames=0, person=0, errors=0, lat=[])
+        rss = resident_memory_bytes()[0]
+        row = {"t_min": round((now - t0) / 60.0, 3), "frames": c["frames"],
+               "fps": round(c["frames"] / max(now - t_prev, 1e-9), 2),
+               "latency_ms_median": round(float(np.median(c["lat"])), 1) if c["lat"] else None,
+               "frames_with_person": c["person"], "errors": c["errors"],
+               "rss_mib": round(rss * mib, 1), "load_avg_1m": loadavg()}
+        if dev.type == "cuda":
+            row["cuda_allocated_mib"] = round(torch.cuda.memory_allocated(dev) * mib, 1)
+        if c["frames"] == 0 and c["errors"]:
+            raise RamAvatarError(f"soak: every frame of the interval ending at {row['t_min']} min "
+                                 f"failed ({c['errors']} errors)")
+        if on_row is not None:
+            on_row(row)
+        return row
+
+    end_s = float(minutes) * 60.0
+    try:
+        t0 = t_prev = time.perf_counter()
+        next_row = t0 + interval_s
+        i = 0
+        if pipelined:
+            with LivePipeline(rt, on_result=on_result) as pipe:
+                while True:
+                    now = time.perf_counter()
+                    if now >= next_row:
+                        report["rows"].append(take_row(t0, t_prev, now))
+                        t_prev, next_row = now, next_row + interval_s
+                        if now - t0 >= end_s - 1e-6:
+                            break
+                    if not pipe.running:
+                        raise RamAvatarError("soak: the live pipeline stopped")
+                    if pipe.inbox._full or pipe._tracked._full:  # a camera's newest frame
+                        time.sleep(0.001)
+                        continue
+                    pipe.submit(video[i % len(video)])
+                    i += 1
+        else:
+            while True:
+                now = time.perf_counter()
+                if now >= next_row:
+                    report["rows"].append(take_row(t0, t_prev, now))
+                    t_prev, next_row = now, next_row + interval_s
+                    if now - t0 >= end_s - 1e-6:
+                        break
+                _, st = rt.process(video[i % len(video)])
+                on_result(None, st)
+                i += 1
+    finally:
+        rt.close()
+    report["rss_before_load_mib"] = round(rss0 * mib, 1)
+    report["machine"]["load_avg_1m_end"] = loadavg()
+    report["summary"] = soak_summary(report["rows"])
+    return report

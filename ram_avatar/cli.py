@@ -240,6 +240,21 @@ def cmd_bench(a) -> int:
         from ram_avatar.bench import bench_live
 
         res = a.resolution[0] if a.resolution else None
+        if a.soak is not None:
+            from ram_avatar.bench import bench_soak
+
+            def show(row):  # one line per minute on stderr while the soak runs
+                sys.stderr.write(json.dumps(row) + "\n")
+                sys.stderr.flush()
+
+            rep = bench_soak(a.subject, a.soak, resolution=res, device=a.device, backend=a.backend,
+                             pipelined=not a.sequential, on_row=show)
+            if a.out:
+                from ram_avatar.utils import atomic_write_text
+
+                atomic_write_text(a.out, json.dumps(rep, indent=1) + "\n")
+            _print_json(rep)
+            return 0
         _print_json(bench_live(a.subject, resolution=res, device=a.device, backend=a.backend, frames=a.frames,
                                pipelined=not a.sequential))
     return 0
@@ -398,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, action="append", default=None, help="repeatable")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torch", "tensorrt"])
     p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--soak", type=float, default=None, metavar="MINUTES",
+                   help="bench live: run for MINUTES on the looping source and report resident "
+                        "memory and fps per minute (growth after the first minute, fps trend)")
     p.add_argument("--sequential", action="store_true",
                    help="bench live: run the stages one after another instead of the pipeline")
     p.add_argument("--preset", default=None,
@@ -412,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bench quality: held-out split (default tail)")
     p.add_argument("--out", default=None,
                    help="bench quality: output folder (default SUBJECT/runs/RUN/quality); "
-                        "bench gpu: report folder (default ./bench_gpu)")
+                        "bench gpu: report folder (default ./bench_gpu); bench live --soak: "
+                        "also write the JSON report to this file")
     p.add_argument("--run-prefix", default="bench-quality",
                    help="bench quality: run name prefix; the run is PREFIX-PRESET-HOLDOUT (a "
                         "number is added when it exists)")
