@@ -281,7 +281,9 @@ class Run:
         """
         if seq is None:
             seq = self.subject.load_sequence()
-        fraction = self.config_dict().get("val_fraction", DEFAULT_VAL_FRACTION)
+        data = self.config_dict()  # flat (before issue 11) or sectioned (data.val_fraction)
+        fraction = data.get("val_fraction", (data.get("data") or {}).get("val_fraction",
+                                                                          DEFAULT_VAL_FRACTION))
         return read_split(self.split_path, seq.num_frames, seq.valid, float(fraction))
 
     def write_split(self, split: Split) -> Path:

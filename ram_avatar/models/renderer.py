@@ -214,8 +214,27 @@ class RendererConfig:
             out.append("temporal")
         return tuple(out)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        """Raise ValueError on an invalid combination (unknown variant, bad sizes)."""
+        """Raise ValueError on an invalid combination (unknown variant, bad sizes); runs when a
+        config is built, e.g. ``RendererConfig(resolution=100)`` raises."""
+        s = self.resolution
+        if s < 16 or s & (s - 1):
+            raise ValueError(f"model.resolution must be a power of two >= 16 (the StyleUNet "
+                             f"halves it down to 8x8), got {s}")
+        if self.texture_levels < 1 or self.texture_channels < 1 or \
+                self.texture_size < 1 or (self.texture_size >> (self.texture_levels - 1)) < 1:
+            raise ValueError(f"model.texture_levels and texture_channels must be >= 1 and "
+                             f"texture_size {self.texture_size} must hold "
+                             f"{self.texture_levels} levels")
+        if self.base_channels < 1 or self.max_channels < self.base_channels:
+            raise ValueError("model.base_channels must be >= 1 and <= model.max_channels")
+        if self.mapping_layers < 1:
+            raise ValueError("model.mapping_layers must be >= 1")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ValueError("model.num_frames must be >= 1 (or None until training sets it)")
         if self.variant not in VARIANTS:
             raise ValueError(f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.body_features not in BODY_FEATURES:
