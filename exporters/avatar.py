@@ -2,7 +2,8 @@
 
 The exported graph is the one model definition (:class:`ram_avatar.models.renderer.AvatarRenderer`)
 wrapped by :class:`RendererExport`, which fixes the export-time choices (mean style code,
-RGB output only). Inputs are the renderer's own (``AvatarRenderer.input_names()``): for
+RGB output only). Inputs are the renderer's own (``AvatarRenderer.input_names()``, the
+contract of :mod:`ram_avatar.models.inputs`, checked against the exported graph): for
 renderer v1 the conditioning maps ``uv (B,2,S,S)``, ``body_mask (B,1,S,S)``, ``hand (B,5,S,S)``,
 ``face (B,3,S,S)``; the full RAM-Avatar renderer adds the expanded-mesh maps
 ``uv_expanded``/``body_mask_expanded`` (spatial attention) and the previous frame's
@@ -48,12 +49,11 @@ from exporters.onnx_export import export_onnx
 from ram_avatar.errors import DiskFullError
 from ram_avatar.io.disk import fmt_bytes, free_bytes, is_disk_full
 from ram_avatar.io.lock import FolderLock
-from ram_avatar.io.sequence import load_sequence
 from ram_avatar.io.subject import Subject
+from ram_avatar.models import inputs as contract
 from ram_avatar.models.neural_texture import NeuralTexture, uv_to_grid
-from ram_avatar.training.data import (add_previous_maps, map_render_options, maps_to_float,
-                                      render_sequence_maps)
-from ram_avatar.training.run import load_renderer
+from ram_avatar.render.sequence import (add_previous_maps, map_render_options, maps_to_float,
+                                        render_sequence_maps)
 from ram_avatar.utils import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -134,25 +134,28 @@ def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int
         In every failure case the previous ``export/`` is left unchanged.
     """
     subject_dir = Path(subject_dir)
+    subject = Subject(subject_dir)
+    run = subject.run(run_name)
     if tensorrt:
         from exporters.tensorrt import import_tensorrt
 
         import_tensorrt()  # RamAvatarError now, not after the ONNX export
-    model, info = load_renderer(subject_dir, run_name)
-    seq = load_sequence(subject_dir)
-    S = info["config"].model.resolution
-    split = Subject(subject_dir).run(run_name).split(seq)  # the run's split.json
+    model, info = run.load_renderer()
+    seq = subject.load_sequence()
+    S = model.config.resolution
+    split = run.split(seq)  # the run's split.json
     val = split.val
     frames = (val if len(val) else np.arange(seq.num_frames))[:parity_frames]
     wrapper = RendererExport(model).eval()
-    offset = info["config"].model.expand_offset
+    offset = model.config.expand_offset
     maps = render_sequence_maps(seq, frames, S, desc="parity maps",
                                 **map_render_options(wrapper.names, offset))
-    if any(n.startswith("prev_") for n in wrapper.names):
+    if contract.uses_previous(wrapper.names):
         add_previous_maps(maps)
     maps = maps_to_float(maps)
+    contract.check_feed(maps, wrapper.names, S)
     texture_check = _check_frozen(model, wrapper, maps)
-    final = subject_dir / "export"
+    final = subject.export_dir
     with FolderLock(subject_dir, what="subject (export)", name=".export.lock"):
         for stale in subject_dir.glob(".export.*"):
             if stale.is_dir():  # left by an export that was killed
@@ -163,10 +166,12 @@ def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int
         os.umask(umask)
         os.chmod(out_dir, 0o777 & ~umask)  # mkdtemp makes 0700; export/ gets normal permissions
         try:
-            report = _export_into(out_dir, final, wrapper, maps, opset, tensorrt)
-            report.update(_report_fields(subject_dir, run_name, S, info, offset, frames, split))
+            report = _export_into(out_dir, subject, wrapper, maps, opset, tensorrt)
+            _check_inputs(report, wrapper.names, S)
+            report.update(_report_fields(run, S, info, offset, frames, split))
             report["texture"] = texture_check
-            atomic_write_text(out_dir / "export.json", json.dumps(report, indent=1, default=str))
+            manifest = out_dir / subject.export_manifest_path.name
+            atomic_write_text(manifest, json.dumps(report, indent=1, default=str))
             _swap_in(out_dir, final)
         except BaseException as e:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -177,23 +182,46 @@ def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int
                     f"{'in ' + str(final) + ' is intact' if final.exists() else 'did not exist'}; "
                     "free some space and export again.") from None
             raise
-    log.info("exported %s (max |onnxruntime - torch| = %.2e)", final / "avatar.onnx",
+    log.info("exported %s (max |onnxruntime - torch| = %.2e)", subject.export_onnx,
              report["max_abs_diff"])
     return report
 
 
-def _export_into(out_dir: Path, final: Path, wrapper, maps, opset: int, tensorrt: bool) -> dict:
-    """ONNX (+ engine) into the temporary ``out_dir``; paths in the report name ``final``."""
-    report = export_onnx(wrapper, {k: maps[k] for k in wrapper.names}, out_dir / "avatar.onnx",
+def _export_into(out_dir: Path, subject: Subject, wrapper, maps, opset: int, tensorrt: bool) -> dict:
+    """ONNX (+ engine) into the temporary ``out_dir`` (file names of :class:`Subject`); paths in
+    the report name the final ``export/`` files."""
+    onnx_path = out_dir / subject.export_onnx.name
+    report = export_onnx(wrapper, {k: maps[k] for k in wrapper.names}, onnx_path,
                          output_names=list(wrapper.OUTPUTS), dynamic_batch=True, opset=opset)
-    report["path"] = str(final / "avatar.onnx")
+    report["path"] = str(subject.export_onnx)
     if tensorrt:
         from exporters.tensorrt import build_engine
 
-        trt = build_engine(out_dir / "avatar.onnx", out_dir / "avatar.engine", fp16=True)
-        trt.update(engine_path=str(final / "avatar.engine"), onnx_path=str(final / "avatar.onnx"))
+        trt = build_engine(onnx_path, out_dir / subject.export_engine.name, fp16=True)
+        trt.update(engine_path=str(subject.export_engine), onnx_path=str(subject.export_onnx))
         report["tensorrt"] = trt
     return report
+
+
+def _check_inputs(report: dict, names: tuple[str, ...], S: int) -> None:
+    """The exported graph's inputs are the contract's (:func:`ram_avatar.models.inputs.onnx_inputs`):
+    same names in the same order, ``(batch, C, S, S)`` with fixed C and S.
+
+    Raises:
+        RamAvatarError: they differ (an exporter bug; the export is not swapped in).
+    """
+    from ram_avatar.errors import RamAvatarError
+
+    want = contract.onnx_inputs(names, S)
+    got = report.get("inputs")
+    if not isinstance(got, list):
+        return  # an export report without input descriptions: nothing to compare
+    got_names = [i.get("name") for i in got]
+    got_fixed = [list(i.get("shape", []))[1:] for i in got]
+    if got_names != [w["name"] for w in want] or got_fixed != [w["shape"][1:] for w in want]:
+        raise RamAvatarError(f"export: the ONNX inputs {list(zip(got_names, got_fixed))} differ from "
+                             f"the renderer-input contract {[(w['name'], w['shape'][1:]) for w in want]}; "
+                             "please report this bug")
 
 
 @torch.no_grad()
@@ -231,13 +259,13 @@ def _swap_in(new: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _report_fields(subject_dir: Path, run_name: str, S: int, info: dict, offset, frames, split) -> dict:
+def _report_fields(run, S: int, info: dict, offset, frames, split) -> dict:
     return {
-        "subject": str(subject_dir), "run": run_name, "resolution": S,
-        "variant": info["config"].model.variant, "expand_offset": offset,
+        "subject": str(run.subject.root), "run": run.name, "resolution": S,
+        "variant": info["model_config"].variant, "expand_offset": offset,
         "checkpoint": str(info["checkpoint"]), "checkpoint_step": info["step"],
         "checkpoint_sha256": sha256_file(info["checkpoint"]),
         "parity_frames": [int(f) for f in frames], "split": split.method,
         # the capture the renderer was trained on (training.checkpoint.check_run_sequence)
-        "sequence_sha256": sha256_file(subject_dir / "sequence" / "fitted.npz"),
+        "sequence_sha256": sha256_file(run.subject.fitted_path),
     }

@@ -20,7 +20,6 @@ complete but unmeasured on the CPU-only development machines.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from ram_avatar.errors import RamAvatarError
+from ram_avatar.io.subject import Subject
 from ram_avatar.runtime.avatar_runtime import (
     STAGES,
     AvatarRuntime,
@@ -49,22 +49,28 @@ DEFAULT_RESOLUTIONS = (256, 512, 1024)
 
 def _subject_resolution(subject_dir: Path, backend: str, run_name: str) -> int | None:
     """Side of the subject's own renderer for ``backend`` (None when there is none)."""
+    subject = Subject(subject_dir)
     if backend == "onnx":
-        meta = subject_dir / "export" / "export.json"
-        if meta.is_file():
-            try:
-                return int(json.loads(meta.read_text())["resolution"])
-            except (ValueError, KeyError):
-                return None
-        return None
+        try:
+            return int(subject.export_manifest()["resolution"])
+        except (RamAvatarError, KeyError, TypeError, ValueError):
+            return None
     if backend == "torch":
-        import yaml
-
-        cfg = subject_dir / "runs" / run_name / "config.yaml"
-        if cfg.is_file():
-            return int(yaml.safe_load(cfg.read_text())["model"]["resolution"])
+        run = subject.run(run_name)
+        if run.config_path.is_file():
+            return int(run.renderer_config().resolution)
         return None
     return None  # tensorrt: read from the engine when it loads
+
+
+def _subject_source(subject_dir: Path) -> tuple[Path, int]:
+    """The subject's own video (``Subject.source_video``) and its captured first frame."""
+    subject = Subject(subject_dir)
+    try:
+        start = int(subject.manifest()["source"]["start"])
+    except (RamAvatarError, KeyError, TypeError, ValueError):
+        start = 0
+    return subject.source_video, start
 
 
 def random_renderer(resolution: int, seed: int = 0):
@@ -167,13 +173,8 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
     if frames < 1:
         raise RamAvatarError("--frames must be at least 1")
     resolutions = list(DEFAULT_RESOLUTIONS) if resolution is None else [int(resolution)]
-    seq_dir = subject_dir / "sequence"
     if source is None:
-        source = seq_dir / "source.mp4"
-        try:
-            start = int(json.loads((seq_dir / "manifest.json").read_text())["source"]["start"])
-        except (OSError, ValueError, KeyError):
-            start = 0
+        source, start = _subject_source(subject_dir)
     else:
         start = 0
     source = Path(source)
@@ -403,14 +404,9 @@ def bench_soak(subject_dir: str | Path, minutes: float, resolution: int | None =
     if not interval_s > 0:
         raise RamAvatarError(f"the soak interval must be positive, got {interval_s} s")
     dev = resolve_device(device)
-    seq_dir = subject_dir / "sequence"
     start = 0
     if source is None:
-        source = seq_dir / "source.mp4"
-        try:
-            start = int(json.loads((seq_dir / "manifest.json").read_text())["source"]["start"])
-        except (OSError, ValueError, KeyError):
-            start = 0
+        source, start = _subject_source(subject_dir)
     source = Path(source)
     video = _load_frames(source, start, max_video_frames)
     rss0, mem_src = resident_memory_bytes()

@@ -461,21 +461,21 @@ def bench_train(preset: str, dev: torch.device, work: Path, steps: int = 30,
 
 def _subject_renderer(subject: Path, run_name: str, frames: int = 4):
     """The subject's renderer, its resolution and real held-out maps (as ``export`` uses)."""
-    from ram_avatar.io.sequence import load_sequence
     from ram_avatar.io.subject import Subject
-    from ram_avatar.training.data import (add_previous_maps, map_render_options, maps_to_float,
-                                          render_sequence_maps)
-    from ram_avatar.training.run import load_renderer
+    from ram_avatar.models.inputs import uses_previous
+    from ram_avatar.render.sequence import (add_previous_maps, map_render_options, maps_to_float,
+                                            render_sequence_maps)
 
-    model, info = load_renderer(subject, run_name)
-    seq = load_sequence(subject)
-    S = info["config"].model.resolution
-    val = Subject(subject).run(run_name).split(seq).val
+    run = Subject(subject).run(run_name)
+    model, _ = run.load_renderer()
+    seq = run.subject.load_sequence()
+    S = model.config.resolution
+    val = run.split(seq).val
     idx = (val if len(val) else np.arange(seq.num_frames))[:frames]
     names = tuple(model.input_names())
     maps = render_sequence_maps(seq, idx, S, desc="held-out maps",
-                                **map_render_options(names, info["config"].model.expand_offset))
-    if any(n.startswith("prev_") for n in names):
+                                **map_render_options(names, model.config.expand_offset))
+    if uses_previous(names):
         add_previous_maps(maps)
     maps = maps_to_float(maps)
     return model.eval(), S, {n: maps[n] for n in names}, [int(i) for i in idx]

@@ -41,12 +41,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ram_avatar.models.inputs import ALL_INPUTS, spec
+
 log = logging.getLogger(__name__)
 
 __all__ = ["bench_render"]
 
 
 def _maps(cfg, batch: int, device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random renderer inputs ``(batch, C, S, S)`` for every name of the input contract
+    (:mod:`ram_avatar.models.inputs`) at ``cfg.resolution``: masks of ~60 % coverage, uv in
+    [0, 1) and canonical positions in [-1, 1) inside them, sparse hand/face strokes."""
     g = torch.Generator().manual_seed(seed)
     S = cfg.resolution
 
@@ -56,11 +61,12 @@ def _maps(cfg, batch: int, device, seed: int = 0) -> dict[str, torch.Tensor]:
     out = {}
     for prefix, suffix in (("", ""), ("", "_expanded"), ("prev_", "")):
         mask = (rnd(1) > 0.4).float()
-        out[f"{prefix}uv{suffix}"] = rnd(2) * mask
+        out[f"{prefix}uv{suffix}"] = rnd(spec(f"{prefix}uv{suffix}").channels) * mask
         out[f"{prefix}body_mask{suffix}"] = mask
-        out[f"{prefix}canon{suffix}"] = (rnd(3) * 2 - 1) * mask
-    out["hand"] = (rnd(5) > 0.97).float()
-    out["face"] = (rnd(3) > 0.97).float()
+        out[f"{prefix}canon{suffix}"] = (rnd(spec(f"{prefix}canon{suffix}").channels) * 2 - 1) * mask
+    out["hand"] = (rnd(spec("hand").channels) > 0.97).float()
+    out["face"] = (rnd(spec("face").channels) > 0.97).float()
+    assert set(out) == set(ALL_INPUTS)  # every input of the contract (models.inputs)
     return {k: v.to(device) for k, v in out.items()}
 
 

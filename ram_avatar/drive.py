@@ -38,16 +38,17 @@ import torch
 
 from ram_avatar.body import load_body_model
 from ram_avatar.capture.pipeline import track_video
-from ram_avatar.capture.video import AlphaVideoWriter, VideoWriter, iter_frames
 from ram_avatar.errors import RamAvatarError
 from ram_avatar.io.sequence import load_sequence
 from ram_avatar.io.subject import Subject
+from ram_avatar.io.video import AlphaVideoWriter, VideoWriter, iter_frames
+from ram_avatar.models import inputs as contract
 from ram_avatar.render import framing as fr
 from ram_avatar.render.composite import Background, parse_background
 from ram_avatar.render.conditioning import crop_intrinsics
+from ram_avatar.render.sequence import (add_previous_maps, crop_resize, map_render_options,
+                                        maps_to_float, render_sequence_maps)
 from ram_avatar.runtime.retarget import load_driver_betas, retarget
-from ram_avatar.training.data import (add_previous_maps, map_render_options, maps_to_float,
-                                      render_sequence_maps)
 from ram_avatar.utils import progress, resolve_device
 
 log = logging.getLogger(__name__)
@@ -64,34 +65,38 @@ class RendererBackend:
     """The avatar renderer behind one call signature: maps (float32 tensors) -> rgb (B,S,S,3)
     uint8 (and alpha with :meth:`render`).
 
-    ``onnx`` runs ``<subject>/export/avatar.onnx`` with ONNX Runtime; ``torch`` loads the
-    latest checkpoint of the run. :attr:`has_alpha` is False for an ONNX export made before
-    the ``alpha`` output existed.
+    ``onnx`` runs the subject's export (:attr:`Subject.export_onnx`, its ``export.json`` names
+    the run) with ONNX Runtime; ``torch`` loads the latest checkpoint of the run
+    (:meth:`Run.load_renderer`). :attr:`has_alpha` is False for an ONNX export made before the
+    ``alpha`` output existed. Inputs follow :mod:`ram_avatar.models.inputs`.
     """
 
     def __init__(self, subject_dir: Path, backend: str, run_name: str, device: torch.device):
         self.kind = backend
-        self.run = Subject(subject_dir).run(run_name)  # whose split.json says what was trained on
+        subject = Subject(subject_dir)
+        self.run = subject.run(run_name)  # whose split.json says what was trained on
         if backend == "onnx":
             from ram_avatar.runtime.engines import OnnxRunner
 
-            path = subject_dir / "export" / "avatar.onnx"
+            path = subject.export_onnx
             if not path.is_file():
                 raise RamAvatarError(f"{path} not found: run `ram-avatar export {subject_dir}` "
                                      "first, or use --backend torch")
-            meta = json.loads((subject_dir / "export" / "export.json").read_text())
-            self.run = Subject(subject_dir).run(meta.get("run", run_name))  # the exported run
+            meta = subject.export_manifest()
+            self.run = subject.run(meta.get("run", run_name))  # the exported run
             self.resolution = int(meta["resolution"])
             self.expand_offset = float(meta.get("expand_offset", 0.01))
             self.runner = OnnxRunner(path)
-            self.input_names = tuple(self.runner.input_names)
+            try:
+                self.input_names = contract.check_names(self.runner.input_names)
+            except ValueError as e:
+                raise RamAvatarError(f"{path} is not an avatar renderer of this version ({e}): "
+                                     f"run `ram-avatar export {subject_dir}` again") from None
             self.has_alpha = "alpha" in self.runner.output_names
         elif backend == "torch":
-            from ram_avatar.training.run import load_renderer
-
-            self.model, info = load_renderer(subject_dir, run_name, device)
-            self.resolution = info["config"].model.resolution
-            self.expand_offset = info["config"].model.expand_offset
+            self.model, _ = self.run.load_renderer(device)
+            self.resolution = self.model.config.resolution
+            self.expand_offset = self.model.config.expand_offset
             self.input_names = self.model.input_names()
             self.device = device
             self.has_alpha = True
@@ -247,7 +252,7 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
     engine = RendererBackend(subject_dir, backend, run_name, dev)
     if bg.mode != "learned" and not engine.has_alpha:
         raise RamAvatarError(f"--background {background} needs the renderer's alpha, but "
-                             f"{subject_dir / 'export' / 'avatar.onnx'} was exported without it: "
+                             f"{Subject(subject_dir).export_onnx} was exported without it: "
                              f"run `ram-avatar export {subject_dir}` again, or use --backend torch")
     aligner = _load_aligner(subject_dir, mda)
     bm = seq.manifest["body_model"]
@@ -272,7 +277,7 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
         maps = render_sequence_maps(seq, np.arange(T), S, body=body, params=params,
                                     face_local=face_local, desc=f"maps ({name})",
                                     **engine.render_options())
-        if any(n.startswith("prev_") for n in engine.input_names):
+        if contract.uses_previous(engine.input_names):
             add_previous_maps(maps)  # temporal attention: frame t-1 of the driven sequence
         outs, alpha_outs = [], []
         with progress() as bar:
@@ -396,8 +401,6 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
         ``mda_minus_no_mda`` and the ``arms`` table.
     """
     from ram_avatar.eval import render_stats as rs
-    from ram_avatar.render.conditioning import crop_intrinsics
-    from ram_avatar.training.data import crop_resize
     from ram_avatar.utils import atomic_write_text
 
     output = Path(output)
@@ -410,7 +413,7 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
     train_idx, val_idx = split.train, split.val
     held = render_sequence_maps(seq, val_idx, S, body=body, desc="maps (held-out reference)",
                                 **engine.render_options())
-    if any(n.startswith("prev_") for n in engine.input_names):
+    if contract.uses_previous(engine.input_names):
         add_previous_maps(held)
     held_frames = _render_frames(engine, held, batch)
     background = _render_frames(engine, {k: torch.zeros_like(v[:1]) for k, v in held.items()}, 1)[0]

@@ -19,7 +19,13 @@ setting); its output is compared with the real cropped frame:
   upward-biased estimate, comparable only between runs evaluated on the same frames.
 
 The full renderer reads its extra maps (expanded mesh, previous frame) from the same dataset
-(``RendererConfig.data_extras``).
+(``RendererConfig.data_extras``, the input contract of :mod:`ram_avatar.models.inputs`).
+
+Layering: evaluation reads the run through :class:`ram_avatar.io.subject.Run` (renderer, split,
+refined poses) and renders the held-out frames with :mod:`ram_avatar.render.sequence`; it
+does not import ``ram_avatar.training``, except lazily for the opt-in test-time pose
+refinement (``--refine-poses N``, :func:`ram_avatar.training.pose_refine.refine_heldout_poses`),
+the one declared exception of the import contracts (pyproject ``[tool.importlinter]``).
 """
 
 from __future__ import annotations
@@ -32,11 +38,12 @@ import numpy as np
 import torch
 
 from ram_avatar.eval.metrics import load_lpips, psnr, ssim, temporal_lpips, temporal_stability
+from ram_avatar.io.refined_poses import apply_refined_poses, load_refined_poses
 from ram_avatar.io.sequence import load_sequence
 from ram_avatar.io.split import Split, decide_split
 from ram_avatar.io.subject import Subject
-from ram_avatar.training.data import SubjectDataset
-from ram_avatar.training.run import load_renderer
+from ram_avatar.models import inputs as contract
+from ram_avatar.render.sequence import SubjectDataset
 from ram_avatar.utils import atomic_write_text, resolve_device
 
 log = logging.getLogger(__name__)
@@ -105,10 +112,7 @@ def evaluation_params(run, seq):
         (params, protocol): the sequence's fitted parameters, with the run's refined shared
         betas (and refined training poses) when it saved ``refined_poses.npz``.
     """
-    from ram_avatar.training.pose_refine import (REFINED_POSES_FILE, apply_refined_poses,
-                                                 load_refined_poses)
-
-    refined = load_refined_poses(run.dir / REFINED_POSES_FILE)
+    refined = load_refined_poses(run.refined_poses_path)
     if refined is None:
         return seq.params, "fitted poses (no pose refinement in training)"
     return (apply_refined_poses(seq.params, refined),
@@ -166,27 +170,29 @@ def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device:
     dev = resolve_device(device)
     seq = load_sequence(subject_dir)
     run = Subject(subject_dir).run(run_name)
-    model, info = load_renderer(subject_dir, run_name, dev)
-    cfg = info["config"]
+    model, info = run.load_renderer(dev)
+    mc = model.config
+    extras = contract.data_extras(model.input_names())
     run_split = run.split(seq)
     ev, split_note = evaluation_split(run_split, seq, split)
     val = ev.val
     params, protocol = evaluation_params(run, seq)
-    ds = SubjectDataset(seq, val, cfg.model.resolution, extras=cfg.model.data_extras(),
-                        expand_offset=cfg.model.expand_offset, params=params)
+    ds = SubjectDataset(seq, val, mc.resolution, extras=extras, expand_offset=mc.expand_offset,
+                        params=params)
     if refine_poses > 0:
+        # opt-in test-time refinement: the one lazy import of training (module docstring)
         from ram_avatar.training.pose_refine import refine_heldout_poses
 
         params = refine_heldout_poses(model, ds, iterations=refine_poses, device=dev)
-        ds = SubjectDataset(seq, val, cfg.model.resolution, extras=cfg.model.data_extras(),
-                            expand_offset=cfg.model.expand_offset, params=params, body=ds.body)
+        ds = SubjectDataset(seq, val, mc.resolution, extras=extras, expand_offset=mc.expand_offset,
+                            params=params, body=ds.body)
         protocol = (f"held-out poses refined from their own images ({refine_poses} passes, "
                     f"renderer frozen): test-time refinement, not comparable with fitted poses; "
                     + protocol)
     pred, real, mask = predict(model, ds, dev)
     lp = load_lpips("alex", backbone_path=lpips_weights, device="cpu")
     res = {"step": info["step"], **image_metrics(pred, real, mask, val, lp, dev),
-           "resolution": cfg.model.resolution, "preset": cfg.preset,
+           "resolution": mc.resolution, "preset": info["preset"],
            "split": ev.method, "split_val_fraction": ev.val_fraction,
            "run_split": run_split.method, "pose_refinement": protocol}
     if split_note is not None:
@@ -278,7 +284,7 @@ def evaluate_mda(subject_dir: str | Path, source: str | Path, device="cpu", stre
         c = mda_curve(subject_dir, params, strengths or CURVE_STRENGTHS, body=body, aligner=aligner,
                       sequence=seq, source_fps=fps)
         c["source"] = str(source)
-        out = Path(out_dir) if out_dir is not None else Path(subject_dir) / "mda"
+        out = Path(out_dir) if out_dir is not None else Subject(subject_dir).mda_dir
         stem = f"mda_curve-{Path(source).stem}"
         c["json"] = str(out / f"{stem}.json")
         png = plot_mda_curve(c, out / f"{stem}.png")

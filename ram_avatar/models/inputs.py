@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+import numpy as np
 import torch
 
 __all__ = ["InputSpec", "INPUTS", "BASE_INPUTS", "EXTRA_INPUTS", "ALL_INPUTS", "DATA_EXTRAS",
@@ -221,7 +222,7 @@ def uses_previous(names: Iterable[str]) -> bool:
     return bool(previous_inputs(names))
 
 
-def previous_frame_indices(frames, valid) -> "np.ndarray":  # noqa: F821
+def previous_frame_indices(frames, valid) -> np.ndarray:
     """The previous-frame rule on capture frames (module docstring).
 
     Args:
@@ -230,8 +231,6 @@ def previous_frame_indices(frames, valid) -> "np.ndarray":  # noqa: F821
     Returns:
         (N,) int64: ``t - 1`` where ``t - 1 >= 0`` and ``valid[t - 1]``, else ``t``.
     """
-    import numpy as np
-
     frames = np.asarray(frames, dtype=np.int64)
     valid = np.asarray(valid, bool)
     prev = frames - 1
