@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +52,7 @@ from ram_avatar.errors import CheckpointError, RamAvatarError
 from ram_avatar.io.camera import default_intrinsics, load_camera, undistort_points
 from ram_avatar.io.sequence import load_sequence
 from ram_avatar.io.subject import Subject
+from ram_avatar.models.inputs import ALL_INPUTS, BASE_INPUTS, EXTRA_INPUTS, render_options
 from ram_avatar.render.conditioning import (
     ConditioningRenderer,
     crop_intrinsics,
@@ -71,12 +71,11 @@ __all__ = ["AvatarRuntime", "LiveRetargeter", "blend_params", "OnnxRenderer", "T
 
 #: timed stages of :meth:`AvatarRuntime.process`, in order (``total`` is added to the stats)
 STAGES = ("track", "fit", "retarget", "align", "maps", "render")
-#: renderer inputs of every renderer (docs/INTERFACES.md)
-MAP_NAMES = ("uv", "body_mask", "hand", "face")
+#: renderer inputs of every renderer (the input contract, :mod:`ram_avatar.models.inputs`)
+MAP_NAMES = BASE_INPUTS
 #: optional inputs of the full renderer (ram_avatar.models.renderer), all rendered by the runtime:
 #: expanded-mesh maps, canonical-position maps (triplane) and the previous frame's maps
-EXTRA_MAP_NAMES = ("uv_expanded", "body_mask_expanded", "prev_uv", "prev_body_mask", "canon",
-                   "canon_expanded", "prev_canon")
+EXTRA_MAP_NAMES = EXTRA_INPUTS
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,7 +109,7 @@ class OnnxRenderer:
         self.runner = OnnxRunner(path, providers=providers)
         self.providers = list(self.runner.providers)
         names = self.runner.input_names
-        unknown = [n for n in names if n not in MAP_NAMES + EXTRA_MAP_NAMES]
+        unknown = [n for n in names if n not in ALL_INPUTS]
         shape = self.runner.session.get_inputs()[names.index("body_mask")].shape \
             if "body_mask" in names else None
         if (unknown or shape is None or not isinstance(shape[-1], int)
@@ -131,49 +130,26 @@ def _model_inputs(model) -> tuple[str, ...]:
     return tuple(names()) if callable(names) else MAP_NAMES
 
 
-def _latest_checkpoint(run: Path) -> Path | None:
-    best, best_step = None, -1
-    for p in (run / "checkpoints").glob("step_*.safetensors"):
-        m = re.fullmatch(r"step_(\d+)\.safetensors", p.name)
-        if m and int(m.group(1)) > best_step:
-            best, best_step = p, int(m.group(1))
-    return best
-
-
 class TorchRenderer:
     """The latest checkpoint of a training run, evaluated in torch (mean style code).
 
-    Reads ``<subject>/runs/<run>/config.yaml`` (``model`` section -> RendererConfig) and the
-    model tensors of the newest ``checkpoints/step_*.safetensors`` without importing the
-    training package.
+    Loaded by :meth:`ram_avatar.io.subject.Run.load_renderer` (the run's config.yaml ``model``
+    section, strictly, and the newest checkpoint), without importing the training package.
 
     Raises:
-        CheckpointError: no run / checkpoint, or tensors that do not match the config.
+        CheckpointError: no run / checkpoint, tensors that do not match the config, or a run
+            trained on another capture; RunConfigError: a bad config.yaml.
     """
 
     name = "torch"
 
     def __init__(self, subject_dir: str | Path, run_name: str, device: torch.device):
-        import yaml
-        from safetensors import safe_open
-
-        from ram_avatar.models.renderer import AvatarRenderer, RendererConfig
-
-        run = Path(subject_dir) / "runs" / run_name
-        ckpt = _latest_checkpoint(run) if run.is_dir() else None
-        if ckpt is None or not (run / "config.yaml").is_file():
-            raise CheckpointError(f"no trained renderer in {run}: run `ram-avatar train {subject_dir}` "
+        run = Subject(subject_dir).run(run_name)
+        if run.latest_checkpoint() is None or not run.config_path.is_file():
+            raise CheckpointError(f"no trained renderer in {run.dir}: run `ram-avatar train {subject_dir}` "
                                   "first, or use --backend onnx with an exported avatar")
-        try:
-            cfg = yaml.safe_load((run / "config.yaml").read_text())["model"]
-            known = RendererConfig.__dataclass_fields__
-            config = RendererConfig(**{k: v for k, v in cfg.items() if k in known})
-            model = AvatarRenderer(config)
-            with safe_open(str(ckpt), framework="pt", device="cpu") as fh:
-                state = {k[len("model."):]: fh.get_tensor(k) for k in fh.keys() if k.startswith("model.")}
-            model.load_state_dict(state, strict=True)
-        except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
-            raise CheckpointError(f"cannot load the renderer of {run} ({ckpt.name}): {e}") from e
+        model, info = run.load_renderer()
+        config, ckpt = model.config, info["checkpoint"]
         self.model = model.to(device).eval()
         self.device = device
         self.threads = torch.get_num_threads()  # the runtime runs its other stages on 1 thread
@@ -253,19 +229,13 @@ def load_renderer_engine(subject_dir: str | Path, backend: str = "onnx",
     """
     subject_dir = Path(subject_dir)
     device = resolve_device(device)
-    export = subject_dir / "export"
     if backend == "tensorrt" and device.type != "cuda":
         raise RamAvatarError("--backend tensorrt needs an NVIDIA GPU (--device cuda) with TensorRT "
                              "installed (pip install 'ram-avatar-studio[tensorrt]'); on this machine "
                              "use --backend onnx")
     if backend in ("onnx", "tensorrt"):
-        ext = ".onnx" if backend == "onnx" else ".engine"
-        if model_path is not None:
-            path = Path(model_path)
-        elif resolution is not None and (export / f"avatar_{resolution}{ext}").is_file():
-            path = export / f"avatar_{resolution}{ext}"
-        else:
-            path = export / f"avatar{ext}"
+        path = Path(model_path) if model_path is not None else \
+            Subject(subject_dir).export_model(backend, resolution)
         if not path.is_file():
             if backend == "tensorrt":
                 raise RamAvatarError(f"{path} not found: build it on this GPU machine with "
@@ -416,13 +386,11 @@ class FrameResult:
 
 
 def _expand_offset(subject_dir: Path, run_name: str) -> float:
-    """``model.expand_offset`` of the run's config.yaml (metres), else the renderer default."""
-    import yaml
-
+    """``model.expand_offset`` of the run's config.yaml (metres, :meth:`Run.renderer_config`),
+    else the renderer default."""
     try:
-        return float(yaml.safe_load((subject_dir / "runs" / run_name / "config.yaml").read_text())
-                     ["model"]["expand_offset"])
-    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return float(Subject(subject_dir).run(run_name).renderer_config().expand_offset)
+    except RamAvatarError:
         from ram_avatar.models.renderer import RendererConfig
 
         return float(getattr(RendererConfig(), "expand_offset", 0.01))
@@ -488,11 +456,10 @@ class AvatarRuntime:
             self.subject_dir, backend, self.device, run_name, resolution, model_path)
         self.resolution = self.engine.resolution
         self.input_names = tuple(getattr(self.engine, "input_names", MAP_NAMES))
-        self._render_kw: dict = {}
-        if any(n in self.input_names for n in ("uv_expanded", "body_mask_expanded", "canon_expanded")):
+        # the map options the renderer's inputs need (input contract, models.inputs)
+        self._render_kw: dict = render_options(self.input_names)
+        if "expand_offset" in self._render_kw:
             self._render_kw["expand_offset"] = _expand_offset(self.subject_dir, run_name)
-        if any(n in self.input_names for n in ("canon", "canon_expanded", "prev_canon")):
-            self._render_kw["canonical"] = True
         self._prev_maps: dict[str, torch.Tensor] = {}
         self._prev_inputs: dict[str, torch.Tensor] = {}
         bm = seq.manifest["body_model"]
