@@ -550,8 +550,9 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, object] | list[str]) -> TrainConfig:
-    """Return a copy with overrides applied: dotted keys (``optim.lr``, ``model.base_channels``)
-    or the flat keys of older versions (``lr``, ``augment_prob``; :data:`FLAT_KEYS`).
+    """Return a copy with overrides applied: dotted keys (``optim.lr``, ``model.base_channels``),
+    the flat keys of older versions (``lr``, ``augment_prob``; :data:`FLAT_KEYS`) or a renderer
+    field by its own name (``texture_rgb`` for ``model.texture_rgb``).
 
     ``overrides`` is a dict or a list of ``"key=value"`` strings whose values are parsed as YAML
     (``lr=2e-4`` a number, ``amp=false`` a bool, ``augment_scale=[0.7,1.3]`` a pair); the values
@@ -572,8 +573,11 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, object] | list[str
                 raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") \
                     from None
         overrides = parsed
+    model_fields = {f.name for f in fields(RendererConfig)}
     items = {}
     for key, value in overrides.items():
+        if key in model_fields:  # a renderer field by its own name: texture_rgb=true
+            key = f"model.{key}"
         items.update(_flatten({key: value}))
     return _parse(config, items)
 
