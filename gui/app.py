@@ -472,18 +472,3 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
             "latency_ms_mean": {k: round(v / n, 1) for k, v in sums.items()} if n else {},
             "screenshot": str(screenshot) if screenshot else None,
             "messages": [m for _, m in win.messages[-5:]]}
-
-
-def main(argv: list[str] | None = None) -> int:  # pragma: no cover - `python -m gui.app`
-    import argparse
-
-    from gui.cli import add_arguments, run_from_args
-
-    p = argparse.ArgumentParser(prog="ram-avatar-live")
-    add_arguments(p)
-    return run_from_args(p.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-

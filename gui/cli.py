@@ -53,3 +53,15 @@ def run_from_args(a) -> int:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
         return 0 if summary["completed"] else 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:  # pragma: no cover - `python -m gui.cli`
+    """The live app without the ``ram-avatar`` front end (``python -m gui.cli SUBJECT ...``).
+    Lives here, not in ``gui.app``, so that ``gui.app`` never imports ``gui.cli`` (no cycle)."""
+    p = argparse.ArgumentParser(prog="ram-avatar-live")
+    add_arguments(p)
+    return run_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
