@@ -128,7 +128,7 @@ def test_configs_validate_themselves():
         DataConfig(val_fraction=1.5)
     with pytest.raises(ConfigError, match=r"loss\.hand_loss"):
         LossConfig(hand_loss="cosine")
-    with pytest.raises(ConfigError, match=r"gan\.disc_base_channels"):
+    with pytest.raises(ConfigError, match=r"gan\.disc_lr_mult must be > 0 and 1 <= disc_base"):
         GanConfig(disc_base_channels=64, disc_max_channels=8)
     with pytest.raises(ConfigError, match="model.resolution"):
         apply_overrides(get_preset("cpu-256-v1"), ["model.resolution=100"])
