@@ -194,7 +194,7 @@ def cmd_demo(a) -> int:
     """capture -> train -> export -> drive on the bundled sample videos."""
     from ram_avatar.demo import run_demo
 
-    _print_json(run_demo(Path(a.output), minutes=a.minutes, device=a.device, run_verb=run_verb))
+    _print_json(run_demo(Path(a.output), minutes=a.minutes, device=a.device))
     return 0
 
 
@@ -261,7 +261,7 @@ def cmd_bench(a) -> int:
 
 
 def run_verb(argv: list[str]) -> int:
-    """Run one ``ram-avatar`` verb in this process (used by the demo to chain the stages)."""
+    """Run one ``ram-avatar`` verb in this process (``argv`` without the program name)."""
     args = build_parser().parse_args(argv)
     args.argv = list(argv)
     return int(args.func(args) or 0)
