@@ -62,11 +62,9 @@ def tiny_config(**kw) -> TrainConfig:
     cfg = get_preset("cpu-256-v1")
     cfg.model = replace(cfg.model, resolution=SIZE, texture_size=64, texture_levels=3,
                         base_channels=8, max_channels=32, style_dim=32, latent_dim=16)
-    cfg.log_interval = 10
-    cfg.preview_interval = 1000
-    cfg.val_interval = 1000
-    cfg.checkpoint_interval = 1000
-    for key, value in kw.items():
+    cfg.log = replace(cfg.log, scalars_every=10, preview_every=1000, val_every=1000,
+                      checkpoint_every=1000)
+    for key, value in kw.items():  # flat names (lr, batch_size, ...) are section aliases
         setattr(cfg, key, value)
     return cfg
 
@@ -298,3 +296,36 @@ def test_minutes_budget(tmp_path):
     assert summary["step"] == summary["steps_run"]
     if summary["steps_run"]:
         assert latest_checkpoint(tmp_path / "r").name == f"step_{summary['step']:08d}.safetensors"
+
+
+def test_trainer_steps_one_at_a_time(tmp_path):
+    """The Trainer's parts (setup / train_iteration / validate / save) used directly, and the
+    model's param groups, loss dict and DDP-free wrapping."""
+    from ram_avatar.training.distributed import DistributedContext, unwrap
+    from ram_avatar.training.trainer import Trainer
+
+    cfg = tiny_config(seed=1)
+    dist = DistributedContext("cpu")
+    trainer = Trainer(SyntheticAvatar(6), SyntheticAvatar(2, offset=6), tmp_path / "run", cfg,
+                      dist, show_progress=False)
+    trainer.setup()
+    assert unwrap(trainer.model.train_renderer) is trainer.model.renderer  # one rank: no DDP
+    groups = {g["name"]: g for g in trainer.model.param_groups()}
+    assert set(groups) == {"generator", "texture", "background"}
+    assert groups["texture"]["lr"] == cfg.optim.lr * cfg.optim.texture_lr_mult
+    n = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert n == sum(p.numel() for p in trainer.model.renderer.parameters())
+    before = trainer.model.renderer.background_logit.detach().clone()
+    batches = iter(trainer.loader)
+    values = trainer.train_iteration(next(batches))
+    assert trainer.step == 1 and set(values) == {"l1", "ssim", "mask", "total"}
+    assert values["total"] == pytest.approx(
+        cfg.loss.l1_weight * values["l1"] + cfg.loss.ssim_weight * values["ssim"]
+        + cfg.loss.mask_weight * values["mask"], rel=1e-5)
+    assert not torch.equal(before, trainer.model.renderer.background_logit)
+    trainer.train_iteration(next(batches))
+    psnr = trainer.validate()
+    assert 5 < psnr < 60
+    path = trainer.save()
+    assert path.name == "step_00000002.safetensors" and latest_checkpoint(tmp_path / "run") == path
+    trainer.writer.close()

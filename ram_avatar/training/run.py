@@ -59,7 +59,7 @@ def resolve_split(run: Run, seq: FittedSequence, config: TrainConfig, holdout: s
     Args:
         run: the training run.
         seq: the subject's sequence.
-        config: the resolved config (its ``val_fraction`` decides a new split).
+        config: the resolved config (its ``data.val_fraction`` decides a new split).
         holdout: ``tail`` | ``segment`` | None (None: the run's own split, ``tail`` for a new run).
         body: body model for the ``segment`` split (loaded when None).
     Returns:
@@ -67,7 +67,7 @@ def resolve_split(run: Run, seq: FittedSequence, config: TrainConfig, holdout: s
         one without a method) is read as the ``tail`` split and its split.json is rewritten in
         the current layout (same frames).
     Raises:
-        SplitError: ``holdout`` or ``config.val_fraction`` conflicts with the run's recorded split.
+        SplitError: ``holdout`` or ``config.data.val_fraction`` conflicts with the run's recorded split.
     """
     if run.split_path.is_file() or run.latest_checkpoint() is not None:
         split = run.split(seq)
@@ -76,16 +76,16 @@ def resolve_split(run: Run, seq: FittedSequence, config: TrainConfig, holdout: s
                 f"run {run.dir} holds out frames with the {split.method!r} split (its split.json); "
                 f"--holdout {holdout} conflicts with it. Train a new run (--run NAME) to use "
                 f"the {holdout!r} split")
-        if abs(float(config.val_fraction) - split.val_fraction) > 1e-9:
+        if abs(float(config.data.val_fraction) - split.val_fraction) > 1e-9:
             raise SplitError(
                 f"run {run.dir} was split with val_fraction {split.val_fraction:g}; "
-                f"val_fraction={config.val_fraction:g} conflicts with it. Train a new run "
+                f"val_fraction={config.data.val_fraction:g} conflicts with it. Train a new run "
                 "(--run NAME) for another fraction")
         if not run.has_split() and _rank0():
             run.write_split(split)
             log.info("%s: recorded the run's split in the current layout", run.split_path)
         return split
-    split = decide_split(seq, holdout or "tail", config.val_fraction, body=body)
+    split = decide_split(seq, holdout or "tail", config.data.val_fraction, body=body)
     if _rank0():  # every rank decides the same split; one writes it
         run.write_split(split)
     log.info("%s: %s", run.split_path, split.describe())
@@ -192,7 +192,8 @@ def train_subject(subject_dir: str | Path, preset: str = "cpu-256", steps: int |
         steps / minutes: stop after this many total steps / this many minutes of this call.
         run_name: run folder under ``<subject>/runs``.
         device: ``auto``, ``cpu`` or ``cuda``.
-        overrides: ``key=value`` config overrides (e.g. ``batch_size=4``, ``model.base_channels=32``).
+        overrides: ``key=value`` config overrides (e.g. ``data.batch_size=4`` or the flat
+            ``batch_size=4``, ``model.base_channels=32``; training.config.apply_overrides).
         backend: rasterizer backend for the conditioning maps.
         holdout: held-out split of a new run, ``tail`` (default) or ``segment`` (io.split);
             a resumed run keeps its own and refuses a different one.
