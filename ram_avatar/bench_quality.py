@@ -152,7 +152,7 @@ def bench_quality(subject_dir: str | Path, minutes=(2, 5, 10, 20), preset: str =
     setup = prepare_training(subject_dir, preset, run_name, overrides, holdout, backend)
     if setup.val_set is None or len(setup.val_set) == 0:
         raise RamAvatarError("the held-out split is empty: bench quality needs val_fraction > 0")
-    out_dir = Path(out) if out is not None else setup.run.dir / "quality"
+    out_dir = Path(out) if out is not None else setup.run.quality_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     lp = load_lpips("alex", backbone_path=lpips_weights, device="cpu")
     val = setup.split.val

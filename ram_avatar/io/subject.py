@@ -224,6 +224,11 @@ class Run:
         return self.dir / "tb"
 
     @property
+    def quality_dir(self) -> Path:
+        """``quality/``: default output folder of ``bench quality`` for this run."""
+        return self.dir / "quality"
+
+    @property
     def split_path(self) -> Path:
         """``split.json``: the run's record of its held-out split (io.split)."""
         return self.dir / "split.json"

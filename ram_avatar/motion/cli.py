@@ -86,11 +86,12 @@ def _train_prior_cmd(args) -> int:
 
 
 def _fit_mda_cmd(args) -> int:
+    from ram_avatar.io.subject import Subject
     from ram_avatar.motion.mda import MDAConfig, fit_mda
     meta = fit_mda(args.subject, steps=args.steps, minutes=args.minutes, prior=args.prior, device=args.device,
                    config=MDAConfig(mode=getattr(args, "mode", "part")))
     log.info("fit-mda: %d training poses, %d steps in %.0f s -> %s", meta["frames"]["train"],
-             meta["steps_done"], meta["training_time_s"], Path(args.subject) / "mda")
+             meta["steps_done"], meta["training_time_s"], Subject(args.subject).mda_dir)
     return 0
 
 
