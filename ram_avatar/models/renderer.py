@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ram_avatar.models.inputs import BASE_INPUTS, EXTRA_INPUTS, data_extras, renderer_inputs  # noqa: F401
 from ram_avatar.models.neural_texture import NeuralTexture
 from ram_avatar.models.styleunet import StyleUNet
 
@@ -49,11 +50,8 @@ log = logging.getLogger(__name__)
 
 VARIANTS = ("v1", "full")
 BODY_FEATURES = ("texture", "triplane")
-#: base inputs of every variant, in ONNX input order
-BASE_INPUTS = ("uv", "body_mask", "hand", "face")
-#: optional extra inputs of the full variant
-EXTRA_INPUTS = ("uv_expanded", "body_mask_expanded", "prev_uv", "prev_body_mask", "canon",
-                "canon_expanded", "prev_canon")
+#: base inputs of every variant (ONNX input order) and optional inputs of the full variant:
+#: the renderer-input contract, ram_avatar.models.inputs
 
 
 @dataclass
@@ -183,36 +181,12 @@ class RendererConfig:
         ``prev_*`` without temporal attention). The 4 base names stay in the signature of
         :meth:`AvatarRenderer.forward` in any case.
         """
-        if self.variant != "full":
-            return BASE_INPUTS
-        tri = self.body_features == "triplane"
-        names = ["body_mask"] if tri else ["uv", "body_mask"]
-        if self.hand_branch:
-            names.append("hand")
-        if self.face_branch:
-            names.append("face")
-        if tri:
-            names.append("canon")
-        if self.spatial_attention:
-            names += ["canon_expanded", "body_mask_expanded"] if tri else \
-                     ["uv_expanded", "body_mask_expanded"]
-        if self.temporal_attention:
-            names += ["prev_canon", "prev_body_mask"] if tri else ["prev_uv", "prev_body_mask"]
-        return tuple(names)
+        return renderer_inputs(self)  # the input contract (models.inputs)
 
     def data_extras(self) -> tuple[str, ...]:
         """Optional dataset/conditioning extras this config needs (``training.data`` flags):
         ``expanded``, ``canonical``, ``temporal`` (previous-frame maps)."""
-        if self.variant != "full":
-            return ()
-        out = []
-        if self.spatial_attention:
-            out.append("expanded")
-        if self.body_features == "triplane":
-            out.append("canonical")
-        if self.temporal_attention:
-            out.append("temporal")
-        return tuple(out)
+        return data_extras(self.input_names())
 
     def __post_init__(self) -> None:
         self.validate()
