@@ -64,6 +64,12 @@ from ram_avatar.utils import atomic_path, progress
 
 log = logging.getLogger(__name__)
 
+#: names importable from here (the trainer's public names before issue 11 included)
+__all__ = ["EXTRA_ITEM_KEYS", "ITEM_KEYS", "MAP_KEYS", "ResumableBatchSampler", "Trainer",
+           "aux_checkpoint_path", "compute_losses", "dataset_num_frames", "gan_weight_at",
+           "init_background", "load_ema_weights", "maps_visual", "preview_grid",
+           "required_extras", "required_item_keys", "split_train_val", "train", "validate"]
+
 # ---------------------------------------------------------------------------------------------
 # previews / validation
 
@@ -613,12 +619,6 @@ def _discriminator_step(disc, opt_d, scaler_d, batch: dict, rgb: torch.Tensor,
         disc, opt_d, lambda loss: clip_and_step(opt_d, scaler_d, disc.parameters(), loss,
                                                 "discriminator"),
         batch, rgb, config, step, autocast)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
 
 
 def _ckpt_step(path: Path | None) -> int | None:
