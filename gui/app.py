@@ -2,8 +2,13 @@
 
 Layout: the avatar at display size (left; scaled to the window, aspect kept) with a message
 line above it; on the right the source (webcam index or video file, Browse..., Start), a
-source preview, toggles (skeleton overlay, motion alignment, virtual camera), Record, and the
-readouts: FPS, per-stage latency (ms) and dropped frames.
+source preview, toggles (skeleton overlay, motion alignment, virtual camera), Record, the
+output controls (framing ``none|full|upper|head``, zoom, offset, zoom mode ``crop|camera``,
+output size, background ``learned|transparent|#RRGGBB|picture``, and the virtual camera's key
+colour; the same settings as ``ram-avatar live --framing ...`` and ``drive``), and the
+readouts: FPS, per-stage latency (ms) and dropped frames. A transparent avatar is shown over a
+checkerboard, recorded to ``.webm`` (VP9 with alpha) and keyed over the key colour on the
+virtual camera.
 
 All work runs on a :class:`gui.worker.LiveWorker` on its own ``QThread``; the GUI thread only
 draws what the worker sends, so the window never freezes. A lost or missing webcam, a failing
@@ -33,6 +38,7 @@ from PySide6.QtWidgets import (
     QApplication,
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -47,7 +53,10 @@ from PySide6.QtWidgets import (
 )
 
 from gui.sources import check_source, open_source
-from gui.worker import LiveWorker, virtual_camera_available
+from gui.worker import DEFAULT_KEY, LiveWorker, virtual_camera_available
+from ram_avatar.errors import RamAvatarError
+from ram_avatar.render.composite import parse_colour
+from ram_avatar.render.framing import FRAMINGS, ZOOM_MODES, OutputSettings
 
 __all__ = ["LiveWindow", "ImageView", "run_live", "to_qimage", "STAGE_NAMES"]
 
@@ -60,6 +69,10 @@ DISPLAY_SIZE = 512
 NO_PERSON_FRAMES = 3
 NO_PERSON_MESSAGE = ("no person in view: step into the camera's view, whole body visible and "
                      "facing it; the avatar holds its last pose meanwhile")
+#: output sizes offered by the app (any even WxH can be typed)
+OUT_SIZES = ("1280x720", "1920x1080", "960x540", "640x360")
+#: backgrounds offered by the app (a #RRGGBB colour or a picture path can be typed)
+BACKGROUNDS = ("learned", "transparent", "#00FF00", "#0000FF", "#FFFFFF")
 
 
 def to_qimage(img: np.ndarray) -> QImage:
@@ -110,6 +123,9 @@ class LiveWindow(QMainWindow):
         loop: restart video files at their end.
         retry_s: seconds between reopening attempts of a failed source.
         record_dir: folder of recordings (default: the current directory).
+        output: initial :class:`~ram_avatar.render.framing.OutputSettings` (framing, zoom,
+            offset, size, background, zoom mode); default the rendered square, learned
+            background. key_colour: (r, g, b) behind a transparent avatar on the virtual camera.
 
     Signals:
         frame_shown(int): a new avatar frame was drawn (argument: frames processed so far).
@@ -125,7 +141,8 @@ class LiveWindow(QMainWindow):
                  run_name: str = "default", runtime_factory: Callable[[], object] | None = None,
                  source_factory: Callable[[object], object] | None = None, loop: bool = False,
                  retry_s: float = 1.0, record_dir: str | Path | None = None,
-                 max_source_failures: int | None = None, lower_body: str = "stand"):
+                 max_source_failures: int | None = None, lower_body: str = "stand",
+                 output: OutputSettings | None = None, key_colour=DEFAULT_KEY):
         super().__init__()
         self.no_person_frames = 0
         self.subject_dir = Path(subject_dir)
@@ -149,6 +166,8 @@ class LiveWindow(QMainWindow):
         self.worker.set_mda(bool(mda))
         self.lower_body_box.setCurrentText(lower_body)
         self.worker.set_lower_body(lower_body)
+        self.set_output_controls(output or OutputSettings(), key_colour)
+        self._output_signals_connected = True
         self.thread = QThread(self)
         self.thread.setObjectName("avatar-worker")
         self.worker.moveToThread(self.thread)
@@ -228,6 +247,7 @@ class LiveWindow(QMainWindow):
         self.record_button.clicked.connect(self._record_clicked)
         ol.addWidget(self.record_button)
         panel.addWidget(opts)
+        panel.addWidget(self._build_output_box())
 
         stats = QGroupBox("Performance")
         form = QFormLayout(stats)
@@ -259,8 +279,132 @@ class LiveWindow(QMainWindow):
         self.setCentralWidget(central)
         self.statusBar().showMessage("starting ...")
 
+    def _build_output_box(self) -> QGroupBox:
+        """The output controls: framing, zoom, offset, zoom mode, size, background, key."""
+        self._output_signals_connected = False
+        box = QGroupBox("Output")
+        form = QFormLayout(box)
+        self.framing_box = QComboBox()
+        self.framing_box.addItems(("none",) + FRAMINGS)
+        self.framing_box.setToolTip("none: the rendered square; full / upper (head to hips) / "
+                                    "head (head and shoulders) in a 16:9 frame")
+        form.addRow("Framing", self.framing_box)
+        self.zoom_spin = QDoubleSpinBox()
+        self.zoom_spin.setRange(0.25, 8.0)
+        self.zoom_spin.setSingleStep(0.1)
+        self.zoom_spin.setValue(1.0)
+        self.zoom_spin.setToolTip("> 1 closer, < 1 farther (with a framing)")
+        form.addRow("Zoom", self.zoom_spin)
+        row = QHBoxLayout()
+        self.offset_x_spin, self.offset_y_spin = QDoubleSpinBox(), QDoubleSpinBox()
+        for sp in (self.offset_x_spin, self.offset_y_spin):
+            sp.setRange(-1.0, 1.0)
+            sp.setSingleStep(0.05)
+            sp.setToolTip("shift of the view, fraction of its width (x) / height (y; - is up)")
+            row.addWidget(sp)
+        form.addRow("Offset x, y", row)
+        self.zoom_mode_box = QComboBox()
+        self.zoom_mode_box.addItems(ZOOM_MODES)
+        self.zoom_mode_box.setToolTip("crop: crop and upscale the rendered frame; camera: move "
+                                      "the virtual camera closer (renderers trained with scale "
+                                      "augmentation draw the framed part at full resolution)")
+        form.addRow("Zoom mode", self.zoom_mode_box)
+        self.out_size_box = QComboBox()
+        self.out_size_box.setEditable(True)
+        self.out_size_box.addItems(OUT_SIZES)
+        form.addRow("Output size", self.out_size_box)
+        row = QHBoxLayout()
+        self.background_box = QComboBox()
+        self.background_box.setEditable(True)
+        self.background_box.addItems(BACKGROUNDS)
+        self.background_box.setToolTip("learned (the training room), transparent (alpha; "
+                                       "records .webm), a colour #RRGGBB or a picture")
+        row.addWidget(self.background_box, 1)
+        pick = QPushButton("Picture...")
+        pick.clicked.connect(self._pick_background)
+        row.addWidget(pick)
+        form.addRow("Background", row)
+        self.key_edit = QLineEdit("#00FF00")
+        self.key_edit.setToolTip("virtual cameras carry no alpha: a transparent avatar is sent "
+                                 "over this colour (use OBS's chroma key filter)")
+        form.addRow("Camera key", self.key_edit)
+        self.framing_box.currentTextChanged.connect(self._output_changed)
+        self.zoom_spin.valueChanged.connect(self._output_changed)
+        self.offset_x_spin.valueChanged.connect(self._output_changed)
+        self.offset_y_spin.valueChanged.connect(self._output_changed)
+        self.zoom_mode_box.currentTextChanged.connect(self._output_changed)
+        for combo in (self.out_size_box, self.background_box):  # typed: applied when done
+            combo.textActivated.connect(self._output_changed)
+            combo.lineEdit().editingFinished.connect(self._output_changed)
+        self.key_edit.editingFinished.connect(self._key_changed)
+        return box
+
+    def set_output_controls(self, settings: OutputSettings, key_colour=DEFAULT_KEY) -> None:
+        """Show ``settings`` in the output controls and hand them to the worker."""
+        self._show_output(settings, key_colour)
+        self.output = settings
+        self.worker.set_output(settings)
+        self.worker.set_key_colour(key_colour)
+
+    def _show_output(self, settings: OutputSettings, key_colour=None) -> None:
+        was, self._output_signals_connected = self._output_signals_connected, False
+        try:
+            self.framing_box.setCurrentText(settings.framing or "none")
+            self.zoom_spin.setValue(settings.zoom)
+            self.offset_x_spin.setValue(settings.offset[0])
+            self.offset_y_spin.setValue(settings.offset[1])
+            self.zoom_mode_box.setCurrentText(settings.zoom_mode)
+            self.out_size_box.setCurrentText("%dx%d" % tuple(settings.out_size))
+            self.background_box.setCurrentText(settings.spec)
+            if key_colour is not None:
+                self.key_edit.setText("#%02X%02X%02X" % tuple(key_colour))
+        finally:
+            self._output_signals_connected = was
+
+    def output_from_controls(self) -> OutputSettings:
+        """Validated settings from the controls.
+
+        Raises:
+            RamAvatarError (FramingError / BackgroundError): a value that cannot be used.
+        """
+        return OutputSettings.parse(
+            background=self.background_box.currentText().strip() or "learned",
+            framing=self.framing_box.currentText(), zoom=self.zoom_spin.value(),
+            offset=(self.offset_x_spin.value(), self.offset_y_spin.value()),
+            out_size=self.out_size_box.currentText().strip(),
+            zoom_mode=self.zoom_mode_box.currentText(),
+            max_camera_zoom=self.output.max_camera_zoom)
+
+    def _output_changed(self, *_args) -> None:
+        if not self._output_signals_connected:
+            return
+        try:
+            settings = self.output_from_controls()
+        except RamAvatarError as e:
+            self.show_status("warning", str(e))
+            self._show_output(self.output)  # back to the settings in use
+            return
+        if settings != self.output:
+            self.output = settings
+            self.worker.set_output(settings)
+
+    def _key_changed(self) -> None:
+        try:
+            rgb = parse_colour(self.key_edit.text())
+        except RamAvatarError as e:
+            self.show_status("warning", str(e))
+            return
+        self.worker.set_key_colour(rgb)
+
+    def _pick_background(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Background picture", str(Path.cwd()),
+                                              "Pictures (*.png *.jpg *.jpeg *.bmp);;All files (*)")
+        if path:
+            self.background_box.setCurrentText(path)
+            self._output_changed()
+
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
-        return QSize(DISPLAY_SIZE + 340, DISPLAY_SIZE + 60)
+        return QSize(DISPLAY_SIZE + 340, DISPLAY_SIZE + 260)
 
     # -- actions ------------------------------------------------------------------------------
     def start_source(self, spec) -> None:
@@ -285,7 +429,8 @@ class LiveWindow(QMainWindow):
     def _record_clicked(self, on: bool) -> None:
         if on:
             stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-            self.start_recording(self.record_dir / f"ram_avatar_live_{stamp}.mp4")
+            ext = ".webm" if self.output.has_alpha else ".mp4"  # alpha needs VP9 (or ProRes)
+            self.start_recording(self.record_dir / f"ram_avatar_live_{stamp}{ext}")
         else:
             self.stop_recording()
 
@@ -391,7 +536,9 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
              driver: str | Path | None = None,
              frames: int | None = None, screenshot: str | Path | None = None,
              record: str | Path | None = None, loop: bool = False, timeout_s: float = 600.0,
-             headless: bool | None = None, overlay: bool = False, lower_body: str = "stand") -> dict:
+             headless: bool | None = None, overlay: bool = False, lower_body: str = "stand",
+             output: OutputSettings | None = None, key_colour=DEFAULT_KEY,
+             virtual_camera: bool = False) -> dict:
     """Open the live window; with ``frames`` / ``screenshot`` run that many frames and close.
 
     Args:
@@ -400,6 +547,11 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
         record: start recording the avatar to this mp4 at once.
         overlay: start with the skeleton overlay on.
         lower_body: ``stand`` | ``sit``: pose of legs the camera does not see.
+        output: framing, zoom, offset, size, background and zoom mode
+            (:class:`~ram_avatar.render.framing.OutputSettings`); ``record`` must then be
+            ``.webm`` / ``.mov`` for a transparent background.
+        key_colour: (r, g, b) behind a transparent avatar on the virtual camera.
+        virtual_camera: start the virtual camera at once (needs pyvirtualcam and a backend).
         timeout_s: in ``frames`` mode, give up after this many seconds.
         headless: force the offscreen platform (default: when ``frames`` / ``screenshot`` are
             given, or when there is no display).
@@ -418,12 +570,16 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     win = LiveWindow(subject_dir, source=source, backend=backend, device=device, mda=mda,
                      camera=camera, run_name=run_name, loop=loop, driver=driver,
-                     max_source_failures=3 if frames is not None else None, lower_body=lower_body)
+                     max_source_failures=3 if frames is not None else None, lower_body=lower_body,
+                     output=output, key_colour=key_colour)
     win.resize(win.sizeHint())
     win.overlay_box.setChecked(bool(overlay))
     win.show()
     if record is not None:
         win.start_recording(record)
+    if virtual_camera:
+        win.vcam_box.setChecked(True)
+        win.worker.set_virtual_camera(True)
     sums: dict[str, float] = {}
     result = {"frames": 0, "completed": frames is None}
 
@@ -436,6 +592,8 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
                 sums[k] = sums.get(k, 0.0) + float(stats[k])
             sums["_n"] = sums.get("_n", 0.0) + 1
         result["frames"] = n
+        result["output_size"] = list(win.last_packet["output"].shape[1::-1])
+        result["output_channels"] = int(win.last_packet["output"].shape[2])
         if n >= frames:
             result["completed"] = True
             finish()
@@ -443,7 +601,8 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
     def on_status(level: str, text: str) -> None:
         if frames is None:
             return
-        if level == "ended" or (level == "error" and text.startswith("cannot load the avatar")):
+        if level == "ended" or (level == "error" and text.startswith(
+                ("cannot load the avatar", "cannot use the output settings"))):
             QTimer.singleShot(200, finish)  # the source ended / the avatar failed before N frames
 
     finished = {"done": False}
@@ -468,6 +627,7 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
     win.shutdown()
     n = sums.pop("_n", 0.0)
     return {"frames": result["frames"], "completed": bool(result["completed"]),
+            "output_size": result.get("output_size"), "output_channels": result.get("output_channels"),
             "fps": round(float(win.worker.fps), 2),
             "latency_ms_mean": {k: round(v / n, 1) for k, v in sums.items()} if n else {},
             "screenshot": str(screenshot) if screenshot else None,

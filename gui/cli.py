@@ -22,8 +22,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lower-body", default="stand", choices=["stand", "sit"],
                    help="pose of legs the camera does not see (a webcam at a desk): stand "
                         "(default) or sit; also an app control")
+    p.add_argument("--framing", default="none", choices=["none", "full", "upper", "head"],
+                   help="place the avatar in a 16:9 frame (--out-size): the whole person, head to "
+                        "hips, or head and shoulders; none (default) shows the rendered square. "
+                        "Also an app control")
+    p.add_argument("--zoom", type=float, default=1.0, help="with --framing: > 1 closer, < 1 farther")
+    p.add_argument("--offset", default="0,0", metavar="X,Y",
+                   help="with --framing: shift of the view, fractions of its width and height "
+                        "(0,-0.1 moves it up)")
+    p.add_argument("--out-size", default="1280x720", metavar="WxH",
+                   help="output size with --framing (default 1280x720, the usual virtual-camera size)")
+    p.add_argument("--zoom-mode", default="crop", choices=["crop", "camera"],
+                   help="crop: crop and upscale the rendered frame (default); camera: move the "
+                        "virtual camera closer, so the renderer draws the framed part at its full "
+                        "resolution (for renderers trained with scale augmentation)")
+    p.add_argument("--max-camera-zoom", type=float, default=None, metavar="Z",
+                   help="with --zoom-mode camera: magnify the camera at most Z times over the "
+                        "training crop (e.g. the top of the scale augmentation), crop the rest")
+    p.add_argument("--background", default="learned",
+                   help="learned (the training room, default), transparent (alpha: record to "
+                        ".webm/.mov; keyed on the virtual camera), a colour #RRGGBB, or a picture")
+    p.add_argument("--vcam-key", default="#00FF00", metavar="#RRGGBB",
+                   help="key colour behind a transparent avatar on the virtual camera (virtual "
+                        "cameras carry no alpha; default green)")
+    p.add_argument("--virtual-camera", action="store_true",
+                   help="start the virtual camera at once (needs pyvirtualcam and a backend)")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
-    p.add_argument("--record", default=None, metavar="MP4", help="record the avatar from the start")
+    p.add_argument("--record", default=None, metavar="FILE",
+                   help="record the avatar from the start: .mp4 (H.264), .webm (VP9 with alpha) or "
+                        ".mov (ProRes 4444); a transparent background needs .webm or .mov")
     p.add_argument("--frames", type=int, default=None,
                    help="process N frames, then quit (with --screenshot: save a grab first); "
                         "runs offscreen (QT_QPA_PLATFORM=offscreen)")
@@ -38,9 +65,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_from_args)
 
 
+def output_from_args(a):
+    """The validated output settings and key colour of the parsed options.
+
+    Raises:
+        FramingError / BackgroundError: a value that cannot be used; RamAvatarError: a
+            transparent background recorded to a file without alpha.
+    """
+    from pathlib import Path
+
+    from ram_avatar.errors import RamAvatarError
+    from ram_avatar.render.composite import parse_colour
+    from ram_avatar.render.framing import OutputSettings
+
+    out = OutputSettings.parse(a.background, a.framing, a.zoom, a.offset, a.out_size, a.zoom_mode,
+                               a.max_camera_zoom)
+    key = parse_colour(a.vcam_key)
+    if a.record is not None:
+        suffix = Path(a.record).suffix.lower()
+        if suffix not in (".mp4", ".webm", ".mov"):
+            raise RamAvatarError(f"--record {a.record}: use .mp4 (H.264), .webm (VP9 with alpha) "
+                                 "or .mov (ProRes 4444)")
+        if out.has_alpha and suffix == ".mp4":
+            raise RamAvatarError(f"--background transparent needs a video with alpha: record to "
+                                 f"{Path(a.record).with_suffix('.webm').name} (VP9, for OBS) or "
+                                 f"{Path(a.record).with_suffix('.mov').name} (ProRes 4444)")
+    return out, key
+
+
 def run_from_args(a) -> int:
     from ram_avatar.errors import RamAvatarError
 
+    output, key = output_from_args(a)  # bad values fail before any window opens
     try:
         from gui.app import run_live
     except ImportError as e:
@@ -48,7 +104,8 @@ def run_from_args(a) -> int:
     summary = run_live(a.subject, source=a.source, backend=a.backend, device=a.device, mda=a.mda,
                        camera=a.camera, driver=a.driver, run_name=a.run, frames=a.frames, screenshot=a.screenshot,
                        record=a.record, loop=a.loop, timeout_s=a.timeout, overlay=a.overlay,
-                       lower_body=a.lower_body)
+                       lower_body=a.lower_body, output=output, key_colour=key,
+                       virtual_camera=a.virtual_camera)
     if a.frames is not None or a.screenshot is not None:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
         return 0 if summary["completed"] else 1

@@ -4,10 +4,25 @@
 :class:`~gui.sources.LatestFrameReader` (stale frames are dropped, never queued), feeds it to
 the runtime's three-stage pipeline (:class:`ram_avatar.runtime.pipeline.LivePipeline`: track |
 fit + maps | render in threads, the same code path as ``ram-avatar bench live``), records / forwards the avatar
-frame (mp4 via :class:`ram_avatar.capture.video.VideoWriter`, virtual camera via
-``pyvirtualcam``), draws the optional skeleton overlay and emits one packet per frame to the
-GUI. Controls (source, overlay, MDA, recording, virtual camera) are plain thread-safe setters
-read by the loop, so the GUI never waits for the worker. Nothing that goes wrong in the loop
+frame and emits one packet per frame to the GUI. Controls (source, overlay, MDA, recording,
+virtual camera, output settings) are plain thread-safe setters read by the loop, so the GUI
+never waits for the worker.
+
+Output (issue 13): the runtime composes each frame
+(:class:`~ram_avatar.render.framing.OutputSettings`: framing, zoom, offset, size, background;
+the same :class:`~ram_avatar.render.framing.AvatarComposer` as ``drive``). Where it goes:
+
+* recording: ``.mp4`` (H.264, opaque) through :class:`ram_avatar.capture.video.VideoWriter`;
+  ``.webm`` (VP9 + alpha) or ``.mov`` (ProRes 4444) through
+  :class:`~ram_avatar.capture.video.AlphaVideoWriter`, with the renderer's alpha for
+  ``transparent`` (alpha 255 otherwise). A transparent output into ``.mp4`` is refused. The file
+  is opened at the first frame's size; frames of another size (the framing changed while
+  recording) are letterboxed into it;
+* virtual camera (``pyvirtualcam``, optional): virtual cameras carry no alpha, so a transparent
+  output is put over a key colour (:data:`DEFAULT_KEY`, green; :meth:`LiveWorker.set_key_colour`)
+  for OBS's chroma-key filter (:func:`virtual_camera_frame`);
+* the window: a transparent output is shown over a checkerboard, with the optional skeleton
+  overlay mapped into the framed output. Nothing that goes wrong in the loop
 (source lost, a failing frame, a recorder error) ends it: it is reported through
 :attr:`LiveWorker.status` and the loop goes on.
 """
@@ -26,12 +41,61 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from gui.overlay import draw_keypoints, draw_skeleton
 from gui.sources import LatestFrameReader, open_source
+from ram_avatar.render.composite import over_colour
+from ram_avatar.render.framing import OutputSettings, letterbox
 from ram_avatar.runtime.pipeline import LivePipeline
 
 log = logging.getLogger(__name__)
 
 #: width in pixels of the source preview sent to the GUI
 PREVIEW_WIDTH = 256
+#: default key colour of the virtual camera (RGB): chroma-key green
+DEFAULT_KEY = (0, 255, 0)
+#: recording suffixes written with an alpha channel
+ALPHA_SUFFIXES = (".webm", ".mov")
+#: side of the checkerboard squares behind a transparent avatar in the window (pixels)
+CHECKER = 16
+
+
+def virtual_camera_frame(image: np.ndarray, size: tuple[int, int] | None = None,
+                         key=DEFAULT_KEY) -> np.ndarray:
+    """The frame sent to a virtual camera: virtual cameras carry no alpha, so straight RGBA
+    is put over the ``key`` colour (RGB 0..255), then fitted into the camera's ``size`` (W, H)
+    with key-coloured borders (:func:`ram_avatar.render.framing.letterbox`).
+
+    Args:
+        image: (H,W,3) RGB or (H,W,4) straight RGBA uint8.
+    Returns:
+        (H',W',3) uint8 C-contiguous RGB.
+    """
+    rgb = over_colour(image, key)
+    if size is not None:
+        rgb = letterbox(rgb, size, fill=key)
+    return np.ascontiguousarray(rgb)
+
+
+def display_frame(image: np.ndarray, square: int = CHECKER) -> np.ndarray:
+    """RGB for the window: straight RGBA over a light/dark grey checkerboard, RGB as is."""
+    if image.shape[2] == 3:
+        return image
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    board = np.where(((yy // square + xx // square) % 2 == 0)[..., None], 200, 150).astype(np.float32)
+    a = image[..., 3:].astype(np.float32) / 255.0
+    return (image[..., :3] * a + board * (1.0 - a) + 0.5).astype(np.uint8)
+
+
+def to_output_pixels(points: np.ndarray | None, box, out_size: tuple[int, int]):
+    """Map training-crop pixels (overlay landmarks) into the framed output: ``box`` (x0, y0,
+    w, h) of the crop fills ``out_size`` (W, H). None passes through."""
+    if points is None or box is None:
+        return points
+    x0, y0, w, h = box
+    W, H = out_size
+    p = np.array(points, np.float64)
+    p[..., 0] = (p[..., 0] - x0) * (W / w)
+    p[..., 1] = (p[..., 1] - y0) * (H / h)
+    return p
 
 
 def virtual_camera_available() -> tuple[bool, str]:
@@ -93,6 +157,11 @@ class LiveWorker(QObject):
         self.lower_body: str | None = None
         self._record_request: tuple[str, str | None] | None = None  # ("start", path) | ("stop", None)
         self._vcam_request: bool | None = None
+        self.output = OutputSettings()
+        self._output_request: OutputSettings | None = None
+        self.key_colour = DEFAULT_KEY
+        #: the last frame sent to the virtual camera (what OBS receives), for tests and checks
+        self.last_vcam_frame: np.ndarray | None = None
         self.runtime = None
         self.reader: LatestFrameReader | None = None
         self.frames = 0
@@ -129,6 +198,16 @@ class LiveWorker(QObject):
         with self._lock:
             self._vcam_request = bool(on)
 
+    def set_output(self, settings: OutputSettings) -> None:
+        """Framing, zoom, offset, size and background of the output (validated
+        :class:`~ram_avatar.render.framing.OutputSettings`), from the next frame."""
+        with self._lock:
+            self._output_request = settings
+
+    def set_key_colour(self, rgb) -> None:
+        """Key colour (r, g, b 0..255) behind a transparent avatar on the virtual camera."""
+        self.key_colour = tuple(int(v) for v in rgb)
+
     def stop(self) -> None:
         """Ask the loop to end (returns at once; the thread finishes within ~0.1 s + one frame)."""
         self._stop.set()
@@ -152,6 +231,9 @@ class LiveWorker(QObject):
             "providers": list(getattr(rt.engine, "providers", [])),
             "mda_available": rt.mda_available, "mda_status": rt.mda_status})
         self.status.emit("info", "avatar loaded; waiting for a source")
+        with self._lock:
+            if self._output_request is None and self.output != OutputSettings():
+                self._output_request = self.output
         writer = vcam = None
         last_seq = 0
         last_done = None
@@ -165,6 +247,9 @@ class LiveWorker(QObject):
                     self._has_pending = False
                     rec, self._record_request = self._record_request, None
                     vreq, self._vcam_request = self._vcam_request, None
+                    oreq, self._output_request = self._output_request, None
+                if oreq is not None:
+                    self._apply_output(oreq)
                 if rec is not None:
                     writer = self._handle_record(rec, writer)
                 if vreq is not None:
@@ -232,6 +317,22 @@ class LiveWorker(QObject):
                 log.debug("closing the runtime failed", exc_info=True)
             self.finished.emit()
 
+    def _apply_output(self, settings: OutputSettings) -> None:
+        rt = self.runtime
+        if settings == getattr(rt, "output", None) or (settings == OutputSettings()
+                                                       and not hasattr(rt, "set_output")):
+            self.output = settings
+            return
+        try:
+            rt.set_output(settings)
+        except Exception as e:  # noqa: BLE001 - shown to the user, the old settings stay
+            self.status.emit("error", f"cannot use the output settings: {e}")
+            return
+        self.output = settings
+        mode = settings.framing or "rendered square"
+        self.status.emit("info", f"output: {mode}, background {settings.spec}"
+                         + (f", zoom {settings.zoom:g} ({settings.zoom_mode})" if settings.framing else ""))
+
     def _reader_status(self, level: str, message: str) -> None:
         self.status.emit(level, message)
 
@@ -241,36 +342,60 @@ class LiveWorker(QObject):
         h, w = frame.shape[:2]
         s = PREVIEW_WIDTH / w
         preview = cv2.resize(frame, (PREVIEW_WIDTH, max(1, int(round(h * s)))), interpolation=cv2.INTER_AREA)
-        display = img
+        display = display_frame(img)
         if self.overlay:
             preview = draw_keypoints(preview, last.keypoints, scale=s)
-            display = draw_skeleton(img, last.avatar_pose_2d, last.pose_mask, last.avatar_hands_2d)
-        return {"avatar": display, "preview": preview, "stats": stats, "fps": self.fps,
+            box, size = stats.get("box"), (img.shape[1], img.shape[0])
+            display = draw_skeleton(display, to_output_pixels(last.avatar_pose_2d, box, size),
+                                    last.pose_mask, to_output_pixels(last.avatar_hands_2d, box, size))
+        return {"avatar": display, "output": img, "preview": preview, "stats": stats, "fps": self.fps,
                 "frames": self.frames, "dropped": self.reader.frames_dropped if self.reader else 0,
                 "person": bool(stats.get("person"))}
 
     # -- recording / virtual camera -----------------------------------------------------------
     def _handle_record(self, request, writer):
-        from ram_avatar.capture.video import VideoWriter
-
         kind, path = request
         if writer is not None:
             self._close_writer(writer)
-            writer = None
+        writer = None
         if kind == "start":
-            S = self.runtime.resolution
-            fps = max(1, int(round(self.fps))) if self.fps > 0 else 25
-            try:
-                writer = VideoWriter(path, fps, (S, S)).__enter__()
-            except Exception as e:  # noqa: BLE001
-                self.recording_changed.emit(False, f"cannot record to {path}: {e}")
+            suffix = Path(path).suffix.lower()
+            if suffix not in (".mp4",) + ALPHA_SUFFIXES:
+                self.recording_changed.emit(False, f"cannot record to {path}: use .mp4 (H.264), "
+                                                   ".webm (VP9 with alpha) or .mov (ProRes 4444)")
                 return None
+            if self.output.has_alpha and suffix not in ALPHA_SUFFIXES:
+                self.recording_changed.emit(
+                    False, f"cannot record a transparent avatar to {Path(path).name}: .mp4 has no "
+                           f"alpha; record to {Path(path).with_suffix('.webm').name} (VP9, for "
+                           "OBS) or .mov (ProRes 4444)")
+                return None
+            fps = max(1, int(round(self.fps))) if self.fps > 0 else 25
+            writer = _PendingRecording(str(path), fps)  # opened at the first frame's size
             self.recording_changed.emit(True, f"recording to {path} at {fps} fps")
         return writer
 
+    def _open_writer(self, pending: "_PendingRecording", img: np.ndarray):
+        from ram_avatar.capture.video import AlphaVideoWriter, VideoWriter
+
+        alpha = Path(pending.path).suffix.lower() in ALPHA_SUFFIXES
+        if img.shape[2] == 4 and not alpha:  # the background became transparent meanwhile
+            raise ValueError("the output became transparent: .mp4 has no alpha")
+        Writer = AlphaVideoWriter if alpha else VideoWriter
+        return Writer(pending.path, pending.fps, (img.shape[1], img.shape[0])).__enter__()
+
     def _record_frame(self, writer, img):
         try:
-            writer.write(img)
+            if isinstance(writer, _PendingRecording):
+                writer = self._open_writer(writer, img)
+            from ram_avatar.capture.video import AlphaVideoWriter
+
+            alpha = isinstance(writer, AlphaVideoWriter)
+            if alpha and img.shape[2] == 3:
+                img = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], 2)
+            elif not alpha and img.shape[2] == 4:
+                raise ValueError("the output became transparent: .mp4 has no alpha")
+            writer.write(letterbox(img, writer.size))
             return writer
         except Exception as e:  # noqa: BLE001
             self.recording_changed.emit(False, f"recording stopped: {e}")
@@ -278,6 +403,9 @@ class LiveWorker(QObject):
             return None
 
     def _close_writer(self, writer) -> None:
+        if isinstance(writer, _PendingRecording):
+            self.recording_changed.emit(False, f"nothing recorded to {writer.path}")
+            return
         try:
             if writer.frames_written == 0:
                 writer.__exit__(RuntimeError, RuntimeError("no frames"), None)  # discard the file
@@ -299,25 +427,52 @@ class LiveWorker(QObject):
         if not ok:
             self.virtual_camera_changed.emit(False, why)
             return None
+        return _PendingCamera()  # opened at the first frame's size
+
+    def _open_vcam(self, img: np.ndarray):
         import pyvirtualcam
 
-        S = self.runtime.resolution
+        h, w = img.shape[:2]
+        fps = max(1, int(round(self.fps))) if self.fps > 0 else 30
         try:
-            vcam = pyvirtualcam.Camera(width=S, height=S, fps=30, fmt=pyvirtualcam.PixelFormat.RGB)
+            vcam = pyvirtualcam.Camera(width=w, height=h, fps=fps, fmt=pyvirtualcam.PixelFormat.RGB)
         except Exception as e:  # noqa: BLE001 - no v4l2loopback / OBS backend, ...
             self.virtual_camera_changed.emit(False, f"virtual camera unavailable: {e}")
             return None
-        self.virtual_camera_changed.emit(True, f"virtual camera on: {vcam.device}")
+        key = "#%02X%02X%02X" % tuple(self.key_colour)
+        self.virtual_camera_changed.emit(
+            True, f"virtual camera on: {vcam.device} {w}x{h}"
+                  + (f", transparent parts keyed in {key}" if self.output.has_alpha else ""))
         return vcam
 
     def _send_vcam(self, vcam, img):
+        if isinstance(vcam, _PendingCamera):
+            vcam = self._open_vcam(img)
+            if vcam is None:
+                return None
         try:
-            vcam.send(np.ascontiguousarray(img))
+            frame = virtual_camera_frame(img, (vcam.width, vcam.height), self.key_colour)
+            vcam.send(frame)
+            self.last_vcam_frame = frame
             return vcam
         except Exception as e:  # noqa: BLE001
             self.virtual_camera_changed.emit(False, f"virtual camera stopped: {e}")
             _close_quietly(vcam)
             return None
+
+
+class _PendingRecording:
+    """A requested recording, opened at the first frame (its size is the output's)."""
+
+    def __init__(self, path: str, fps: int):
+        self.path, self.fps = path, fps
+
+
+class _PendingCamera:
+    """A requested virtual camera, opened at the first frame (its size is the output's)."""
+
+    def close(self) -> None:
+        pass
 
 
 def _close_quietly(obj, error: BaseException | None = None) -> None:

@@ -206,3 +206,175 @@ def test_live_cli_frames_and_screenshot(qapp, live_subject, tmp_path, capsys):  
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["completed"] and out["frames"] >= 3
     assert shot.is_file() and shot.stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# output controls (issue 13): framing, zoom, offset, background; recording with alpha; the
+# virtual camera's colour key. A stand-in runtime composes a synthetic rendered frame (a disc
+# with alpha) with the real AvatarComposer, as the runtime's render stage does.
+
+
+class _ComposingRuntime(FakeStageRuntime):
+    """FakeStageRuntime whose output follows set_output through the real AvatarComposer: a
+    64x64 "rendered" frame with an opaque orange disc (alpha 255) on a grey learned
+    background (alpha 0)."""
+
+    person = True
+    has_alpha = True
+
+    def __init__(self):
+        from ram_avatar.render.framing import OutputSettings
+
+        super().__init__()
+        self.output, self.composer, self.requests = OutputSettings(), None, []
+
+    def set_output(self, settings):
+        from ram_avatar.render.framing import AvatarComposer
+
+        self.requests.append(settings)
+        self.output = settings
+        self.composer = AvatarComposer.from_settings(settings, np.full((64, 64, 3), 128, np.uint8))
+
+    def stage_render(self, job):
+        img, stats = super().stage_render(job)
+        yy, xx = np.mgrid[:64, :64]
+        disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 14 ** 2
+        rgb = img.copy()
+        rgb[disc] = (240, 120, 30)
+        alpha = (disc * 255).astype(np.uint8)
+        if self.composer is None:
+            return rgb, stats
+        lm = np.full((33, 2), np.nan)
+        lm[0], lm[11], lm[12], lm[23], lm[24] = (32, 20), (24, 28), (40, 28), (26, 46), (38, 46)
+        box = self.composer.next_box(lm, (18, 18, 46, 46), 64)
+        out = self.composer.compose(rgb, alpha, box)
+        return out, {**stats, "box": box}
+
+
+def test_app_output_controls_reach_the_runtime(qapp, tmp_path):
+    from gui.app import LiveWindow
+    from ram_avatar.render.framing import OutputSettings
+
+    win = LiveWindow("unused", source="cam", runtime_factory=_ComposingRuntime,
+                     source_factory=lambda spec: _StillSource(), retry_s=0.1)
+    win.show()
+    try:
+        _wait(qapp, lambda: win.frames_shown >= 2, 60, "frames")
+        assert win.last_packet["output"].shape == (64, 64, 3)           # the rendered square
+        win.framing_box.setCurrentText("upper")
+        win.zoom_spin.setValue(1.5)
+        win.offset_y_spin.setValue(-0.1)
+        win.out_size_box.setCurrentText("640x360")
+        win.out_size_box.lineEdit().editingFinished.emit()
+        win.background_box.setCurrentText("transparent")
+        win.background_box.lineEdit().editingFinished.emit()
+        want = OutputSettings.parse("transparent", "upper", 1.5, (0.0, -0.1), "640x360")
+        _wait(qapp, lambda: win.last_packet["output"].shape == (360, 640, 4), 60, "framed RGBA frames")
+        rt = win.worker.runtime
+        assert rt.output == want and win.worker.output == want
+        out, shown = win.last_packet["output"], win.last_packet["avatar"]
+        # transparent around the avatar, opaque on it; the window shows a checkerboard there
+        assert out[0, 0, 3] == 0 and out[180, 320, 3] == 255
+        assert shown.shape == (360, 640, 3)
+        assert {int(shown[0, 0, 0]), int(shown[0, 16, 0])} == {150, 200}
+        assert tuple(shown[180, 320]) == (240, 120, 30)
+        # a bad value is reported and changes nothing
+        n = len(rt.requests)
+        win.background_box.setCurrentText("no-such-picture.png")
+        win.background_box.lineEdit().editingFinished.emit()
+        assert "not understood" in win.message.text()
+        assert win.background_box.currentText() == "transparent"   # back to the one in use
+        win.zoom_mode_box.setCurrentText("camera")        # a valid change still goes through
+        _wait(qapp, lambda: len(rt.requests) > n, 30, "the zoom-mode change")
+        assert rt.requests[-1].zoom_mode == "camera" and rt.requests[-1].spec == "transparent"
+    finally:
+        _close(qapp, win)
+
+
+class _StillSource:
+    name, fps, live = "still camera", 30.0, True
+
+    def read(self):
+        time.sleep(0.03)
+        return np.full((48, 64, 3), 90, np.uint8)
+
+    def close(self):
+        pass
+
+
+class _FakeCam:
+    """pyvirtualcam.Camera stand-in: keeps what it is sent."""
+
+    sent: list = []
+
+    def __init__(self, width, height, fps, fmt=None):
+        self.width, self.height, self.fps, self.device = width, height, fps, "/dev/video-fake"
+        type(self).sent = []
+
+    def send(self, frame):
+        assert frame.shape == (self.height, self.width, 3) and frame.dtype == np.uint8
+        type(self).sent.append(frame.copy())
+
+    def close(self):
+        pass
+
+
+def test_virtual_camera_gets_a_colour_key_and_recording_keeps_alpha(qapp, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    import av
+
+    from gui.app import LiveWindow
+    from gui.worker import virtual_camera_frame
+    from ram_avatar.render.framing import OutputSettings
+
+    fake = types.ModuleType("pyvirtualcam")
+    fake.Camera = _FakeCam
+    fake.PixelFormat = types.SimpleNamespace(RGB="rgb")
+    monkeypatch.setitem(sys.modules, "pyvirtualcam", fake)
+    out = OutputSettings.parse("transparent", "upper", out_size="320x180")
+    win = LiveWindow("unused", source="cam", runtime_factory=_ComposingRuntime,
+                     source_factory=lambda spec: _StillSource(), retry_s=0.1, output=out,
+                     key_colour=(255, 0, 255), record_dir=tmp_path)
+    win.show()
+    try:
+        assert win.background_box.currentText() == "transparent"
+        assert win.framing_box.currentText() == "upper" and win.key_edit.text() == "#FF00FF"
+        win.worker.set_virtual_camera(True)
+        _wait(qapp, lambda: len(_FakeCam.sent) >= 2, 60, "virtual camera frames")
+        sent = _FakeCam.sent[-1]
+        assert sent.shape == (180, 320, 3)                       # opened at the output size
+        assert tuple(sent[0, 0]) == (255, 0, 255)                # transparent -> key colour
+        assert tuple(sent[90, 160]) == (240, 120, 30)            # the avatar as rendered
+        assert any("keyed in #FF00FF" in m for _, m in win.messages)
+        win.key_edit.setText("#00FF00")
+        win.key_edit.editingFinished.emit()
+        n = len(_FakeCam.sent)
+        _wait(qapp, lambda: len(_FakeCam.sent) > n + 1, 30, "frames after the key change")
+        assert tuple(_FakeCam.sent[-1][0, 0]) == (0, 255, 0)
+        # the frame that would be sent for a square output (framing changed): letterboxed
+        rgba = np.zeros((64, 64, 4), np.uint8)
+        sq = virtual_camera_frame(rgba, (320, 180), (0, 255, 0))
+        assert sq.shape == (180, 320, 3) and (sq == (0, 255, 0)).all()
+        # a transparent recording: the Record button picks .webm (VP9 with alpha)
+        win.record_button.click()
+        _wait(qapp, lambda: win.recording, 30, "recording on")
+        n0 = win.frames_shown
+        _wait(qapp, lambda: win.frames_shown >= n0 + 3, 60, "recorded frames")
+        win.record_button.click()
+        _wait(qapp, lambda: any(m.startswith("saved") for _, m in win.messages), 60, "the saved file")
+        rec = next(tmp_path.glob("ram_avatar_live_*.webm"))
+        with av.open(str(rec)) as c:
+            st = c.streams.video[0]
+            ctx = av.codec.CodecContext.create("libvpx-vp9", "r")
+            frames = [f for pkt in c.demux(st) for f in ctx.decode(pkt)]
+        rgba = frames[-1].to_ndarray(format="rgba")
+        assert rgba.shape == (180, 320, 4)
+        assert rgba[0, 0, 3] <= 4 and rgba[90, 160, 3] >= 250   # alpha 0 around, 255 inside
+        # .mp4 has no alpha: refused with a message saying what to use
+        win.start_recording(tmp_path / "x.mp4")
+        _wait(qapp, lambda: any("x.webm" in m for _, m in win.messages), 30, "the refusal")
+        assert not (tmp_path / "x.mp4").exists()
+    finally:
+        _close(qapp, win)

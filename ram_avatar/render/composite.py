@@ -135,3 +135,46 @@ def compose_uint8(rgb: np.ndarray, alpha: np.ndarray, learned: np.ndarray,
     bg = torch.from_numpy(np.ascontiguousarray(learned)).permute(2, 0, 1)[None].float() / 255.0
     out = compose(t, a, bg, background)
     return (out.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def replace_background_uint8(rgb: np.ndarray, alpha: np.ndarray, learned: np.ndarray,
+                             new: np.ndarray) -> np.ndarray:
+    """Swap the learned background of opaque frames for another picture (module docstring:
+    ``rgb + (1 - alpha) (new - learned)``).
+
+    Args:
+        rgb: (...,H,W,3) uint8 rendered frames; alpha: (...,H,W) uint8 renderer alpha;
+        learned, new: (H,W,3) uint8 backgrounds.
+    Returns:
+        (...,H,W,3) uint8.
+    """
+    a = alpha.astype(np.float32)[..., None] / 255.0
+    out = rgb.astype(np.float32) + (1.0 - a) * (new.astype(np.float32) - learned.astype(np.float32))
+    return (np.clip(out, 0, 255) + 0.5).astype(np.uint8)
+
+
+def over_colour(image: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """An opaque frame for a sink without alpha: straight RGBA (H,W,4) uint8 over ``colour``
+    (RGB 0..255; e.g. a virtual camera's colour key), RGB (H,W,3) returned as is.
+
+    Returns:
+        (H,W,3) uint8.
+    """
+    if image.shape[-1] == 3:
+        return image
+    a = image[..., 3:].astype(np.float32) / 255.0
+    c = np.asarray(colour, np.float32)
+    return (image[..., :3].astype(np.float32) * a + c * (1.0 - a) + 0.5).astype(np.uint8)
+
+
+def parse_colour(spec: str) -> tuple[int, int, int]:
+    """``#RRGGBB`` / ``RRGGBB`` -> (r, g, b) 0..255.
+
+    Raises:
+        BackgroundError: not a hex colour.
+    """
+    m = _HEX.match(str(spec).strip())
+    if not m:
+        raise BackgroundError(f"colour {spec!r}: give #RRGGBB, e.g. #00FF00")
+    h = m.group(1)
+    return tuple(int(h[i:i + 2], 16) for i in (0, 2, 4))

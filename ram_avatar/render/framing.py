@@ -12,11 +12,18 @@ person, the upper body (head to a bit below the hips) or head and shoulders. Thi
 - :func:`compose_frame`: crop the box out of the rendered frame and resize it to the output
   (OpenCV), filling what lies outside the rendered square with a colour (RGB) or alpha 0 (RGBA);
 - :class:`AvatarComposer`: rendered rgb + alpha -> the output image of one frame, background
-  mode (:mod:`ram_avatar.render.composite`) then framing (used by ``drive``; usable live).
+  mode (:mod:`ram_avatar.render.composite`) then framing (used by ``drive`` and by the live
+  runtime, :class:`ram_avatar.runtime.avatar_runtime.AvatarRuntime`);
+- :class:`OutputSettings`: the validated ``--framing/--zoom/--offset/--out-size/--background/
+  --zoom-mode`` of one output, shared by the live CLI, the app and the runtime;
+- :func:`letterbox`: fit a frame into a fixed size (a recording or a virtual camera opened at
+  another size).
 
-Crop and upscale of the rendered frame is the baseline of issue 13. Where the renderer was trained
-with scale augmentation, the same box can instead move the virtual camera (scale the crop
-intrinsics before rendering the maps); :func:`box_intrinsics` gives those intrinsics.
+Crop and upscale of the rendered frame is the baseline of issue 13 (``zoom_mode="crop"``). Where
+the renderer was trained with scale augmentation, the same box can instead move the virtual camera
+(``zoom_mode="camera"``): the maps are rendered with the intrinsics of a square view around the
+box (:func:`camera_view`, :func:`box_intrinsics`), so the renderer draws the framed part at its
+full resolution, and the box is then cut out of that view (:func:`box_in_view`).
 
 Units: pixels of the rendered frame, x right and y down, pixel centres at integer + 0.5 in
 continuous coordinates (a box ``(0, 0, S, S)`` is exactly the rendered square).
@@ -31,9 +38,11 @@ import cv2
 import numpy as np
 
 from ram_avatar.errors import RamAvatarError
-from ram_avatar.render.composite import Background, compose_uint8
+from ram_avatar.render.composite import Background, compose_uint8, replace_background_uint8
 
 FRAMINGS = ("full", "upper", "head")
+#: how the framing gets closer: crop + upscale of the rendered frame, or a closer virtual camera
+ZOOM_MODES = ("crop", "camera")
 #: default output size (W, H) in pixels: the usual virtual-camera size
 DEFAULT_OUT_SIZE = (1280, 720)
 
@@ -385,6 +394,141 @@ def box_intrinsics(K: np.ndarray, box: tuple[float, float, float, float], size: 
     return Kb
 
 
+def camera_view(box: tuple[float, float, float, float], frame_size: int,
+                max_zoom: float | None = None) -> tuple[float, float, float, float]:
+    """The square the virtual camera sees in ``zoom_mode="camera"``: centred on ``box`` and just
+    large enough to hold it (side ``max(w, h)``; the renderer's output is square).
+
+    Args:
+        box: ``(x0, y0, w, h)`` the framing box, rendered-frame pixels.
+        frame_size: S, the side of the renderer's training crop (pixels).
+        max_zoom: the largest magnification of the view over the training crop
+            (``S / side``), e.g. the upper end of the renderer's scale augmentation; None: no
+            limit. A box smaller than that is cut out of the view afterwards (crop + upscale
+            for the rest of the way).
+    Returns:
+        ``(x0, y0, side, side)`` rendered-frame pixels.
+    Raises:
+        FramingError: an empty box, or ``max_zoom`` <= 0.
+    """
+    x0, y0, w, h = (float(v) for v in box)
+    if not (w > 0 and h > 0):
+        raise FramingError(f"empty framing box {box}")
+    side = max(w, h)
+    if max_zoom is not None:
+        if not max_zoom > 0:
+            raise FramingError(f"max camera zoom {max_zoom} must be positive")
+        side = max(side, frame_size / float(max_zoom))
+    cx, cy = x0 + w / 2, y0 + h / 2
+    return cx - side / 2, cy - side / 2, side, side
+
+
+def box_in_view(box: tuple[float, float, float, float], view: tuple[float, float, float, float],
+                size: int) -> tuple[float, float, float, float]:
+    """``box`` (rendered-frame pixels) in the pixels of the ``size`` x ``size`` image that the
+    virtual camera of :func:`camera_view` renders (``view`` maps onto that image exactly, as
+    :func:`box_intrinsics` with ``(size, size)``)."""
+    x0, y0, w, h = (float(v) for v in box)
+    vx, vy, vw, vh = (float(v) for v in view)
+    sx, sy = size / vw, size / vh
+    return (x0 - vx) * sx, (y0 - vy) * sy, w * sx, h * sy
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int], fill=(0, 0, 0)) -> np.ndarray:
+    """Fit ``image`` into ``size`` keeping its aspect (centred, borders in ``fill``; alpha 0 for
+    RGBA). Used where a sink has a fixed size (a recording or a virtual camera opened before the
+    framing changed); an image of that size is returned as is.
+
+    Args:
+        image: (H,W,3|4) uint8.
+        size: (W, H) pixels.
+        fill: RGB colour 0..255 of the borders.
+    Returns:
+        (H,W,C) uint8 with the sink's H, W.
+    """
+    W, H = (int(v) for v in size)
+    h, w = image.shape[:2]
+    if (w, h) == (W, H):
+        return image
+    f = min(W / w, H / h)
+    nw, nh = max(1, int(round(w * f))), max(1, int(round(h * f)))
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(image, (nw, nh), interpolation=interp)
+    C = image.shape[2]
+    out = np.empty((H, W, C), np.uint8)
+    out[...] = tuple(int(v) for v in fill)[:3] + ((0,) if C == 4 else ())
+    x, y = (W - nw) // 2, (H - nh) // 2
+    out[y:y + nh, x:x + nw] = small
+    return out
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """What one output shows and how: background mode, framing, zoom, offset, size, zoom mode.
+
+    Built from user values with :meth:`parse` (``--background``, ``--framing``, ``--zoom``,
+    ``--offset``, ``--out-size``, ``--zoom-mode``), which validates them. ``framing`` None is the
+    rendered square as is (S x S); any framing gives an ``out_size`` frame.
+
+    Attributes:
+        background: parsed :class:`~ram_avatar.render.composite.Background`; ``spec`` its text.
+        framing: ``full|upper|head`` or None; zoom (> 0), offset (dx, dy fractions of the box),
+        out_size (W, H) even pixels, zoom_mode ``crop|camera``, max_camera_zoom (None: no limit;
+        :func:`camera_view`).
+    """
+
+    background: Background = Background("learned")
+    spec: str = "learned"
+    framing: str | None = None
+    zoom: float = 1.0
+    offset: tuple[float, float] = (0.0, 0.0)
+    out_size: tuple[int, int] = DEFAULT_OUT_SIZE
+    zoom_mode: str = "crop"
+    max_camera_zoom: float | None = None
+
+    @classmethod
+    def parse(cls, background: str | None = "learned", framing: str | None = None,
+              zoom: float = 1.0, offset="0,0", out_size=DEFAULT_OUT_SIZE, zoom_mode: str = "crop",
+              max_camera_zoom: float | None = None) -> "OutputSettings":
+        """Validate user values (``framing`` ``"none"`` or ``""`` is None).
+
+        Raises:
+            FramingError: bad framing, zoom, offset, size or zoom mode;
+            BackgroundError: a background that is neither a mode, a colour nor an image.
+        """
+        from ram_avatar.render.composite import parse_background
+
+        if framing in ("", "none"):
+            framing = None
+        zoom = float(zoom)
+        if framing is not None:
+            check_framing(framing, zoom)
+        elif not (math.isfinite(zoom) and zoom > 0):
+            check_framing("full", zoom)
+        if zoom_mode not in ZOOM_MODES:
+            raise FramingError(f"--zoom-mode {zoom_mode!r}: use {' or '.join(ZOOM_MODES)}")
+        if max_camera_zoom is not None and not float(max_camera_zoom) > 0:
+            raise FramingError(f"max camera zoom {max_camera_zoom} must be positive")
+        spec = "learned" if background is None else str(background)
+        return cls(parse_background(spec), spec, framing, zoom, parse_offset(offset),
+                   parse_out_size(out_size), zoom_mode,
+                   None if max_camera_zoom is None else float(max_camera_zoom))
+
+    @property
+    def has_alpha(self) -> bool:
+        """The output frames are RGBA (``transparent``)."""
+        return self.background.has_alpha
+
+    @property
+    def camera(self) -> bool:
+        """The framing moves the virtual camera (maps re-rendered closer)."""
+        return self.framing is not None and self.zoom_mode == "camera"
+
+    def output_size(self, frame_size: int) -> tuple[int, int]:
+        """(W, H) of the output frames for a renderer of side ``frame_size``."""
+        return tuple(self.out_size) if self.framing is not None else (frame_size, frame_size)
+
+
 def _over(rgba: np.ndarray, bg: np.ndarray) -> np.ndarray:
     """Straight RGBA (H,W,4) uint8 over an opaque (H,W,3) uint8 background -> (H,W,3) uint8."""
     a = rgba[..., 3:].astype(np.float32) / 255.0
@@ -401,19 +545,34 @@ class AvatarComposer:
     the learned background extends by its edge pixels, other modes frame the transparent
     avatar (outside alpha 0) and put it over the colour or picture at the output size.
 
-    Args:
-        background: parsed ``--background``; learned: (S,S,3) uint8 learned background.
-        framing: ``full|upper|head`` or None; zoom, offset, out_size (W,H): as framing.py;
-        fps: frame rate (for the smoother).
+    ``zoom_mode="camera"``: the caller renders the maps with the virtual camera of
+    :meth:`view` (``box_intrinsics(K, view, (S, S))``) and passes that view to :meth:`compose`,
+    which cuts the box out of the closer rendering; the learned background, which the renderer
+    draws at fixed pixels, is replaced by the same view of it (needs the alpha; without it the
+    renderer's background is kept as drawn).
 
-    Call once per frame in order (the box smoother keeps state); a live caller makes one per
-    stream and calls ``smoother.reset()`` when the person changes.
+    Args:
+        background: parsed ``--background``; learned: (S,S,3) uint8 learned background (the
+            renderer's output for all-zero maps; needed for every mode but ``learned``, and for
+            ``learned`` in camera mode; may be set later through the attribute).
+        framing: ``full|upper|head`` or None; zoom, offset, out_size (W,H): as framing.py;
+        fps: frame rate (for the smoother); zoom_mode: ``crop|camera``; max_camera_zoom: see
+        :func:`camera_view`.
+
+    Use ``__call__(rgb, alpha, landmarks, mask_bbox)`` per frame in order (``drive``), or the
+    two halves :meth:`next_box` (in frame order: the smoother keeps state) then
+    :meth:`compose` (the live runtime, whose pose and render stages run on different threads).
+    A live caller makes one per stream and calls ``smoother.reset()`` when the person changes.
     """
 
     def __init__(self, background: Background, learned: np.ndarray | None, framing: str | None,
-                 zoom: float = 1.0, offset=(0.0, 0.0), out_size=DEFAULT_OUT_SIZE, fps: float = 30.0):
+                 zoom: float = 1.0, offset=(0.0, 0.0), out_size=DEFAULT_OUT_SIZE, fps: float = 30.0,
+                 zoom_mode: str = "crop", max_camera_zoom: float | None = None):
+        if zoom_mode not in ZOOM_MODES:
+            raise FramingError(f"--zoom-mode {zoom_mode!r}: use {' or '.join(ZOOM_MODES)}")
         self.background, self.learned, self.framing = background, learned, framing
         self.zoom, self.offset, self.out_size = zoom, tuple(offset), tuple(out_size)
+        self.zoom_mode, self.max_camera_zoom = zoom_mode, max_camera_zoom
         self.smoother = BoxSmoother(fps=fps)
         #: the (smoothed) box of the last framed frame, rendered-frame pixels
         self.last_box: tuple[float, float, float, float] | None = None
@@ -423,22 +582,91 @@ class AvatarComposer:
             t = background.tensor((H, W))
             self._bg_out = (t[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
-    def __call__(self, rgb: np.ndarray, alpha: np.ndarray | None, landmarks: np.ndarray | None,
-                 mask_bbox) -> np.ndarray:
-        """One frame: rgb (S,S,3) uint8, alpha (S,S) uint8 (None only for ``learned``),
-        landmarks (33,2) px, mask_bbox -> (H,W,3) or (H,W,4) uint8 (transparent)."""
-        mode = self.background.mode
+    @classmethod
+    def from_settings(cls, settings: "OutputSettings", learned: np.ndarray | None = None,
+                      fps: float = 30.0) -> "AvatarComposer":
+        """A composer for validated :class:`OutputSettings`."""
+        return cls(settings.background, learned, settings.framing, settings.zoom, settings.offset,
+                   settings.out_size, fps=fps, zoom_mode=settings.zoom_mode,
+                   max_camera_zoom=settings.max_camera_zoom)
+
+    @property
+    def camera(self) -> bool:
+        """Framed with a closer virtual camera (:meth:`view`)."""
+        return self.framing is not None and self.zoom_mode == "camera"
+
+    @property
+    def needs_learned(self) -> bool:
+        """:meth:`compose` needs the learned background (:attr:`learned`)."""
+        return self.background.mode != "learned" or self.camera
+
+    def next_box(self, landmarks: np.ndarray | None, mask_bbox, frame_size: int):
+        """The smoothed framing box of the next frame (None without a framing).
+
+        Args:
+            landmarks: (33,2) pixels of the avatar's pose landmarks in the rendered frame (the
+                training crop), NaN where unknown, or None; mask_bbox: silhouette box or None.
+            frame_size: S.
+        Returns:
+            ``(x0, y0, w, h)`` rendered-frame pixels, or None.
+        """
         if self.framing is None:
+            return None
+        W, H = self.out_size
+        box = self.smoother(framing_box(self.framing, landmarks, mask_bbox, frame_size,
+                                        out_aspect=W / H, zoom=self.zoom, offset=self.offset))
+        self.last_box = box
+        return box
+
+    def view(self, box, frame_size: int):
+        """The virtual camera's square (rendered-frame pixels) for ``box`` in camera mode,
+        else None (:func:`camera_view`)."""
+        if box is None or not self.camera:
+            return None
+        return camera_view(box, frame_size, self.max_camera_zoom)
+
+    def compose(self, rgb: np.ndarray, alpha: np.ndarray | None, box=None, view=None) -> np.ndarray:
+        """One output frame from one rendered frame.
+
+        Args:
+            rgb: (S,S,3) uint8 rendered frame (of the training crop, or of ``view``).
+            alpha: (S,S) uint8 renderer alpha; None is allowed only for ``learned``.
+            box: the framing box from :meth:`next_box` (rendered-frame pixels), None without a
+                framing.
+            view: the camera view the frame was rendered with (:meth:`view`), or None.
+        Returns:
+            (S,S,3) without a framing, else (H,W,3); (.., 4) straight RGBA for ``transparent``.
+        Raises:
+            FramingError: a background mode other than ``learned`` without ``alpha`` or
+                without :attr:`learned`.
+        """
+        mode = self.background.mode
+        S = rgb.shape[0]
+        if mode != "learned" and (alpha is None or self.learned is None):
+            raise FramingError(f"--background {mode} needs the renderer's alpha and learned "
+                               "background (re-export the avatar with `ram-avatar export`)")
+        learned = self.learned
+        if view is not None and learned is not None:
+            # the renderer paints its learned background at fixed pixels: swap in the view of it
+            learned_view = compose_frame(learned, view, (S, S), fill=None)
+            if alpha is not None:
+                rgb = replace_background_uint8(rgb, alpha, learned, learned_view)
+            learned = learned_view
+        if box is None:
             if mode == "learned":
                 return rgb
-            return compose_uint8(rgb[None], alpha[None], self.learned, self.background)[0]
-        S = rgb.shape[0]
-        W, H = self.out_size
-        box = self.smoother(framing_box(self.framing, landmarks, mask_bbox, S, out_aspect=W / H,
-                                        zoom=self.zoom, offset=self.offset))
-        self.last_box = box
+            return compose_uint8(rgb[None], alpha[None], learned, self.background)[0]
+        if view is not None:
+            box = box_in_view(box, view, S)
         if mode == "learned":
             return compose_frame(rgb, box, self.out_size, fill=None)
-        rgba = compose_uint8(rgb[None], alpha[None], self.learned, Background("transparent"))[0]
+        rgba = compose_uint8(rgb[None], alpha[None], learned, Background("transparent"))[0]
         framed = compose_frame(rgba, box, self.out_size)
         return framed if mode == "transparent" else _over(framed, self._bg_out)
+
+    def __call__(self, rgb: np.ndarray, alpha: np.ndarray | None, landmarks: np.ndarray | None,
+                 mask_bbox) -> np.ndarray:
+        """One frame, crop mode: rgb (S,S,3) uint8, alpha (S,S) uint8 (None only for
+        ``learned``), landmarks (33,2) px, mask_bbox -> (H,W,3) or (H,W,4) uint8 (transparent)."""
+        box = self.next_box(landmarks, mask_bbox, rgb.shape[0])
+        return self.compose(rgb, alpha, box)

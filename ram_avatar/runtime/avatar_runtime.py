@@ -57,8 +57,9 @@ from ram_avatar.render.conditioning import (
     ConditioningRenderer,
     crop_intrinsics,
     face_to_head_local,
-    project_points,
 )
+from ram_avatar.render.framing import (AvatarComposer, OutputSettings, box_intrinsics, mask_bbox,
+                                       project_landmarks)
 from ram_avatar.runtime.retarget import FOOT_LANDMARKS, ground_level, load_driver_betas
 from ram_avatar.runtime.tracking import (LOWER_BODY_MODES, BodyTracker, HolisticTracker,
                                          LiveFitConfig, lower_body_joints, standing_leg_pose)
@@ -119,9 +120,22 @@ class OnnxRenderer:
         self.resolution = int(shape[-1])
         self.input_names = tuple(names)
         self.path = Path(path)
+        #: the export has the renderer's ``alpha`` output (exports before issue 13 lack it)
+        self.has_alpha = "alpha" in self.runner.output_names
 
     def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
         return self.runner({k: maps[k] for k in self.input_names})["rgb"]
+
+    def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(rgb (1,3,S,S), alpha (1,1,S,S) or None without the ``alpha`` output), float32
+        in [0, 1] (one ONNX Runtime run)."""
+        out = self.runner({k: maps[k] for k in self.input_names})
+        return out["rgb"], out.get("alpha")
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> uint8 (rounded)."""
+    return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def _model_inputs(model) -> tuple[str, ...]:
@@ -157,6 +171,7 @@ class TorchRenderer:
         self.input_names = _model_inputs(model)
         self.providers = [f"torch:{device}"]
         self.checkpoint = ckpt
+        self.has_alpha = True
 
     @classmethod
     def from_model(cls, model, device: torch.device | str = "cpu") -> "TorchRenderer":
@@ -169,6 +184,7 @@ class TorchRenderer:
         self.input_names = _model_inputs(model)
         self.providers = [f"torch:{self.device}"]
         self.checkpoint = None
+        self.has_alpha = True
         return self
 
     @torch.inference_mode()
@@ -180,6 +196,19 @@ class TorchRenderer:
             feed.update({k: maps[k].to(self.device) for k in self.input_names if k not in MAP_NAMES})
             out = self.model(**feed, frame_index=None)["rgb"]
             return out.float().cpu().numpy()
+        finally:
+            torch.set_num_threads(before)
+
+    @torch.inference_mode()
+    def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """(rgb (1,3,S,S), alpha (1,1,S,S)) float32 in [0, 1] (one forward pass)."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(getattr(self, "threads", before))
+        try:
+            feed = {k: (maps[k].to(self.device) if k in self.input_names else None) for k in MAP_NAMES}
+            feed.update({k: maps[k].to(self.device) for k in self.input_names if k not in MAP_NAMES})
+            out = self.model(**feed, frame_index=None)
+            return out["rgb"].float().cpu().numpy(), out["alpha"].float().cpu().numpy()
         finally:
             torch.set_num_threads(before)
 
@@ -203,10 +232,17 @@ class TensorRTRenderer:
         self.input_names = tuple(self.engine.input_names)
         self.providers = [f"tensorrt:{device}"]
         self.device = device
+        self.has_alpha = "alpha" in self.engine.output_names
 
     def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
         out = self.engine({k: maps[k] for k in self.input_names})["rgb"]
         return out.float().cpu().numpy()  # .cpu() synchronises the stream
+
+    def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(rgb (1,3,S,S), alpha (1,1,S,S) or None) float32 (one engine run)."""
+        out = self.engine({k: maps[k] for k in self.input_names})
+        a = out.get("alpha")
+        return out["rgb"].float().cpu().numpy(), None if a is None else a.float().cpu().numpy()
 
 
 def load_renderer_engine(subject_dir: str | Path, backend: str = "onnx",
@@ -433,6 +469,9 @@ class AvatarRuntime:
         hold_s, ease_s: when the person leaves the frame the avatar holds its last pose for
             ``hold_s`` seconds, then eases back to its rest pose (first training frame) over
             ``ease_s`` seconds.
+        output: what the output frames show (:class:`~ram_avatar.render.framing.OutputSettings`:
+            background, framing, zoom, offset, size, zoom mode); default the rendered square
+            over the learned background. Changed while running with :meth:`set_output`.
 
     Call :meth:`process` with consecutive frames of one stream; :meth:`reset` starts a new
     stream (another source). Not thread-safe: use it from one thread.
@@ -447,7 +486,7 @@ class AvatarRuntime:
                  camera: str | Path | None = None, fit: LiveFitConfig | None = None,
                  raster_backend: str = "auto", model_path: str | Path | None = None,
                  engine=None, driver: str | Path | None = None, lower_body: str | None = None,
-                 hold_s: float = 1.0, ease_s: float = 1.5):
+                 hold_s: float = 1.0, ease_s: float = 1.5, output: OutputSettings | None = None):
         self.subject_dir = Path(subject_dir)
         self.device = resolve_device(device)
         self.backend = backend
@@ -502,6 +541,15 @@ class AvatarRuntime:
         self.frames = 0
         self.want_landmarks = True
         self.pose_mask = self.body.pose_landmark_mask.cpu().numpy().astype(bool)
+        # output composition (issue 13): background mode and framing, one AvatarComposer per
+        # stream; requests are applied by the pose stage (camera zoom needs the box before maps)
+        self.output = OutputSettings()
+        self._output_request: OutputSettings | None = None
+        self._composer: AvatarComposer | None = None
+        self._learned_bg: np.ndarray | None = None
+        self._last_bbox = None  # the last silhouette box, training-crop pixels
+        if output is not None:
+            self.set_output(output)
 
     # -- motion alignment ---------------------------------------------------------------------
     def _load_aligner(self) -> None:
@@ -547,6 +595,29 @@ class AvatarRuntime:
             raise RamAvatarError(f"unknown lower-body mode {mode!r}: use " + " or ".join(LOWER_BODY_MODES))
         self._lower_body_request = mode
 
+    @property
+    def has_alpha(self) -> bool:
+        """The renderer gives an alpha (every output background mode is available)."""
+        return bool(getattr(self.engine, "has_alpha", False)) and hasattr(self.engine, "render")
+
+    def set_output(self, settings: OutputSettings) -> None:
+        """Show ``settings`` (background, framing, zoom, offset, size, zoom mode) from the next
+        frame; safe to call from any thread.
+
+        Raises:
+            RamAvatarError: a background other than ``learned`` (or the camera zoom mode) with a
+                renderer that has no alpha output (an export older than issue 13).
+        """
+        if not isinstance(settings, OutputSettings):
+            raise TypeError(f"set_output needs OutputSettings, got {type(settings).__name__}")
+        if settings.background.mode != "learned" and not self.has_alpha:
+            raise RamAvatarError(
+                f"--background {settings.spec} needs the renderer's alpha, but this "
+                f"{getattr(self.engine, 'name', 'renderer')} renderer has no 'alpha' output (an "
+                f"export made before it existed): run `ram-avatar export {self.subject_dir}` "
+                "again, or use --background learned")
+        self._output_request = settings
+
     def reset(self) -> None:
         """Start a new stream: tracking, fit warm start, running medians and MDA state."""
         self.tracker.reset()
@@ -559,6 +630,9 @@ class AvatarRuntime:
         self._prev_maps = {}
         self._prev_inputs = {}
         self.last = FrameResult()
+        if self._composer is not None:
+            self._composer.smoother.reset()
+        self._last_bbox = None
 
     def close(self) -> None:
         self.tracker.close()
@@ -674,6 +748,13 @@ class AvatarRuntime:
             torch.set_num_threads(1)
         try:
             t = [time.perf_counter()]
+            if self._output_request is not None:
+                self.output, self._output_request = self._output_request, None
+                self._composer = None if (self.output.framing is None and
+                                          self.output.background.mode == "learned") else \
+                    AvatarComposer.from_settings(self.output, self._learned_bg)
+            composer = self._composer
+            framed = composer is not None and composer.framing is not None
             if self._lower_body_request is not None:
                 self.fitter.set_lower_body(self._lower_body_request)
                 self._lower_body_request = None
@@ -702,12 +783,33 @@ class AvatarRuntime:
                 bp = self.aligner.step(target.body_pose[0])
                 target = replace(target, body_pose=torch.as_tensor(bp, dtype=torch.float32)[None].cpu())
                 landmarks = None
-            if landmarks is None and self.want_landmarks and (params is not None or self._ease > 0):
+            if landmarks is None and (self.want_landmarks or framed) and (params is not None or self._ease > 0):
                 with torch.no_grad():
                     landmarks = self.body(target.to(self.device), return_vertices=False).pose_landmarks[0].cpu()
             t.append(time.perf_counter())
-            maps = self.cond.render(target, self._face[None], self.K_avatar, self.resolution,
+            if landmarks is None and params is None and self.last.avatar_pose_2d is not None:
+                pose2d = self.last.avatar_pose_2d  # holding the last pose
+            elif landmarks is not None:
+                pose2d = project_landmarks(landmarks.numpy(), self.K_avatar, self.pose_mask)
+            else:
+                pose2d = None
+            box = view = None
+            K_maps = self.K_avatar
+            if framed and composer.camera:  # the virtual camera moves closer: maps of its view
+                box = composer.next_box(pose2d, self._last_bbox, self.resolution)
+                view = composer.view(box, self.resolution)
+                K_maps = box_intrinsics(self.K_avatar, view, (self.resolution, self.resolution))
+            maps = self.cond.render(target, self._face[None], K_maps, self.resolution,
                                     **self._render_kw)
+            if framed:
+                bb = mask_bbox(maps["body_mask"][0, 0].cpu().numpy() > 0)
+                if bb is not None and view is not None:  # back to training-crop pixels
+                    f = view[2] / self.resolution
+                    bb = (view[0] + bb[0] * f, view[1] + bb[1] * f, view[0] + bb[2] * f,
+                          view[1] + bb[3] * f)
+                self._last_bbox = bb if bb is not None else self._last_bbox
+                if box is None:
+                    box = composer.next_box(pose2d, self._last_bbox, self.resolution)
             # temporal attention: the previous frame's maps (this frame's on the first); while
             # nobody is seen the held pose is rendered with the same inputs as the last frame, so
             # the avatar stays exactly still
@@ -722,35 +824,50 @@ class AvatarRuntime:
             t.append(time.perf_counter())
         finally:
             torch.set_num_threads(threads)
-        if landmarks is None and params is None and self.last.avatar_pose_2d is not None:
-            pose2d = self.last.avatar_pose_2d  # holding the last pose
-        elif landmarks is not None:
-            Kt = torch.as_tensor(self.K_avatar, dtype=torch.float32)
-            pose2d = project_points(landmarks, Kt).numpy()
-        else:
-            pose2d = None
-        view = dict(self.fitter.view)
+        hands2d = maps["hands_2d"][0].numpy()
+        if view is not None:  # overlays are drawn in training-crop pixels
+            hands2d = hands2d * (view[2] / self.resolution) + np.array(view[:2])
         self.last = FrameResult(keypoints=kp, person=params is not None, avatar_pose_2d=pose2d,
-                                pose_mask=self.pose_mask, avatar_hands_2d=maps["hands_2d"][0].numpy(),
+                                pose_mask=self.pose_mask, avatar_hands_2d=hands2d,
                                 full_fit=params is not None and self.fitter.last_was_init,
-                                extra={"view": view, "ease": self._ease, "target": target})
+                                extra={"view": dict(self.fitter.view), "ease": self._ease,
+                                       "target": target, "box": box, "camera_view": view})
         for name, a, b in zip(("fit", "retarget", "align", "maps"), t[:-1], t[1:]):
             st[name] = 1000.0 * (b - a)
-        job.update(maps=maps, target=target, result=self.last, person=params is not None)
+        job.update(maps=maps, target=target, result=self.last, person=params is not None,
+                   composer=composer, box=box, view=view)
         return job
 
     def stage_render(self, job: dict) -> tuple[np.ndarray, dict]:
         """Stage 3, ``render``: the neural renderer on the job's maps.
 
+        With output settings (:meth:`set_output`) the frame is composed by the stream's
+        :class:`~ram_avatar.render.framing.AvatarComposer` (the same code as ``drive``):
+        background mode from the renderer's rgb + alpha, then the framing box cut out (of the
+        training crop, or of the closer camera's view) and resized to the output size.
+
         Returns:
-            (avatar (S, S, 3) uint8 RGB, stats): per-stage ms (:data:`STAGES`), ``total``
-            (their sum), ``latency`` (ms from the capture timestamp to now), ``person``,
-            ``full_fit``, ``legs_held`` and ``seq`` (the job's frame number, if set).
+            (avatar image, stats): the image is (S, S, 3) uint8 RGB without a framing, (H, W, 3)
+            at the output size with one, (.., 4) straight RGBA for ``transparent``; stats:
+            per-stage ms (:data:`STAGES`), ``total`` (their sum), ``latency`` (ms from the
+            capture timestamp to now), ``person``, ``full_fit``, ``legs_held``, ``seq`` (the
+            job's frame number, if set) and ``box`` (the framing box ``(x0, y0, w, h)`` in
+            training-crop pixels, when framed).
         """
         t0 = time.perf_counter()
         maps = job["maps"]
-        rgb = self.engine(maps)
-        img = (np.clip(rgb[0], 0, 1).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+        composer = job.get("composer")
+        if composer is None:
+            rgb = self.engine(maps)
+            img = _to_uint8(rgb[0].transpose(1, 2, 0))
+        else:
+            rgb, alpha = self.engine.render(maps) if hasattr(self.engine, "render") else \
+                (self.engine(maps), None)
+            if composer.needs_learned and composer.learned is None and alpha is not None:
+                composer.learned = self.learned_background(maps)
+            img = composer.compose(_to_uint8(rgb[0].transpose(1, 2, 0)),
+                                   None if alpha is None else _to_uint8(alpha[0, 0]),
+                                   job.get("box"), job.get("view"))
         t1 = time.perf_counter()
         self.last_maps = {k: maps[k] for k in dict.fromkeys(MAP_NAMES + self.input_names)}
         self.frames += 1
@@ -764,5 +881,17 @@ class AvatarRuntime:
         stats["legs_held"] = bool(res.extra.get("view", {}).get("legs_held", False))
         if "seq" in job:
             stats["seq"] = job["seq"]
+        if job.get("box") is not None:
+            stats["box"] = tuple(float(v) for v in job["box"])  # training-crop px -> output
         job["image"] = img
         return img, stats
+
+    def learned_background(self, like: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+        """The renderer's learned background, (S,S,3) uint8: its output for all-zero maps (no
+        body, alpha ~0), computed once (on the calling thread, the render stage's)."""
+        if self._learned_bg is None:
+            if like is None:
+                like = self.last_maps
+            zeros = {k: torch.zeros_like(like[k]) for k in self.input_names}
+            self._learned_bg = _to_uint8(self.engine(zeros)[0].transpose(1, 2, 0))
+        return self._learned_bg
