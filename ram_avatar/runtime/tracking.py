@@ -8,7 +8,11 @@ tracked as soon as it arrives:
   ``model_complexity=1``, ``smooth_landmarks=True``, 478-point face mesh) on one RGB frame and
   returns a one-frame :class:`~ram_avatar.capture.keypoints.Keypoints2D` in the same
   conventions as capture (pixels of the frame, the subject's own left/right, hands far from
-  the pose wrist dropped).
+  the pose wrist dropped). Holistic follows one person; with several in view it may switch to
+  another whenever it loses track for a frame. :class:`PersonLock` keeps it on the person it
+  locked on to: only a region around that person's last box is shown to Holistic (the rest of
+  the frame is blanked), and the lock is released, so anyone may be picked up, only after the
+  person was lost for ``lost_frames`` frames.
 * :class:`BodyTracker` fits the body model to those keypoints with the capture's fitting energy
   (:func:`ram_avatar.capture.fitting.fit_sequence`, batch 1): the first frame (and the first
   after the person was lost for a while) gets a full fit (global + body + hands stages, Adam);
@@ -42,7 +46,8 @@ from ram_avatar.capture.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, Keypoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HolisticTracker", "BodyTracker", "FixedShapeBody", "LiveFitConfig", "IdentityGate",
+__all__ = ["HolisticTracker", "PersonLock", "BodyTracker", "FixedShapeBody", "LiveFitConfig",
+           "IdentityGate", "keypoint_box",
            "LOWER_BODY_MODES", "landmarks_seen", "lower_body_joints", "seated_leg_pose",
            "standing_leg_pose"]
 
@@ -165,23 +170,145 @@ def seated_leg_pose(body: BodyModel, betas: torch.Tensor, angle_deg: float = 90.
     return pose
 
 
+def keypoint_box(kp: Keypoints2D, frame_size: tuple[int, int], min_visibility: float = 0.5,
+                 t: int = 0) -> np.ndarray | None:
+    """Bounding box ``(x0, y0, x1, y1)`` in pixels of what frame ``t`` of ``kp`` shows of the
+    person: pose landmarks with visibility >= ``min_visibility`` inside the frame, plus the
+    valid hands and face mesh (clipped to the frame). None without a pose or with fewer than
+    two such points."""
+    w, h = frame_size
+    if not kp.pose_valid[t]:
+        return None
+    pose = kp.pose[t]
+    pts = [pose[(pose[:, 2] >= min_visibility) & (pose[:, 0] >= 0) & (pose[:, 0] < w)
+                & (pose[:, 1] >= 0) & (pose[:, 1] < h), :2]]
+    for name in ("left_hand", "right_hand", "face"):
+        if getattr(kp, name + "_valid")[t]:
+            pts.append(getattr(kp, name)[t, :, :2])
+    xy = np.concatenate(pts, 0).astype(np.float64)
+    if len(xy) < 2:
+        return None
+    xy = np.clip(xy, 0.0, [w - 1.0, h - 1.0])
+    return np.concatenate([xy.min(0), xy.max(0)])
+
+
+class PersonLock:
+    """Keeps the tracker on the person it locked on to when several people are in view.
+
+    MediaPipe Holistic tracks one person: in tracking mode it follows the region of the last
+    landmarks, but when that track is lost for a frame (occlusion, a fast move, the person
+    leaving the view) its detector picks whichever person it finds first, and then tracks that
+    one. The lock remembers the box of the locked person (:func:`keypoint_box`) and, before the
+    next frame goes to Holistic, blanks everything outside a region of interest: that box grown
+    by ``margin_x`` / ``margin_y`` times the box height on each side (plus ``grow_per_lost``
+    box heights per frame the person has been missing, so a person who moved fast is found
+    again), clipped to the frame. Other people outside the region cannot be detected. The frame
+    keeps its size, so Holistic's tracking graph and the keypoints' pixel coordinates are those
+    of the full frame. After ``lost_frames`` consecutive frames without the person the lock is
+    released: the whole frame is searched and the next person found is locked on to.
+
+    Args:
+        margin_x, margin_y: region growth per side, in box heights (0.25 of a standing
+            person's height is about 45 cm: more than a person moves between two frames).
+        grow_per_lost: extra growth per frame without the person, in box heights.
+        lost_frames: N, consecutive frames without the person before the lock is released.
+        min_visibility: pose landmarks counted in the box.
+        fill: value of the blanked pixels (0: black).
+
+    Attributes:
+        box: ``(x0, y0, x1, y1)`` pixels of the locked person, or None when not locked.
+        lost: consecutive frames without the person.
+        frame_size: ``(W, H)`` the box refers to.
+    """
+
+    def __init__(self, margin_x: float = 0.25, margin_y: float = 0.15, grow_per_lost: float = 0.1,
+                 lost_frames: int = 15, min_visibility: float = 0.5, fill: int = 0):
+        if min(margin_x, margin_y, grow_per_lost) < 0 or lost_frames < 1:
+            raise ValueError("PersonLock: margins and grow_per_lost must be >= 0, lost_frames >= 1")
+        self.margin_x, self.margin_y = float(margin_x), float(margin_y)
+        self.grow_per_lost = float(grow_per_lost)
+        self.lost_frames = int(lost_frames)
+        self.min_visibility = float(min_visibility)
+        self.fill = int(fill)
+        self.release()
+
+    @property
+    def locked(self) -> bool:
+        return self.box is not None
+
+    def release(self) -> None:
+        """Forget the locked person (the next frame is searched whole)."""
+        self.box: np.ndarray | None = None
+        self.lost = 0
+        self.frame_size: tuple[int, int] | None = None
+
+    def roi(self, frame_size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+        """Region ``(x0, y0, x1, y1)`` (integer pixels, end exclusive) shown to the tracker,
+        or None when not locked (or locked in a frame of another size)."""
+        if self.box is None or tuple(frame_size) != self.frame_size:
+            return None
+        w, h = frame_size
+        x0, y0, x1, y1 = self.box
+        bh = max(y1 - y0, x1 - x0, 1.0)
+        grow = self.grow_per_lost * self.lost
+        mx, my = (self.margin_x + grow) * bh, (self.margin_y + grow) * bh
+        return (max(0, int(np.floor(x0 - mx))), max(0, int(np.floor(y0 - my))),
+                min(w, int(np.ceil(x1 + mx)) + 1), min(h, int(np.ceil(y1 + my)) + 1))
+
+    def apply(self, frame: np.ndarray) -> np.ndarray:
+        """The frame Holistic should see: (H, W, 3) with everything outside :meth:`roi` set to
+        ``fill`` (a new array), or ``frame`` itself when not locked."""
+        h, w = frame.shape[:2]
+        r = self.roi((w, h))
+        if r is None or r == (0, 0, w, h):
+            return frame
+        x0, y0, x1, y1 = r
+        out = np.full_like(frame, self.fill)
+        out[y0:y1, x0:x1] = frame[y0:y1, x0:x1]
+        return out
+
+    def update(self, kp: Keypoints2D, frame_size: tuple[int, int]) -> None:
+        """Record the tracker's result for the frame :meth:`apply` prepared: lock on to (or
+        follow) the person found, or count a frame without them and release the lock after
+        ``lost_frames`` of them."""
+        box = keypoint_box(kp, frame_size, self.min_visibility)
+        if box is not None:
+            if self.box is None:
+                log.info("tracking locked on to the person at x %.0f-%.0f px", box[0], box[2])
+            self.box, self.lost, self.frame_size = box, 0, tuple(frame_size)
+            return
+        if self.box is None:
+            return
+        self.lost += 1
+        if self.lost >= self.lost_frames:
+            log.info("the locked person was not seen for %d frames: tracking anyone in view",
+                     self.lost)
+            self.release()
+
+
 class HolisticTracker:
     """MediaPipe Holistic on a live stream, one frame per call (module docstring).
 
     Args:
         hand_max_torso_fraction: drop hands whose wrist lies further than this many torso
             heights from the pose wrist (as capture does); None keeps Holistic's raw hands.
+        lock: keep following the first person tracked when others are in view
+            (:class:`PersonLock`; True: default settings, a PersonLock: those, False/None: off,
+            Holistic sees the whole frame and may switch people).
 
-    Call: ``tracker(frame_rgb (H, W, 3) uint8) -> Keypoints2D`` with T = 1. A frame of a
-    different size than the previous one restarts the tracking graph (e.g. a webcam that came
-    back in another mode). Use as a context manager or call :meth:`close`.
+    Call: ``tracker(frame_rgb (H, W, 3) uint8) -> Keypoints2D`` with T = 1, in pixels of the
+    whole frame. A frame of a different size than the previous one restarts the tracking graph
+    and releases the lock (e.g. a webcam that came back in another mode). Use as a context
+    manager or call :meth:`close`.
 
     Raises:
         ValueError: a frame that is not (H, W, 3) uint8.
     """
 
-    def __init__(self, hand_max_torso_fraction: float | None = 0.5):
+    def __init__(self, hand_max_torso_fraction: float | None = 0.5,
+                 lock: "PersonLock | bool | None" = True):
         self.hand_max_torso_fraction = hand_max_torso_fraction
+        self.lock: PersonLock | None = (PersonLock() if lock is True else lock or None)
         self._holistic = None
         self._size: tuple[int, int] | None = None
 
@@ -194,8 +321,11 @@ class HolisticTracker:
             refine_face_landmarks=True, enable_segmentation=False)
 
     def reset(self) -> None:
-        """Forget the tracking state (next frame is detected from scratch)."""
+        """Forget the tracking state and the locked person (next frame is detected from
+        scratch, in the whole frame)."""
         self.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def close(self) -> None:
         if self._holistic is not None:
@@ -215,8 +345,11 @@ class HolisticTracker:
         if self._holistic is None or frame.shape[:2] != self._size:
             self._open()
             self._size = frame.shape[:2]
+            if self.lock is not None and self.lock.frame_size != (frame.shape[1], frame.shape[0]):
+                self.lock.release()
         h, w = frame.shape[:2]
-        res = self._holistic.process(np.ascontiguousarray(frame))
+        seen = frame if self.lock is None else self.lock.apply(frame)
+        res = self._holistic.process(np.ascontiguousarray(seen))
         parts = {
             "pose": (landmarks_to_pixels(res.pose_landmarks, NUM_POSE, w, h, "visibility"), NUM_POSE),
             "left_hand": (landmarks_to_pixels(res.left_hand_landmarks, NUM_HAND, w, h, "one"), NUM_HAND),
@@ -230,6 +363,8 @@ class HolisticTracker:
         kp = Keypoints2D(**data)
         if self.hand_max_torso_fraction is not None:
             kp = filter_hands_by_pose_wrist(kp, self.hand_max_torso_fraction)
+        if self.lock is not None:
+            self.lock.update(kp, (w, h))
         return kp
 
 
