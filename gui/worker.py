@@ -29,6 +29,7 @@ the same :class:`~ram_avatar.render.framing.AvatarComposer` as ``drive``). Where
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -41,7 +42,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from gui.overlay import draw_keypoints, draw_skeleton
 from gui.sources import LatestFrameReader, open_source
-from ram_avatar.render.composite import over_colour
+from ram_avatar.render.composite import over_colour, over_image
 from ram_avatar.render.framing import OutputSettings, letterbox
 from ram_avatar.runtime.pipeline import LivePipeline
 
@@ -78,11 +79,16 @@ def display_frame(image: np.ndarray, square: int = CHECKER) -> np.ndarray:
     """RGB for the window: straight RGBA over a light/dark grey checkerboard, RGB as is."""
     if image.shape[2] == 3:
         return image
-    h, w = image.shape[:2]
+    return over_image(image, _checkerboard(image.shape[0], image.shape[1], square))
+
+
+@functools.lru_cache(maxsize=4)
+def _checkerboard(h: int, w: int, square: int) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
-    board = np.where(((yy // square + xx // square) % 2 == 0)[..., None], 200, 150).astype(np.float32)
-    a = image[..., 3:].astype(np.float32) / 255.0
-    return (image[..., :3] * a + board * (1.0 - a) + 0.5).astype(np.uint8)
+    board = np.where(((yy // square + xx // square) % 2 == 0)[..., None], 200, 150)
+    board = np.repeat(board, 3, axis=2).astype(np.uint8)
+    board.flags.writeable = False
+    return board
 
 
 def to_output_pixels(points: np.ndarray | None, box, out_size: tuple[int, int]):

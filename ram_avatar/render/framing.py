@@ -38,7 +38,8 @@ import cv2
 import numpy as np
 
 from ram_avatar.errors import RamAvatarError
-from ram_avatar.render.composite import Background, compose_uint8, replace_background_uint8
+from ram_avatar.render.composite import (Background, compose_uint8, over_image,
+                                         replace_background_uint8)
 
 FRAMINGS = ("full", "upper", "head")
 #: how the framing gets closer: crop + upscale of the rendered frame, or a closer virtual camera
@@ -531,8 +532,7 @@ class OutputSettings:
 
 def _over(rgba: np.ndarray, bg: np.ndarray) -> np.ndarray:
     """Straight RGBA (H,W,4) uint8 over an opaque (H,W,3) uint8 background -> (H,W,3) uint8."""
-    a = rgba[..., 3:].astype(np.float32) / 255.0
-    return (rgba[..., :3] * a + bg * (1.0 - a) + 0.5).astype(np.uint8)
+    return over_image(rgba, bg)
 
 
 class AvatarComposer:
