@@ -378,3 +378,28 @@ def test_virtual_camera_gets_a_colour_key_and_recording_keeps_alpha(qapp, tmp_pa
         assert not (tmp_path / "x.mp4").exists()
     finally:
         _close(qapp, win)
+
+
+def test_live_cli_transparent_upper_records_webm(qapp, live_subject, tmp_path, capsys):  # noqa: F811
+    """``live --framing upper --background transparent --record x.webm``: RGBA frames of the
+    output size, recorded with alpha (0 around the avatar, opaque on it), decoded by PyAV."""
+    import json
+
+    import av
+
+    from ram_avatar.cli import main
+
+    rec = tmp_path / "live.webm"
+    rc = main(["live", str(live_subject), "--source", str(TAIJI), "--device", "cpu",
+               "--frames", "3", "--timeout", "180", "--framing", "upper", "--out-size", "320x180",
+               "--background", "transparent", "--record", str(rec)])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["completed"], out
+    assert out["output_size"] == [320, 180] and out["output_channels"] == 4
+    with av.open(str(rec)) as c:
+        st = c.streams.video[0]
+        ctx = av.codec.CodecContext.create("libvpx-vp9", "r")
+        frames = [f.to_ndarray(format="rgba") for pkt in c.demux(st) for f in ctx.decode(pkt)]
+    a = frames[-1][..., 3]
+    assert a.shape == (180, 320)
+    assert np.percentile(a, 10) <= 20 and a.max() >= 230   # background ~0, the avatar opaque

@@ -107,3 +107,19 @@ def test_banner_marks_the_displayed_frame_only():
     out = _banner(img, "no person in view")
     assert out.shape == img.shape and not np.array_equal(out[:10], img[:10])
     assert np.array_equal(out[20:], img[20:]) and np.all(img == 200)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--background", "transparent", "--record", "x.mp4"], ["x.webm", "alpha"]),
+    (["--framing", "upper", "--out-size", "641x360"], ["641x360", "even"]),
+    (["--vcam-key", "green"], ["#RRGGBB"]),
+    (["--background", "no-such-file.png"], ["no-such-file.png", "not understood"]),
+    (["--record", "x.avi"], [".webm", ".mov"]),
+])
+def test_live_output_options_fail_before_loading(tmp_path, capsys, args, words):
+    # the subject and the source do not exist: the option is reported before either is read
+    code = main(["live", str(tmp_path / "subject"), "--source", str(tmp_path / "nope.mp4"),
+                 "--frames", "3", *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and "nope.mp4" not in err, err
