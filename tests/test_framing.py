@@ -161,3 +161,22 @@ def test_projection_and_box_intrinsics():
     m = np.zeros((10, 10), bool)
     m[2:5, 3:7] = True
     assert mask_bbox(m) == (3, 2, 7, 5)
+
+
+def test_leaning_towards_the_camera_keeps_the_framing_scale(monkeypatch):
+    """Bending forward (basketball dribbling) brings the nose down to the shoulder line in the
+    image; the box must not shrink onto the chest."""
+    import ram_avatar.render.framing as fr
+
+    lm = standing_landmarks()
+    upright = framing_box("upper", lm, None, 256)
+    assert fr.NECK_PER_SHOULDER_WIDTH * 40 < 26     # upright (shoulders 40 px apart): unit unchanged
+    lean = lm.copy()
+    lean[[0, 2, 5, 7, 8, 9, 10], 1] += 20          # the face 20 px lower: nose 6 px above the shoulders
+    box = framing_box("upper", lean, None, 256)
+    # the head really is 20 px lower, so the box may lose about that much height, not more
+    assert box[3] >= upright[3] - 25
+    assert contains(box, lean[[0, 11, 12, 23, 24]])
+    monkeypatch.setattr(fr, "NECK_PER_SHOULDER_WIDTH", 0.0)  # the bare nose-to-shoulder unit
+    bare = framing_box("upper", lean, None, 256)
+    assert bare[3] < 0.9 * box[3] and bare[2] < 0.9 * box[2]

@@ -72,6 +72,10 @@ HEAD_BELOW_SHOULDERS = 0.6
 #: torso length (shoulder centre to hip centre) in nose-to-shoulder distances, used when the
 #: hips are unknown
 TORSO_PER_NECK = 2.0
+#: lower bound of the nose-to-shoulder unit as a fraction of the shoulder width (MediaPipe's
+#: shoulder landmarks ~36 cm apart, nose ~25 cm above their centre upright: 0.6 stays below an
+#: upright person's ratio and holds the scale when leaning towards the camera shrinks it)
+NECK_PER_SHOULDER_WIDTH = 0.6
 
 
 class FramingError(RamAvatarError, ValueError):
@@ -176,8 +180,10 @@ def framing_box(mode: str, landmarks: np.ndarray | None, mask_bbox: tuple | None
       wide enough for the shoulders, elbows and wrists (a raised arm enlarges the box);
     - ``head``: head and shoulders (``HEAD_BELOW_SHOULDERS`` below the shoulder line).
 
-    The scale unit is the nose-to-shoulder-centre distance (``u``, pixels), so the framing
-    depends on the avatar's size in the frame, not on the frame. Horizontally the box is centred
+    The scale unit is the nose-to-shoulder-centre distance (``u``, pixels; at least
+    ``NECK_PER_SHOULDER_WIDTH`` times the shoulder width, so a lean towards the camera does not
+    shrink the box), so the framing depends on the avatar's size in the frame, not on the
+    frame. Horizontally the box is centred
     on the body axis (shoulder centre, else nose) and symmetric about it. The box is then widened
     (never narrowed) to ``out_aspect``, shrunk by ``zoom`` about its centre and shifted by
     ``offset`` times its size. The box may extend beyond the rendered square:
@@ -212,8 +218,13 @@ def framing_box(mode: str, landmarks: np.ndarray | None, mask_bbox: tuple | None
     hip = _mean(lm, (L_HIP, R_HIP)) if np.isfinite(lm[[L_HIP, R_HIP]]).all() else None
     box = None
     if nose is not None and sh is not None and np.linalg.norm(nose - sh) > 1e-3:
-        u = float(np.linalg.norm(nose - sh))
-        up = (nose - sh) / u  # the body's up direction in the image (towards the head)
+        d = float(np.linalg.norm(nose - sh))
+        up = (nose - sh) / d  # the body's up direction in the image (towards the head)
+        # the unit: nose-to-shoulder distance, which collapses when the person leans towards
+        # the camera (the head in front of the chest), so never less than a fraction of the
+        # shoulder width (which a forward lean does not shorten)
+        width = float(np.linalg.norm(lm[L_SHOULDER] - lm[R_SHOULDER]))
+        u = max(d, NECK_PER_SHOULDER_WIDTH * width)
         head_top = nose + HEAD_TOP * u * up
         pts = [_finite(lm[list(MODE_LANDMARKS[mode])]), head_top[None]]
         if mode == "full" and bbox is not None:
