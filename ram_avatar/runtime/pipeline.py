@@ -110,9 +110,12 @@ class LivePipeline:
             in parallel; 1 avoids threads spinning against each other on a CPU).
 
     Use: ``start()``, then ``submit(frame)`` per camera frame and ``get()`` for results
-    ``(image (S,S,3) uint8, stats)`` in frame order (stats as
-    :meth:`AvatarRuntime.stage_render`, ``seq`` = submission number, ``latency`` = ms from
-    :meth:`submit` to the rendered frame); ``stop()`` at the end (or use ``with``).
+    ``(image, stats)`` in frame order (image: (S,S,3) uint8, or the runtime's composed output
+    (framing / background, :meth:`AvatarRuntime.set_output`): (H,W,3), or (H,W,4) RGBA for a
+    transparent background; stats as :meth:`AvatarRuntime.stage_render`, ``seq`` = submission
+    number, ``latency`` = ms from :meth:`submit` to the rendered frame); ``stop()`` at the end
+    (or use ``with``). Output settings may change while it runs (the pose stage applies them
+    to the next frame it takes).
     Errors in a stage are logged and returned as ``(None, {"error": message, "seq": n})``.
     """
 
