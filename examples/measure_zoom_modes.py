@@ -14,7 +14,10 @@ person region:
 Per configuration: the Laplacian variance of the grey output inside the eroded person region
 (alpha > 200; :func:`ram_avatar.eval.render_stats.laplacian_variance`, the ``sharpness`` of the
 render report), the mean magnification of the camera over the training crop, the renderer
-pixels per output pixel, and the mean render-stage time. Writes ``zoom_modes.json`` and a
+pixels per output pixel, the mean render-stage time (renderer + composition; the same renderer in
+every mode) and, for the camera modes, ``lowpass_psnr_vs_crop_db``: the PSNR against the crop
+output inside the person once both are blurred to the crop's detail level (the same picture,
+high for a camera view that only adds detail). Writes ``zoom_modes.json`` and a
 contact sheet ``zoom_modes.png`` (rows: frames; columns: configurations, over a checkerboard)
 to ``--out``.
 
@@ -42,6 +45,24 @@ def _checker(img: np.ndarray, square: int = 16) -> np.ndarray:
     board = np.where(((yy // square + xx // square) % 2 == 0)[..., None], 200, 150).astype(np.float32)
     a = img[..., 3:].astype(np.float32) / 255.0
     return (img[..., :3] * a + board * (1 - a) + 0.5).astype(np.uint8)
+
+
+def _lowpass_psnr(a: np.ndarray, b: np.ndarray, ppo: float) -> float:
+    """PSNR (dB) of two (T,H,W,4) outputs inside both persons after both are brought down to
+    the crop's own detail level (``ppo`` renderer pixels per output pixel: resize by ppo and
+    back): is the closer camera's picture the same picture, only sharper?"""
+    import cv2
+
+    errs = []
+    for x, y in zip(a, b):
+        h, w = x.shape[:2]
+        small = (max(1, int(round(w * ppo))), max(1, int(round(h * ppo))))
+        lx, ly = (cv2.resize(cv2.resize(z[..., :3], small, interpolation=cv2.INTER_AREA), (w, h),
+                             interpolation=cv2.INTER_LINEAR).astype(np.float64) for z in (x, y))
+        m = (x[..., 3] > 200) & (y[..., 3] > 200)
+        if m.sum() >= 16:
+            errs.append(((lx - ly) ** 2)[m].mean())
+    return float(10 * np.log10(255.0 ** 2 / max(np.mean(errs), 1e-12))) if errs else float("nan")
 
 
 def main(argv=None) -> dict:
@@ -97,12 +118,16 @@ def main(argv=None) -> dict:
                     ppo.append(box[2] * (rt.resolution / side) / img.shape[1])
                 imgs = np.stack(imgs[3:])  # the first frames settle the box smoother
                 masks = imgs[..., 3] > 200
+                if name == "crop":
+                    crop_imgs, crop_ppo = imgs, float(np.mean(ppo[3:]))
                 res = {"sharpness": rs.laplacian_variance(imgs[..., :3], masks, 2),
                        "person_pixels_mean": float(masks.reshape(len(masks), -1).sum(1).mean()),
                        "camera_magnification_mean": float(np.mean(mags[3:])),
                        "renderer_px_per_output_px": float(np.mean(ppo[3:])),
                        "render_stage_ms_mean": float(np.mean(render_ms[3:])),
                        "wall_s": round(time.time() - t0, 1)}
+                if name != "crop":
+                    res["lowpass_psnr_vs_crop_db"] = _lowpass_psnr(imgs, crop_imgs, crop_ppo)
                 report["results"][f"{framing}/{name}"] = res
                 print(framing, name, json.dumps(res), flush=True)
                 for r in sheet_rows:  # imgs starts at frame 3
