@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from exporters.onnx_export import OnnxRunner, export_onnx
 from ram_avatar.errors import RamAvatarError
+from ram_avatar.models import AvatarRenderer
 
 
 class ModConv(nn.Module):
@@ -209,3 +210,37 @@ def test_renderer_export_frozen_texture_and_alpha(tmp_path, variant):
     ops0 = [node.op_type for node in onnx.load(str(tmp_path / "a0.onnx")).graph.node]
     assert ops.count("GridSample") == 1
     assert ops.count("Resize") == ops0.count("Resize") - 2
+
+
+def test_full_onnx_export_dynamic_batch(tmp_path, full_config, full_maps, open_attention):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from exporters.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model = AvatarRenderer(full_config()).eval()
+    open_attention(model)
+    names = model.input_names()
+
+    class Export(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *args):
+            out = self.m.forward_batch(dict(zip(names, args)), None)
+            return out["rgb"], out["alpha"]
+
+    wrapper = Export(model).eval()
+    maps = full_maps(2, 64, seed=1)
+    report = export_onnx(wrapper, {k: maps[k] for k in names}, tmp_path / "full.onnx",
+                         output_names=["rgb", "alpha"], dynamic_batch=True, atol=1e-4)
+    assert report["inputs"][0]["shape"][0] == "batch"
+    sess = ort.InferenceSession(str(tmp_path / "full.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        m = full_maps(batch, 64, seed=batch + 5)
+        with torch.no_grad():
+            ref = wrapper(*[m[k] for k in names])
+        got = sess.run(None, {k: m[k].numpy() for k in names})
+        for r, o in zip(ref, got):
+            assert float((r - torch.from_numpy(o)).abs().max()) < 1e-4

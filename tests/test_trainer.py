@@ -1,4 +1,5 @@
-"""Training config, checkpoints and the training loop (CPU, tiny synthetic avatar)."""
+"""Training config, checkpoints and the training loop (CPU, tiny synthetic avatar), and the full
+renderer in training: attention optimised, exact resume of the discriminator and the EMA."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from torch.utils.data import Dataset
 
@@ -18,7 +20,8 @@ from ram_avatar.training import (ConfigError, TrainConfig, get_preset, latest_ch
                                  save_config, split_train_val, train)
 from ram_avatar.training.checkpoint import read_checkpoint
 from ram_avatar.training.config import apply_overrides
-from ram_avatar.training.trainer import ResumableBatchSampler
+from ram_avatar.training.trainer import (ResumableBatchSampler, aux_checkpoint_path,
+                                         load_ema_weights, required_extras)
 
 SIZE = 64
 
@@ -329,3 +332,99 @@ def test_trainer_steps_one_at_a_time(tmp_path):
     path = trainer.save()
     assert path.name == "step_00000002.safetensors" and latest_checkpoint(tmp_path / "run") == path
     trainer.writer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the full renderer (attention, branches, GAN, hand loss, EMA) in training
+
+
+class FullSynthetic(SyntheticAvatar):
+    """SyntheticAvatar with the full renderer's extra maps, neighbour frames and hand boxes."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        mask = item["body_mask"]
+        mask_e = F.max_pool2d(mask[None], 5, 1, 2)[0]
+        item["uv_expanded"] = item["uv"] * mask_e
+        item["body_mask_expanded"] = mask_e
+        prev = super().__getitem__(max(i - 1, 0))
+        nxt = super().__getitem__(min(i + 1, self.n - 1))
+        item["prev_uv"], item["prev_body_mask"] = prev["uv"], prev["body_mask"]
+        item["image_prev"], item["image_next"] = prev["image"], nxt["image"]
+        item["hand_boxes"] = torch.tensor([[10.0, 10.0, 20.0, 20.0], [40.0, 30.0, 50.0, 40.0]])
+        item["hand_valid"] = torch.tensor([True, True])
+        return item
+
+
+def tiny_full_train_config(**kw) -> TrainConfig:
+    cfg = get_preset("cpu-256")
+    cfg.model = replace(cfg.model, resolution=64, texture_size=64, texture_levels=2,
+                        texture_channels=6, base_channels=4, max_channels=16, style_dim=16,
+                        latent_dim=8, attention_channels=8, branch_channels=4, branch_hidden=4)
+    cfg.disc_base_channels, cfg.disc_max_channels = 4, 16
+    cfg.gan_weight_start = 0.01
+    cfg.r1_interval = 2
+    cfg.hand_crop = 16
+    cfg.hand_loss = "l1"
+    cfg.log_interval = 2
+    cfg.preview_interval = cfg.val_interval = cfg.checkpoint_interval = 1000
+    for key, value in kw.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def test_full_training_optimises_attention_and_resumes_exactly(tmp_path):
+    # VGG19 weights searched in an empty folder first; without them: the SSIM fallback
+    cfg = tiny_full_train_config(vgg_weights=str(tmp_path), keep_checkpoints=1)
+    assert set(required_extras(cfg)) == {"expanded", "temporal", "neighbours", "hand_boxes"}
+    data, val = FullSynthetic(5), FullSynthetic(1, offset=5)
+    a = train(data, val, tmp_path / "a", cfg, steps=4, device="cpu", show_progress=False)
+    assert a["step"] == 4
+    for key in ("gan_g", "gan_d", "d_real", "d_fake", "hand", "vgg_fallback_ssim", "r1"):
+        assert key in a["losses"], key
+    b1 = train(data, val, tmp_path / "b", cfg, steps=2, device="cpu", show_progress=False)
+    assert b1["step"] == 2
+    b2 = train(data, val, tmp_path / "b", cfg, steps=4, device="cpu", show_progress=False)
+    assert b2["start_step"] == 2 and b2["step"] == 4
+    main_a, main_b = latest_checkpoint(tmp_path / "a"), latest_checkpoint(tmp_path / "b")
+    for pa, pb in ((main_a, main_b), (aux_checkpoint_path(main_a), aux_checkpoint_path(main_b))):
+        ta, ma = read_checkpoint(pa)
+        tb, mb = read_checkpoint(pb)
+        assert ta.keys() == tb.keys()
+        for key in ta:  # renderer, discriminator, EMA, both optimisers, RNG: bit for bit
+            assert torch.equal(ta[key], tb[key]), (pa.name, key)
+        assert ma.get("optimizer") == mb.get("optimizer")
+    ta, _ = read_checkpoint(aux_checkpoint_path(main_a))
+    assert any(k.startswith("model.discriminator.") for k in ta)
+    assert any(k.startswith("model.ema.") for k in ta)
+    assert any(k.startswith("optim.") for k in ta)  # the discriminator's Adam state
+    # only the aux file of the kept checkpoint remains
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == [
+        "step_00000004.aux.safetensors", "step_00000004.safetensors"]
+    # the attention module is optimised (the released trainer forgets it)
+    tensors, _ = read_checkpoint(main_a)
+    torch.manual_seed(cfg.seed)
+    fresh = AvatarRenderer(replace(cfg.model, num_frames=6))
+    for name, p in fresh.named_parameters():
+        if name.startswith(("attention.", "hand_branch.", "face_branch.")):
+            assert not torch.equal(tensors[f"model.{name}"], p.detach()), name
+    # EMA weights load into a renderer
+    ema_model = AvatarRenderer(replace(cfg.model, num_frames=6))
+    assert load_ema_weights(main_a, ema_model)
+
+
+def test_full_training_reports_missing_extras(tmp_path):
+    cfg = tiny_full_train_config()
+    with pytest.raises(RamAvatarError, match="uv_expanded"):
+        train(SyntheticAvatar(3), None, tmp_path / "r", cfg, steps=1, device="cpu",
+              show_progress=False)
+
+
+def test_ablated_training_needs_fewer_extras(tmp_path):
+    cfg = tiny_full_train_config(gan_weight_max=0.0, hand_weight=0.0, ema_decay=0.0)
+    cfg.model = replace(cfg.model, spatial_attention=False, temporal_attention=False)
+    assert required_extras(cfg) == ()
+    out = train(SyntheticAvatar(3), None, tmp_path / "r", cfg, steps=2, device="cpu",
+                show_progress=False)
+    assert out["step"] == 2
+    assert not aux_checkpoint_path(latest_checkpoint(tmp_path / "r")).exists()
