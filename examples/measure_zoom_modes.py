@@ -66,7 +66,7 @@ def _lowpass_psnr(a: np.ndarray, b: np.ndarray, ppo: float) -> float:
 
 
 def main(argv=None) -> dict:
-    from ram_avatar.capture.video import iter_frames
+    from ram_avatar.capture.video import iter_frames, probe_video
     from ram_avatar.eval import render_stats as rs
     from ram_avatar.render.framing import OutputSettings
     from ram_avatar.runtime.avatar_runtime import AvatarRuntime
@@ -89,6 +89,7 @@ def main(argv=None) -> dict:
     aug_prob = cfg.get("data", cfg).get("augment_prob", cfg.get("augment_prob"))
     cap = float(aug[1]) if aug else 1.25
     frames = list(iter_frames(a.source, a.start, a.start + a.frames))
+    fps = float(probe_video(a.source).fps)
     configs = [("crop", "crop", None), ("camera", "camera", None), (f"camera<={cap:g}", "camera", cap)]
     report = {"subject": str(a.subject), "source": str(a.source), "frames": len(frames),
               "out_size": a.out_size, "augment_scale": aug, "augment_prob": aug_prob,
@@ -107,8 +108,8 @@ def main(argv=None) -> dict:
                 rt.reset()
                 imgs, mags, ppo, render_ms = [], [], [], []
                 t0 = time.time()
-                for f in frames:
-                    img, st = rt.process(f)
+                for i, f in enumerate(frames):
+                    img, st = rt.process(f, timestamp=i / fps)  # as a camera at the video's rate
                     imgs.append(img)
                     render_ms.append(st["render"])
                     box, view = rt.last.extra.get("box"), rt.last.extra.get("camera_view")

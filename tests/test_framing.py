@@ -180,3 +180,24 @@ def test_leaning_towards_the_camera_keeps_the_framing_scale(monkeypatch):
     monkeypatch.setattr(fr, "NECK_PER_SHOULDER_WIDTH", 0.0)  # the bare nose-to-shoulder unit
     bare = framing_box("upper", lean, None, 256)
     assert bare[3] < 0.9 * box[3] and bare[2] < 0.9 * box[2]
+
+
+def test_smoother_runs_on_timestamps():
+    """A live stream at 2 fps follows a move within about a second of real time when the
+    smoother gets timestamps; counting frames at the nominal 30 fps lags behind (it takes the
+    second for 1/15 s). Timestamps 1/fps apart give exactly the frame-counting result."""
+    base = np.array([50.0, 20.0, 160.0, 90.0])
+    moved = tuple(base + [60, 0, 0, 0])
+    timed, counted = BoxSmoother(fps=30), BoxSmoother(fps=30)
+    timed(tuple(base), 0.0)
+    counted(tuple(base))
+    for k in range(1, 3):  # one second at 2 fps
+        a = timed(moved, k * 0.5)
+        b = counted(moved)
+    # timed: 5.3 px left of the 60 px move (the deadband is 1.8 px); counted: 17.9 px
+    assert abs(a[0] - moved[0]) < 8.0, a
+    assert abs(b[0] - moved[0]) > 2 * abs(a[0] - moved[0]), (a, b)
+    x, y = BoxSmoother(fps=30), BoxSmoother(fps=30)
+    for k in range(10):
+        box = tuple(base + [6.0 * k, 0, 0, 0])
+        assert x(box, k / 30) == pytest.approx(y(box), abs=1e-9)

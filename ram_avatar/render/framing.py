@@ -302,17 +302,29 @@ class BoxSmoother:
     def reset(self) -> None:
         """Forget the history (the next box is taken as is)."""
         self._state: list[_OneEuro] | None = None
+        self._t: float | None = None
         self._aspect = 16 / 9
         self._last: tuple[float, float, float, float] | None = None
 
-    def _alpha(self, cutoff: float) -> float:
+    def _alpha(self, cutoff: float, dt: float | None = None) -> float:
         tau = 1.0 / (2 * math.pi * cutoff)
-        return 1.0 / (1.0 + tau / self.dt)
+        return 1.0 / (1.0 + tau / (self.dt if dt is None else dt))
 
-    def __call__(self, box: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:
-        """Smooth one box ``(x0, y0, w, h)`` pixels; None (no person) returns the last box."""
+    def __call__(self, box: tuple[float, float, float, float] | None,
+                 t: float | None = None) -> tuple[float, float, float, float] | None:
+        """Smooth one box ``(x0, y0, w, h)`` pixels; None (no person) returns the last box.
+
+        ``t``: the frame's time in seconds (e.g. its capture timestamp). With timestamps the
+        filter runs on the real time between frames (a live stream's rate varies and may be far
+        below ``fps``); without, frames are ``1 / fps`` apart. A step is clamped to 1 s.
+        """
         if box is None:
             return self._last
+        dt = self.dt
+        if t is not None:
+            if self._t is not None:
+                dt = min(max(float(t) - self._t, 1e-3), 1.0)
+            self._t = float(t)
         x0, y0, w, h = (float(v) for v in box)
         self._aspect = w / h
         z = np.array([x0 + w / 2, y0 + h / 2, h])
@@ -326,10 +338,10 @@ class BoxSmoother:
                 # larger ones count by their excess (no jump at the band's edge)
                 e = z[i] - s.x
                 target = s.x + math.copysign(max(abs(e) - band, 0.0), e)
-                dx = (target - s.x) / self.dt / scale
-                s.dx += self._alpha(self.d_cutoff) * (dx - s.dx)
+                dx = (target - s.x) / dt / scale
+                s.dx += self._alpha(self.d_cutoff, dt) * (dx - s.dx)
                 cutoff = self.min_cutoff + self.beta * abs(s.dx)
-                s.x += self._alpha(cutoff) * (target - s.x)
+                s.x += self._alpha(cutoff, dt) * (target - s.x)
         cx, cy, hh = (s.x for s in self._state)
         ww = hh * self._aspect
         self._last = (cx - ww / 2, cy - hh / 2, ww, hh)
@@ -611,13 +623,16 @@ class AvatarComposer:
         """:meth:`compose` needs the learned background (:attr:`learned`)."""
         return self.background.mode != "learned" or self.camera
 
-    def next_box(self, landmarks: np.ndarray | None, mask_bbox, frame_size: int):
+    def next_box(self, landmarks: np.ndarray | None, mask_bbox, frame_size: int,
+                 t: float | None = None):
         """The smoothed framing box of the next frame (None without a framing).
 
         Args:
             landmarks: (33,2) pixels of the avatar's pose landmarks in the rendered frame (the
                 training crop), NaN where unknown, or None; mask_bbox: silhouette box or None.
             frame_size: S.
+            t: the frame's time in seconds (live: capture timestamp), for the smoother
+                (:class:`BoxSmoother`); None: frames ``1 / fps`` apart.
         Returns:
             ``(x0, y0, w, h)`` rendered-frame pixels, or None.
         """
@@ -625,7 +640,7 @@ class AvatarComposer:
             return None
         W, H = self.out_size
         box = self.smoother(framing_box(self.framing, landmarks, mask_bbox, frame_size,
-                                        out_aspect=W / H, zoom=self.zoom, offset=self.offset))
+                                        out_aspect=W / H, zoom=self.zoom, offset=self.offset), t)
         self.last_box = box
         return box
 
