@@ -31,7 +31,6 @@ an export removes the temporary folders of one that was killed.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -42,81 +41,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from exporters.onnx_export import export_onnx
 from ram_avatar.errors import DiskFullError
 from ram_avatar.io.disk import fmt_bytes, free_bytes, is_disk_full
 from ram_avatar.io.lock import FolderLock
 from ram_avatar.io.subject import Subject
 from ram_avatar.models import inputs as contract
-from ram_avatar.models.neural_texture import NeuralTexture, uv_to_grid
+# the export wrapper and the one ONNX export path (FrozenTexture / freeze_texture re-exported)
+from ram_avatar.models.export import FROZEN_TEXTURE_ATOL, FrozenTexture, RendererExport  # noqa: F401
+from ram_avatar.models.export import export_onnx, freeze_texture  # noqa: F401
 from ram_avatar.render.sequence import (add_previous_maps, map_render_options, maps_to_float,
                                         render_sequence_maps)
 from ram_avatar.utils import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
-
-
-class FrozenTexture(nn.Module):
-    """Export view of a :class:`ram_avatar.models.neural_texture.NeuralTexture`: the pyramid
-    collapsed and the fixed RGB texture concatenated once, into the buffer ``texture``
-    ``(1, C(+3), S, S)``; :meth:`forward` is the texture's own sampling (one ``grid_sample``,
-    bilinear, border padding, ``align_corners=False``, zero off the body).
-
-    Shapes: ``uv (B,2,H,W)`` in [0,1], ``body_mask (B,1,H,W)`` -> ``(B,C(+3),H,W)``.
-    """
-
-    def __init__(self, texture: nn.Module):
-        super().__init__()
-        with torch.no_grad():
-            tex = texture.full_texture()
-            if getattr(texture, "rgb", False):
-                tex = torch.cat([tex, texture.rgb_texture], dim=1)
-        self.register_buffer("texture", tex.detach().clone().contiguous())
-        self.channels, self.size, self.rgb = texture.channels, texture.size, texture.rgb
-
-    @property
-    def out_channels(self) -> int:
-        return int(self.texture.shape[1])
-
-    def forward(self, uv: torch.Tensor, body_mask: torch.Tensor) -> torch.Tensor:
-        out = F.grid_sample(self.texture.expand(uv.shape[0], -1, -1, -1), uv_to_grid(uv),
-                            mode="bilinear", padding_mode="border", align_corners=False)
-        return out * body_mask
-
-
-def freeze_texture(renderer: nn.Module) -> nn.Module:
-    """A copy of ``renderer`` whose neural texture is a :class:`FrozenTexture` (the renderer
-    itself is unchanged); renderers without a UV texture (triplane) are copied as they are."""
-    frozen = copy.deepcopy(renderer)
-    if isinstance(getattr(frozen, "texture", None), NeuralTexture):
-        frozen.texture = FrozenTexture(frozen.texture)
-    return frozen
-
-
-class RendererExport(nn.Module):
-    """Export wrapper: maps in (positional, in ``renderer.input_names()`` order), composited
-    ``rgb (B,3,S,S)`` and ``alpha (B,1,S,S)`` out, with the mean per-frame style code and the
-    texture frozen (:func:`freeze_texture`; ``freeze=False`` keeps the trained module)."""
-
-    OUTPUTS = ("rgb", "alpha")
-
-    def __init__(self, renderer: nn.Module, freeze: bool = True):
-        super().__init__()
-        self.renderer = freeze_texture(renderer) if freeze else renderer
-        self.frozen = freeze and isinstance(getattr(self.renderer, "texture", None), FrozenTexture)
-        self.names = tuple(renderer.input_names())
-
-    def forward(self, *maps):
-        out = self.renderer.forward_batch(dict(zip(self.names, maps)), None)
-        return out["rgb"], out["alpha"]
-
-
-#: largest |frozen - trained| (torch, float32) accepted before exporting
-FROZEN_TEXTURE_ATOL = 1e-5
 
 
 def export_avatar(subject_dir: str | Path, run_name: str = "default", opset: int = 17,

@@ -10,8 +10,9 @@ align, maps, render).
 
 Resolutions other than the subject's own renderer are timed with a **randomly initialised
 renderer** of the same architecture (``cpu-256`` channel sizes at that resolution), exported
-to ONNX in a temporary folder (or run in torch): its output is noise, its cost is the cost of
-that architecture. Such entries say ``"renderer": "random-init (timing only)"``.
+to ONNX in a temporary folder through the same export path as the subject's
+(:mod:`ram_avatar.models.export`), or run in torch: its output is noise, its cost is the cost
+of that architecture. Such entries say ``"renderer": "random-init (timing only)"``.
 
 Timings are wall clock (``time.perf_counter``); on CUDA every stage ends on the host with its
 results copied back, so stage times include synchronisation. The CUDA / TensorRT path is code
@@ -85,29 +86,22 @@ def random_renderer(resolution: int, seed: int = 0):
     return AvatarRenderer(cfg).eval()
 
 
-class _RgbOnly(torch.nn.Module):
-    """Timing-only export view of a renderer: the 4 base maps in, ``rgb`` out (the subject's
-    real export goes through ``exporters.avatar``; ram_avatar must not import exporters)."""
-
-    def __init__(self, renderer: torch.nn.Module):
-        super().__init__()
-        self.renderer = renderer
-
-    def forward(self, uv, body_mask, hand, face):
-        return self.renderer(uv, body_mask, hand, face, None)["rgb"]
-
-
 def export_random_onnx(resolution: int, path: str | Path) -> Path:
-    """Export :func:`random_renderer` at ``resolution`` to ONNX (opset 17, TorchScript
-    exporter, batch 1): inputs uv, body_mask, hand, face; output rgb."""
+    """Export :func:`random_renderer` at ``resolution`` to ONNX through the one export path
+    (:class:`ram_avatar.models.export.RendererExport` + :func:`~ram_avatar.models.export.export_onnx`,
+    as ``ram-avatar export`` does: texture frozen, opset 17, dynamic batch, parity checked):
+    inputs uv, body_mask, hand, face; outputs rgb, alpha."""
+    from ram_avatar.models.export import RendererExport, export_onnx
+    from ram_avatar.models.inputs import INPUTS
+
     S = int(resolution)
-    wrapper = _RgbOnly(random_renderer(S)).eval()
-    args = (torch.rand(1, 2, S, S), torch.ones(1, 1, S, S), torch.zeros(1, 5, S, S), torch.zeros(1, 3, S, S))
+    wrapper = RendererExport(random_renderer(S)).eval()
+    g = torch.Generator().manual_seed(0)
+    maps = {n: torch.rand((1, INPUTS[n].channels, S, S), generator=g) for n in wrapper.names}
+    if "body_mask" in maps:
+        maps["body_mask"] = (maps["body_mask"] > 0.3).float()
     path = Path(path)
-    with torch.no_grad():
-        torch.onnx.export(wrapper, args, str(path), dynamo=False, opset_version=17,
-                          input_names=["uv", "body_mask", "hand", "face"], output_names=["rgb"],
-                          do_constant_folding=True)
+    export_onnx(wrapper, maps, path, output_names=list(RendererExport.OUTPUTS), opset=17)
     return path
 
 

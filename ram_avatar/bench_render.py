@@ -174,9 +174,10 @@ def _ort_time(module: nn.Module, inputs: list[torch.Tensor], path: Path, device,
             outs = module_cpu(*cpu_inputs)
             n_out = len(outs) if isinstance(outs, tuple) else 1
             out_names = [f"out{i}" for i in range(n_out)]
-            torch.onnx.export(module_cpu, tuple(cpu_inputs), str(path), dynamo=False,
-                              opset_version=17, input_names=names, output_names=out_names,
-                              dynamic_axes={n: {0: "batch"} for n in names + out_names})
+            from ram_avatar.models.export import export_onnx  # the one ONNX export path
+
+            export_onnx(module_cpu, dict(zip(names, cpu_inputs)), path, out_names,
+                        dynamic_batch=True, opset=17, exporter="legacy")
     except Exception as exc:  # noqa: BLE001 - report, do not abort the benchmark
         return None, f"export failed: {type(exc).__name__}: {exc}"
     finally:

@@ -62,46 +62,37 @@ ALPHA_SUFFIXES = (".webm", ".mov")
 
 
 class RendererBackend:
-    """The avatar renderer behind one call signature: maps (float32 tensors) -> rgb (B,S,S,3)
+    """The avatar renderer as ``drive`` uses it: maps (float32 tensors) -> rgb (B,S,S,3)
     uint8 (and alpha with :meth:`render`).
 
-    ``onnx`` runs the subject's export (:attr:`Subject.export_onnx`, its ``export.json`` names
-    the run) with ONNX Runtime; ``torch`` loads the latest checkpoint of the run
-    (:meth:`Run.load_renderer`). :attr:`has_alpha` is False for an ONNX export made before the
+    The renderer is loaded by the one engine loader,
+    :func:`ram_avatar.runtime.engines.load_renderer_engine`: ``onnx`` runs the subject's export
+    (:attr:`Subject.export_onnx`; its ``export.json`` names the run) with ONNX Runtime, ``torch``
+    the latest checkpoint of the run (:meth:`Run.load_renderer`), ``tensorrt`` the engine of
+    ``export --tensorrt`` (CUDA). :attr:`has_alpha` is False for an export made before the
     ``alpha`` output existed. Inputs follow :mod:`ram_avatar.models.inputs`.
+
+    Raises:
+        RamAvatarError: unknown backend, no export / export.json / checkpoint, or an export of
+            another version.
     """
 
     def __init__(self, subject_dir: Path, backend: str, run_name: str, device: torch.device):
+        from ram_avatar.runtime.engines import load_renderer_engine
+
         self.kind = backend
         subject = Subject(subject_dir)
-        self.run = subject.run(run_name)  # whose split.json says what was trained on
-        if backend == "onnx":
-            from ram_avatar.runtime.engines import OnnxRunner
-
-            path = subject.export_onnx
-            if not path.is_file():
-                raise RamAvatarError(f"{path} not found: run `ram-avatar export {subject_dir}` "
-                                     "first, or use --backend torch")
-            meta = subject.export_manifest()
-            self.run = subject.run(meta.get("run", run_name))  # the exported run
-            self.resolution = int(meta["resolution"])
-            self.expand_offset = float(meta.get("expand_offset", 0.01))
-            self.runner = OnnxRunner(path)
-            try:
-                self.input_names = contract.check_names(self.runner.input_names)
-            except ValueError as e:
-                raise RamAvatarError(f"{path} is not an avatar renderer of this version ({e}): "
-                                     f"run `ram-avatar export {subject_dir}` again") from None
-            self.has_alpha = "alpha" in self.runner.output_names
-        elif backend == "torch":
-            self.model, _ = self.run.load_renderer(device)
-            self.resolution = self.model.config.resolution
-            self.expand_offset = self.model.config.expand_offset
-            self.input_names = self.model.input_names()
-            self.device = device
-            self.has_alpha = True
-        else:
-            raise RamAvatarError(f"unknown renderer backend {backend!r}: use onnx or torch")
+        if backend in ("onnx", "tensorrt") and subject.export_model(backend).is_file():
+            subject.export_manifest()  # export.json must exist: it names the exported run
+        self.engine = load_renderer_engine(subject_dir, backend, device, run_name)
+        # whose split.json says what was trained on: the exported run, or the run asked for
+        self.run = subject.run(self.engine.run_name or run_name)
+        self.resolution = int(self.engine.resolution)
+        self.expand_offset = float(self.engine.expand_offset
+                                   if self.engine.expand_offset is not None else 0.01)
+        self.input_names = tuple(self.engine.input_names)
+        self.has_alpha = bool(self.engine.has_alpha)
+        self.device = device
 
     def render_options(self) -> dict:
         """:func:`render_sequence_maps` options giving every map this renderer reads."""
@@ -115,16 +106,10 @@ class RendererBackend:
     def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`__call__` plus the renderer's alpha: ((B,S,S,3) uint8 RGB, (B,S,S) uint8
         alpha or None when the export has no ``alpha`` output)."""
-        if self.kind == "onnx":
-            out = self.runner({k: maps[k] for k in self.input_names})
-            rgb, alpha = out["rgb"], out.get("alpha")
-        else:
-            with torch.no_grad():
-                out = self.model.forward_batch({k: maps[k].to(self.device)
-                                                for k in self.input_names}, None)
-                rgb, alpha = out["rgb"].cpu().numpy(), out["alpha"].cpu().numpy()
-        to8 = lambda x: (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)  # noqa: E731
-        return to8(rgb).transpose(0, 2, 3, 1), None if alpha is None else to8(alpha[:, 0])
+        from ram_avatar.runtime.engines import to_uint8
+
+        rgb, alpha = self.engine.render({k: maps[k] for k in self.input_names})
+        return to_uint8(rgb).transpose(0, 2, 3, 1), None if alpha is None else to_uint8(alpha[:, 0])
 
 
 def _side_by_side(left: np.ndarray, right: np.ndarray, height: int) -> np.ndarray:

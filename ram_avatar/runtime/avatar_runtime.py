@@ -41,18 +41,17 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from ram_avatar.body import load_body_model
 from ram_avatar.body.base import BodyModel, BodyParams
-from ram_avatar.errors import CheckpointError, RamAvatarError
+from ram_avatar.errors import RamAvatarError
 from ram_avatar.io.camera import default_intrinsics, load_camera, undistort_points
 from ram_avatar.io.sequence import load_sequence
 from ram_avatar.io.subject import Subject
-from ram_avatar.models.inputs import ALL_INPUTS, BASE_INPUTS, EXTRA_INPUTS, render_options
+from ram_avatar.models.inputs import BASE_INPUTS, EXTRA_INPUTS, render_options
 from ram_avatar.render.conditioning import (
     ConditioningRenderer,
     crop_intrinsics,
@@ -60,6 +59,9 @@ from ram_avatar.render.conditioning import (
 )
 from ram_avatar.render.framing import (AvatarComposer, OutputSettings, box_intrinsics, mask_bbox,
                                        project_landmarks)
+from ram_avatar.runtime.engines import (OnnxRenderer, RendererEngine, TensorRTRenderer,  # noqa: F401
+                                        TorchRenderer, load_renderer_engine)
+from ram_avatar.runtime.engines import to_uint8 as _to_uint8
 from ram_avatar.runtime.retarget import FOOT_LANDMARKS, ground_level, load_driver_betas
 from ram_avatar.runtime.tracking import (LOWER_BODY_MODES, BodyTracker, HolisticTracker,
                                          LiveFitConfig, lower_body_joints, standing_leg_pose)
@@ -77,217 +79,6 @@ MAP_NAMES = BASE_INPUTS
 #: optional inputs of the full renderer (ram_avatar.models.renderer), all rendered by the runtime:
 #: expanded-mesh maps, canonical-position maps (triplane) and the previous frame's maps
 EXTRA_MAP_NAMES = EXTRA_INPUTS
-
-
-# --------------------------------------------------------------------------------------------
-# renderer engines: maps (1, C, S, S) float32 -> rgb (1, 3, S, S) float32 in [0, 1]
-
-
-class RendererEngine(Protocol):
-    name: str
-    resolution: int
-    providers: list[str]
-    input_names: tuple[str, ...]
-
-    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray: ...
-
-
-class OnnxRenderer:
-    """The exported renderer in ONNX Runtime.
-
-    Args:
-        path: ``avatar.onnx`` (inputs uv, body_mask, hand, face; output ``rgb``).
-        device: ``cpu`` uses the CPU provider only; ``cuda`` prefers TensorRT > CUDA > CPU
-            providers among those installed (:func:`ram_avatar.runtime.engines.default_providers`).
-    """
-
-    name = "onnx"
-
-    def __init__(self, path: str | Path, device: torch.device):
-        from ram_avatar.runtime.engines import OnnxRunner, default_providers
-
-        providers = ["CPUExecutionProvider"] if device.type == "cpu" else default_providers()
-        self.runner = OnnxRunner(path, providers=providers)
-        self.providers = list(self.runner.providers)
-        names = self.runner.input_names
-        unknown = [n for n in names if n not in ALL_INPUTS]
-        shape = self.runner.session.get_inputs()[names.index("body_mask")].shape \
-            if "body_mask" in names else None
-        if (unknown or shape is None or not isinstance(shape[-1], int)
-                or "rgb" not in self.runner.output_names):
-            raise RamAvatarError(f"{path} is not an avatar renderer of this version (inputs {names}, "
-                                 f"outputs {self.runner.output_names}); re-run `ram-avatar export`")
-        self.resolution = int(shape[-1])
-        self.input_names = tuple(names)
-        self.path = Path(path)
-        #: the export has the renderer's ``alpha`` output (exports before issue 13 lack it)
-        self.has_alpha = "alpha" in self.runner.output_names
-
-    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
-        return self.runner({k: maps[k] for k in self.input_names})["rgb"]
-
-    def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
-        """(rgb (1,3,S,S), alpha (1,1,S,S) or None without the ``alpha`` output), float32
-        in [0, 1] (one ONNX Runtime run)."""
-        out = self.runner({k: maps[k] for k in self.input_names})
-        return out["rgb"], out.get("alpha")
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    """[0, 1] floats -> uint8 (rounded)."""
-    return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def _model_inputs(model) -> tuple[str, ...]:
-    """Inputs an AvatarRenderer reads (``input_names()`` of newer models, else the 4 base maps)."""
-    names = getattr(model, "input_names", None)
-    return tuple(names()) if callable(names) else MAP_NAMES
-
-
-class TorchRenderer:
-    """The latest checkpoint of a training run, evaluated in torch (mean style code).
-
-    Loaded by :meth:`ram_avatar.io.subject.Run.load_renderer` (the run's config.yaml ``model``
-    section, strictly, and the newest checkpoint), without importing the training package.
-
-    Raises:
-        CheckpointError: no run / checkpoint, tensors that do not match the config, or a run
-            trained on another capture; RunConfigError: a bad config.yaml.
-    """
-
-    name = "torch"
-
-    def __init__(self, subject_dir: str | Path, run_name: str, device: torch.device):
-        run = Subject(subject_dir).run(run_name)
-        if run.latest_checkpoint() is None or not run.config_path.is_file():
-            raise CheckpointError(f"no trained renderer in {run.dir}: run `ram-avatar train {subject_dir}` "
-                                  "first, or use --backend onnx with an exported avatar")
-        model, info = run.load_renderer()
-        config, ckpt = model.config, info["checkpoint"]
-        self.model = model.to(device).eval()
-        self.device = device
-        self.threads = torch.get_num_threads()  # the runtime runs its other stages on 1 thread
-        self.resolution = int(config.resolution)
-        self.input_names = _model_inputs(model)
-        self.providers = [f"torch:{device}"]
-        self.checkpoint = ckpt
-        self.has_alpha = True
-
-    @classmethod
-    def from_model(cls, model, device: torch.device | str = "cpu") -> "TorchRenderer":
-        """Wrap an in-memory :class:`AvatarRenderer` (e.g. a timing-only random one)."""
-        self = cls.__new__(cls)
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.threads = torch.get_num_threads()
-        self.resolution = int(model.config.resolution)
-        self.input_names = _model_inputs(model)
-        self.providers = [f"torch:{self.device}"]
-        self.checkpoint = None
-        self.has_alpha = True
-        return self
-
-    @torch.inference_mode()
-    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
-        before = torch.get_num_threads()
-        torch.set_num_threads(getattr(self, "threads", before))  # convolutions use every core
-        try:
-            feed = {k: (maps[k].to(self.device) if k in self.input_names else None) for k in MAP_NAMES}
-            feed.update({k: maps[k].to(self.device) for k in self.input_names if k not in MAP_NAMES})
-            out = self.model(**feed, frame_index=None)["rgb"]
-            return out.float().cpu().numpy()
-        finally:
-            torch.set_num_threads(before)
-
-    @torch.inference_mode()
-    def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        """(rgb (1,3,S,S), alpha (1,1,S,S)) float32 in [0, 1] (one forward pass)."""
-        before = torch.get_num_threads()
-        torch.set_num_threads(getattr(self, "threads", before))
-        try:
-            feed = {k: (maps[k].to(self.device) if k in self.input_names else None) for k in MAP_NAMES}
-            feed.update({k: maps[k].to(self.device) for k in self.input_names if k not in MAP_NAMES})
-            out = self.model(**feed, frame_index=None)
-            return out["rgb"].float().cpu().numpy(), out["alpha"].float().cpu().numpy()
-        finally:
-            torch.set_num_threads(before)
-
-
-class TensorRTRenderer:
-    """The renderer as a TensorRT engine (``export/avatar.engine``); CUDA only, unmeasured."""
-
-    name = "tensorrt"
-
-    def __init__(self, path: str | Path, device: torch.device):
-        from ram_avatar.runtime.trt import TensorRTEngine
-
-        if device.type != "cuda":
-            raise RamAvatarError("--backend tensorrt needs --device cuda (an NVIDIA GPU)")
-        self.engine = TensorRTEngine(path, device)
-        shape = self.engine.input_shapes.get("body_mask")
-        if shape is None or shape[-1] <= 0:
-            raise RamAvatarError(f"{path} has no fixed-size 'body_mask' input; rebuild it with "
-                                 "`ram-avatar export --tensorrt`")
-        self.resolution = int(shape[-1])
-        self.input_names = tuple(self.engine.input_names)
-        self.providers = [f"tensorrt:{device}"]
-        self.device = device
-        self.has_alpha = "alpha" in self.engine.output_names
-
-    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
-        out = self.engine({k: maps[k] for k in self.input_names})["rgb"]
-        return out.float().cpu().numpy()  # .cpu() synchronises the stream
-
-    def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
-        """(rgb (1,3,S,S), alpha (1,1,S,S) or None) float32 (one engine run)."""
-        out = self.engine({k: maps[k] for k in self.input_names})
-        a = out.get("alpha")
-        return out["rgb"].float().cpu().numpy(), None if a is None else a.float().cpu().numpy()
-
-
-def load_renderer_engine(subject_dir: str | Path, backend: str = "onnx",
-                         device: torch.device | str = "cpu", run_name: str = "default",
-                         resolution: int | None = None, model_path: str | Path | None = None):
-    """The avatar's renderer behind one call signature (see :class:`OnnxRenderer`, ...).
-
-    Args:
-        subject_dir: the subject directory.
-        backend: ``onnx`` | ``torch`` | ``tensorrt``.
-        device: torch device (``cuda`` selects GPU providers / the engine's GPU).
-        run_name: training run (torch backend).
-        resolution: expected renderer side S; for ``onnx`` / ``tensorrt``
-            ``export/avatar_<S>.onnx`` / ``.engine`` is used when it exists. None: whatever
-            the subject's export or run has.
-        model_path: explicit .onnx / .engine file (overrides the subject's export).
-    Raises:
-        RamAvatarError: unknown backend, missing export/engine/checkpoint, or a renderer whose
-            resolution differs from ``resolution``.
-    """
-    subject_dir = Path(subject_dir)
-    device = resolve_device(device)
-    if backend == "tensorrt" and device.type != "cuda":
-        raise RamAvatarError("--backend tensorrt needs an NVIDIA GPU (--device cuda) with TensorRT "
-                             "installed (pip install 'ram-avatar-studio[tensorrt]'); on this machine "
-                             "use --backend onnx")
-    if backend in ("onnx", "tensorrt"):
-        path = Path(model_path) if model_path is not None else \
-            Subject(subject_dir).export_model(backend, resolution)
-        if not path.is_file():
-            if backend == "tensorrt":
-                raise RamAvatarError(f"{path} not found: build it on this GPU machine with "
-                                     f"`ram-avatar export {subject_dir} --tensorrt`, or use --backend onnx")
-            raise RamAvatarError(f"{path} not found: run `ram-avatar export {subject_dir}` first, "
-                                 "or use --backend torch")
-        engine = OnnxRenderer(path, device) if backend == "onnx" else TensorRTRenderer(path, device)
-    elif backend == "torch":
-        engine = TorchRenderer(subject_dir, run_name, device)
-    else:
-        raise RamAvatarError(f"unknown renderer backend {backend!r}: use onnx, torch or tensorrt")
-    if resolution is not None and int(resolution) != engine.resolution:
-        raise RamAvatarError(f"the {backend} renderer of {subject_dir} is {engine.resolution}x"
-                             f"{engine.resolution}, but resolution {resolution} was asked for; "
-                             f"train and export the avatar at {resolution} (or omit --resolution)")
-    return engine
 
 
 # --------------------------------------------------------------------------------------------

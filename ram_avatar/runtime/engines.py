@@ -1,5 +1,20 @@
-"""Inference engines of the runtime: ONNX Runtime session (CPU, CUDA or TensorRT execution
-providers). The TensorRT-engine runner lives in ``exporters.tensorrt`` next to its builder.
+"""The one place that loads and runs the avatar's renderer, for every user: the live runtime
+and app, ``drive``, ``ram-avatar bench`` and the exporters' parity checks (issue 11, item 5).
+
+Two layers:
+
+* runners, named tensors in and out: :class:`OnnxRunner` (an ONNX Runtime session on the CPU,
+  CUDA or TensorRT execution providers) and :class:`ram_avatar.runtime.trt.TensorRTEngine`
+  (a serialised TensorRT engine; the one TensorRT runner, ``exporters`` re-exports it);
+* renderer engines, the trained avatar behind one interface (:class:`RendererEngine`):
+  :class:`OnnxRenderer` (the export), :class:`TorchRenderer` (the newest checkpoint of a run,
+  loaded by :meth:`ram_avatar.io.subject.Run.load_renderer`) and :class:`TensorRTRenderer`
+  (the engine built by ``export --tensorrt``), chosen by :func:`load_renderer_engine`.
+
+Maps in are ``(B, C, S, S)`` float32 tensors named as in :mod:`ram_avatar.models.inputs`;
+``engine(maps)`` returns ``rgb (B, 3, S, S)`` float32 in [0, 1] and ``engine.render(maps)``
+``(rgb, alpha (B, 1, S, S) or None)``. ``ram_avatar.runtime.avatar_runtime`` re-exports the
+engine names it used to define.
 """
 
 from __future__ import annotations
@@ -7,14 +22,23 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 
-from ram_avatar.errors import RamAvatarError
+from ram_avatar.errors import CheckpointError, RamAvatarError
+from ram_avatar.io.subject import Subject
+from ram_avatar.models.inputs import ALL_INPUTS, BASE_INPUTS
+from ram_avatar.utils import resolve_device
 
 log = logging.getLogger(__name__)
+
+__all__ = ["OnnxRunner", "default_providers", "RendererEngine", "OnnxRenderer", "TorchRenderer",
+           "TensorRTRenderer", "load_renderer_engine", "to_uint8", "MAP_NAMES"]
+
+#: the base renderer inputs every renderer reads (models.inputs.BASE_INPUTS)
+MAP_NAMES = BASE_INPUTS
 
 
 def default_providers() -> list[str]:
@@ -89,3 +113,294 @@ def _ort_type_to_numpy(t: str):
              "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
              "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
     return table.get(t, np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# renderer engines: maps (B, C, S, S) float32 -> rgb (B, 3, S, S) float32 in [0, 1]
+
+
+class RendererEngine(Protocol):
+    """What every renderer engine offers (:class:`OnnxRenderer`, :class:`TorchRenderer`,
+    :class:`TensorRTRenderer`).
+
+    Attributes:
+        name: ``onnx`` | ``torch`` | ``tensorrt``.
+        resolution: S, the side of the maps and of the frame, pixels.
+        providers: where it runs (ONNX Runtime providers, ``torch:cpu``, ``tensorrt:cuda``).
+        input_names: the maps it reads (:mod:`ram_avatar.models.inputs` names, input order).
+        has_alpha: whether :meth:`render` returns the renderer's alpha.
+        run_name: the training run it comes from (an export's ``export.json`` names it), or
+            None when unknown (a timing-only renderer).
+        expand_offset: ``model.expand_offset`` (metres) its expanded-mesh maps were trained
+            with, or None when unknown.
+    """
+
+    name: str
+    resolution: int
+    providers: list[str]
+    input_names: tuple[str, ...]
+    has_alpha: bool
+    run_name: str | None
+    expand_offset: float | None
+
+    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
+        """maps (B, C, S, S) float32 -> rgb (B, 3, S, S) float32 in [0, 1]."""
+
+    def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+        """maps -> (rgb (B, 3, S, S), alpha (B, 1, S, S) or None), float32 in [0, 1]."""
+
+
+#: ``expand_offset`` of an export whose export.json does not record it (RendererConfig's default)
+DEFAULT_EXPAND_OFFSET = 0.01
+
+
+def _manifest_fields(manifest: Mapping[str, Any] | None) -> tuple[str | None, float | None]:
+    """(run name, expand_offset) recorded in an export manifest (export.json), None when absent."""
+    if not manifest:
+        return None, None
+    return manifest.get("run"), float(manifest.get("expand_offset", DEFAULT_EXPAND_OFFSET))
+
+
+class OnnxRenderer:
+    """The exported renderer in ONNX Runtime.
+
+    Args:
+        path: ``avatar.onnx`` (inputs named as in :mod:`ram_avatar.models.inputs`, with a
+            fixed-size ``body_mask``; outputs ``rgb`` and, for exports since issue 13, ``alpha``).
+        device: ``cpu`` uses the CPU provider only; ``cuda`` prefers TensorRT > CUDA > CPU
+            providers among those installed (:func:`default_providers`).
+        manifest: the export's ``export.json`` (gives :attr:`run_name` and
+            :attr:`expand_offset`); None for a file without one (both None then).
+
+    Raises:
+        RamAvatarError: missing or unloadable file, or not an avatar renderer of this version
+            (unknown inputs, no fixed-size ``body_mask``, no ``rgb`` output).
+    """
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, device: torch.device,
+                 manifest: Mapping[str, Any] | None = None):
+        from ram_avatar.runtime.engines import OnnxRunner, default_providers
+
+        providers = ["CPUExecutionProvider"] if device.type == "cpu" else default_providers()
+        self.runner = OnnxRunner(path, providers=providers)
+        self.providers = list(self.runner.providers)
+        names = self.runner.input_names
+        unknown = [n for n in names if n not in ALL_INPUTS]
+        shape = self.runner.session.get_inputs()[names.index("body_mask")].shape \
+            if "body_mask" in names else None
+        if (unknown or shape is None or not isinstance(shape[-1], int)
+                or "rgb" not in self.runner.output_names):
+            raise RamAvatarError(f"{path} is not an avatar renderer of this version (inputs {names}, "
+                                 f"outputs {self.runner.output_names}); re-run `ram-avatar export`")
+        self.resolution = int(shape[-1])
+        self.input_names = tuple(names)
+        self.path = Path(path)
+        #: the export has the renderer's ``alpha`` output (exports before issue 13 lack it)
+        self.has_alpha = "alpha" in self.runner.output_names
+        self.run_name, self.expand_offset = _manifest_fields(manifest)
+
+    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
+        return self.runner({k: maps[k] for k in self.input_names})["rgb"]
+
+    def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(rgb (B,3,S,S), alpha (B,1,S,S) or None without the ``alpha`` output), float32
+        in [0, 1] (one ONNX Runtime run)."""
+        out = self.runner({k: maps[k] for k in self.input_names})
+        return out["rgb"], out.get("alpha")
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> uint8 (rounded)."""
+    return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _model_inputs(model) -> tuple[str, ...]:
+    """Inputs an AvatarRenderer reads (``input_names()`` of newer models, else the 4 base maps)."""
+    names = getattr(model, "input_names", None)
+    return tuple(names()) if callable(names) else MAP_NAMES
+
+
+class TorchRenderer:
+    """The latest checkpoint of a training run, evaluated in torch (mean style code).
+
+    Loaded by :meth:`ram_avatar.io.subject.Run.load_renderer` (the run's config.yaml ``model``
+    section, strictly, and the newest checkpoint), without importing the training package.
+    Inference runs with the thread count torch had when the engine was made (the live runtime
+    runs its other stages on one thread, the convolutions use every core).
+
+    Args:
+        subject_dir: the subject directory.
+        run_name: the training run.
+        device: torch device of the model.
+
+    Raises:
+        CheckpointError: no run / checkpoint, tensors that do not match the config, or a run
+            trained on another capture; RunConfigError: a bad config.yaml.
+    """
+
+    name = "torch"
+
+    def __init__(self, subject_dir: str | Path, run_name: str, device: torch.device):
+        run = Subject(subject_dir).run(run_name)
+        if run.latest_checkpoint() is None or not run.config_path.is_file():
+            raise CheckpointError(f"no trained renderer in {run.dir}: run `ram-avatar train {subject_dir}` "
+                                  "first, or use --backend onnx with an exported avatar")
+        model, info = run.load_renderer()
+        config, ckpt = model.config, info["checkpoint"]
+        self.model = model.to(device).eval()
+        self.device = device
+        self.threads = torch.get_num_threads()  # the runtime runs its other stages on 1 thread
+        self.resolution = int(config.resolution)
+        self.input_names = _model_inputs(model)
+        self.providers = [f"torch:{device}"]
+        self.checkpoint = ckpt
+        self.has_alpha = True
+        self.run_name = run_name
+        self.expand_offset = float(config.expand_offset)
+
+    @classmethod
+    def from_model(cls, model, device: torch.device | str = "cpu") -> "TorchRenderer":
+        """Wrap an in-memory :class:`AvatarRenderer` (e.g. a timing-only random one)."""
+        self = cls.__new__(cls)
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.threads = torch.get_num_threads()
+        self.resolution = int(model.config.resolution)
+        self.input_names = _model_inputs(model)
+        self.providers = [f"torch:{self.device}"]
+        self.checkpoint = None
+        self.has_alpha = True
+        self.run_name = None
+        self.expand_offset = float(getattr(model.config, "expand_offset", DEFAULT_EXPAND_OFFSET))
+        return self
+
+    @torch.inference_mode()
+    def _forward(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's output dict on ``maps`` (mean style code), with this engine's threads."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(getattr(self, "threads", before))  # convolutions use every core
+        try:
+            feed = {k: (maps[k].to(self.device) if k in self.input_names else None) for k in MAP_NAMES}
+            feed.update({k: maps[k].to(self.device) for k in self.input_names if k not in MAP_NAMES})
+            return self.model(**feed, frame_index=None)
+        finally:
+            torch.set_num_threads(before)
+
+    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
+        return self._forward(maps)["rgb"].float().cpu().numpy()
+
+    def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """(rgb (B,3,S,S), alpha (B,1,S,S)) float32 in [0, 1] (one forward pass)."""
+        out = self._forward(maps)
+        return out["rgb"].float().cpu().numpy(), out["alpha"].float().cpu().numpy()
+
+
+class TensorRTRenderer:
+    """The renderer as a TensorRT engine (``export/avatar.engine``, run by the one runner
+    :class:`ram_avatar.runtime.trt.TensorRTEngine`); CUDA only, unmeasured here.
+
+    Args:
+        path: the ``.engine`` file.
+        device: a CUDA device.
+        manifest: the export's ``export.json`` (see :class:`OnnxRenderer`).
+
+    Raises:
+        RamAvatarError: no CUDA device, TensorRT missing, unreadable engine, or an engine
+            without a fixed-size ``body_mask`` input.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, path: str | Path, device: torch.device,
+                 manifest: Mapping[str, Any] | None = None):
+        from ram_avatar.runtime.trt import TensorRTEngine
+
+        if device.type != "cuda":
+            raise RamAvatarError("--backend tensorrt needs --device cuda (an NVIDIA GPU)")
+        self.engine = TensorRTEngine(path, device)
+        shape = self.engine.input_shapes.get("body_mask")
+        if shape is None or shape[-1] <= 0:
+            raise RamAvatarError(f"{path} has no fixed-size 'body_mask' input; rebuild it with "
+                                 "`ram-avatar export --tensorrt`")
+        self.resolution = int(shape[-1])
+        self.input_names = tuple(self.engine.input_names)
+        self.providers = [f"tensorrt:{device}"]
+        self.device = device
+        self.has_alpha = "alpha" in self.engine.output_names
+        self.run_name, self.expand_offset = _manifest_fields(manifest)
+
+    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
+        out = self.engine({k: maps[k] for k in self.input_names})["rgb"]
+        return out.float().cpu().numpy()  # .cpu() synchronises the stream
+
+    def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(rgb (B,3,S,S), alpha (B,1,S,S) or None) float32 (one engine run)."""
+        out = self.engine({k: maps[k] for k in self.input_names})
+        a = out.get("alpha")
+        return out["rgb"].float().cpu().numpy(), None if a is None else a.float().cpu().numpy()
+
+
+def load_renderer_engine(subject_dir: str | Path, backend: str = "onnx",
+                         device: torch.device | str = "cpu", run_name: str = "default",
+                         resolution: int | None = None, model_path: str | Path | None = None):
+    """The avatar's renderer behind one call signature: the one engine loader of the live
+    runtime, the app, ``drive`` and ``ram-avatar bench`` (:class:`RendererEngine`).
+
+    Args:
+        subject_dir: the subject directory.
+        backend: ``onnx`` | ``torch`` | ``tensorrt``.
+        device: torch device (``cuda`` selects GPU providers / the engine's GPU).
+        run_name: training run (torch backend).
+        resolution: expected renderer side S; for ``onnx`` / ``tensorrt``
+            ``export/avatar_<S>.onnx`` / ``.engine`` is used when it exists. None: whatever
+            the subject's export or run has.
+        model_path: explicit .onnx / .engine file (overrides the subject's export).
+    Returns:
+        an :class:`OnnxRenderer`, :class:`TorchRenderer` or :class:`TensorRTRenderer`; an
+        export's ``run_name`` / ``expand_offset`` come from the subject's ``export.json``
+        (None when it has none or an explicit ``model_path`` is given).
+    Raises:
+        RamAvatarError: unknown backend, missing export/engine/checkpoint, or a renderer whose
+            resolution differs from ``resolution``.
+    """
+    subject_dir = Path(subject_dir)
+    device = resolve_device(device)
+    if backend == "tensorrt" and device.type != "cuda":
+        raise RamAvatarError("--backend tensorrt needs an NVIDIA GPU (--device cuda) with TensorRT "
+                             "installed (pip install 'ram-avatar-studio[tensorrt]'); on this machine "
+                             "use --backend onnx")
+    if backend in ("onnx", "tensorrt"):
+        path = Path(model_path) if model_path is not None else \
+            Subject(subject_dir).export_model(backend, resolution)
+        if not path.is_file():
+            if backend == "tensorrt":
+                raise RamAvatarError(f"{path} not found: build it on this GPU machine with "
+                                     f"`ram-avatar export {subject_dir} --tensorrt`, or use --backend onnx")
+            raise RamAvatarError(f"{path} not found: run `ram-avatar export {subject_dir}` first, "
+                                 "or use --backend torch")
+        manifest = None if model_path is not None else _read_manifest(Subject(subject_dir))
+        cls = OnnxRenderer if backend == "onnx" else TensorRTRenderer
+        engine = cls(path, device, manifest)
+    elif backend == "torch":
+        engine = TorchRenderer(subject_dir, run_name, device)
+    else:
+        raise RamAvatarError(f"unknown renderer backend {backend!r}: use onnx, torch or tensorrt")
+    if resolution is not None and int(resolution) != engine.resolution:
+        raise RamAvatarError(f"the {backend} renderer of {subject_dir} is {engine.resolution}x"
+                             f"{engine.resolution}, but resolution {resolution} was asked for; "
+                             f"train and export the avatar at {resolution} (or omit --resolution)")
+    return engine
+
+
+def _read_manifest(subject: Subject) -> dict | None:
+    """The subject's export.json, or None when it has none or it cannot be read (a warning:
+    the renderer itself still loads, only its run and expand_offset are unknown)."""
+    if not subject.export_manifest_path.is_file():
+        return None
+    try:
+        return subject.export_manifest()
+    except RamAvatarError as e:
+        log.warning("%s", e)
+        return None
