@@ -5,8 +5,10 @@
 * :mod:`~ram_avatar.runtime.tracking` — MediaPipe Holistic in video mode and the warm-started
   per-frame body fit.
 * :mod:`~ram_avatar.runtime.retarget` — offline (whole-clip) retargeting used by ``drive``.
-* :mod:`~ram_avatar.runtime.engines` — ONNX Runtime session wrapper; :mod:`~ram_avatar.runtime.trt`
-  — TensorRT 10 engine runner (optional extra).
+* :mod:`~ram_avatar.runtime.engines` — the one renderer loader (``load_renderer_engine``:
+  ONNX Runtime, torch or TensorRT engines, used by live, the app, drive and the benches) and the
+  ONNX Runtime session wrapper; :mod:`~ram_avatar.runtime.trt` — the one TensorRT 10 engine
+  runner (optional extra).
 
 The runtime imports neither ``ram_avatar.training`` nor ``ram_avatar.capture.pipeline`` (the
 live app stays light). Names are imported lazily, so ``import ram_avatar.runtime`` is cheap.
