@@ -686,6 +686,10 @@ class AvatarComposer:
             box = box_in_view(box, view, S)
         if mode == "learned":
             return compose_frame(rgb, box, self.out_size, fill=None)
+        if mode == "colour":  # composite at S, then frame with the colour outside (one blend)
+            fill = tuple(int(round(255 * c)) for c in self.background.colour)
+            flat = compose_uint8(rgb[None], alpha[None], learned, self.background)[0]
+            return compose_frame(flat, box, self.out_size, fill=fill)
         rgba = compose_uint8(rgb[None], alpha[None], learned, Background("transparent"))[0]
         framed = compose_frame(rgba, box, self.out_size)
         return framed if mode == "transparent" else _over(framed, self._bg_out)
