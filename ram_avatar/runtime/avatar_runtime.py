@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -336,6 +337,7 @@ class AvatarRuntime:
         # stream; requests are applied by the pose stage (camera zoom needs the box before maps)
         self.output = OutputSettings()
         self._output_request: OutputSettings | None = None
+        self._output_lock = threading.Lock()  # set_output (any thread) vs the pose stage
         self._composer: AvatarComposer | None = None
         self._learned_bg: np.ndarray | None = None
         self._last_bbox = None  # the last silhouette box, training-crop pixels
@@ -407,7 +409,8 @@ class AvatarRuntime:
                 f"{getattr(self.engine, 'name', 'renderer')} renderer has no 'alpha' output (an "
                 f"export made before it existed): run `ram-avatar export {self.subject_dir}` "
                 "again, or use --background learned")
-        self._output_request = settings
+        with self._output_lock:
+            self._output_request = settings
 
     def reset(self) -> None:
         """Start a new stream: tracking, fit warm start, running medians and MDA state."""
@@ -539,8 +542,10 @@ class AvatarRuntime:
             torch.set_num_threads(1)
         try:
             t = [time.perf_counter()]
-            if self._output_request is not None:
-                self.output, self._output_request = self._output_request, None
+            with self._output_lock:
+                request, self._output_request = self._output_request, None
+            if request is not None:
+                self.output = request
                 self._composer = None if (self.output.framing is None and
                                           self.output.background.mode == "learned") else \
                     AvatarComposer.from_settings(self.output, self._learned_bg)
@@ -587,7 +592,7 @@ class AvatarRuntime:
             box = view = None
             K_maps = self.K_avatar
             if framed and composer.camera:  # the virtual camera moves closer: maps of its view
-                box = composer.next_box(pose2d, self._last_bbox, self.resolution)
+                box = composer.next_box(pose2d, self._last_bbox, self.resolution, job["t_capture"])
                 view = composer.view(box, self.resolution)
                 K_maps = box_intrinsics(self.K_avatar, view, (self.resolution, self.resolution))
             maps = self.cond.render(target, self._face[None], K_maps, self.resolution,
@@ -600,7 +605,8 @@ class AvatarRuntime:
                           view[1] + bb[3] * f)
                 self._last_bbox = bb if bb is not None else self._last_bbox
                 if box is None:
-                    box = composer.next_box(pose2d, self._last_bbox, self.resolution)
+                    box = composer.next_box(pose2d, self._last_bbox, self.resolution,
+                                            job["t_capture"])
             # temporal attention: the previous frame's maps (this frame's on the first); while
             # nobody is seen the held pose is rendered with the same inputs as the last frame, so
             # the avatar stays exactly still
