@@ -272,6 +272,7 @@ def evaluate_mda(subject_dir: str | Path, source: str | Path, device="cpu", stre
     from ram_avatar.motion.mda import MotionAligner
     from ram_avatar.motion.metrics import CURVE_STRENGTHS, mda_curve, mda_metrics, plot_mda_curve
 
+    device = resolve_device(device)  # "auto" -> cuda | cpu
     seq = load_sequence(subject_dir)
     bm = seq.manifest["body_model"]
     body = load_body_model(bm["name"], model_path=bm.get("model_path"), device=device)
