@@ -365,47 +365,18 @@ def load_renderer(subject_dir: str | Path, run_name: str = DEFAULT_RUN, device="
 
 def renderer_config_from_dict(data: dict, where: str = "model"):
     """A :class:`~ram_avatar.models.renderer.RendererConfig` from the plain mapping a run's
-    config.yaml holds under ``model``; every key must be a field and every value of the
-    field's type (ints where floats are expected are accepted; YAML's ``1e-3`` strings too).
+    config.yaml holds under ``model``, through the one loader of the model section,
+    :meth:`RendererConfig.from_dict <ram_avatar.models.renderer.RendererConfig.from_dict>`
+    (every key a field, every value of the field's type; the training config reads its
+    ``model`` section through it too).
 
     Raises:
         RunConfigError: unknown keys, wrong types or an invalid combination (the message starts
             with ``where``).
     """
-    import dataclasses
-    import types
-    import typing
-
     from ram_avatar.models.renderer import RendererConfig
 
-    fields = {f.name for f in dataclasses.fields(RendererConfig)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise RunConfigError(f"{where}: unknown renderer config key(s) "
-                             f"{', '.join('model.' + k for k in unknown)}; valid keys: "
-                             f"{', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(RendererConfig)
-
-    def coerce(name, value, tp):
-        args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is bool and isinstance(value, bool):
-                return value
-            if a is int and isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if a is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            if a is str and isinstance(value, str):
-                return value
-        raise RunConfigError(f"{where}: model.{name} = {value!r} is not of type {tp}")
-
-    kwargs = {k: coerce(k, v, hints[k]) for k, v in data.items()}
     try:
-        return RendererConfig(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise RunConfigError(f"{where}: invalid renderer config: {e}") from None
+        return RendererConfig.from_dict(data, where=where)
+    except ValueError as e:
+        raise RunConfigError(str(e)) from None

@@ -37,7 +37,10 @@ the learned features only.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -52,6 +55,64 @@ VARIANTS = ("v1", "full")
 BODY_FEATURES = ("texture", "triplane")
 #: base inputs of every variant (ONNX input order) and optional inputs of the full variant:
 #: the renderer-input contract, ram_avatar.models.inputs
+
+
+@dataclass(frozen=True)
+class TextureSection:
+    """Body features from the UV neural texture (:class:`NeuralTexture`): ``channels`` C,
+    ``size`` texels, ``levels`` of the Laplacian pyramid, ``init_std`` of its normal
+    initialisation, the fixed RGB texture (``rgb``) and the generator's residual on it
+    (``rgb_skip``). View of the flat ``texture_*`` fields of :class:`RendererConfig`."""
+
+    channels: int
+    size: int
+    levels: int
+    init_std: float
+    rgb: bool
+    rgb_skip: bool
+
+
+@dataclass(frozen=True)
+class TriplaneSection:
+    """Body features from a triplane sampled at the canonical-position map (full variant,
+    ``body_features="triplane"``): ``channels`` per plane (F has 3x this), plane ``size``,
+    ``init_std``. View of the ``triplane_*`` fields."""
+
+    channels: int
+    size: int
+    init_std: float
+
+
+@dataclass(frozen=True)
+class AttentionSection:
+    """Dual attention (RAM-Avatar Sec. 3.2, :class:`~ram_avatar.models.dual_attention.DualAttention`):
+    which parts are on and their sizes. View of the ``spatial_attention``,
+    ``temporal_attention`` and ``attention_*`` fields."""
+
+    spatial: bool
+    temporal: bool
+    channels: int
+    qk_channels: int
+    downsample: int
+    recurrence: int
+    distance_power: float
+    residual: bool
+    impl: str
+
+
+@dataclass(frozen=True)
+class BranchesSection:
+    """Face and hand branches (shallow UNets, :mod:`ram_avatar.models.branches`): which are on,
+    their input channels (``hand_in``, ``face_in``), ``channels`` out, ``hidden`` width and
+    ``depth``. View of the ``face_branch``, ``hand_branch`` and ``branch_*`` fields."""
+
+    face: bool
+    hand: bool
+    hand_in: int
+    face_in: int
+    channels: int
+    hidden: int
+    depth: int
 
 
 @dataclass
@@ -174,6 +235,43 @@ class RendererConfig:
     def uses_attention(self) -> bool:
         return self.variant == "full" and (self.spatial_attention or self.temporal_attention)
 
+    # -- sections: the parts of the renderer this config builds ------------------------------
+    # Views of the flat fields (the stored and saved layout, so configs, checkpoints and
+    # export.json files of every version load unchanged); AvatarRenderer builds its optional
+    # modules from them.
+
+    @property
+    def body(self) -> TextureSection | TriplaneSection:
+        """The body feature field: :class:`TriplaneSection` for ``variant="full"`` with
+        ``body_features="triplane"``, else :class:`TextureSection` (v1 always uses the
+        texture)."""
+        if self.variant == "full" and self.body_features == "triplane":
+            return TriplaneSection(self.triplane_channels, self.triplane_size,
+                                   self.texture_init_std)
+        return TextureSection(self.texture_channels, self.texture_size, self.texture_levels,
+                              self.texture_init_std, self.texture_rgb, self.texture_rgb_skip)
+
+    @property
+    def attention(self) -> AttentionSection | None:
+        """The dual attention, or None when it is not built (v1, or both parts off)."""
+        if not self.uses_attention:
+            return None
+        return AttentionSection(self.spatial_attention, self.temporal_attention,
+                                self.attention_channels, self.attention_qk_channels,
+                                self.attention_downsample, self.attention_recurrence,
+                                self.attention_distance_power, self.attention_residual,
+                                self.attention_impl)
+
+    @property
+    def branches(self) -> BranchesSection | None:
+        """The face/hand branches, or None when none is built (v1, or both off; v1 feeds the
+        raw hand and face maps to the generator instead)."""
+        if self.variant != "full" or not (self.face_branch or self.hand_branch):
+            return None
+        return BranchesSection(self.face_branch, self.hand_branch, self.hand_channels,
+                               self.face_channels, self.branch_channels, self.branch_hidden,
+                               self.branch_depth)
+
     def input_names(self) -> tuple[str, ...]:
         """Inputs the renderer reads for this config (base maps first, then extras in order).
 
@@ -235,7 +333,62 @@ class RendererConfig:
                                  "branch_depth must be >= 0")
 
     def to_dict(self) -> dict:
+        """The flat field mapping (the ``model`` section of config.yaml, checkpoints' metadata
+        and export.json); :meth:`from_dict` reads it back."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping, where: str | None = None) -> "RendererConfig":
+        """The one loader of a ``model`` section (a run's config.yaml, a training config, a
+        checkpoint's or an export's record): every key must be a field, every value of the
+        field's type (an int where a float is expected is accepted, so is YAML's ``1e-3``
+        string); missing keys take their defaults (configs written before a field existed).
+
+        Args:
+            data: flat mapping field name -> value (:meth:`to_dict`).
+            where: prefix of error messages (e.g. the config file's path), or None.
+        Raises:
+            ValueError: not a mapping, unknown keys, wrong types, or an invalid combination
+                (:meth:`validate`); the message starts with ``where`` and names the key as
+                ``model.<field>``.
+        """
+        at = f"{where}: " if where else ""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{at}the renderer config must be a mapping of fields, got "
+                             f"{type(data).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"{at}unknown renderer config key(s) "
+                             f"{', '.join('model.' + str(k) for k in unknown)}; valid keys: "
+                             f"{', '.join(sorted(names))}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: _coerce(f"model.{k}", v, hints[k], at) for k, v in data.items()}
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            raise ValueError(f"{at}{e}") from None
+
+
+def _coerce(name: str, value, tp, at: str):
+    """``value`` as type ``tp`` (bool, int, float, str or a union of them with None)."""
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    args = typing.get_args(tp) if union else (tp,)
+    if value is None and type(None) in args:
+        return None
+    for a in args:
+        if a is bool and isinstance(value, bool):
+            return value
+        if a is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if a is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if a is str and isinstance(value, str):
+            return value
+    raise ValueError(f"{at}{name} = {value!r} is not of type {getattr(tp, '__name__', tp)}")
 
 
 class AvatarRenderer(nn.Module):
@@ -266,36 +419,38 @@ class AvatarRenderer(nn.Module):
         config = config or RendererConfig()
         config.validate()
         self.config = config
-        full = config.variant == "full"
         self._warned: set[str] = set()
-        if full and config.body_features == "triplane":
+        body, attention, branches = config.body, config.attention, config.branches
+        if isinstance(body, TriplaneSection):
             from ram_avatar.models.triplane import Triplane
 
-            self.triplane = Triplane(config.triplane_channels, config.triplane_size,
-                                     config.texture_init_std)
+            self.triplane = Triplane(body.channels, body.size, body.init_std)
         else:
-            self.texture = NeuralTexture(config.texture_channels, config.texture_size,
-                                         config.texture_levels, config.texture_init_std,
-                                         rgb=config.texture_rgb)
-        if full and config.uses_attention:
+            self.texture = NeuralTexture(body.channels, body.size, body.levels, body.init_std,
+                                         rgb=body.rgb)
+        if attention is not None:
             from ram_avatar.models.dual_attention import DualAttention
 
             self.attention = DualAttention(
-                config.body_channels, hidden=config.attention_channels,
-                qk_channels=config.attention_qk_channels or None,
-                downsample=config.attention_downsample, recurrence=config.attention_recurrence,
-                distance_power=config.attention_distance_power,
-                spatial=config.spatial_attention, temporal=config.temporal_attention,
-                residual=config.attention_residual, impl=config.attention_impl)
-        if full:
+                config.body_channels, hidden=attention.channels,
+                qk_channels=attention.qk_channels or None, downsample=attention.downsample,
+                recurrence=attention.recurrence, distance_power=attention.distance_power,
+                spatial=attention.spatial, temporal=attention.temporal,
+                residual=attention.residual, impl=attention.impl)
+        if branches is not None:
             from ram_avatar.models.branches import ShallowUNet
 
-            if config.hand_branch:
-                self.hand_branch = ShallowUNet(config.hand_channels, config.branch_channels,
-                                               config.branch_hidden, config.branch_depth)
-            if config.face_branch:
-                self.face_branch = ShallowUNet(config.face_channels, config.branch_channels,
-                                               config.branch_hidden, config.branch_depth)
+            if branches.hand:
+                self.hand_branch = ShallowUNet(branches.hand_in, branches.channels,
+                                               branches.hidden, branches.depth)
+            if branches.face:
+                self.face_branch = ShallowUNet(branches.face_in, branches.channels,
+                                               branches.hidden, branches.depth)
+        # the parts built, decided once from the config's sections
+        self._triplane = isinstance(body, TriplaneSection)
+        self._attention = attention is not None
+        self._hand_branch = branches is not None and branches.hand
+        self._face_branch = branches is not None and branches.face
         self.generator = StyleUNet(
             in_channels=config.in_channels, out_channels=4, size=config.resolution,
             base_channels=config.base_channels, max_channels=config.max_channels,
@@ -315,7 +470,7 @@ class AvatarRenderer(nn.Module):
     @property
     def body_features(self) -> nn.Module:
         """The learnable body feature field: the UV :class:`NeuralTexture` or the triplane."""
-        return self.triplane if hasattr(self, "triplane") else self.texture
+        return self.triplane if self._triplane else self.texture
 
     @torch.no_grad()
     def set_rgb_texture(self, texture: torch.Tensor) -> None:
@@ -341,7 +496,7 @@ class AvatarRenderer(nn.Module):
                         "with the extras of RendererConfig.data_extras())", name, stand_in)
 
     def _sample_body(self, coords: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "triplane"):
+        if self._triplane:
             return self.triplane(coords, mask)
         return self.texture(coords, mask)
 
@@ -366,12 +521,12 @@ class AvatarRenderer(nn.Module):
         """:meth:`body_map` and the fixed RGB texture's colour at ``uv`` ``(B,3,S,S)`` (zero off
         the body; None without ``texture_rgb``), from one sampling pass. The attention sees
         the learned features only."""
-        tri = hasattr(self, "triplane")
+        tri = self._triplane
         key = "canon" if tri else "uv"
         coords = extra.get("canon") if tri else uv
         if coords is None:
             raise ValueError("the triplane renderer needs the 'canon' map (canonical positions)")
-        attention = getattr(self, "attention", None)
+        attention = self.attention if self._attention else None
         nc = self.config.body_channels
         rgb_on = self.config.texture_rgb
         if attention is None:
@@ -418,9 +573,9 @@ class AvatarRenderer(nn.Module):
                                           canon_expanded=canon_expanded, prev_canon=prev_canon)
             tex_rgb = rgb
             parts = [body] if rgb is None else [body, rgb]
-            if hasattr(self, "hand_branch"):
+            if self._hand_branch:
                 parts.append(self.hand_branch(hand))
-            if hasattr(self, "face_branch"):
+            if self._face_branch:
                 parts.append(self.face_branch(face))
             x = torch.cat(parts + [body_mask], dim=1)
         else:

@@ -622,8 +622,10 @@ def _known_keys() -> set[str]:
 
 
 def _parse(base: TrainConfig, items: dict[str, object]) -> TrainConfig:
-    """``base`` with the dotted ``items`` replaced, parsed and type-checked by tyro
-    (``tyro.cli(TrainConfig, default=base, args=[...])``); sections validate themselves."""
+    """``base`` with the dotted ``items`` replaced: the ``model.*`` items by
+    :meth:`RendererConfig.from_dict` (the model section's one loader, shared with
+    :meth:`ram_avatar.io.subject.Run.renderer_config`), the others parsed and type-checked by
+    tyro (``tyro.cli(TrainConfig, default=base, args=[...])``); sections validate themselves."""
     import tyro
 
     known = _known_keys()
@@ -634,13 +636,21 @@ def _parse(base: TrainConfig, items: dict[str, object]) -> TrainConfig:
         raise ConfigError(f"unknown config key(s) {'; '.join(hints)}. Keys are model.*, "
                           f"{', '.join(s + '.*' for s in SECTIONS)}, preset, seed, max_steps, "
                           "or the flat names of older configs (lr, batch_size, ...)")
+    base = copy.deepcopy(base)
+    model = {k[len("model."):]: v for k, v in items.items() if k.startswith("model.")}
+    if model:  # the model section through its one loader (RendererConfig.from_dict)
+        try:
+            base.model = RendererConfig.from_dict({**base.model.to_dict(), **model})
+        except ValueError as exc:
+            raise ConfigError(_config_message(exc)) from None
     args: list[str] = []
     for key, value in items.items():
-        args += [f"--{key}", *_tokens(value)]
+        if not key.startswith("model."):
+            args += [f"--{key}", *_tokens(value)]
     buf = io.StringIO()
     try:
         with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
-            return tyro.cli(TrainConfig, default=copy.deepcopy(base), args=args,
+            return tyro.cli(TrainConfig, default=base, args=args,
                             config=(tyro.conf.FlagConversionOff,), use_underscores=True)
     except SystemExit:
         raise ConfigError(f"invalid training config: {_tyro_message(buf.getvalue())}") \
