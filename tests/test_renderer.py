@@ -127,3 +127,55 @@ def test_triplane_body_features(full_config, full_maps):
 def test_bad_variant_is_rejected(full_config):
     with pytest.raises(ValueError, match="variant"):
         AvatarRenderer(full_config(variant="v2"))
+
+
+def test_config_sections_decide_the_built_modules(full_config):
+    from ram_avatar.models.renderer import (AttentionSection, BranchesSection, TextureSection,
+                                            TriplaneSection)
+
+    v1 = RendererConfig(resolution=32, texture_channels=4, texture_size=32, texture_levels=2)
+    assert v1.body == TextureSection(4, 32, 2, 0.1, False, False)
+    assert v1.attention is None and v1.branches is None  # v1 builds neither (fields ignored)
+    full = full_config()
+    assert full.attention == AttentionSection(True, True, 8, 0, 2, 2, 0.8, True, "einsum")
+    assert full.branches == BranchesSection(True, True, 5, 3, 4, 4, 2)
+    tri = full_config(body_features="triplane")
+    assert tri.body == TriplaneSection(2, 32, 0.1)
+    assert full_config(spatial_attention=False).attention.spatial is False
+    assert full_config(spatial_attention=False, temporal_attention=False).attention is None
+    assert full_config(face_branch=False, hand_branch=False).branches is None
+    # the modules built are exactly the sections'
+    for cfg in (v1, full, tri, full_config(face_branch=False, temporal_attention=False)):
+        m = AvatarRenderer(cfg)
+        assert hasattr(m, "triplane") == isinstance(cfg.body, TriplaneSection)
+        assert hasattr(m, "texture") == isinstance(cfg.body, TextureSection)
+        assert hasattr(m, "attention") == (cfg.attention is not None)
+        assert hasattr(m, "hand_branch") == bool(cfg.branches and cfg.branches.hand)
+        assert hasattr(m, "face_branch") == bool(cfg.branches and cfg.branches.face)
+
+
+def test_one_model_section_loader(tmp_path, full_config):
+    """RendererConfig.from_dict reads what to_dict writes, fills missing keys with defaults,
+    coerces ints and YAML float strings, and refuses unknown keys and wrong types; the
+    training config's model section goes through it (same value, same messages)."""
+    from ram_avatar.io.subject import RunConfigError, renderer_config_from_dict
+    from ram_avatar.training.config import ConfigError
+
+    cfg = full_config(body_features="triplane", face_branch=False)
+    assert RendererConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig.from_dict({"model": cfg.to_dict()}).model == cfg
+    got = RendererConfig.from_dict({"resolution": 32, "texture_init_std": "1e-3",
+                                    "attention_distance_power": 1})
+    assert (got.resolution, got.texture_init_std, got.attention_distance_power) == (32, 1e-3, 1.0)
+    assert isinstance(got.attention_distance_power, float) and got.texture_size == 256
+    for bad, match in (({"colour": 3}, "model.colour"),
+                       ({"resolution": "big"}, "model.resolution"),
+                       ({"face_branch": 1}, "model.face_branch"), ({"resolution": 100}, "power")):
+        with pytest.raises(ValueError, match=match):
+            RendererConfig.from_dict(bad, where="run/config.yaml")
+        with pytest.raises(RunConfigError, match=match):
+            renderer_config_from_dict(bad, where="run/config.yaml")
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig.from_dict({"model": bad})
+    with pytest.raises(ValueError, match="^run/config.yaml: unknown renderer config key"):
+        RendererConfig.from_dict({"colour": 3}, where="run/config.yaml")

@@ -32,6 +32,13 @@ typically the texture baked from the training video by :mod:`ram_avatar.render.t
 sampled at the same uv in the same ``grid_sample`` pass; its 3 channels (zero off the body)
 go straight to the generator input after the body features. The dual attention still sees
 the learned features only.
+
+Sections: :attr:`RendererConfig.body` (:class:`TextureSection` | :class:`TriplaneSection`),
+:attr:`RendererConfig.attention` (:class:`AttentionSection` | None) and
+:attr:`RendererConfig.branches` (:class:`BranchesSection` | None) are typed views of the flat
+fields; :class:`AvatarRenderer` builds exactly the parts they name. The flat fields stay the
+stored layout (``RendererConfig(resolution=..., texture_channels=...)``, config.yaml's ``model``
+section, checkpoints, export.json), read back by :meth:`RendererConfig.from_dict`.
 """
 
 from __future__ import annotations
@@ -85,8 +92,8 @@ class TriplaneSection:
 
 @dataclass(frozen=True)
 class AttentionSection:
-    """Dual attention (RAM-Avatar Sec. 3.2, :class:`~ram_avatar.models.dual_attention.DualAttention`):
-    which parts are on and their sizes. View of the ``spatial_attention``,
+    """Dual attention (RAM-Avatar Sec. 3.2,
+    :class:`~ram_avatar.models.dual_attention.DualAttention`): which parts are on and their sizes. View of the ``spatial_attention``,
     ``temporal_attention`` and ``attention_*`` fields."""
 
     spatial: bool
