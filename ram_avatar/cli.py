@@ -267,11 +267,8 @@ def run_verb(argv: list[str]) -> int:
     return int(args.func(args) or 0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ram-avatar", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_capture_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``capture VIDEO -o SUBJECT``."""
     p = sub.add_parser("capture", help="fit body/face/hand templates to every frame of a video")
     p.add_argument("video")
     p.add_argument("-o", "--output", required=True, help="subject directory to write")
@@ -290,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_capture)
 
+
+def _add_body_model_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``body-model import PATH``."""
     p = sub.add_parser("body-model", help="import a licensed SMPL-X model file into your "
                                           "model cache (numeric arrays only)")
     bm = p.add_subparsers(dest="action", required=True)
@@ -299,11 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
     q.set_defaults(func=cmd_body_model)
 
+
+def _add_info_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``info SUBJECT``."""
     p = sub.add_parser("info", help="summary of a captured subject")
     p.add_argument("subject")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``train SUBJECT``."""
     p = sub.add_parser("train", help="train the avatar renderer (resumes from the latest checkpoint)")
     p.add_argument("subject")
     p.add_argument("--preset", default="cpu-256", help="training preset: cpu-256 (full renderer, CPU sizes) | cpu-256-v1 (renderer v1) | paper-1024 (GPU)")
@@ -325,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_drive_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``drive SUBJECT --source VIDEO -o OUTPUT``."""
     p = sub.add_parser("drive", help="drive the avatar with another video's motion (offline)")
     p.add_argument("subject")
     p.add_argument("--source", required=True, help="driving video")
@@ -368,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_drive)
 
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``evaluate SUBJECT``."""
     p = sub.add_parser("evaluate", help="metrics on the held-out frames -> metrics.json")
     p.add_argument("subject")
     p.add_argument("--run", default="default")
@@ -394,18 +406,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``demo``."""
     p = sub.add_parser("demo", help="capture -> train -> export -> drive on the bundled videos")
     p.add_argument("-o", "--output", default="demo_out", help="working directory")
     p.add_argument("--minutes", type=_positive(float), default=20.0, help="training minutes")
     _add_device(p)
     p.set_defaults(func=cmd_demo)
 
+
+def _add_doctor_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``doctor``."""
     p = sub.add_parser("doctor", help="what this machine can do (CUDA, ONNX Runtime, TensorRT, "
                                        "rasterizers, MediaPipe, Anny, weights, virtual camera) "
                                        "and the one line that fixes each missing piece")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_doctor)
 
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench WHAT [SUBJECT]``."""
     p = sub.add_parser("bench", help="benchmarks: render (components), live (end to end) or "
                                       "quality (held-out metrics against training minutes)")
     p.add_argument("what", choices=["render", "live", "gpu", "quality"])
@@ -443,6 +464,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bench render: skip the onnxruntime timings")
     _add_device(p)
     p.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ram-avatar`` argument parser: the built-in verbs, the motion verbs and the plug-ins."""
+    parser = argparse.ArgumentParser(prog="ram-avatar", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_verb in (
+        _add_capture_parser,
+        _add_body_model_parser,
+        _add_info_parser,
+        _add_train_parser,
+        _add_drive_parser,
+        _add_evaluate_parser,
+        _add_demo_parser,
+        _add_doctor_parser,
+        _add_bench_parser,
+    ):
+        add_verb(sub)
 
     from ram_avatar.motion.cli import register as register_motion  # train-prior, fit-mda, retarget
 
