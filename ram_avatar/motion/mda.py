@@ -265,6 +265,133 @@ def _region_masks(cfg: MDAConfig) -> tuple[torch.Tensor, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------
 # fitting
 
+@dataclass
+class _MDATrainingData:
+    """Tensors one fit-mda step samples from (all on the fitting device)."""
+
+    G_tr: torch.Tensor        # (N, 18, 3, 3) training poses as group rotations
+    prev_idx: torch.Tensor    # (prev_max_gap, N) index of the training frame k steps earlier
+    mean_pose: torch.Tensor   # (1, 18, 3, 3) chordal mean of G_tr
+    donors: torch.Tensor      # (16384, 18, 3, 3) prior samples that corrupt body regions
+    masks: torch.Tensor       # (R, 18) bool: the groups of each corruptible region
+    probs: torch.Tensor       # (R,) probability of corrupting each region
+
+
+def _load_training_poses(subject_dir: Path, poses: np.ndarray | None, valid: np.ndarray | None,
+                         cfg: MDAConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Body poses of the subject (or the given ones) and the train / held-out frame indices."""
+    if poses is None:
+        from ram_avatar.io.sequence import load_sequence
+        seq = load_sequence(subject_dir)
+        if seq.manifest.get("body_model", {}).get("name", "anny") != "anny":
+            raise RamAvatarError("fit-mda supports subjects captured with the 'anny' body model "
+                                 f"(this one uses {seq.manifest['body_model'].get('name')!r})")
+        poses = seq.params.body_pose.numpy()
+        valid = seq.valid
+    poses = np.asarray(poses, dtype=np.float32)
+    valid = np.ones(len(poses), bool) if valid is None else np.asarray(valid, bool)
+    tr, va = split_subject_frames(valid, cfg.val_fraction)
+    if len(tr) < 8:
+        raise RamAvatarError(f"{subject_dir}: only {len(tr)} valid training frames; fit-mda needs at least 8 "
+                             "(re-capture a longer video)")
+    return poses, tr, va
+
+
+def _resolve_prior(prior: str | Path | PosePrior | None, dev: torch.device) -> tuple[PosePrior, Path | None]:
+    """The frozen prior on ``dev`` and the directory it was loaded from (None when given loaded)."""
+    prior_path = None
+    if not isinstance(prior, PosePrior):
+        from ram_avatar.motion.prior import DEFAULT_PRIOR_DIR
+        prior_path = Path(prior) if prior is not None else DEFAULT_PRIOR_DIR
+        prior = load_prior(prior_path, dev)
+    return prior.to(dev).eval().requires_grad_(False), prior_path
+
+
+def _training_data(prior: PosePrior, poses: np.ndarray, tr: np.ndarray, cfg: MDAConfig,
+                   gen: torch.Generator, dev: torch.device) -> _MDATrainingData:
+    """Group rotations, previous-frame indices, mean pose, prior donors and region masks."""
+    G_all = body_pose_to_groups(torch.from_numpy(poses).double()).float().to(dev)   # (T, 18, 3, 3)
+    G_tr = G_all[torch.from_numpy(tr).to(dev)]
+    mean_pose = _mean_rotations(G_tr)
+    # previous frames: index of the training frame k steps earlier (itself when not available)
+    pos_in_tr = {int(f): i for i, f in enumerate(tr)}
+    prev_idx = torch.zeros(cfg.prev_max_gap, len(tr), dtype=torch.long)
+    for k in range(1, cfg.prev_max_gap + 1):
+        prev_idx[k - 1] = torch.tensor([pos_in_tr.get(int(f) - k, i) for i, f in enumerate(tr)])
+    prev_idx = prev_idx.to(dev)
+    with torch.no_grad():
+        donors = torch.cat([prior.sample(4096, gen) for _ in range(4)])                 # (16384, 18, 3, 3)
+    masks, probs = _region_masks(cfg)
+    return _MDATrainingData(G_tr, prev_idx, mean_pose, donors, masks.to(dev), probs.to(dev))
+
+
+def _mda_step_loss(dec: AvatarDecoder, prior: PosePrior, data: _MDATrainingData, cfg: MDAConfig,
+                   gen: torch.Generator, dev: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch: corrupt training poses, decode them; returns (loss, rotation term, FK-point term)."""
+    B = cfg.batch_size
+    G_tr, masks, probs, donors = data.G_tr, data.masks, data.probs, data.donors
+    i = torch.randint(0, len(G_tr), (B,), generator=gen).to(dev)
+    target = G_tr[i]
+    x = target @ _random_rotations((B, NUM_GROUPS), cfg.input_noise_deg, gen, dev)
+    # corrupt body regions towards random prior poses
+    corrupt = (torch.rand(B, generator=gen).to(dev) < cfg.corrupt_prob)
+    pick = (torch.rand(B, len(probs), generator=gen).to(dev) < probs) & corrupt[:, None]
+    gmask = (pick.float() @ masks.float()) > 0                                  # (B, 18)
+    donor = donors[torch.randint(0, donors.shape[0], (B,), generator=gen).to(dev)]
+    amount = cfg.corrupt_min + (1 - cfg.corrupt_min) * torch.rand(B, 1, generator=gen).to(dev)
+    x = torch.where(gmask[..., None, None], slerp(x, donor, amount.expand(B, NUM_GROUPS)), x)
+    with torch.no_grad():
+        mu, logvar = prior.encode_groups(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if cfg.sample_latent else mu
+    k = torch.randint(0, cfg.prev_max_gap, (B,), generator=gen).to(dev)
+    prev = G_tr[data.prev_idx[k, i]] @ _random_rotations((B, NUM_GROUPS), cfg.prev_noise_deg, gen, dev)
+    use_mean = (torch.rand(B, generator=gen).to(dev) < cfg.prev_mean_prob)
+    prev = torch.where(use_mean[:, None, None, None], data.mean_pose.expand(B, -1, -1, -1), prev)
+    out = dec(z, prev)
+    rot = ((out - target) ** 2).sum((-1, -2)).mean()
+    with torch.no_grad():
+        tgt_pts = prior.fk(target)
+    pos = ((prior.fk(out) - tgt_pts) ** 2).sum(-1).mean()
+    loss = cfg.w_rot * rot + cfg.w_pos * pos
+    if cfg.w_smooth > 0:
+        # local smoothness: a slightly different input must give a close output, so that
+        # noisy driving poses are not amplified into jitter
+        with torch.no_grad():
+            x2 = x @ _random_rotations((B, NUM_GROUPS), cfg.smooth_noise_deg, gen, dev)
+            mu2, _ = prior.encode_groups(x2)
+        smooth = ((dec(mu, prev) - dec(mu2, prev)) ** 2).sum((-1, -2)).mean()
+        loss = loss + cfg.w_smooth * smooth
+    return loss, rot, pos
+
+
+def _train_decoder(dec: AvatarDecoder, prior: PosePrior, data: _MDATrainingData, cfg: MDAConfig,
+                   gen: torch.Generator, dev: torch.device, t0: float) -> tuple[int, list[dict]]:
+    """The optimisation loop (AdamW, cosine schedule, ``cfg.minutes`` budget); returns (steps done, history)."""
+    opt = torch.optim.AdamW([p for p in dec.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(cfg.steps, 1), 1.0))))
+    step = 0
+    hist = []
+    with progress() as bar:
+        task = bar.add_task("fit mda", total=cfg.steps, info="")
+        for step in range(1, cfg.steps + 1):
+            loss, rot, pos = _mda_step_loss(dec, prior, data, cfg, gen, dev)
+            if not torch.isfinite(loss):
+                from ram_avatar.errors import TrainingDivergedError
+                raise TrainingDivergedError(f"fit-mda diverged at step {step}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(dec.net.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            if step % 100 == 0 or step == 1:
+                hist.append({"step": step, "loss": float(loss.detach()), "rot": float(rot.detach()), "pos_m2": float(pos.detach())})
+                bar.update(task, completed=step, info=f"loss {float(loss.detach()):.4f}")
+            if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
+                break
+    return step, hist
+
+
 def fit_mda(subject_dir: str | Path, steps: int | None = None, minutes: float | None = None,
             prior: str | Path | PosePrior | None = None, config: MDAConfig | None = None,
             device: str = "cpu", poses: np.ndarray | None = None, valid: np.ndarray | None = None) -> dict:
@@ -295,99 +422,18 @@ def fit_mda(subject_dir: str | Path, steps: int | None = None, minutes: float | 
         cfg.minutes = float(minutes)
     dev = resolve_device(device)
     subject_dir = Path(subject_dir)
-    if poses is None:
-        from ram_avatar.io.sequence import load_sequence
-        seq = load_sequence(subject_dir)
-        if seq.manifest.get("body_model", {}).get("name", "anny") != "anny":
-            raise RamAvatarError("fit-mda supports subjects captured with the 'anny' body model "
-                                 f"(this one uses {seq.manifest['body_model'].get('name')!r})")
-        poses = seq.params.body_pose.numpy()
-        valid = seq.valid
-    poses = np.asarray(poses, dtype=np.float32)
-    valid = np.ones(len(poses), bool) if valid is None else np.asarray(valid, bool)
-    tr, va = split_subject_frames(valid, cfg.val_fraction)
-    if len(tr) < 8:
-        raise RamAvatarError(f"{subject_dir}: only {len(tr)} valid training frames; fit-mda needs at least 8 "
-                             "(re-capture a longer video)")
-    prior_path = None
-    if not isinstance(prior, PosePrior):
-        from ram_avatar.motion.prior import DEFAULT_PRIOR_DIR, WEIGHTS
-        prior_path = Path(prior) if prior is not None else DEFAULT_PRIOR_DIR
-        prior = load_prior(prior_path, dev)
-    prior = prior.to(dev).eval().requires_grad_(False)
+    poses, tr, va = _load_training_poses(subject_dir, poses, valid, cfg)
+    prior, prior_path = _resolve_prior(prior, dev)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-
-    G_all = body_pose_to_groups(torch.from_numpy(poses).double()).float().to(dev)   # (T, 18, 3, 3)
-    G_tr = G_all[torch.from_numpy(tr).to(dev)]
-    mean_pose = _mean_rotations(G_tr)
-    # previous frames: index of the training frame k steps earlier (itself when not available)
-    pos_in_tr = {int(f): i for i, f in enumerate(tr)}
-    prev_idx = torch.zeros(cfg.prev_max_gap, len(tr), dtype=torch.long)
-    for k in range(1, cfg.prev_max_gap + 1):
-        prev_idx[k - 1] = torch.tensor([pos_in_tr.get(int(f) - k, i) for i, f in enumerate(tr)])
-    prev_idx = prev_idx.to(dev)
-    with torch.no_grad():
-        donors = torch.cat([prior.sample(4096, gen) for _ in range(4)])                 # (16384, 18, 3, 3)
-    masks, probs = _region_masks(cfg)
-    masks, probs = masks.to(dev), probs.to(dev)
+    data = _training_data(prior, poses, tr, cfg, gen, dev)
 
     base = copy.deepcopy(prior.decoder_net) if cfg.residual else None
     dec = AvatarDecoder(prior.latent_dim, cfg.hidden, cfg.layers, cfg.dropout, base).to(dev)
-    opt = torch.optim.AdamW([p for p in dec.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=1e-5)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(cfg.steps, 1), 1.0))))
-    B = cfg.batch_size
     t0 = time.time()
-    step = 0
-    hist = []
-    with progress() as bar:
-        task = bar.add_task("fit mda", total=cfg.steps, info="")
-        for step in range(1, cfg.steps + 1):
-            i = torch.randint(0, len(tr), (B,), generator=gen).to(dev)
-            target = G_tr[i]
-            x = target @ _random_rotations((B, NUM_GROUPS), cfg.input_noise_deg, gen, dev)
-            # corrupt body regions towards random prior poses
-            corrupt = (torch.rand(B, generator=gen).to(dev) < cfg.corrupt_prob)
-            pick = (torch.rand(B, len(probs), generator=gen).to(dev) < probs) & corrupt[:, None]
-            gmask = (pick.float() @ masks.float()) > 0                                  # (B, 18)
-            donor = donors[torch.randint(0, donors.shape[0], (B,), generator=gen).to(dev)]
-            amount = cfg.corrupt_min + (1 - cfg.corrupt_min) * torch.rand(B, 1, generator=gen).to(dev)
-            x = torch.where(gmask[..., None, None], slerp(x, donor, amount.expand(B, NUM_GROUPS)), x)
-            with torch.no_grad():
-                mu, logvar = prior.encode_groups(x)
-                z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if cfg.sample_latent else mu
-            k = torch.randint(0, cfg.prev_max_gap, (B,), generator=gen).to(dev)
-            prev = G_tr[prev_idx[k, i]] @ _random_rotations((B, NUM_GROUPS), cfg.prev_noise_deg, gen, dev)
-            use_mean = (torch.rand(B, generator=gen).to(dev) < cfg.prev_mean_prob)
-            prev = torch.where(use_mean[:, None, None, None], mean_pose.expand(B, -1, -1, -1), prev)
-            out = dec(z, prev)
-            rot = ((out - target) ** 2).sum((-1, -2)).mean()
-            with torch.no_grad():
-                tgt_pts = prior.fk(target)
-            pos = ((prior.fk(out) - tgt_pts) ** 2).sum(-1).mean()
-            loss = cfg.w_rot * rot + cfg.w_pos * pos
-            if cfg.w_smooth > 0:
-                # local smoothness: a slightly different input must give a close output, so that
-                # noisy driving poses are not amplified into jitter
-                with torch.no_grad():
-                    x2 = x @ _random_rotations((B, NUM_GROUPS), cfg.smooth_noise_deg, gen, dev)
-                    mu2, _ = prior.encode_groups(x2)
-                smooth = ((dec(mu, prev) - dec(mu2, prev)) ** 2).sum((-1, -2)).mean()
-                loss = loss + cfg.w_smooth * smooth
-            if not torch.isfinite(loss):
-                from ram_avatar.errors import TrainingDivergedError
-                raise TrainingDivergedError(f"fit-mda diverged at step {step}; lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(dec.net.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            if step % 100 == 0 or step == 1:
-                hist.append({"step": step, "loss": float(loss.detach()), "rot": float(rot.detach()), "pos_m2": float(pos.detach())})
-                bar.update(task, completed=step, info=f"loss {float(loss.detach()):.4f}")
-            if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
-                break
+    step, hist = _train_decoder(dec, prior, data, cfg, gen, dev, t0)
     dec.eval()
+    G_tr, mean_pose = data.G_tr, data.mean_pose
     # self-reconstruction of the (clean) training poses
     with torch.no_grad():
         aligner = MotionAligner(prior, dec, mean_pose, cfg, train_groups=G_tr)
