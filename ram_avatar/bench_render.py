@@ -24,7 +24,15 @@ Per component: ``params`` (parameters it owns), ``gflops`` (counted by
 ``onnx=True``, ``onnxruntime_ms`` (the component exported alone to ONNX, opset 17, run by ONNX
 Runtime on the CPU provider, or CUDA when the device is CUDA and the provider exists). GPU
 timings synchronise first (CUDA events). Timings are wall-clock medians over ``repeats`` runs
-after ``warmup`` runs, batch ``batch``; they depend on the machine's load.
+after ``warmup`` runs, batch ``batch``; they depend on the machine's load. ONNX Runtime sessions
+use the renderer's session options (:func:`ram_avatar.runtime.engines.ort_session_options`:
+the measured graph level and thread count, ``RAM_AVATAR_ORT_THREADS`` overrides).
+
+Per-op profile (``bench render --ort-profile``, :func:`ort_profile_renderer`): the preset's
+whole renderer, exported as ``ram-avatar export`` does (:class:`~ram_avatar.models.export.RendererExport`,
+texture pyramid frozen, :func:`~ram_avatar.models.export.export_onnx`), run by ONNX Runtime
+with ``SessionOptions.enable_profiling``; :func:`parse_ort_profile` turns the trace into a
+table of op types (ms per frame, % of the kernel time, nodes per frame).
 """
 
 from __future__ import annotations
@@ -45,7 +53,8 @@ from ram_avatar.models.inputs import ALL_INPUTS, spec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["bench_render"]
+__all__ = ["bench_render", "parse_ort_profile", "format_ort_profile", "profile_onnx",
+           "export_renderer_onnx", "ort_profile_renderer", "compare_ort_options"]
 
 
 def _maps(cfg, batch: int, device, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -182,10 +191,13 @@ def _ort_time(module: nn.Module, inputs: list[torch.Tensor], path: Path, device,
         return None, f"export failed: {type(exc).__name__}: {exc}"
     finally:
         module.to(device)
+    from ram_avatar.runtime.engines import ort_session_options
+
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    sess = ort.InferenceSession(str(path), providers=providers)
+    sess = ort.InferenceSession(str(path), sess_options=ort_session_options(),
+                                providers=providers)
     feed = {n: t.numpy() for n, t in zip(names, cpu_inputs)}
     for _ in range(warmup):
         sess.run(None, feed)
@@ -352,3 +364,239 @@ def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu
         report["results"][str(S)] = entry
         del model
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX Runtime per-op profile and session-option comparison (issue 13, item 6)
+
+
+def parse_ort_profile(trace, skip_runs: int = 1, top: int | None = 15) -> dict:
+    """Per-op-type table of an ONNX Runtime profile (``SessionOptions.enable_profiling``).
+
+    ORT writes a Chrome trace (a JSON list of events). Kernel events have ``cat == "Node"``,
+    a name ending in ``_kernel_time``, ``dur`` in microseconds and ``args.op_name`` (the op
+    type, after graph optimisation: fused ops appear as e.g. ``FusedConv``); each
+    ``session.run`` is one ``cat == "Session"`` event named ``model_run``. Kernel events that
+    start before the end of the first ``skip_runs`` runs (warm-up: allocations, first-run
+    kernel selection) are dropped; the rest are summed per op type and divided by the number of
+    kept runs.
+
+    Args:
+        trace: the trace file's path, or its already-loaded list of events.
+        skip_runs: leading ``model_run`` events to ignore (0 keeps all).
+        top: keep the ``top`` op types by time (None: all); percentages are of the kernel time
+            of all op types, so the kept rows sum to <= 100 (== 100 when nothing is cut).
+
+    Returns:
+        dict ``runs`` (kept runs), ``kernel_ms_per_frame`` (sum of all kernels per run, ms),
+        ``run_ms_per_frame`` (median ``model_run`` duration, ms, includes the session's own
+        overhead), ``op_types`` (number of distinct op types), and ``rows``: list of
+        ``{"op_type", "ms_per_frame", "percent", "count"}`` (count = nodes of that type per run),
+        sorted by time, largest first.
+
+    Raises:
+        RamAvatarError: no ``model_run`` left after ``skip_runs``, or no kernel events (the
+            trace is not an ONNX Runtime profile, or profiling was off).
+    """
+    import json
+
+    from ram_avatar.errors import RamAvatarError
+
+    events = trace
+    if isinstance(trace, (str, os.PathLike)):
+        with open(trace) as fh:
+            events = json.load(fh)
+    if isinstance(events, dict):  # Chrome's object form {"traceEvents": [...]}
+        events = events.get("traceEvents", [])
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])
+    if len(runs) <= skip_runs:
+        raise RamAvatarError(f"ONNX Runtime profile has {len(runs)} model_run events; need more "
+                             f"than skip_runs={skip_runs} (run the session more often)")
+    start = runs[skip_runs - 1]["ts"] + runs[skip_runs - 1]["dur"] if skip_runs > 0 else -1
+    kept = runs[skip_runs:]
+    per_op: dict[str, list[float]] = {}
+    for e in events:
+        if (e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
+                and e.get("ts", 0) >= start):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op.setdefault(op, []).append(float(e.get("dur", 0)))
+    if not per_op:
+        raise RamAvatarError("ONNX Runtime profile has no kernel (cat 'Node') events")
+    n = len(kept)
+    total_us = sum(sum(v) for v in per_op.values())
+    rows = [{"op_type": op, "ms_per_frame": round(sum(d) / n / 1e3, 3),
+             "percent": round(100.0 * sum(d) / total_us, 2) if total_us else 0.0,
+             "count": round(len(d) / n, 2)}
+            for op, d in per_op.items()]
+    rows.sort(key=lambda r: -r["ms_per_frame"])
+    return {"runs": n, "kernel_ms_per_frame": round(total_us / n / 1e3, 3),
+            "run_ms_per_frame": round(statistics.median(e["dur"] for e in kept) / 1e3, 3),
+            "op_types": len(rows), "rows": rows if top is None else rows[:top]}
+
+
+def format_ort_profile(table: dict, title: str | None = None) -> str:
+    """Markdown table of :func:`parse_ort_profile`'s result (op type, ms/frame, %, count)."""
+    lines = [] if title is None else [f"### {title}", ""]
+    lines += [f"kernel time {table['kernel_ms_per_frame']:.1f} ms/frame, session.run median "
+              f"{table['run_ms_per_frame']:.1f} ms, {table['runs']} runs, "
+              f"{table['op_types']} op types", "",
+              "| op type | ms / frame | % | count |", "|---|---:|---:|---:|"]
+    for r in table["rows"]:
+        lines.append(f"| {r['op_type']} | {r['ms_per_frame']:.2f} | {r['percent']:.1f} | "
+                     f"{r['count']:g} |")
+    return "\n".join(lines) + "\n"
+
+
+def profile_onnx(path: str | os.PathLike, feed: dict, runs: int = 10, warmup: int = 1,
+                 graph_level: str | None = None, threads: int | None = None,
+                 top: int | None = 15, trace_dir: str | os.PathLike | None = None) -> dict:
+    """Profile an ONNX model in ONNX Runtime (CPU provider) and tabulate it per op type.
+
+    Args:
+        path: the .onnx file.
+        feed: input name -> numpy array or torch tensor.
+        runs / warmup: profiled runs after ``warmup`` untimed ones (dropped from the table).
+        graph_level / threads: session options (:func:`ram_avatar.runtime.engines.ort_session_options`;
+            None = the renderer's measured defaults).
+        top: rows kept (:func:`parse_ort_profile`).
+        trace_dir: where ORT writes its trace (kept, path in ``trace``); None: a temporary
+            folder, deleted afterwards.
+
+    Returns:
+        :func:`parse_ort_profile`'s dict plus ``graph_level``, ``threads`` and ``trace``.
+    """
+    import onnxruntime as ort
+
+    from ram_avatar.runtime.engines import DEFAULT_ORT_GRAPH_LEVEL, ort_session_options
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(trace_dir) if trace_dir is not None else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        opts = ort_session_options(graph_level, threads,
+                                   profile_prefix=str(folder / Path(path).stem))
+        sess = ort.InferenceSession(str(path), sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
+        np_feed = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
+                   for k, v in feed.items()}
+        for _ in range(warmup + runs):
+            sess.run(None, np_feed)
+        trace = sess.end_profiling()
+        table = parse_ort_profile(trace, skip_runs=warmup, top=top)
+        table["graph_level"] = graph_level or DEFAULT_ORT_GRAPH_LEVEL
+        table["threads"] = int(opts.intra_op_num_threads)
+        table["trace"] = str(trace) if trace_dir is not None else None
+    return table
+
+
+def export_renderer_onnx(preset: str, resolution: int, path: str | os.PathLike,
+                         freeze: bool = True, overrides: list[str] | None = None,
+                         seed: int = 0) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Export the preset's renderer (random weights, ``model.resolution = resolution``) as
+    ``ram-avatar export`` does: :class:`~ram_avatar.models.export.RendererExport` (mean style,
+    rgb + alpha; ``freeze`` collapses the texture pyramid into a constant) through
+    :func:`~ram_avatar.models.export.export_onnx` (opset 17, dynamic batch, parity checked).
+
+    Returns:
+        (path, example inputs ``(1, C, S, S)`` by input name, :func:`_maps`).
+    """
+    from ram_avatar.models.export import RendererExport, export_onnx
+    from ram_avatar.models.renderer import AvatarRenderer
+    from ram_avatar.training.config import apply_overrides, get_preset
+
+    cfg = get_preset(preset)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    mcfg = replace(cfg.model, resolution=int(resolution), num_frames=1)
+    torch.manual_seed(seed)
+    wrapper = RendererExport(AvatarRenderer(mcfg).eval(), freeze=freeze).eval()
+    maps = _maps(mcfg, 1, torch.device("cpu"), seed)
+    feed = {n: maps[n] for n in wrapper.names}
+    export_onnx(wrapper, feed, path, output_names=list(RendererExport.OUTPUTS), opset=17,
+                exporter="legacy")
+    return Path(path), feed
+
+
+def ort_profile_renderer(preset: str = "paper-1024", resolution: int = 256, runs: int = 10,
+                         freeze: bool = True, graph_level: str | None = None,
+                         threads: int | None = None, top: int | None = 15,
+                         out_dir: str | os.PathLike | None = None,
+                         overrides: list[str] | None = None) -> dict:
+    """``bench render --ort-profile``: per-op ONNX Runtime profile of the preset's exported
+    renderer (:func:`export_renderer_onnx`, :func:`profile_onnx`) at ``resolution``.
+
+    Returns:
+        :func:`profile_onnx`'s dict plus ``preset``, ``resolution``, ``frozen_texture``,
+        ``onnxruntime_version`` and ``markdown`` (:func:`format_ort_profile`). With
+        ``out_dir``: the trace is kept there and ``ort_profile_<preset>_<S>.json`` / ``.md``
+        are written (atomically).
+    """
+    import json
+
+    import onnxruntime as ort
+
+    from ram_avatar.utils import atomic_write_text
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, feed = export_renderer_onnx(preset, resolution, Path(tmp) / f"{preset}_{resolution}.onnx",
+                                          freeze=freeze, overrides=overrides)
+        table = profile_onnx(path, feed, runs=runs, graph_level=graph_level, threads=threads,
+                             top=top, trace_dir=out_dir)
+    table.update(preset=preset, resolution=int(resolution), frozen_texture=bool(freeze),
+                 onnxruntime_version=ort.__version__)
+    title = (f"{preset} at {resolution}², graph level {table['graph_level']}, "
+             f"{table['threads']} intra-op threads, texture "
+             f"{'frozen' if freeze else 'pyramid'}")
+    table["markdown"] = format_ort_profile(table, title)
+    if out_dir is not None:
+        stem = Path(out_dir) / f"ort_profile_{preset}_{resolution}"
+        atomic_write_text(f"{stem}.json", json.dumps(table, indent=1) + "\n")
+        atomic_write_text(f"{stem}.md", table["markdown"])
+    return table
+
+
+def compare_ort_options(path: str | os.PathLike, feed: dict, configs: list[dict],
+                        rounds: int = 5, runs_per_round: int = 3, warmup: int = 2) -> list[dict]:
+    """Median ``session.run`` latency of one ONNX model under several session options,
+    measured interleaved (A B C A B C ...: one session per config, ``rounds`` rounds of
+    ``runs_per_round`` runs each) so a change of the machine's load hits every config alike.
+
+    Args:
+        path: the .onnx file.
+        feed: input name -> numpy array or torch tensor.
+        configs: ``{"graph_level": ..., "threads": ...}`` dicts
+            (:func:`ram_avatar.runtime.engines.ort_session_options`).
+        rounds / runs_per_round / warmup: timing schedule (warm-up runs per session first).
+
+    Returns:
+        one dict per config: its keys plus ``median_ms``, ``p90_ms``, ``min_ms``, ``n``.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from ram_avatar.runtime.engines import ort_session_options
+
+    np_feed = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
+               for k, v in feed.items()}
+    sessions = []
+    for c in configs:
+        opts = ort_session_options(c.get("graph_level"), c.get("threads"))
+        sess = ort.InferenceSession(str(path), sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
+        for _ in range(warmup):
+            sess.run(None, np_feed)
+        sessions.append(sess)
+    times: list[list[float]] = [[] for _ in configs]
+    for _ in range(rounds):
+        for i, sess in enumerate(sessions):
+            for _ in range(runs_per_round):
+                t0 = time.perf_counter()
+                sess.run(None, np_feed)
+                times[i].append((time.perf_counter() - t0) * 1e3)
+    out = []
+    for c, t in zip(configs, times):
+        a = np.asarray(t)
+        out.append({**c, "median_ms": round(float(np.median(a)), 2),
+                    "p90_ms": round(float(np.percentile(a, 90)), 2),
+                    "min_ms": round(float(a.min()), 2), "n": int(a.size)})
+    return out

@@ -219,6 +219,13 @@ def cmd_bench(a) -> int:
         rep = bench_gpu(a.out or "bench_gpu", a.subject, device=a.device, video=a.video,
                         sizes=tuple(a.resolution or DEFAULT_SIZES), frames=a.frames)
         _print_json({k: rep[k] for k in ("json", "markdown", "targets")})
+    elif a.what == "render" and a.ort_profile:
+        from ram_avatar.bench_render import ort_profile_renderer
+
+        tables = [ort_profile_renderer(a.preset or "paper-1024", S, out_dir=a.out)
+                  for S in (a.resolution or (256,))]
+        sys.stderr.write("\n".join(t["markdown"] for t in tables))
+        _print_json(tables)
     elif a.what == "render":
         from ram_avatar.bench_render import bench_render
 
@@ -462,6 +469,10 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="bench render: also time one forward+backward and report its peak memory")
     p.add_argument("--no-onnx", action="store_true",
                    help="bench render: skip the onnxruntime timings")
+    p.add_argument("--ort-profile", action="store_true",
+                   help="bench render: per-op ONNX Runtime profile of the exported renderer "
+                        "(top 15 op types: ms/frame, %%, count; default resolution 256; --out "
+                        "keeps the trace and writes ort_profile_PRESET_S.json/.md there)")
     _add_device(p)
     p.set_defaults(func=cmd_bench)
 

@@ -185,3 +185,46 @@ def test_drive_renders_through_the_engine_loader(live_subject):  # noqa: F811
             np.testing.assert_array_equal(a8, to_uint8(alpha[:, 0]))
     with pytest.raises(RamAvatarError, match="onnx, torch or tensorrt"):
         RendererBackend(live_subject, "jax", "default", torch.device("cpu"))
+
+
+def test_ort_session_options_measured_defaults_and_override(tmp_path, monkeypatch):
+    """OnnxRunner's session options: the measured defaults, RAM_AVATAR_ORT_THREADS, explicit
+    arguments, and clear refusals."""
+    import onnxruntime as ort
+    import torch
+
+    from ram_avatar.models.export import export_onnx
+    from ram_avatar.runtime import engines
+    from ram_avatar.runtime.engines import OnnxRunner, ort_session_options
+
+    monkeypatch.delenv(engines.ORT_THREADS_ENV, raising=False)
+    opts = ort_session_options()
+    assert opts.intra_op_num_threads == engines.DEFAULT_ORT_THREADS
+    assert opts.inter_op_num_threads == 1
+    assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    assert opts.graph_optimization_level == levels[engines.DEFAULT_ORT_GRAPH_LEVEL]
+    assert ort_session_options("basic", 2).graph_optimization_level == levels["basic"]
+    assert ort_session_options(threads=2).intra_op_num_threads == 2
+    monkeypatch.setenv(engines.ORT_THREADS_ENV, "3")
+    assert ort_session_options().intra_op_num_threads == 3
+    assert ort_session_options(threads=1).intra_op_num_threads == 1  # argument beats env
+    monkeypatch.setenv(engines.ORT_THREADS_ENV, "many")
+    with pytest.raises(RamAvatarError, match="RAM_AVATAR_ORT_THREADS"):
+        ort_session_options()
+    monkeypatch.delenv(engines.ORT_THREADS_ENV)
+    with pytest.raises(RamAvatarError, match="graph level"):
+        ort_session_options("fastest")
+    with pytest.raises(RamAvatarError, match=">= 0"):
+        ort_session_options(threads=-1)
+    # the runner uses them and still computes the same thing
+    net = torch.nn.Conv2d(2, 3, 3, padding=1)
+    x = torch.rand(1, 2, 8, 8)
+    export_onnx(net, {"x": x}, tmp_path / "c.onnx", ["y"], opset=17, exporter="legacy")
+    runner = OnnxRunner(tmp_path / "c.onnx", providers=["CPUExecutionProvider"], threads=1,
+                        graph_level="basic")
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert abs(runner({"x": x})["y"] - ref).max() < 1e-5

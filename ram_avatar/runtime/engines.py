@@ -34,7 +34,8 @@ from ram_avatar.utils import resolve_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnnxRunner", "default_providers", "RendererEngine", "OnnxRenderer", "TorchRenderer",
+__all__ = ["OnnxRunner", "default_providers", "ort_session_options", "ORT_THREADS_ENV",
+           "DEFAULT_ORT_THREADS", "DEFAULT_ORT_GRAPH_LEVEL", "RendererEngine", "OnnxRenderer", "TorchRenderer",
            "TensorRTRenderer", "load_renderer_engine", "to_uint8", "MAP_NAMES"]
 
 #: the base renderer inputs every renderer reads (models.inputs.BASE_INPUTS)
@@ -50,6 +51,80 @@ def default_providers() -> list[str]:
     return [p for p in order if p in avail] or ["CPUExecutionProvider"]
 
 
+#: environment variable overriding :data:`DEFAULT_ORT_THREADS` (an integer >= 0; 0 = ORT's own
+#: default, one thread per physical core)
+ORT_THREADS_ENV = "RAM_AVATAR_ORT_THREADS"
+
+#: ONNX Runtime intra-op threads of :class:`OnnxRunner` when neither ``threads`` nor
+#: ``RAM_AVATAR_ORT_THREADS`` is given; chosen from the measurement in
+#: :func:`ort_session_options`' docstring.
+DEFAULT_ORT_THREADS = 0
+
+#: graph optimisation level of :class:`OnnxRunner` (``basic`` | ``extended`` | ``all`` |
+#: ``disable``), chosen from the same measurement.
+DEFAULT_ORT_GRAPH_LEVEL = "all"
+
+_GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def ort_session_options(graph_level: str | None = None, threads: int | None = None,
+                        profile_prefix: str | None = None):
+    """``onnxruntime.SessionOptions`` for the renderer: graph optimisation level, intra-op
+    thread count, sequential execution (one inter-op thread), optionally with ORT's profiler on.
+
+    MEASUREMENT_TABLE
+
+    Args:
+        graph_level: ``disable`` | ``basic`` | ``extended`` | ``all``
+            (``GraphOptimizationLevel.ORT_DISABLE_ALL`` ... ``ORT_ENABLE_ALL``); None:
+            :data:`DEFAULT_ORT_GRAPH_LEVEL`.
+        threads: ``intra_op_num_threads`` (0 = ONNX Runtime's default, one per physical core);
+            None: ``$RAM_AVATAR_ORT_THREADS`` when set, else :data:`DEFAULT_ORT_THREADS`.
+        profile_prefix: when given, ``enable_profiling`` with this file prefix (ORT writes
+            ``<prefix>_<date>.json``, a Chrome trace; ``session.end_profiling()`` returns its path).
+
+    Returns:
+        ``onnxruntime.SessionOptions``.
+
+    Raises:
+        RamAvatarError: unknown ``graph_level``, a negative thread count, or a
+            ``RAM_AVATAR_ORT_THREADS`` that is not an integer >= 0.
+    """
+    import onnxruntime as ort
+
+    level = DEFAULT_ORT_GRAPH_LEVEL if graph_level is None else str(graph_level).lower()
+    if level not in _GRAPH_LEVELS:
+        raise RamAvatarError(f"ONNX Runtime graph level must be one of {_GRAPH_LEVELS}, "
+                             f"got {graph_level!r}")
+    if threads is None:
+        env = os.environ.get(ORT_THREADS_ENV, "").strip()
+        if env:
+            try:
+                threads = int(env)
+            except ValueError:
+                threads = -1
+            if threads < 0:
+                raise RamAvatarError(f"{ORT_THREADS_ENV}={env!r}: expected an integer >= 0 "
+                                     "(0 = ONNX Runtime's default)")
+        else:
+            threads = DEFAULT_ORT_THREADS
+    if int(threads) < 0:
+        raise RamAvatarError(f"ONNX Runtime thread count must be >= 0, got {threads}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
+    return opts
+
+
 class OnnxRunner:
     """Thin ONNX Runtime session: named inputs in, named numpy outputs out.
 
@@ -59,6 +134,12 @@ class OnnxRunner:
             :func:`default_providers` (TensorRT > CUDA > CPU among those installed). If the
             session cannot be created with GPU providers (e.g. missing CUDA/TensorRT libraries)
             it is retried on CPU with a warning.
+        threads: ONNX Runtime intra-op threads (:func:`ort_session_options`: None =
+            ``$RAM_AVATAR_ORT_THREADS`` or the measured :data:`DEFAULT_ORT_THREADS`; 0 = ORT's
+            default).
+        graph_level: graph optimisation level (None = the measured
+            :data:`DEFAULT_ORT_GRAPH_LEVEL`).
+        profile_prefix: turn ORT's profiler on (:func:`ort_session_options`).
 
     Attributes:
         input_names, output_names, providers (those the session really uses).
@@ -68,7 +149,9 @@ class OnnxRunner:
     on the development machines (CPU only).
     """
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[Any] | None = None):
+    def __init__(self, path: str | os.PathLike, providers: Sequence[Any] | None = None,
+                 threads: int | None = None, graph_level: str | None = None,
+                 profile_prefix: str | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -76,8 +159,7 @@ class OnnxRunner:
             raise RamAvatarError(f"ONNX model {self.path} does not exist; run `ram-avatar export` "
                                  "first")
         provs = list(providers) if providers is not None else default_providers()
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts = ort_session_options(graph_level, threads, profile_prefix)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=provs)
         except Exception as e:  # noqa: BLE001
