@@ -179,6 +179,132 @@ def avatar_landmarks(body, params, K: np.ndarray, chunk: int = 64) -> np.ndarray
     return fr.project_landmarks(np.concatenate(out), K, valid)
 
 
+def _check_output_options(output: Path, bg: Background, layout: str | None, framing: str | None,
+                          zoom: float, offset, out_size, motion_out) -> tuple:
+    """Validate the output options; returns (layout, framing, out_size, offset) resolved."""
+    if framing is not None:
+        fr.check_framing(framing, zoom)
+    out_size, offset = fr.parse_out_size(out_size), fr.parse_offset(offset)
+    layout = choose_layout(layout, output, bg, framing)
+    if layout == "avatar" and framing is None:
+        framing = "full"
+    if motion_out is not None and Path(motion_out).suffix.lower() not in (".npz", ".bvh"):
+        raise RamAvatarError(f"--motion-out {motion_out}: use a .npz or .bvh file")
+    return layout, framing, out_size, offset
+
+
+def _check_alpha(engine: RendererBackend, bg: Background, background: str, subject_dir: Path) -> None:
+    """Refuse a non-learned background when the renderer has no alpha output."""
+    if bg.mode != "learned" and not engine.has_alpha:
+        raise RamAvatarError(f"--background {background} needs the renderer's alpha, but "
+                             f"{Subject(subject_dir).export_onnx} was exported without it: "
+                             f"run `ram-avatar export {subject_dir}` again, or use --backend torch")
+
+
+def _driven_variants(subject_dir: Path, source, seq, engine: RendererBackend, camera, driver,
+                     mda: str, mda_strength: float, dev: torch.device) -> tuple:
+    """Track ``source``, retarget it to the avatar and align it with the subject's MDA (``mda``).
+
+    Returns (body model, tracked video, variant name -> BodyParams, face_local, retargeting info)."""
+    aligner = _load_aligner(subject_dir, mda)
+    bm = seq.manifest["body_model"]
+    body = load_body_model(bm["name"], model_path=bm.get("model_path"), device=dev)
+    tracked = track_video(source, body, camera=camera, device=dev)
+    drv = tracked.params
+    if driver is not None:
+        drv.betas = load_driver_betas(driver, body)
+    train_idx = engine.run.split(seq).train  # the run's split.json
+    mask = np.zeros(seq.num_frames, bool)
+    mask[train_idx] = True
+    target, face_local, info = retarget(drv, seq.params, body, tracked.face_local, seq.face_local, mask)
+    variants = {"avatar": target}
+    if aligner is not None:
+        aligned = aligner.align_params(target, strength=mda_strength, fps=tracked.info.fps)
+        variants = {"avatar_mda": aligned} if mda != "both" else {"avatar": target, "avatar_mda": aligned}
+    return body, tracked, variants, face_local, info
+
+
+def _write_motion_out(motion_out, body, variants: dict, fps: float) -> dict:
+    """Write the rendered avatar's motion (the aligned one when MDA ran); returns its summary."""
+    from ram_avatar.motion.export import write_motion
+
+    name = list(variants)[-1]  # the aligned motion when MDA ran
+    written = write_motion(motion_out, body, variants[name], fps=fps)
+    written["variant"] = name
+    return written
+
+
+def _render_variant(engine: RendererBackend, seq, body, params, face_local, T: int, name: str,
+                    backend: str, batch: int) -> tuple:
+    """Render one driven variant; returns (maps, (T,S,S,3) uint8 RGB, (T,S,S) alpha or None)."""
+    maps = render_sequence_maps(seq, np.arange(T), engine.resolution, body=body, params=params,
+                                face_local=face_local, desc=f"maps ({name})",
+                                **engine.render_options())
+    if contract.uses_previous(engine.input_names):
+        add_previous_maps(maps)  # temporal attention: frame t-1 of the driven sequence
+    outs, alpha_outs = [], []
+    with progress() as bar:
+        task = bar.add_task(f"render ({name}, {backend})", total=T, info="")
+        for c in range(0, T, batch):
+            sl = {k: v[c:c + batch] for k, v in maps.items()}
+            rgb, alpha = engine.render(maps_to_float(sl))
+            outs.append(rgb)
+            alpha_outs.append(alpha)
+            bar.advance(task, len(rgb))
+    return maps, np.concatenate(outs), None if alpha_outs[0] is None else np.concatenate(alpha_outs)
+
+
+def _render_variants(engine: RendererBackend, seq, body, variants: dict, face_local, T: int,
+                     backend: str, batch: int) -> tuple:
+    """Render every variant; returns (the last variant's maps, frames, alphas, silhouettes, bboxes)."""
+    frames_out, alphas, silhouettes, bboxes = {}, {}, {}, {}
+    for name, params in variants.items():
+        maps, frames_out[name], alphas[name] = _render_variant(engine, seq, body, params, face_local, T,
+                                                               name, backend, batch)
+        silhouettes[name] = maps["body_mask"][:, 0].numpy() > 0  # for the render report
+        bboxes[name] = [fr.mask_bbox(m) for m in silhouettes[name]]
+    return maps, frames_out, alphas, silhouettes, bboxes
+
+
+def _variant_composers(engine: RendererBackend, seq, body, bg: Background, maps: dict, variants: dict,
+                       framing: str | None, zoom: float, offset, out_size, fps: float) -> tuple[dict, dict]:
+    """One :class:`AvatarComposer` per variant and, with ``framing``, the avatar's landmarks.
+
+    Returns (variant -> composer, variant -> (T,33,2) landmarks, empty without framing)."""
+    learned = None
+    if bg.mode != "learned":  # the renderer's output for all-zero maps (no body: alpha ~ 0)
+        zeros = {k: torch.zeros_like(v[:1]) for k, v in maps.items()}
+        learned = engine.render(maps_to_float(zeros))[0][0]
+    K = crop_intrinsics(seq.K, seq.manifest["crop"], engine.resolution)
+    landmarks = {n: avatar_landmarks(body, variants[n], K) for n in variants} if framing else {}
+    composers = {n: fr.AvatarComposer(bg, learned, framing, zoom, offset, out_size, fps=fps)
+                 for n in variants}
+    return composers, landmarks
+
+
+def _write_driven_video(output: Path, source, tracked, layout: str, composers: dict,
+                        frames_out: dict, alphas: dict, landmarks: dict, bboxes: dict) -> tuple[int, int]:
+    """Compose every output frame (driving frame | avatar cells) and write it; returns (W, H)."""
+    def out_frame(t: int, driving: np.ndarray | None) -> np.ndarray:
+        img = np.concatenate([composers[n](frames_out[n][t], None if alphas[n] is None else alphas[n][t],
+                                           landmarks[n][t] if landmarks else None, bboxes[n][t])
+                              for n in frames_out], 1)
+        if layout == "side-by-side":
+            img = _side_by_side(driving, img, OUTPUT_HEIGHT)
+        if output.suffix.lower() in ALPHA_SUFFIXES and img.shape[2] == 3:
+            img = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], 2)
+        return img
+
+    src = iter_frames(source, tracked.start, tracked.end)
+    first = out_frame(0, next(src) if layout == "side-by-side" else None)
+    Writer = AlphaVideoWriter if output.suffix.lower() in ALPHA_SUFFIXES else VideoWriter
+    with Writer(output, tracked.info.fps, first.shape[1::-1]) as w:
+        w.write(first)
+        for t in range(1, tracked.end - tracked.start):
+            w.write(out_frame(t, next(src) if layout == "side-by-side" else None))
+    return first.shape[1::-1]
+
+
 def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backend: str = "onnx",
           device: str = "auto", run_name: str = "default", camera: str | Path | None = None,
           driver: str | Path | None = None, mda: str = "auto", mda_strength: float = 1.0,
@@ -224,103 +350,32 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
     t0 = time.time()
     subject_dir, output = Path(subject_dir), Path(output)
     bg = parse_background(background)
-    if framing is not None:
-        fr.check_framing(framing, zoom)
-    out_size, offset = fr.parse_out_size(out_size), fr.parse_offset(offset)
-    layout = choose_layout(layout, output, bg, framing)
-    if layout == "avatar" and framing is None:
-        framing = "full"
-    if motion_out is not None and Path(motion_out).suffix.lower() not in (".npz", ".bvh"):
-        raise RamAvatarError(f"--motion-out {motion_out}: use a .npz or .bvh file")
+    layout, framing, out_size, offset = _check_output_options(output, bg, layout, framing, zoom,
+                                                              offset, out_size, motion_out)
     dev = resolve_device(device)
     seq = load_sequence(subject_dir)
     engine = RendererBackend(subject_dir, backend, run_name, dev)
-    if bg.mode != "learned" and not engine.has_alpha:
-        raise RamAvatarError(f"--background {background} needs the renderer's alpha, but "
-                             f"{Subject(subject_dir).export_onnx} was exported without it: "
-                             f"run `ram-avatar export {subject_dir}` again, or use --backend torch")
-    aligner = _load_aligner(subject_dir, mda)
-    bm = seq.manifest["body_model"]
-    body = load_body_model(bm["name"], model_path=bm.get("model_path"), device=dev)
-    tracked = track_video(source, body, camera=camera, device=dev)
-    drv = tracked.params
-    if driver is not None:
-        drv.betas = load_driver_betas(driver, body)
-    train_idx = engine.run.split(seq).train  # the run's split.json
-    mask = np.zeros(seq.num_frames, bool)
-    mask[train_idx] = True
-    target, face_local, info = retarget(drv, seq.params, body, tracked.face_local, seq.face_local, mask)
-    variants = {"avatar": target}
-    if aligner is not None:
-        aligned = aligner.align_params(target, strength=mda_strength, fps=tracked.info.fps)
-        variants = {"avatar_mda": aligned} if mda != "both" else {"avatar": target, "avatar_mda": aligned}
+    _check_alpha(engine, bg, background, subject_dir)
+    body, tracked, variants, face_local, info = _driven_variants(subject_dir, source, seq, engine, camera,
+                                                                 driver, mda, mda_strength, dev)
     T = tracked.end - tracked.start
-    S = engine.resolution
     t1 = time.time()
-    frames_out, alphas, silhouettes, bboxes = {}, {}, {}, {}
-    for name, params in variants.items():
-        maps = render_sequence_maps(seq, np.arange(T), S, body=body, params=params,
-                                    face_local=face_local, desc=f"maps ({name})",
-                                    **engine.render_options())
-        if contract.uses_previous(engine.input_names):
-            add_previous_maps(maps)  # temporal attention: frame t-1 of the driven sequence
-        outs, alpha_outs = [], []
-        with progress() as bar:
-            task = bar.add_task(f"render ({name}, {backend})", total=T, info="")
-            for c in range(0, T, batch):
-                sl = {k: v[c:c + batch] for k, v in maps.items()}
-                rgb, alpha = engine.render(maps_to_float(sl))
-                outs.append(rgb)
-                alpha_outs.append(alpha)
-                bar.advance(task, len(rgb))
-        frames_out[name] = np.concatenate(outs)
-        alphas[name] = None if alpha_outs[0] is None else np.concatenate(alpha_outs)
-        silhouettes[name] = maps["body_mask"][:, 0].numpy() > 0  # for the render report
-        bboxes[name] = [fr.mask_bbox(m) for m in silhouettes[name]]
+    maps, frames_out, alphas, silhouettes, bboxes = _render_variants(engine, seq, body, variants, face_local,
+                                                                     T, backend, batch)
     t_render = time.time() - t1
-    learned = None
-    if bg.mode != "learned":  # the renderer's output for all-zero maps (no body: alpha ~ 0)
-        zeros = {k: torch.zeros_like(v[:1]) for k, v in maps.items()}
-        learned = engine.render(maps_to_float(zeros))[0][0]
-    K = crop_intrinsics(seq.K, seq.manifest["crop"], S)
-    landmarks = {n: avatar_landmarks(body, variants[n], K) for n in variants} if framing else {}
-    composers = {n: fr.AvatarComposer(bg, learned, framing, zoom, offset, out_size,
-                                   fps=float(tracked.info.fps)) for n in variants}
-
-    def avatar_cells(t: int) -> np.ndarray:
-        cells = [composers[n](frames_out[n][t], None if alphas[n] is None else alphas[n][t],
-                              landmarks[n][t] if framing else None, bboxes[n][t])
-                 for n in frames_out]
-        return np.concatenate(cells, 1)
-
-    def out_frame(t: int, driving: np.ndarray | None) -> np.ndarray:
-        img = avatar_cells(t)
-        if layout == "side-by-side":
-            img = _side_by_side(driving, img, OUTPUT_HEIGHT)
-        if output.suffix.lower() in ALPHA_SUFFIXES and img.shape[2] == 3:
-            img = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], 2)
-        return img
-
-    src = iter_frames(source, tracked.start, tracked.end)
-    first = out_frame(0, next(src) if layout == "side-by-side" else None)
-    Writer = AlphaVideoWriter if output.suffix.lower() in ALPHA_SUFFIXES else VideoWriter
-    with Writer(output, tracked.info.fps, first.shape[1::-1]) as w:
-        w.write(first)
-        for t in range(1, T):
-            w.write(out_frame(t, next(src) if layout == "side-by-side" else None))
+    composers, landmarks = _variant_composers(engine, seq, body, bg, maps, variants, framing, zoom, offset,
+                                              out_size, float(tracked.info.fps))
+    size = _write_driven_video(output, source, tracked, layout, composers, frames_out, alphas,
+                               landmarks, bboxes)
     summary = {"output": str(output), "frames": T, "fps": tracked.info.fps, "backend": backend,
-               "resolution": S, "variants": list(variants), "retarget": info,
-               "layout": layout, "background": background, "output_size": list(first.shape[1::-1]),
+               "resolution": engine.resolution, "variants": list(variants), "retarget": info,
+               "layout": layout, "background": background, "output_size": list(size),
                "framing": None if framing is None else {"mode": framing, "zoom": zoom,
                                                          "offset": list(offset)},
                "driver_reprojection_error_body": float(np.nanmedian(tracked.errors["body"])),
                "timings": {**tracked.timings, "render_s": t_render, "total_s": time.time() - t0}}
     if motion_out is not None:
-        from ram_avatar.motion.export import write_motion
-
-        name = list(variants)[-1]  # the aligned motion when MDA ran
-        summary["motion_out"] = write_motion(motion_out, body, variants[name], fps=tracked.info.fps)
-        summary["motion_out"]["variant"] = name
+        summary["motion_out"] = _write_motion_out(motion_out, body, variants, tracked.info.fps)
     if report:
         summary["report"] = write_render_report(output, source, tracked.start, tracked.end,
                                                 frames_out, silhouettes, engine, seq, body, batch,
@@ -341,6 +396,131 @@ def _render_frames(engine: RendererBackend, maps: dict[str, torch.Tensor], batch
     n = len(maps["body_mask"])
     return np.concatenate([engine(maps_to_float({k: v[c:c + batch] for k, v in maps.items()}))
                            for c in range(0, n, batch)])
+
+
+def _report_paths(output: Path) -> tuple[Path, Path]:
+    """``<stem>.render_stats.json`` and ``<stem>.contact.png`` next to the drive video ``output``."""
+    stem = output.with_suffix("")
+    return stem.parent / f"{stem.name}.render_stats.json", stem.parent / f"{stem.name}.contact.png"
+
+
+def _training_reference(body, seq, ref_idx: np.ndarray, ref_masks: torch.Tensor, crops: dict,
+                        captured_person: dict, K: np.ndarray, S: int):
+    """The :class:`TrainingReference` of the training frames ``ref_idx`` (real crops, fitted
+    body masks, part labels of their meshes, the capture's person masks)."""
+    from ram_avatar.eval import render_stats as rs
+
+    ref_parts = rs.part_label_maps(body, seq.params.index(torch.as_tensor(ref_idx)), K, S)
+    return rs.TrainingReference(np.stack([crops[t] for t in ref_idx.tolist()]),
+                                ref_masks[:, 0].numpy() > 0, parts=ref_parts,
+                                person=np.stack([captured_person[t] for t in ref_idx.tolist()]))
+
+
+def _captured_heldout_stats(crops: dict, captured_person: dict, val_idx: np.ndarray,
+                            held_parts, reference) -> dict:
+    """Per-part appearance statistics of the real held-out frames, inside the person masks."""
+    from ram_avatar.eval import render_stats as rs
+
+    return rs.json_floats(rs.part_appearance_stats(
+        np.stack([crops[t] for t in val_idx.tolist()]), held_parts, reference,
+        person=np.stack([captured_person[t] for t in val_idx.tolist()])))
+
+
+def _log_arms(arms: dict) -> None:
+    """Log the arm table of the render report, one line per variant or reference."""
+    for name, a in arms.items():
+        log.info("arms (%s): %s", name, ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}"
+                                                  for k, v in a.items()))
+
+
+def _heldout_renders(engine: RendererBackend, seq, body, val_idx: np.ndarray, batch: int) -> tuple:
+    """The subject's held-out poses rendered as the driven ones.
+
+    Returns (their maps, (N,S,S,3) uint8 frames, (S,S,3) learned background)."""
+    held = render_sequence_maps(seq, val_idx, engine.resolution, body=body, desc="maps (held-out reference)",
+                                **engine.render_options())
+    if contract.uses_previous(engine.input_names):
+        add_previous_maps(held)
+    held_frames = _render_frames(engine, held, batch)
+    background = _render_frames(engine, {k: torch.zeros_like(v[:1]) for k, v in held.items()}, 1)[0]
+    return held, held_frames, background
+
+
+def _captured_crops(seq, wanted: set[int], S: int) -> tuple[dict, dict]:
+    """Real (S,S,3) crops and (S,S) bool person masks of the capture's frames ``wanted``."""
+    crops = {}
+    s0, crop = seq.manifest["source"]["start"], seq.manifest["crop"]
+    for t, frame in enumerate(iter_frames(seq.source_video(), s0, s0 + max(wanted) + 1)):
+        if t in wanted:
+            crops[t] = crop_resize(frame, crop, S)
+    person_all = seq.load_masks()
+    captured_person = {t: crop_resize(person_all[t], crop, S) > 127 for t in sorted(wanted)}
+    del person_all
+    return crops, captured_person
+
+
+def _arms_table(variants: dict, heldout: dict, captured: dict, reference) -> dict:
+    """``arm_coverage`` and the ``arm_fidelity`` values of every variant and reference side by side."""
+    arm_keys = ("arm_coverage", "arm_fidelity", "arm_fidelity_left", "arm_fidelity_right")
+    return {name: {k: st[k] for k in arm_keys if k in st}
+            for name, st in [*variants.items(), ("heldout_reference", heldout),
+                             ("captured_heldout", captured),
+                             ("training_reference", reference.arm_fidelity or {})]}
+
+
+def _report_contact_sheet(source, start: int, end: int, frames_out: dict, silhouettes: dict,
+                          parts: dict, reference, background: np.ndarray, S: int) -> tuple:
+    """Contact sheet: driving frame | each variant, silhouette IoU and arm fidelity of that frame.
+
+    Returns (sheet image, the sampled driving-clip frame offsets)."""
+    from ram_avatar.eval import render_stats as rs
+
+    rows_t = rs.sample_indices(end - start, REPORT_SHEET_ROWS)
+    wanted_src = set(rows_t.tolist())
+    src = {t: f for t, f in enumerate(iter_frames(source, start, start + int(rows_t.max()) + 1))
+           if t in wanted_src}
+    rows, labels = [], []
+    for t in rows_t.tolist():
+        row = [src[t]]
+        for n in frames_out:
+            cell = frames_out[n][t].copy()
+            person = rs.rendered_person_mask(frames_out[n][t:t + 1], background)
+            iou = rs.silhouette_agreement(person, silhouettes[n][t:t + 1])["silhouette_iou"]
+            caption = f"IoU {iou:.2f}"
+            if n in parts and reference.arm_model is not None:
+                fid = rs.arm_fidelity(frames_out[n][t:t + 1], parts[n][t:t + 1], reference.arm_model,
+                                      reference.torso_model, person)["arm_fidelity"]
+                caption += "" if np.isnan(fid) else f" arm fidelity {fid:.2f}"
+            rs.draw_label(cell, caption, (4, S - 8), 0.45)
+            row.append(cell)
+        rows.append(row)
+        labels.append(f"frame {start + t}")
+    sheet = rs.contact_sheet(rows, ["driving video"] + [_VARIANT_LABELS.get(n, n) for n in frames_out],
+                             labels, height=S)
+    return sheet, rows_t
+
+
+def _report_json(source, start: int, end: int, engine: RendererBackend, arms: dict, variants: dict,
+                 heldout: dict, captured: dict, reference, val_idx: np.ndarray, ref_idx: np.ndarray) -> dict:
+    """The ``render_stats.json`` document of :func:`write_render_report` (without the sheet keys)."""
+    from ram_avatar.eval import render_stats as rs
+
+    return {
+        "source": str(source), "frames": int(end - start), "resolution": engine.resolution,
+        "backend": engine.kind,
+        "arms": arms,
+        "variants": variants, "mda_minus_no_mda": rs.summarize(variants),
+        "heldout_reference": {**heldout, "frame_indices": [int(v) for v in val_idx]},
+        "captured_heldout": {**captured, "frame_indices": [int(v) for v in val_idx]},
+        "training_reference": {"frames": reference.frames, "frame_indices": [int(v) for v in ref_idx],
+                               "sharpness": reference.sharpness, "speckle": reference.speckle,
+                               "part_colour_pixels": reference.part_pixels(),
+                               **(reference.arm_fidelity or {})},
+        "person_threshold": rs.PERSON_THRESHOLD, "min_part_pixels": rs.MIN_PART_PIXELS,
+        "part_erode_px": rs.PART_ERODE_PX,
+        "better": rs.BETTER,
+        "definitions": "ram_avatar/eval/render_stats.py (module docstring)",
+    }
 
 
 def write_render_report(output: Path, source: str | Path, start: int, end: int,
@@ -388,99 +568,37 @@ def write_render_report(output: Path, source: str | Path, start: int, end: int,
     from ram_avatar.eval import render_stats as rs
     from ram_avatar.utils import atomic_write_text
 
-    output = Path(output)
     S = engine.resolution
-    stem = output.with_suffix("")
-    stats_path = stem.parent / f"{stem.name}.render_stats.json"
-    sheet_path = stem.parent / f"{stem.name}.contact.png"
+    stats_path, sheet_path = _report_paths(Path(output))
     # the subject's own held-out poses, rendered as the driven ones (in-distribution reference)
     split = engine.run.split(seq)  # the run's split.json: what training held out
     train_idx, val_idx = split.train, split.val
-    held = render_sequence_maps(seq, val_idx, S, body=body, desc="maps (held-out reference)",
-                                **engine.render_options())
-    if contract.uses_previous(engine.input_names):
-        add_previous_maps(held)
-    held_frames = _render_frames(engine, held, batch)
-    background = _render_frames(engine, {k: torch.zeros_like(v[:1]) for k, v in held.items()}, 1)[0]
+    held, held_frames, background = _heldout_renders(engine, seq, body, val_idx, batch)
     # training reference: real crops inside the fitted body's silhouette; real crops of the
     # held-out frames (captured_heldout) and the capture's person masks of both
     ref_idx = train_idx[rs.sample_indices(len(train_idx), REPORT_REFERENCE_FRAMES)]
     ref_masks = render_sequence_maps(seq, ref_idx, S, body=body, desc="maps (training reference)")["body_mask"]
-    wanted, crops = set(ref_idx.tolist()) | set(val_idx.tolist()), {}
-    s0, crop = seq.manifest["source"]["start"], seq.manifest["crop"]
-    for t, frame in enumerate(iter_frames(seq.source_video(), s0, s0 + max(wanted) + 1)):
-        if t in wanted:
-            crops[t] = crop_resize(frame, crop, S)
-    person_all = seq.load_masks()
-    captured_person = {t: crop_resize(person_all[t], crop, S) > 127 for t in sorted(wanted)}
-    del person_all
+    crops, captured_person = _captured_crops(seq, set(ref_idx.tolist()) | set(val_idx.tolist()), S)
     # body-part label maps of the training, driven and held-out meshes (per-part statistics)
-    K = crop_intrinsics(seq.K, crop, S)
-    ref_parts = rs.part_label_maps(body, seq.params.index(torch.as_tensor(ref_idx)), K, S)
-    reference = rs.TrainingReference(np.stack([crops[t] for t in ref_idx.tolist()]),
-                                     ref_masks[:, 0].numpy() > 0, parts=ref_parts,
-                                     person=np.stack([captured_person[t] for t in ref_idx.tolist()]))
+    K = crop_intrinsics(seq.K, seq.manifest["crop"], S)
+    reference = _training_reference(body, seq, ref_idx, ref_masks, crops, captured_person, K, S)
     parts = {n: rs.part_label_maps(body, params[n], K, S) for n in frames_out} if params else {}
     held_parts = rs.part_label_maps(body, seq.params.index(torch.as_tensor(val_idx)), K, S)
-    variants = {n: rs.render_stats(frames_out[n], silhouettes[n], background, reference,
-                                   parts=parts.get(n))
+    variants = {n: rs.render_stats(frames_out[n], silhouettes[n], background, reference, parts=parts.get(n))
                 for n in frames_out}
-    heldout = rs.render_stats(held_frames, held["body_mask"][:, 0].numpy() > 0, background,
-                              reference, parts=held_parts)
+    heldout = rs.render_stats(held_frames, held["body_mask"][:, 0].numpy() > 0, background, reference,
+                              parts=held_parts)
     # the same per-part colour statistics on the real held-out frames (the captured person)
-    captured = rs.json_floats(rs.part_appearance_stats(
-        np.stack([crops[t] for t in val_idx.tolist()]), held_parts, reference,
-        person=np.stack([captured_person[t] for t in val_idx.tolist()])))
-    arm_keys = ("arm_coverage", "arm_fidelity", "arm_fidelity_left", "arm_fidelity_right")
-    arms = {name: {k: st[k] for k in arm_keys if k in st}
-            for name, st in [*variants.items(), ("heldout_reference", heldout),
-                             ("captured_heldout", captured),
-                             ("training_reference", reference.arm_fidelity or {})]}
-    res = {
-        "source": str(source), "frames": int(end - start), "resolution": S, "backend": engine.kind,
-        "arms": arms,
-        "variants": variants, "mda_minus_no_mda": rs.summarize(variants),
-        "heldout_reference": {**heldout, "frame_indices": [int(v) for v in val_idx]},
-        "captured_heldout": {**captured, "frame_indices": [int(v) for v in val_idx]},
-        "training_reference": {"frames": reference.frames, "frame_indices": [int(v) for v in ref_idx],
-                               "sharpness": reference.sharpness, "speckle": reference.speckle,
-                               "part_colour_pixels": reference.part_pixels(),
-                               **(reference.arm_fidelity or {})},
-        "person_threshold": rs.PERSON_THRESHOLD, "min_part_pixels": rs.MIN_PART_PIXELS,
-        "part_erode_px": rs.PART_ERODE_PX,
-        "better": rs.BETTER,
-        "definitions": "ram_avatar/eval/render_stats.py (module docstring)",
-    }
-    # contact sheet: driving frame | each variant, silhouette IoU and arm fidelity of that frame
-    rows_t = rs.sample_indices(end - start, REPORT_SHEET_ROWS)
-    wanted_src = set(rows_t.tolist())
-    src = {t: f for t, f in enumerate(iter_frames(source, start, start + int(rows_t.max()) + 1))
-           if t in wanted_src}
-    rows, labels = [], []
-    for t in rows_t.tolist():
-        row = [src[t]]
-        for n in frames_out:
-            cell = frames_out[n][t].copy()
-            person = rs.rendered_person_mask(frames_out[n][t:t + 1], background)
-            iou = rs.silhouette_agreement(person, silhouettes[n][t:t + 1])["silhouette_iou"]
-            caption = f"IoU {iou:.2f}"
-            if n in parts and reference.arm_model is not None:
-                fid = rs.arm_fidelity(frames_out[n][t:t + 1], parts[n][t:t + 1], reference.arm_model,
-                                      reference.torso_model, person)["arm_fidelity"]
-                caption += "" if np.isnan(fid) else f" arm fidelity {fid:.2f}"
-            rs.draw_label(cell, caption, (4, S - 8), 0.45)
-            row.append(cell)
-        rows.append(row)
-        labels.append(f"frame {start + t}")
-    sheet = rs.contact_sheet(rows, ["driving video"] + [_VARIANT_LABELS.get(n, n) for n in frames_out],
-                             labels, height=S)
+    captured = _captured_heldout_stats(crops, captured_person, val_idx, held_parts, reference)
+    arms = _arms_table(variants, heldout, captured, reference)
+    res = _report_json(source, start, end, engine, arms, variants, heldout, captured, reference, val_idx, ref_idx)
+    sheet, rows_t = _report_contact_sheet(source, start, end, frames_out, silhouettes, parts, reference,
+                                          background, S)
     rs.write_png(sheet_path, sheet)
     res["contact_sheet"] = str(sheet_path)
     res["contact_frames"] = [int(start + t) for t in rows_t]
     atomic_write_text(stats_path, json.dumps(res, indent=1))
     log.info("render report: %s, %s", stats_path, sheet_path)
-    for name, a in arms.items():
-        log.info("arms (%s): %s", name, ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}"
-                                                  for k, v in a.items()))
+    _log_arms(arms)
     return {"stats_file": str(stats_path), "contact_sheet": str(sheet_path), "variants": variants,
             "mda_minus_no_mda": res["mda_minus_no_mda"], "arms": arms}
