@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -380,6 +381,125 @@ def _coverage(points: list[np.ndarray], width: int, height: int, grid: int = 4) 
 # calibration
 # ---------------------------------------------------------------------------------------------
 
+@dataclass
+class _BoardViews:
+    """The board detections of :func:`calibrate_camera`'s frames."""
+
+    obj_pts: list = field(default_factory=list)   # (N, 3) board points of each view
+    img_pts: list = field(default_factory=list)   # (N, 2) pixel corners of each view
+    labels: list = field(default_factory=list)    # frame label of each view
+    layouts: list = field(default_factory=list)   # ChArUco: the view matched the legacy layout
+    size: tuple | None = None                     # (W, H) of the frames
+    preview: tuple | None = None                  # (offset from centre, label, rgb) of the preview
+    checked: int = 0                              # frames checked
+
+
+def _find_board(det, frames, total: int, show_progress: bool) -> _BoardViews:
+    """Detect the board in every frame; the frames must all have the same size."""
+    from rich.console import Console
+
+    v = _BoardViews()
+    # progress on stderr: stdout carries the CLI's JSON summary
+    with progress(disable=not show_progress, console=Console(stderr=True)) as bar:
+        task = bar.add_task("finding the board", total=total, info="")
+        for label, rgb in frames:
+            gray = _gray(rgb)
+            if v.size is None:
+                v.size = gray.shape[::-1]
+            elif gray.shape[::-1] != v.size:
+                raise CalibrationError(f"{label} is {gray.shape[1]}x{gray.shape[0]} but earlier frames "
+                                       f"are {v.size[0]}x{v.size[1]}: calibrate one camera mode at a time")
+            v.checked += 1
+            found = det.detect(gray)
+            if found is not None:
+                v.obj_pts.append(found[0])
+                v.img_pts.append(found[1])
+                v.labels.append(label)
+                v.layouts.append(det.last_legacy)
+                # preview frame: the view whose board is farthest from the image centre (the
+                # distortion is largest there)
+                off = float(np.linalg.norm(found[1].mean(0) / v.size - 0.5))
+                if v.preview is None or off > v.preview[0]:
+                    v.preview = (off, label, rgb)
+            bar.update(task, advance=1, info=f"found in {len(v.labels)}")
+    return v
+
+
+def _check_views(v: _BoardViews, board: str, cols: int, rows: int, dictionary: str, det) -> None:
+    """Raise :class:`CalibrationError` when no frame was read or fewer than MIN_VIEWS have the board."""
+    checked, labels = v.checked, v.labels
+    if not labels:
+        if board == "checkerboard":
+            hint = (f"check --cols/--rows are INNER corners, not squares (--cols {cols} --rows {rows} "
+                    f"is a board of {cols + 1} x {rows + 1} squares; a board of {cols} x {rows} squares "
+                    f"has {cols - 1} x {rows - 1} inner corners), that --board is right, and that the "
+                    "whole board is visible, flat, sharp and evenly lit in some frames")
+        else:
+            hint = (f"check --cols/--rows are the board's SQUARES ({cols} x {rows} given), that "
+                    f"--dictionary ({dictionary}) and --marker-mm match the printed board"
+                    + ("; ArUco markers were seen, so the sizes or dictionary are likely wrong"
+                       if det.markers_seen else "; no ArUco marker was seen at all"))
+        raise CalibrationError(f"checked {checked} frames, found the board in 0: {hint}")
+    if len(labels) < MIN_VIEWS:
+        what = "only one view" if len(labels) == 1 else f"only {len(labels)} views"
+        raise CalibrationError(
+            f"{what} of the board among {checked} checked frames; calibration needs at least "
+            f"{MIN_VIEWS} (10-20 recommended): show the board at different places in the image, "
+            "distances and tilts (up to ~45 degrees)"
+            + (f"; if the board is visible in more frames, check --cols/--rows ({cols} x {rows})"
+               + (" are its INNER corners" if board == "checkerboard" else " are its squares")))
+
+
+def _board_description(v: _BoardViews, det, board: str, cols: int, rows: int, square_mm: float,
+                       marker_mm: float | None, dictionary: str) -> dict:
+    """The board as written to camera.json; for ChArUco, keeps only the views of the layout
+    (legacy or standard) that matched more often."""
+    desc = {"type": board, "cols": int(cols), "rows": int(rows), "square_mm": float(square_mm)}
+    if board == "charuco":
+        desc.update(marker_mm=float(marker_mm if marker_mm is not None else 0.75 * square_mm),
+                    dictionary=dictionary,
+                    legacy_pattern=bool(det.legacy_hits > det.standard_hits))
+        if det.legacy_hits and det.standard_hits:
+            # keep the views of the layout that matched more often (the others are misreads)
+            legacy = det.legacy_hits > det.standard_hits
+            log.warning("both ChArUco layouts matched; keeping the %s one", "legacy" if legacy else "standard")
+            keep = [i for i, lg in enumerate(v.layouts) if lg == legacy]
+            v.obj_pts, v.img_pts, v.labels = ([a[i] for i in keep] for a in (v.obj_pts, v.img_pts, v.labels))
+    return desc
+
+
+def _calibrate_once(v: _BoardViews, idx, flags: int) -> tuple:
+    """cv2.calibrateCameraExtended on the views ``idx``: (rms, K, dist, std, per-view RMS)."""
+    import cv2
+
+    objs = [v.obj_pts[i].reshape(-1, 1, 3).astype(np.float32) for i in idx]
+    imgs = [v.img_pts[i].reshape(-1, 1, 2).astype(np.float32) for i in idx]
+    try:
+        out = cv2.calibrateCameraExtended(objs, imgs, v.size, None, None, flags=flags)
+    except cv2.error as e:
+        raise CalibrationError(f"OpenCV calibration failed on {len(idx)} views ({e.err}); the "
+                               "views are probably too similar: tilt the board more") from e
+    rms, K, dist, _, _, std, _, per_view = out
+    return float(rms), K, dist.ravel(), std.ravel(), per_view.ravel()
+
+
+def _calibrate_views(v: _BoardViews, chosen: list, flags: int) -> tuple:
+    """Calibrate on ``chosen``, then once more without outlier views (RMS > 3x the median, at
+    least 1 px) while MIN_VIEWS remain. Returns (chosen, rms, K, dist, std, per-view RMS)."""
+    rms, K, dist, std, per_view = _calibrate_once(v, chosen, flags)
+    med = float(np.median(per_view))
+    bad = [i for i, e in zip(chosen, per_view) if e > max(3 * med, 1.0)]
+    if bad and len(chosen) - len(bad) >= MIN_VIEWS:
+        log.info("dropping %d outlier view(s) with RMS > %.2f px: %s", len(bad), max(3 * med, 1.0),
+                 ", ".join(v.labels[i] for i in bad))
+        chosen = [i for i in chosen if i not in bad]
+        rms, K, dist, std, per_view = _calibrate_once(v, chosen, flags)
+    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise CalibrationError("calibration produced an invalid camera matrix: use more and more "
+                               "varied views of the board")
+    return chosen, rms, K, dist, std, per_view
+
+
 def calibrate_camera(input, board: str = "checkerboard", cols: int = 9, rows: int = 6,
                      square_mm: float = 25.0, marker_mm: float | None = None,
                      dictionary: str = "DICT_5X5_100", max_views: int = 40,
@@ -416,110 +536,34 @@ def calibrate_camera(input, board: str = "checkerboard", cols: int = 9, rows: in
             than 3 usable views, images of different sizes.
     """
     import cv2
-    from rich.console import Console
 
     det = _Detector(board, cols, rows, square_mm, marker_mm, dictionary)
     frames, total, kind = _iter_images(input, max_frames, webcam_seconds)
-    obj_pts, img_pts, labels, layouts, size, preview = [], [], [], [], None, None
-    checked = 0
-    # progress on stderr: stdout carries the CLI's JSON summary
-    with progress(disable=not show_progress, console=Console(stderr=True)) as bar:
-        task = bar.add_task("finding the board", total=total, info="")
-        for label, rgb in frames:
-            gray = _gray(rgb)
-            if size is None:
-                size = gray.shape[::-1]
-            elif gray.shape[::-1] != size:
-                raise CalibrationError(f"{label} is {gray.shape[1]}x{gray.shape[0]} but earlier frames "
-                                       f"are {size[0]}x{size[1]}: calibrate one camera mode at a time")
-            checked += 1
-            found = det.detect(gray)
-            if found is not None:
-                obj_pts.append(found[0])
-                img_pts.append(found[1])
-                labels.append(label)
-                layouts.append(det.last_legacy)
-                # preview frame: the view whose board is farthest from the image centre (the
-                # distortion is largest there)
-                off = float(np.linalg.norm(found[1].mean(0) / size - 0.5))
-                if preview is None or off > preview[0]:
-                    preview = (off, label, rgb)
-            bar.update(task, advance=1, info=f"found in {len(labels)}")
-    if checked == 0:
+    v = _find_board(det, frames, total, show_progress)
+    if v.checked == 0:
         raise CalibrationError(f"no frame could be read from {input}")
-    desc = {"type": board, "cols": int(cols), "rows": int(rows), "square_mm": float(square_mm)}
-    if board == "charuco":
-        desc.update(marker_mm=float(marker_mm if marker_mm is not None else 0.75 * square_mm),
-                    dictionary=dictionary,
-                    legacy_pattern=bool(det.legacy_hits > det.standard_hits))
-        if det.legacy_hits and det.standard_hits:
-            # keep the views of the layout that matched more often (the others are misreads)
-            legacy = det.legacy_hits > det.standard_hits
-            log.warning("both ChArUco layouts matched; keeping the %s one", "legacy" if legacy else "standard")
-            keep = [i for i, lg in enumerate(layouts) if lg == legacy]
-            obj_pts, img_pts, labels = ([a[i] for i in keep] for a in (obj_pts, img_pts, labels))
-    if not labels:
-        if board == "checkerboard":
-            hint = (f"check --cols/--rows are INNER corners, not squares (--cols {cols} --rows {rows} "
-                    f"is a board of {cols + 1} x {rows + 1} squares; a board of {cols} x {rows} squares "
-                    f"has {cols - 1} x {rows - 1} inner corners), that --board is right, and that the "
-                    "whole board is visible, flat, sharp and evenly lit in some frames")
-        else:
-            hint = (f"check --cols/--rows are the board's SQUARES ({cols} x {rows} given), that "
-                    f"--dictionary ({dictionary}) and --marker-mm match the printed board"
-                    + ("; ArUco markers were seen, so the sizes or dictionary are likely wrong"
-                       if det.markers_seen else "; no ArUco marker was seen at all"))
-        raise CalibrationError(f"checked {checked} frames, found the board in 0: {hint}")
-    if len(labels) < MIN_VIEWS:
-        what = "only one view" if len(labels) == 1 else f"only {len(labels)} views"
-        raise CalibrationError(
-            f"{what} of the board among {checked} checked frames; calibration needs at least "
-            f"{MIN_VIEWS} (10-20 recommended): show the board at different places in the image, "
-            "distances and tilts (up to ~45 degrees)"
-            + (f"; if the board is visible in more frames, check --cols/--rows ({cols} x {rows})"
-               + (" are its INNER corners" if board == "checkerboard" else " are its squares")))
+    desc = _board_description(v, det, board, cols, rows, square_mm, marker_mm, dictionary)
+    _check_views(v, board, cols, rows, dictionary, det)
 
-    W, H = size
-    feats = np.stack([_view_features(o, p, W, H) for o, p in zip(obj_pts, img_pts)])
+    W, H = v.size
+    feats = np.stack([_view_features(o, p, W, H) for o, p in zip(v.obj_pts, v.img_pts)])
     chosen = select_views(feats, max_views)
     flags = cv2.CALIB_FIX_K3 if fix_k3 else 0
-
-    def run(idx):
-        objs = [obj_pts[i].reshape(-1, 1, 3).astype(np.float32) for i in idx]
-        imgs = [img_pts[i].reshape(-1, 1, 2).astype(np.float32) for i in idx]
-        try:
-            out = cv2.calibrateCameraExtended(objs, imgs, (W, H), None, None, flags=flags)
-        except cv2.error as e:
-            raise CalibrationError(f"OpenCV calibration failed on {len(idx)} views ({e.err}); the "
-                                   "views are probably too similar: tilt the board more") from e
-        rms, K, dist, _, _, std, _, per_view = out
-        return float(rms), K, dist.ravel(), std.ravel(), per_view.ravel()
-
-    rms, K, dist, std, per_view = run(chosen)
-    med = float(np.median(per_view))
-    bad = [i for i, e in zip(chosen, per_view) if e > max(3 * med, 1.0)]
-    if bad and len(chosen) - len(bad) >= MIN_VIEWS:
-        log.info("dropping %d outlier view(s) with RMS > %.2f px: %s", len(bad), max(3 * med, 1.0),
-                 ", ".join(labels[i] for i in bad))
-        chosen = [i for i in chosen if i not in bad]
-        rms, K, dist, std, per_view = run(chosen)
-    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise CalibrationError("calibration produced an invalid camera matrix: use more and more "
-                               "varied views of the board")
+    chosen, rms, K, dist, std, per_view = _calibrate_views(v, chosen, flags)
     dist5 = np.zeros(5)
     dist5[:min(5, len(dist))] = dist[:5]
-    cov = _coverage([img_pts[i] for i in chosen], W, H)
+    cov = _coverage([v.img_pts[i] for i in chosen], W, H)
     if cov < 0.5:
         log.warning("the board covered only %.0f%% of the image: distortion near the borders is "
                     "poorly constrained; also hold the board near the image corners", 100 * cov)
     names = ["fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3"]
     return {
         "K": K, "dist": dist5, "width": int(W), "height": int(H), "rms": rms,
-        "per_view_errors": [float(e) for e in per_view], "views": [labels[i] for i in chosen],
-        "frames_checked": int(checked), "frames_with_board": len(labels), "coverage": cov,
+        "per_view_errors": [float(e) for e in per_view], "views": [v.labels[i] for i in chosen],
+        "frames_checked": int(v.checked), "frames_with_board": len(v.labels), "coverage": cov,
         "std": {n: float(s) for n, s in zip(names, std[:9])}, "board": desc, "source": str(input),
         "input_kind": kind, "fix_k3": bool(fix_k3),
-        "preview_frame": preview[1], "preview_rgb": preview[2],
+        "preview_frame": v.preview[1], "preview_rgb": v.preview[2],
     }
 
 
