@@ -320,6 +320,114 @@ def track_video(video: str | Path, body: BodyModel, start: int = 0, end: int | N
                    masks=masks, params=params, errors=errors, face_local=face_local, timings=timings)
 
 
+def _resolve_body_model(body_model: str, model_path, dev: torch.device) -> tuple:
+    """Load the body model; an SMPL-X file is first imported into the model cache.
+
+    Returns (body model, model_path as the manifest names it: a ``sha256:`` reference for SMPL-X)."""
+    if body_model == "smplx" and model_path is not None and not str(model_path).startswith("sha256:"):
+        from ram_avatar.body.smplx_backend import import_smplx_model
+
+        # into the user's model cache (numeric arrays only); the manifest names it by hash
+        model_path = import_smplx_model(model_path)["ref"]
+    return load_body_model(body_model, model_path=model_path, device=dev), model_path
+
+
+def _warn_other_people(masks: np.ndarray, kp: Keypoints2D, valid: np.ndarray, video: Path) -> dict:
+    """:func:`other_people` of the capture, with a warning when another person persists."""
+    others = other_people(masks, kp, step=max(1, len(valid) // 100))
+    if others["persists"]:
+        x0, y0, x1, y1 = others["box"]
+        log.warning(
+            "another person-sized region is in %d of %d checked frames (%.0f%%) outside the person "
+            "being fitted: the fit follows one person, but the person masks (and so training) "
+            "include everyone. Trim the video to a part with one person (--start/--end), or crop "
+            "it to the fitted person, e.g. ffmpeg -i %s -vf crop=%d:%d:%d:%d cropped.mp4",
+            others["frames"], others["checked"], 100 * others["fraction"], video.name,
+            x1 - x0 + (x1 - x0) % 2, y1 - y0 + (y1 - y0) % 2, x0, y0)
+    return others
+
+
+def _nan_median(a: np.ndarray) -> float | None:
+    """Median of the non-NaN values, None when there are none."""
+    a = a[~np.isnan(a)]
+    return float(np.median(a)) if len(a) else None
+
+
+def _capture_manifest(video: Path, tr, valid: np.ndarray, body, model_path, fit_config: FitConfig | None,
+                      others: dict) -> dict:
+    """The ``manifest.json`` of a captured sequence (source, camera, body model, crop, errors)."""
+    kp, errors, info, cam = tr.keypoints, tr.errors, tr.info, tr.camera
+    return {
+        "source": {"name": video.name, "sha256": sha256_file(video), "start": int(tr.start), "end": int(tr.end),
+                   "frame_count": info.frame_count},
+        "fps": float(info.fps), "width": info.width, "height": info.height,
+        "frames": int(tr.end - tr.start), "valid_frames": int(valid.sum()),
+        "camera": {"K": np.asarray(cam["K"]).tolist(), "dist": np.asarray(cam["dist"]).tolist(),
+                   **{k: v for k, v in cam.items() if k not in ("K", "dist")}},
+        "body_model": {"name": body.name, "num_betas": body.num_betas,
+                       "num_body_joints": body.num_body_joints, "num_expression": body.num_expression,
+                       "model_path": str(model_path) if model_path else None},
+        "crop": training_crop(kp),
+        "valid": valid.astype(int).tolist(),
+        "reprojection_error": {
+            "unit": "fraction of the person's bounding-box height",
+            **{g: {"median": _nan_median(e), "per_frame": [None if np.isnan(x) else round(float(x), 5) for x in e]}
+               for g, e in errors.items()}},
+        "fit_config": (fit_config or FitConfig()).to_dict(),
+        "other_people": others,
+        "timings": tr.timings,
+    }
+
+
+def _write_sequence_files(tmp: Path, seq: FittedSequence, tr, video: Path, body, overlay: bool,
+                          t0: float) -> None:
+    """Write the sequence, source copy, overlay video and texture into ``tmp``; fills the timings."""
+    timings = tr.timings
+    seq.save(tmp, masks=tr.masks)
+    shutil.copyfile(video, tmp / SOURCE)
+    if overlay:
+        t2 = time.time()
+        write_overlay(tmp / OVERLAY, video, tr.start, tr.end, tr.info.fps, body, tr.params,
+                      tr.keypoints_fit, tr.camera["K"])
+        timings["overlay_s"] = time.time() - t2
+    # the training frames' appearance in the body's UV atlas: texture.png (issue 10)
+    timings["texture_s"] = bake_capture_texture(seq, body)
+    timings["total_s"] = time.time() - t0
+    seq.manifest["timings"] = timings
+    seq.save(tmp)
+
+
+def _discard_partial_capture(tmp: Path | None, subject_dir: Path, created: bool) -> int:
+    """Remove a failed capture's temporary folder (and ``subject_dir`` when this capture created
+    it and it is empty); returns the bytes that had been written."""
+    written = _folder_bytes(tmp) if tmp is not None else 0
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if created:
+        try:
+            subject_dir.rmdir()  # only when empty: nothing of ours is left
+        except OSError:
+            pass
+    return written
+
+
+def _disk_full_error(e: BaseException, subject_dir: Path, final: Path, video: Path, written: int,
+                     masks: np.ndarray, overlay: bool) -> DiskFullError:
+    """The :class:`DiskFullError` of a capture whose writing filled the disk (sizes, what is left)."""
+    src = video.stat().st_size
+    need = max(written, masks.size // 20) + src * (2 if overlay else 1)
+    free = free_bytes(subject_dir)
+    intact = (f"the previous sequence in {final} is intact" if final.exists()
+              else "nothing was written")
+    return DiskFullError(
+        f"the disk is full: writing the captured sequence into {subject_dir} failed after "
+        f"{fmt_bytes(written)} ({e.__class__.__name__}: {e}). It needs about "
+        f"{fmt_bytes(need)} (source copy {fmt_bytes(src)}"
+        f"{', overlay video about as much' if overlay else ''}, masks and fit); "
+        f"{fmt_bytes(free)} are free there. {intact[0].upper() + intact[1:]}; free some "
+        "space (or use --no-overlay) and capture again.")
+
+
 def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int | None = None,
             camera: str | Path | None = None, body_model: str = "anny", model_path=None,
             device: str = "auto", fit_config: FitConfig | None = None, overlay: bool = True,
@@ -363,52 +471,13 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
     subject_dir = Path(subject_dir)
     check_output_folder(subject_dir, overwrite)  # fail before minutes of tracking
     dev = resolve_device(device)
-    if body_model == "smplx" and model_path is not None and not str(model_path).startswith("sha256:"):
-        from ram_avatar.body.smplx_backend import import_smplx_model
-
-        # into the user's model cache (numeric arrays only); the manifest names it by hash
-        model_path = import_smplx_model(model_path)["ref"]
-    body = load_body_model(body_model, model_path=model_path, device=dev)
+    body, model_path = _resolve_body_model(body_model, model_path, dev)
     tr = track_video(video, body, start, end, camera, dev, fit_config, estimate_focal, min_person_fraction)
-    kp, errors, K, info, timings = tr.keypoints, tr.errors, tr.camera["K"], tr.info, tr.timings
+    kp, errors = tr.keypoints, tr.errors
     valid = kp.pose_valid & (np.nan_to_num(errors["body"], nan=1.0) < MAX_VALID_BODY_ERROR)
-    _check_valid_fraction(valid, kp, errors, min_valid_fraction, info)
-    others = other_people(tr.masks, kp, step=max(1, len(valid) // 100))
-    if others["persists"]:
-        x0, y0, x1, y1 = others["box"]
-        log.warning(
-            "another person-sized region is in %d of %d checked frames (%.0f%%) outside the person "
-            "being fitted: the fit follows one person, but the person masks (and so training) "
-            "include everyone. Trim the video to a part with one person (--start/--end), or crop "
-            "it to the fitted person, e.g. ffmpeg -i %s -vf crop=%d:%d:%d:%d cropped.mp4",
-            others["frames"], others["checked"], 100 * others["fraction"], video.name,
-            x1 - x0 + (x1 - x0) % 2, y1 - y0 + (y1 - y0) % 2, x0, y0)
-
-    def med(a):
-        a = a[~np.isnan(a)]
-        return float(np.median(a)) if len(a) else None
-
-    cam = tr.camera
-    manifest = {
-        "source": {"name": video.name, "sha256": sha256_file(video), "start": int(tr.start), "end": int(tr.end),
-                   "frame_count": info.frame_count},
-        "fps": float(info.fps), "width": info.width, "height": info.height,
-        "frames": int(tr.end - tr.start), "valid_frames": int(valid.sum()),
-        "camera": {"K": np.asarray(K).tolist(), "dist": np.asarray(cam["dist"]).tolist(),
-                   **{k: v for k, v in cam.items() if k not in ("K", "dist")}},
-        "body_model": {"name": body.name, "num_betas": body.num_betas,
-                       "num_body_joints": body.num_body_joints, "num_expression": body.num_expression,
-                       "model_path": str(model_path) if model_path else None},
-        "crop": training_crop(kp),
-        "valid": valid.astype(int).tolist(),
-        "reprojection_error": {
-            "unit": "fraction of the person's bounding-box height",
-            **{g: {"median": med(e), "per_frame": [None if np.isnan(x) else round(float(x), 5) for x in e]}
-               for g, e in errors.items()}},
-        "fit_config": (fit_config or FitConfig()).to_dict(),
-        "other_people": others,
-        "timings": timings,
-    }
+    _check_valid_fraction(valid, kp, errors, min_valid_fraction, tr.info)
+    others = _warn_other_people(tr.masks, kp, valid, video)
+    manifest = _capture_manifest(video, tr, valid, body, model_path, fit_config, others)
     seq = FittedSequence(params=tr.params, keypoints=kp, valid=valid, face_local=tr.face_local,
                          manifest=manifest)
 
@@ -420,47 +489,18 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
             remove_stale_temporaries(subject_dir)
             parts = check_output_folder(subject_dir, overwrite)  # again, under the lock
             tmp = Path(tempfile.mkdtemp(prefix=".sequence.", dir=subject_dir))
-            seq.save(tmp, masks=tr.masks)
-            shutil.copyfile(video, tmp / SOURCE)
-            if overlay:
-                t2 = time.time()
-                write_overlay(tmp / OVERLAY, video, tr.start, tr.end, info.fps, body, tr.params,
-                              tr.keypoints_fit, K)
-                timings["overlay_s"] = time.time() - t2
-            # the training frames' appearance in the body's UV atlas: texture.png (issue 10)
-            timings["texture_s"] = bake_capture_texture(seq, body)
-            timings["total_s"] = time.time() - t0
-            seq.manifest["timings"] = timings
-            seq.save(tmp)
+            _write_sequence_files(tmp, seq, tr, video, body, overlay, t0)
             _replace_subject(subject_dir, parts, overwrite)
             tmp.rename(final)
     except BaseException as e:
-        written = _folder_bytes(tmp) if tmp is not None else 0
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if created:
-            try:
-                subject_dir.rmdir()  # only when empty: nothing of ours is left
-            except OSError:
-                pass
+        written = _discard_partial_capture(tmp, subject_dir, created)
         if is_disk_full(e):
-            src = video.stat().st_size
-            need = max(written, tr.masks.size // 20) + src * (2 if overlay else 1)
-            free = free_bytes(subject_dir)
-            intact = (f"the previous sequence in {final} is intact" if final.exists()
-                      else "nothing was written")
-            raise DiskFullError(
-                f"the disk is full: writing the captured sequence into {subject_dir} failed after "
-                f"{fmt_bytes(written)} ({e.__class__.__name__}: {e}). It needs about "
-                f"{fmt_bytes(need)} (source copy {fmt_bytes(src)}"
-                f"{', overlay video about as much' if overlay else ''}, masks and fit); "
-                f"{fmt_bytes(free)} are free there. {intact[0].upper() + intact[1:]}; free some "
-                "space (or use --no-overlay) and capture again.") from None
+            raise _disk_full_error(e, subject_dir, final, video, written, tr.masks, overlay) from None
         raise
     seq.root = final
     log.info("captured %d frames (%d valid), body reprojection median %.4f of bbox height, in %.0f s",
              seq.num_frames, valid.sum(), manifest["reprojection_error"]["body"]["median"] or float("nan"),
-             timings["total_s"])
+             tr.timings["total_s"])
     return seq
 
 
