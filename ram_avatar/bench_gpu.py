@@ -147,6 +147,87 @@ class _LiveBytes:
         return _Mode()
 
 
+def _training_modules(config, mcfg) -> tuple:
+    """What the trainer builds for ``config``: (renderer, EMA copy or None, its Adam,
+    discriminator or None, its Adam or None, VGG perceptual loss or None)."""
+    from ram_avatar.losses.perceptual import VGG19Features, VGGPerceptualLoss
+    from ram_avatar.models.discriminator import TemporalDiscriminator
+    from ram_avatar.models.renderer import AvatarRenderer
+    from ram_avatar.training.trainer import _param_groups
+
+    model = AvatarRenderer(mcfg)
+    ema = AvatarRenderer(mcfg).requires_grad_(False) if config.ema_decay > 0 else None
+    # foreach: CUDA's default Adam implementation (its temporaries span all parameters)
+    opt = torch.optim.Adam(_param_groups(model, config), lr=config.lr, betas=config.betas,
+                           foreach=True)
+    disc = opt_d = None
+    if config.adversarial:
+        disc = TemporalDiscriminator(mcfg.resolution, frames=3, base_channels=config.disc_base_channels,
+                                     max_channels=config.disc_max_channels)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=config.betas,
+                                 foreach=True)
+    vgg = None
+    if config.vgg_weight > 0:
+        vgg = VGGPerceptualLoss(VGG19Features()).requires_grad_(True)
+    return model, ema, opt, disc, opt_d, vgg
+
+
+def _generator_loss(model, disc, vgg, inputs: dict, frame_index: torch.Tensor, image: torch.Tensor,
+                    config, autocast) -> tuple:
+    """The trainer's generator loss (SmoothL1, mask BCE, VGG, GAN); returns (out, rgb, loss,
+    the discriminator's fake logits or None)."""
+    import torch.nn.functional as F
+
+    from ram_avatar.losses.gan import g_nonsaturating_loss
+    from ram_avatar.models.discriminator import stack_frames
+
+    with autocast():
+        out = model.forward_batch(inputs, frame_index)
+    rgb = out["rgb"].float()
+    loss = config.l1_weight * F.smooth_l1_loss(rgb, image, beta=max(config.l1_beta, 1e-6))
+    loss = loss + config.mask_weight * F.binary_cross_entropy_with_logits(
+        out["alpha_logit"].float(), inputs["body_mask"].float())
+    if vgg is not None:
+        with autocast():
+            loss = loss + config.vgg_weight * vgg(rgb, image)
+    fake_logits = None
+    if disc is not None:
+        with autocast():
+            fake_logits = disc(stack_frames(image, rgb, image))
+        loss = loss + config.gan_weight_max * g_nonsaturating_loss(fake_logits.float())
+    return out, rgb, loss, fake_logits
+
+
+def _simulated_train_step(model, ema, opt, disc, opt_d, vgg, inputs: dict, frame_index: torch.Tensor,
+                          image: torch.Tensor, config, autocast) -> None:
+    """One generator step (with EMA update) and one discriminator step with R1; every tensor of
+    the step is freed when it returns."""
+    from ram_avatar.losses.gan import d_logistic_loss, r1_penalty
+    from ram_avatar.models.discriminator import stack_frames
+
+    out, rgb, loss, fake_logits = _generator_loss(model, disc, vgg, inputs, frame_index, image,
+                                                  config, autocast)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if ema is not None:
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(p.detach(), 1.0 - config.ema_decay)
+    if disc is not None:
+        real = stack_frames(image, image, image).detach().requires_grad_(True)
+        real_logits = disc(real)
+        with autocast():
+            fake_logits = disc(stack_frames(image, rgb.detach(), image))
+        d_loss = d_logistic_loss(real_logits.float(), fake_logits.float())
+        if config.r1_gamma > 0:
+            d_loss = d_loss + 0.5 * config.r1_gamma * config.r1_interval * \
+                r1_penalty(real_logits, real)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+
+
 def estimate_train_memory(config, batch: int | None = None, amp_dtype: torch.dtype | None = None,
                           fake: bool = True, steps: int = 2) -> dict:
     """Estimate the tensor memory of training steps of ``config`` without a GPU.
@@ -180,14 +261,7 @@ def estimate_train_memory(config, batch: int | None = None, amp_dtype: torch.dty
         ``peak`` (maximum live memory), ``after_step`` (live memory after the last step:
         weights, gradients, Adam states), plus ``batch``, ``resolution``, ``amp``.
     """
-    import torch.nn.functional as F
-
     from ram_avatar.bench_render import _maps
-    from ram_avatar.losses.gan import d_logistic_loss, g_nonsaturating_loss, r1_penalty
-    from ram_avatar.losses.perceptual import VGG19Features, VGGPerceptualLoss
-    from ram_avatar.models.discriminator import TemporalDiscriminator, stack_frames
-    from ram_avatar.models.renderer import AvatarRenderer
-    from ram_avatar.training.trainer import _param_groups
 
     batch = int(batch or config.batch_size)
     mcfg = replace(config.model, num_frames=max(2, batch))
@@ -203,20 +277,7 @@ def estimate_train_memory(config, batch: int | None = None, amp_dtype: torch.dty
     autocast = (lambda: torch.autocast("cpu", dtype=amp_dtype)) if amp_dtype is not None \
         else contextlib.nullcontext
     with fake_mode:
-        model = AvatarRenderer(mcfg)
-        ema = AvatarRenderer(mcfg).requires_grad_(False) if config.ema_decay > 0 else None
-        # foreach: CUDA's default Adam implementation (its temporaries span all parameters)
-        opt = torch.optim.Adam(_param_groups(model, config), lr=config.lr, betas=config.betas,
-                               foreach=True)
-        disc = opt_d = None
-        if config.adversarial:
-            disc = TemporalDiscriminator(S, frames=3, base_channels=config.disc_base_channels,
-                                         max_channels=config.disc_max_channels)
-            opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=config.betas,
-                                     foreach=True)
-        vgg = None
-        if config.vgg_weight > 0:
-            vgg = VGGPerceptualLoss(VGG19Features()).requires_grad_(True)
+        model, ema, opt, disc, opt_d, vgg = _training_modules(config, mcfg)
         maps = _maps(mcfg, batch, "cpu")
         inputs = {n: maps[n] for n in model.input_names()}
         image = torch.rand(batch, 3, S, S)
@@ -230,41 +291,8 @@ def estimate_train_memory(config, batch: int | None = None, amp_dtype: torch.dty
         frame_index = torch.zeros(batch, dtype=torch.long)
         with tracker.mode():
             for _ in range(steps):
-                with autocast():
-                    out = model.forward_batch(inputs, frame_index)
-                rgb = out["rgb"].float()
-                loss = config.l1_weight * F.smooth_l1_loss(rgb, image, beta=max(config.l1_beta, 1e-6))
-                loss = loss + config.mask_weight * F.binary_cross_entropy_with_logits(
-                    out["alpha_logit"].float(), inputs["body_mask"].float())
-                if vgg is not None:
-                    with autocast():
-                        loss = loss + config.vgg_weight * vgg(rgb, image)
-                if disc is not None:
-                    with autocast():
-                        fake_logits = disc(stack_frames(image, rgb, image))
-                    loss = loss + config.gan_weight_max * g_nonsaturating_loss(fake_logits.float())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if ema is not None:
-                    with torch.no_grad():
-                        for pe, p in zip(ema.parameters(), model.parameters()):
-                            pe.lerp_(p.detach(), 1.0 - config.ema_decay)
-                if disc is not None:
-                    real = stack_frames(image, image, image).detach().requires_grad_(True)
-                    real_logits = disc(real)
-                    with autocast():
-                        fake_logits = disc(stack_frames(image, rgb.detach(), image))
-                    d_loss = d_logistic_loss(real_logits.float(), fake_logits.float())
-                    if config.r1_gamma > 0:
-                        d_loss = d_loss + 0.5 * config.r1_gamma * config.r1_interval * \
-                            r1_penalty(real_logits, real)
-                    opt_d.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    opt_d.step()
-                del out, rgb, loss
-                if disc is not None:
-                    del real, real_logits, fake_logits, d_loss
+                _simulated_train_step(model, ema, opt, disc, opt_d, vgg, inputs, frame_index, image,
+                                      config, autocast)
         after = tracker.current
     return {"batch": batch, "resolution": S,
             "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32",
