@@ -408,6 +408,11 @@ class VideoWriter:
         VideoError: the encoder fails, or the writer is closed without any frame.
     """
 
+    #: colour channels of a frame, PyAV frame format, and their name in error messages
+    _CHANNELS, _FRAME_FORMAT, _FRAME_KIND = 3, "rgb24", "RGB"
+    #: the error of a write outside ``with``
+    _NOT_OPEN = "use VideoWriter as a context manager: `with VideoWriter(...) as w`"
+
     def __init__(self, path: str | os.PathLike, fps: float | Fraction, size: tuple[int, int],
                  crf: int = 18, preset: str = "medium"):
         width, height = (int(v) for v in size)
@@ -427,19 +432,24 @@ class VideoWriter:
             log.info("%s: padding %dx%d frames to even size %dx%d for yuv420p", self.path,
                      width, height, *self.encoded_size)
 
+    def _stream_settings(self) -> tuple[str, str, str, dict]:
+        """(container format, codec, pixel format, codec options) of the output."""
+        return "mp4", "libx264", "yuv420p", {"crf": str(self.crf), "preset": self.preset}
+
     def __enter__(self) -> "VideoWriter":
         if self._stack is not None:
-            raise RuntimeError("VideoWriter is already open")
+            raise RuntimeError(f"{type(self).__name__} is already open")
+        container_format, codec, pix_fmt, options = self._stream_settings()
         stack = contextlib.ExitStack()
         try:
             tmp = stack.enter_context(atomic_path(self.path))
-            container = av.open(str(tmp), mode="w", format="mp4")
+            container = av.open(str(tmp), mode="w", format=container_format)
             stack.callback(container.close)
-            stream = container.add_stream("libx264", rate=self.rate)
+            stream = container.add_stream(codec, rate=self.rate)
             stream.width, stream.height = self.encoded_size
-            stream.pix_fmt = "yuv420p"
+            stream.pix_fmt = pix_fmt
             stream.codec_context.time_base = 1 / self.rate
-            stream.options = {"crf": str(self.crf), "preset": self.preset}
+            stream.options = options
         except BaseException as e:
             stack.__exit__(type(e), e, e.__traceback__)
             if isinstance(e, av.error.FFmpegError):
@@ -458,16 +468,16 @@ class VideoWriter:
             ValueError: wrong shape or dtype. RuntimeError: writer not opened with ``with``.
         """
         if self._stream is None:
-            raise RuntimeError("use VideoWriter as a context manager: `with VideoWriter(...) as w`")
+            raise RuntimeError(self._NOT_OPEN)
         frame = np.asarray(frame)
         width, height = self.size
-        if frame.dtype != np.uint8 or frame.shape != (height, width, 3):
-            raise ValueError(f"expected a ({height}, {width}, 3) uint8 RGB frame, got "
-                             f"{frame.shape} {frame.dtype}")
+        if frame.dtype != np.uint8 or frame.shape != (height, width, self._CHANNELS):
+            raise ValueError(f"expected a ({height}, {width}, {self._CHANNELS}) uint8 {self._FRAME_KIND} "
+                             f"frame, got {frame.shape} {frame.dtype}")
         pad_w, pad_h = self.encoded_size[0] - width, self.encoded_size[1] - height
         if pad_w or pad_h:
             frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=self._FRAME_FORMAT)
         video_frame.pts = self.frames_written
         video_frame.time_base = 1 / self.rate
         try:
@@ -530,6 +540,8 @@ class AlphaVideoWriter(VideoWriter):
         VideoError: the encoder fails, or the writer is closed without any frame.
     """
 
+    _CHANNELS, _FRAME_FORMAT, _FRAME_KIND = 4, "rgba", "RGBA"
+    _NOT_OPEN = "use AlphaVideoWriter as a context manager"
     #: suffix -> (container format, codec, pixel format, codec options)
     FORMATS = {
         ".webm": ("webm", "libvpx-vp9", "yuva420p",
@@ -550,26 +562,9 @@ class AlphaVideoWriter(VideoWriter):
         if self.codec == "libvpx-vp9":
             self.options["crf"] = str(self.crf)
 
-    def __enter__(self) -> "AlphaVideoWriter":
-        if self._stack is not None:
-            raise RuntimeError("AlphaVideoWriter is already open")
-        stack = contextlib.ExitStack()
-        try:
-            tmp = stack.enter_context(atomic_path(self.path))
-            container = av.open(str(tmp), mode="w", format=self.container_format)
-            stack.callback(container.close)
-            stream = container.add_stream(self.codec, rate=self.rate)
-            stream.width, stream.height = self.encoded_size
-            stream.pix_fmt = self.pix_fmt
-            stream.codec_context.time_base = 1 / self.rate
-            stream.options = self.options
-        except BaseException as e:
-            stack.__exit__(type(e), e, e.__traceback__)
-            if isinstance(e, av.error.FFmpegError):
-                raise VideoError(f"cannot create video {self.path}: {e}") from e
-            raise
-        self._stack, self._container, self._stream = stack, container, stream
-        return self
+    def _stream_settings(self) -> tuple[str, str, str, dict]:
+        """(container format, codec, pixel format, codec options) of the suffix's format."""
+        return self.container_format, self.codec, self.pix_fmt, self.options
 
     def write(self, frame: np.ndarray) -> None:
         """Encode one frame: (H, W, 4) uint8 straight RGBA with (W, H) equal to ``size``.
@@ -577,23 +572,4 @@ class AlphaVideoWriter(VideoWriter):
         Raises:
             ValueError: wrong shape or dtype. RuntimeError: writer not opened with ``with``.
         """
-        if self._stream is None:
-            raise RuntimeError("use AlphaVideoWriter as a context manager")
-        frame = np.asarray(frame)
-        width, height = self.size
-        if frame.dtype != np.uint8 or frame.shape != (height, width, 4):
-            raise ValueError(f"expected a ({height}, {width}, 4) uint8 RGBA frame, got "
-                             f"{frame.shape} {frame.dtype}")
-        pad_w, pad_h = self.encoded_size[0] - width, self.encoded_size[1] - height
-        if pad_w or pad_h:
-            frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgba")
-        video_frame.pts = self.frames_written
-        video_frame.time_base = 1 / self.rate
-        try:
-            for packet in self._stream.encode(video_frame):
-                self._container.mux(packet)
-        except av.error.FFmpegError as e:
-            raise VideoError(
-                f"encoding frame {self.frames_written} of {self.path} failed: {e}") from e
-        self.frames_written += 1
+        super().write(frame)
