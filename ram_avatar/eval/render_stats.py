@@ -274,20 +274,25 @@ def temporal_stats(frames: np.ndarray, masks: np.ndarray) -> dict[str, float]:
     return {"temporal_diff": mean(diff), "temporal_jitter": mean(jitter), "silhouette_change": mean(change)}
 
 
-def laplacian_variance(frames: np.ndarray, masks: np.ndarray, erode_px: int = ERODE_PX) -> float:
-    """Variance of the 3x3 Laplacian of the grey image (0..255) inside each eroded mask,
-    averaged over the frames whose eroded mask has at least 16 pixels (NaN when none has)."""
-    frames = _check_frames(frames)
-    masks = _check_masks(masks, frames)
+def _eroded_frames(frames: np.ndarray, masks: np.ndarray, erode_px: int):
+    """Yield (image, eroded bool mask) of the frames whose eroded mask has at least 16 pixels."""
     kernel = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8) if erode_px > 0 else None
-    vals = []
     for img, m in zip(frames, masks):
         m = m.astype(np.uint8)
         if kernel is not None:
             m = cv2.erode(m, kernel)
         m = m.astype(bool)
-        if m.sum() < 16:
-            continue
+        if m.sum() >= 16:
+            yield img, m
+
+
+def laplacian_variance(frames: np.ndarray, masks: np.ndarray, erode_px: int = ERODE_PX) -> float:
+    """Variance of the 3x3 Laplacian of the grey image (0..255) inside each eroded mask,
+    averaged over the frames whose eroded mask has at least 16 pixels (NaN when none has)."""
+    frames = _check_frames(frames)
+    masks = _check_masks(masks, frames)
+    vals = []
+    for img, m in _eroded_frames(frames, masks, erode_px):
         grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float64)
         vals.append(float(cv2.Laplacian(grey, cv2.CV_64F, ksize=1)[m].var()))
     return float(np.mean(vals)) if vals else math.nan
@@ -311,15 +316,8 @@ def chroma_speckle(frames: np.ndarray, masks: np.ndarray, erode_px: int = ERODE_
     masks = _check_masks(masks, frames)
     if median not in (3, 5):
         raise ValueError(f"median aperture must be 3 or 5, got {median}")
-    kernel = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8) if erode_px > 0 else None
     vals = []
-    for img, m in zip(frames, masks):
-        m = m.astype(np.uint8)
-        if kernel is not None:
-            m = cv2.erode(m, kernel)
-        m = m.astype(bool)
-        if m.sum() < 16:
-            continue
+    for img, m in _eroded_frames(frames, masks, erode_px):
         lab = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
         res = [lab[..., c] - cv2.medianBlur(np.ascontiguousarray(lab[..., c]), median) for c in (1, 2)]
         vals.append(float(np.sqrt(np.mean(res[0][m] ** 2 + res[1][m] ** 2))))
