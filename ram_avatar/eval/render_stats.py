@@ -274,6 +274,17 @@ def temporal_stats(frames: np.ndarray, masks: np.ndarray) -> dict[str, float]:
     return {"temporal_diff": mean(diff), "temporal_jitter": mean(jitter), "silhouette_change": mean(change)}
 
 
+def _check_parts(frames: np.ndarray, parts, person) -> tuple:
+    """Checked (T,H,W,3) frames, (T,H,W) part labels and optional (T,H,W) bool person masks."""
+    frames = _check_frames(frames)
+    parts = np.asarray(parts)
+    if parts.shape != frames.shape[:3]:
+        raise ValueError(f"part labels {parts.shape} do not match the frames {frames.shape[:3]}")
+    if person is not None:
+        person = _check_masks(person, frames, "person")
+    return frames, parts, person
+
+
 def _eroded_frames(frames: np.ndarray, masks: np.ndarray, erode_px: int):
     """Yield (image, eroded bool mask) of the frames whose eroded mask has at least 16 pixels."""
     kernel = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8) if erode_px > 0 else None
@@ -460,12 +471,7 @@ def part_lab_pixels(frames: np.ndarray, parts: np.ndarray, person: np.ndarray | 
     Raises:
         ValueError: shapes differ.
     """
-    frames = _check_frames(frames)
-    parts = np.asarray(parts)
-    if parts.shape != frames.shape[:3]:
-        raise ValueError(f"part labels {parts.shape} do not match the frames {frames.shape[:3]}")
-    if person is not None:
-        person = _check_masks(person, frames, "person")
+    frames, parts, person = _check_parts(frames, parts, person)
     out = {}
     for g, names in groups.items():
         m = part_masks(parts, names, erode_px, part_names)
@@ -561,12 +567,7 @@ def arm_fidelity(frames: np.ndarray, parts: np.ndarray, arm_model: LabHistogram,
     Raises:
         ValueError: shapes differ.
     """
-    frames = _check_frames(frames)
-    parts = np.asarray(parts)
-    if parts.shape != frames.shape[:3]:
-        raise ValueError(f"part labels {parts.shape} do not match the frames {frames.shape[:3]}")
-    if person is not None:
-        person = _check_masks(person, frames, "person")
+    frames, parts, person = _check_parts(frames, parts, person)
     T = len(frames)
     out: dict = {"fidelity_frames": {}, "per_frame": {}}
     vals = []
