@@ -58,7 +58,7 @@ ORT_THREADS_ENV = "RAM_AVATAR_ORT_THREADS"
 #: ONNX Runtime intra-op threads of :class:`OnnxRunner` when neither ``threads`` nor
 #: ``RAM_AVATAR_ORT_THREADS`` is given; chosen from the measurement in
 #: :func:`ort_session_options`' docstring.
-DEFAULT_ORT_THREADS = 0
+DEFAULT_ORT_THREADS = 1
 
 #: graph optimisation level of :class:`OnnxRunner` (``basic`` | ``extended`` | ``all`` |
 #: ``disable``), chosen from the same measurement.
@@ -72,7 +72,34 @@ def ort_session_options(graph_level: str | None = None, threads: int | None = No
     """``onnxruntime.SessionOptions`` for the renderer: graph optimisation level, intra-op
     thread count, sequential execution (one inter-op thread), optionally with ORT's profiler on.
 
-    MEASUREMENT_TABLE
+    The renderer's defaults (:data:`DEFAULT_ORT_GRAPH_LEVEL` ``all``,
+    :data:`DEFAULT_ORT_THREADS` 1) come from this measurement: the preset's renderer exported
+    as ``ram-avatar export`` does (random weights, frozen texture, 256²), ``session.run``
+    median ms, the 6 configurations interleaved (A B C ... A B C, 2 warm-up runs each, then
+    rounds of 3 runs), ONNX Runtime 1.32 on the 2-core development machine, sequential
+    execution (``/work/exp/ort_profile/measure.py options PRESET``, via
+    :func:`ram_avatar.bench_render.compare_ort_options`). The machine was shared: cpu-256 run 2
+    at a 1-minute load average of 2.9, run 1 and paper-1024 at 4.2-4.7 (absolute numbers there
+    are well above a quiet machine's; the ranking is the point).
+
+    ============  =======  ==================  ==================  ===================
+    graph level   threads  cpu-256, run 2      cpu-256, run 1      paper-1024
+                           load 2.9, 7x3 runs  load 4.2, 7x3 runs  load 4.4, 5x3 runs
+    ============  =======  ==================  ==================  ===================
+    basic         1        207 ms (min 201)    322 ms (min 208)    2232 ms (min 1855)
+    basic         2        319 ms (min 245)    352 ms (min 310)    2667 ms (min 1821)
+    extended      1        205 ms (min 199)    277 ms (min 207)    2106 ms (min 1398)
+    extended      2        318 ms (min 298)    468 ms (min 281)    2655 ms (min 1394)
+    all           1        194 ms (min 189)    290 ms (min 193)    1981 ms (min 1239)
+    all           2        298 ms (min 262)    458 ms (min 259)    2479 ms (min 1602)
+    ============  =======  ==================  ==================  ===================
+
+    One intra-op thread wins at every level on both presets (two threads contend with the
+    other processes for the 2 cores; in the live pipeline tracking, fitting and the maps run
+    in their own threads next to the renderer, which is the same situation), so 1 is the
+    default; on an otherwise idle machine with more cores set ``RAM_AVATAR_ORT_THREADS`` (0 =
+    ORT's default, one per physical core). ``all`` is kept: best median in the quieter cpu-256
+    run and on paper-1024 (``extended`` is within the noise in the loaded cpu-256 run).
 
     Args:
         graph_level: ``disable`` | ``basic`` | ``extended`` | ``all``
