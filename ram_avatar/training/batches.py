@@ -14,20 +14,23 @@ import torch
 from torch.utils.data import Dataset, Sampler, Subset
 
 from ram_avatar.errors import RamAvatarError
+from ram_avatar.models import inputs as contract
 from ram_avatar.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-MAP_KEYS = ("uv", "body_mask", "hand", "face")
+#: the renderer's base inputs (models.inputs, the one renderer-input contract)
+MAP_KEYS = contract.BASE_INPUTS
 ITEM_KEYS = MAP_KEYS + ("image", "person_mask", "frame_index")
-#: optional item keys per dataset extra (training.data / render.conditioning flags)
-EXTRA_ITEM_KEYS = {
-    "expanded": ("uv_expanded", "body_mask_expanded"),
-    "canonical": ("canon",),
-    "temporal": ("prev_uv", "prev_body_mask"),
+#: item keys only training reads, per dataset extra: the temporal discriminator's neighbour
+#: images and the hand loss's crops (the renderer-input extras come from the contract)
+TRAINING_ITEM_KEYS = {
     "neighbours": ("image_prev", "image_next"),
     "hand_boxes": ("hand_boxes", "hand_valid"),
 }
+#: optional item keys per dataset extra (renderer inputs from the contract + training-only keys)
+EXTRA_ITEM_KEYS = {**{e: contract.extras_inputs((e,)) for e in contract.DATA_EXTRAS},
+                   **TRAINING_ITEM_KEYS}
 
 
 def required_extras(config: TrainConfig) -> tuple[str, ...]:
@@ -44,15 +47,10 @@ def required_extras(config: TrainConfig) -> tuple[str, ...]:
 
 def required_item_keys(config: TrainConfig) -> tuple[str, ...]:
     """Item keys training with ``config`` reads beyond :data:`ITEM_KEYS`."""
-    keys: list[str] = []
     extras = required_extras(config)
+    keys = list(contract.extras_inputs(e for e in extras if e not in TRAINING_ITEM_KEYS))
     for extra in extras:
-        keys += EXTRA_ITEM_KEYS[extra]
-    if "canonical" in extras:  # triplane: canonical versions of the expanded/previous maps
-        if "expanded" in extras:
-            keys.append("canon_expanded")
-        if "temporal" in extras:
-            keys.append("prev_canon")
+        keys += TRAINING_ITEM_KEYS.get(extra, ())
     return tuple(keys)
 
 
