@@ -244,3 +244,33 @@ def test_full_onnx_export_dynamic_batch(tmp_path, full_config, full_maps, open_a
         got = sess.run(None, {k: m[k].numpy() for k in names})
         for r, o in zip(ref, got):
             assert float((r - torch.from_numpy(o)).abs().max()) < 1e-4
+
+
+def test_frozen_texture_samples_the_constant_without_expand(tmp_path):
+    """FrozenTexture folds the batch into the grid (issue 13's per-op profile: the Expand copy
+    of the constant texture cost 105-142 ms per frame with paper-1024): same values as the
+    trained NeuralTexture for B > 1, and the exported graph samples it with no Expand."""
+    import onnx
+    import onnxruntime as ort
+
+    from ram_avatar.models.export import FrozenTexture
+    from ram_avatar.models.neural_texture import NeuralTexture
+
+    torch.manual_seed(0)
+    tex = NeuralTexture(channels=6, size=32, levels=3, rgb=True)
+    frozen = FrozenTexture(tex).eval()
+    uv, mask = torch.rand(3, 2, 24, 20), (torch.rand(3, 1, 24, 20) > 0.3).float()
+    with torch.no_grad():
+        ref, got = tex(uv, mask), frozen(uv, mask)
+    assert got.shape == (3, 9, 24, 20)
+    assert float((ref - got).abs().max()) == 0.0
+    path = tmp_path / "tex.onnx"
+    torch.onnx.export(frozen, (uv, mask), str(path), dynamo=False, opset_version=17,
+                      input_names=["uv", "body_mask"], output_names=["features"],
+                      dynamic_axes={"uv": {0: "batch"}, "body_mask": {0: "batch"}})
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "GridSample" in ops and "Expand" not in ops
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for b in (1, 3):  # dynamic batch
+        out = sess.run(None, {"uv": uv[:b].numpy(), "body_mask": mask[:b].numpy()})[0]
+        assert np.abs(out - ref[:b].numpy()).max() < 1e-5
