@@ -356,6 +356,87 @@ def soak_summary(rows: list[dict]) -> dict:
     return out
 
 
+class _SoakCounters:
+    """Per-interval counters of :func:`bench_soak` (written by the render thread, read and reset
+    at every row), so the soak's own bookkeeping does not grow with its length."""
+
+    def __init__(self, dev: torch.device, loadavg, on_row=None):
+        self.dev, self.loadavg, self.on_row = dev, loadavg, on_row
+        self.lock = threading.Lock()
+        self.cur = {"frames": 0, "person": 0, "errors": 0, "lat": []}
+
+    def on_result(self, img, st) -> None:
+        """Count one finished frame (its stage stats ``st``)."""
+        with self.lock:
+            if "error" in st:
+                self.cur["errors"] += 1
+                return
+            self.cur["frames"] += 1
+            self.cur["person"] += bool(st.get("person"))
+            self.cur["lat"].append(float(st.get("latency", st.get("total", 0.0))))
+
+    def take_row(self, t0: float, t_prev: float, now: float) -> dict:
+        """The row of the interval ``t_prev .. now`` (seconds, ``perf_counter``); resets the
+        counters. Raises RamAvatarError when every frame of the interval failed."""
+        with self.lock:
+            c = dict(self.cur)
+            self.cur.update(frames=0, person=0, errors=0, lat=[])
+        mib = 1.0 / (1 << 20)
+        row = {"t_min": round((now - t0) / 60.0, 3), "frames": c["frames"],
+               "fps": round(c["frames"] / max(now - t_prev, 1e-9), 2),
+               "latency_ms_median": round(float(np.median(c["lat"])), 1) if c["lat"] else None,
+               "frames_with_person": c["person"], "errors": c["errors"],
+               "rss_mib": round(resident_memory_bytes()[0] * mib, 1),
+               "load_avg_1m": self.loadavg()}
+        if self.dev.type == "cuda":
+            row["cuda_allocated_mib"] = round(torch.cuda.memory_allocated(self.dev) * mib, 1)
+        if c["frames"] == 0 and c["errors"]:
+            raise RamAvatarError(f"soak: every frame of the interval ending at {row['t_min']} min "
+                                 f"failed ({c['errors']} errors)")
+        if self.on_row is not None:
+            self.on_row(row)
+        return row
+
+
+def _soak_loop(rt, video, pipelined: bool, end_s: float, interval_s: float,
+               counters: _SoakCounters) -> list[dict]:
+    """Feed ``video`` (looped) to the runtime for ``end_s`` seconds, one row per ``interval_s``:
+    through :class:`~ram_avatar.runtime.pipeline.LivePipeline` (newest frame when its queues are
+    full, as a camera) or :meth:`AvatarRuntime.process` one frame after another."""
+    from ram_avatar.runtime.pipeline import LivePipeline
+
+    rows: list[dict] = []
+    t0 = t_prev = time.perf_counter()
+    next_row = t0 + interval_s
+    i = 0
+
+    def row_due() -> bool:
+        nonlocal t_prev, next_row
+        now = time.perf_counter()
+        if now < next_row:
+            return False
+        rows.append(counters.take_row(t0, t_prev, now))
+        t_prev, next_row = now, next_row + interval_s
+        return now - t0 >= end_s - 1e-6
+
+    if pipelined:
+        with LivePipeline(rt, on_result=counters.on_result) as pipe:
+            while not row_due():
+                if not pipe.running:
+                    raise RamAvatarError("soak: the live pipeline stopped")
+                if pipe.inbox._full or pipe._tracked._full:  # a camera's newest frame
+                    time.sleep(0.001)
+                    continue
+                pipe.submit(video[i % len(video)])
+                i += 1
+    else:
+        while not row_due():
+            _, st = rt.process(video[i % len(video)])
+            counters.on_result(None, st)
+            i += 1
+    return rows
+
+
 def bench_soak(subject_dir: str | Path, minutes: float, resolution: int | None = None,
                device: str = "auto", backend: str = "onnx", source: str | Path | None = None,
                run_name: str = "default", mda: str = "auto", pipelined: bool = True,
@@ -390,8 +471,6 @@ def bench_soak(subject_dir: str | Path, minutes: float, resolution: int | None =
         RamAvatarError: non-positive ``minutes`` / ``interval_s``, bad subject, source or
             backend, or a stage error on every frame of an interval.
     """
-    from ram_avatar.runtime.pipeline import LivePipeline
-
     subject_dir = Path(subject_dir)
     if not minutes > 0:
         raise RamAvatarError(f"--soak must be a positive number of minutes, got {minutes}")
@@ -422,70 +501,10 @@ def bench_soak(subject_dir: str | Path, minutes: float, resolution: int | None =
                     "load_avg_1m_start": loadavg()},
         "rows": [],
     }
-    # per-interval counters, reset at every row (written by the render thread)
-    cur = {"frames": 0, "person": 0, "errors": 0, "lat": []}
-    lock = threading.Lock()
-
-    def on_result(img, st):
-        with lock:
-            if "error" in st:
-                cur["errors"] += 1
-                return
-            cur["frames"] += 1
-            cur["person"] += bool(st.get("person"))
-            cur["lat"].append(float(st.get("latency", st.get("total", 0.0))))
-
-    def take_row(t0: float, t_prev: float, now: float) -> dict:
-        with lock:
-            c = dict(cur)
-            cur.update(frames=0, person=0, errors=0, lat=[])
-        rss = resident_memory_bytes()[0]
-        row = {"t_min": round((now - t0) / 60.0, 3), "frames": c["frames"],
-               "fps": round(c["frames"] / max(now - t_prev, 1e-9), 2),
-               "latency_ms_median": round(float(np.median(c["lat"])), 1) if c["lat"] else None,
-               "frames_with_person": c["person"], "errors": c["errors"],
-               "rss_mib": round(rss * mib, 1), "load_avg_1m": loadavg()}
-        if dev.type == "cuda":
-            row["cuda_allocated_mib"] = round(torch.cuda.memory_allocated(dev) * mib, 1)
-        if c["frames"] == 0 and c["errors"]:
-            raise RamAvatarError(f"soak: every frame of the interval ending at {row['t_min']} min "
-                                 f"failed ({c['errors']} errors)")
-        if on_row is not None:
-            on_row(row)
-        return row
-
-    end_s = float(minutes) * 60.0
+    counters = _SoakCounters(dev, loadavg, on_row)
     try:
-        t0 = t_prev = time.perf_counter()
-        next_row = t0 + interval_s
-        i = 0
-        if pipelined:
-            with LivePipeline(rt, on_result=on_result) as pipe:
-                while True:
-                    now = time.perf_counter()
-                    if now >= next_row:
-                        report["rows"].append(take_row(t0, t_prev, now))
-                        t_prev, next_row = now, next_row + interval_s
-                        if now - t0 >= end_s - 1e-6:
-                            break
-                    if not pipe.running:
-                        raise RamAvatarError("soak: the live pipeline stopped")
-                    if pipe.inbox._full or pipe._tracked._full:  # a camera's newest frame
-                        time.sleep(0.001)
-                        continue
-                    pipe.submit(video[i % len(video)])
-                    i += 1
-        else:
-            while True:
-                now = time.perf_counter()
-                if now >= next_row:
-                    report["rows"].append(take_row(t0, t_prev, now))
-                    t_prev, next_row = now, next_row + interval_s
-                    if now - t0 >= end_s - 1e-6:
-                        break
-                _, st = rt.process(video[i % len(video)])
-                on_result(None, st)
-                i += 1
+        report["rows"] = _soak_loop(rt, video, pipelined, float(minutes) * 60.0, interval_s,
+                                    counters)
     finally:
         rt.close()
     report["rss_before_load_mib"] = round(rss0 * mib, 1)
