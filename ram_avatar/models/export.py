@@ -39,7 +39,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ram_avatar.errors import RamAvatarError
 from ram_avatar.models.neural_texture import NeuralTexture, uv_to_grid
@@ -53,9 +52,18 @@ __all__ = ["export_onnx", "RendererExport", "FrozenTexture", "freeze_texture",
 
 class FrozenTexture(nn.Module):
     """Export view of a :class:`ram_avatar.models.neural_texture.NeuralTexture`: the pyramid
-    collapsed and the fixed RGB texture concatenated once, into the buffer ``texture``
-    ``(1, C(+3), S, S)``; :meth:`forward` is the texture's own sampling (one ``grid_sample``,
-    bilinear, border padding, ``align_corners=False``, zero off the body).
+    collapsed and the fixed RGB texture concatenated once, into the constant table ``texels``
+    ``(S*S, C(+3))`` (texel rows, channels last); :meth:`forward` is the texture's own
+    sampling (bilinear, border padding, ``align_corners=False``, zero off the body: the maths
+    of ``grid_sample``) written as four row gathers of that table.
+
+    Why gathers (issue 13, ONNX Runtime per-op profile of ``cpu-256`` at 256^2, 1 thread):
+    ONNX Runtime's CPU ``GridSample`` kernel took 50-62 % of the whole render (110-140 ms per
+    frame), and a ``Expand`` copy of the constant per frame another 105-142 ms with
+    ``paper-1024``. Four ``Gather`` rows of channels-last texels give the same values (float
+    rounding, < 1e-6) in 18 ms where ``GridSample`` took 65-77 ms on a 19-channel 256^2
+    texture (values checked against ``grid_sample`` in tests/test_onnx_export.py); TensorRT
+    supports both ops.
 
     Shapes: ``uv (B,2,H,W)`` in [0,1], ``body_mask (B,1,H,W)`` -> ``(B,C(+3),H,W)``.
     """
@@ -66,23 +74,37 @@ class FrozenTexture(nn.Module):
             tex = texture.full_texture()
             if getattr(texture, "rgb", False):
                 tex = torch.cat([tex, texture.rgb_texture], dim=1)
-        self.register_buffer("texture", tex.detach().clone().contiguous())
+        s = int(tex.shape[-1])
+        self.register_buffer("texels", tex[0].permute(1, 2, 0).reshape(s * s, -1)
+                             .detach().clone().contiguous())
         self.channels, self.size, self.rgb = texture.channels, texture.size, texture.rgb
 
     @property
+    def texture(self) -> torch.Tensor:
+        """The frozen texture as an image ``(1, C(+3), S, S)`` (a view of ``texels``)."""
+        s = self.size
+        return self.texels.reshape(s, s, -1).permute(2, 0, 1)[None]
+
+    @property
     def out_channels(self) -> int:
-        return int(self.texture.shape[1])
+        return int(self.texels.shape[1])
 
     def forward(self, uv: torch.Tensor, body_mask: torch.Tensor) -> torch.Tensor:
-        # the batch is folded into the grid's height, so the constant texture is sampled as it
-        # is: no per-frame Expand (copy) of it in the graph (105-142 ms per frame of ONNX
-        # Runtime's Expand with paper-1024, issue 13's per-op profile); same values
         b, _, h, w = uv.shape
-        grid = uv_to_grid(uv).reshape(1, b * h, w, 2)
-        out = F.grid_sample(self.texture, grid, mode="bilinear", padding_mode="border",
-                            align_corners=False)                               # (1,C,B*H,W)
-        out = out.reshape(out.shape[1], b, h, w).transpose(0, 1)
-        return out * body_mask
+        n = self.size
+        grid = uv_to_grid(uv)                                                 # (B,H,W,2)
+        # grid_sample's unnormalisation (align_corners=False) and border clamp, in texels
+        x = (((grid[..., 0] + 1.0) * n - 1.0) * 0.5).clamp(0, n - 1).reshape(-1, 1)
+        y = (((grid[..., 1] + 1.0) * n - 1.0) * 0.5).clamp(0, n - 1).reshape(-1, 1)
+        x0, y0 = x.floor(), y.floor()
+        wx, wy = x - x0, y - y0
+        xi, yi = x0.long().squeeze(1), y0.long().squeeze(1)
+        xj, yj = (xi + 1).clamp(max=n - 1), (yi + 1).clamp(max=n - 1)
+        t = self.texels
+        top = t[yi * n + xi] * (1.0 - wx) + t[yi * n + xj] * wx
+        bottom = t[yj * n + xi] * (1.0 - wx) + t[yj * n + xj] * wx
+        out = top * (1.0 - wy) + bottom * wy                                  # (B*H*W, C)
+        return out.reshape(b, h, w, -1).permute(0, 3, 1, 2) * body_mask
 
 
 def freeze_texture(renderer: nn.Module) -> nn.Module:
