@@ -17,9 +17,9 @@ the one graph. Parity is measured on real conditioning maps of the subject's hel
 
 Input-independent work is done once here instead of in every frame (issue 13): the neural
 texture's Laplacian pyramid is collapsed (``NeuralTexture.full_texture``) and the fixed RGB
-texture (``model.texture_rgb``) concatenated to it into one constant, so the graph holds a
-single ``GridSample`` on that constant (:class:`FrozenTexture`). ``export.json`` records it as
-``texture: frozen`` with the constant's shape.
+texture (``model.texture_rgb``) concatenated to it into one constant, which the graph reads
+with four row gathers (:class:`FrozenTexture`; ONNX Runtime's GridSample was half the render).
+``export.json`` records it as ``texture: frozen`` with the constant's shape.
 
 An export is all-or-nothing: ``avatar.onnx``, the TensorRT engine (``--tensorrt``) and
 ``export.json`` are written into a temporary folder ``<subject>/.export.<random>/`` and that

@@ -57,13 +57,11 @@ class FrozenTexture(nn.Module):
     sampling (bilinear, border padding, ``align_corners=False``, zero off the body: the maths
     of ``grid_sample``) written as four row gathers of that table.
 
-    Why gathers (issue 13, ONNX Runtime per-op profile of ``cpu-256`` at 256^2, 1 thread):
-    ONNX Runtime's CPU ``GridSample`` kernel took 50-62 % of the whole render (110-140 ms per
-    frame), and a ``Expand`` copy of the constant per frame another 105-142 ms with
-    ``paper-1024``. Four ``Gather`` rows of channels-last texels give the same values (float
-    rounding, < 1e-6) in 18 ms where ``GridSample`` took 65-77 ms on a 19-channel 256^2
-    texture (values checked against ``grid_sample`` in tests/test_onnx_export.py); TensorRT
-    supports both ops.
+    Why gathers (issue 13, ONNX Runtime per-op profiles at 256^2, 1 thread, random weights,
+    the two graphs timed interleaved): ONNX Runtime's CPU ``GridSample`` kernel took 53-58 %
+    of the exported render. With the gathers the whole render went from 195 to 158 ms
+    (``cpu-256``) and from 1076 to 594 ms (``paper-1024``), outputs within 1.2e-7; the
+    former per-frame ``Expand`` copy of the constant is gone too. TensorRT supports both ops.
 
     Shapes: ``uv (B,2,H,W)`` in [0,1], ``body_mask (B,1,H,W)`` -> ``(B,C(+3),H,W)``.
     """
