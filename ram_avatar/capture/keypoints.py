@@ -1,27 +1,10 @@
 """2D keypoints (MediaPipe Holistic) and person masks (MediaPipe Selfie Segmentation).
 
-Per frame we keep, in pixels of the original frame (x right, y down, origin at the top-left
-corner of the top-left pixel, as MediaPipe's normalised coordinates times W and H):
-
-- ``pose``  (T, 33, 3): [x, y, visibility in 0..1], MediaPipe BlazePose-33 order
-  (11/12 left/right shoulder, 15/16 left/right wrist, 23/24 left/right hip, ...).
-- ``left_hand`` / ``right_hand`` (T, 21, 3): [x, y, conf], MediaPipe hand-21 order (0 = wrist).
-  MediaPipe gives no per-landmark confidence for hands: conf is 1.0 for a detected hand.
-- ``face`` (T, 478, 3): [x, y, z] face mesh with irises (refine_face_landmarks=True); z is
-  MediaPipe's relative depth times the image width W, i.e. pixel units (smaller = nearer).
-
-Left/right are the SUBJECT's own (anatomical) sides. Verified on all 412 frames of
-examples/taiji.mp4 (a subject facing the camera: pose landmark 11, the left shoulder, is on
-the image's right in every frame): each of the 168 wrists of Holistic's
-``left_hand_landmarks`` is nearer to pose landmark 15 (left wrist) than to 16 (right wrist),
-median 0.04 torso heights from 15 vs 0.85 from 16, and each of the 160 wrists of
-``right_hand_landmarks`` is nearer to landmark 16 (median 0.04 vs 0.84). So Holistic's
-outputs are used as is, ``left_hand_landmarks`` -> :attr:`Keypoints2D.left_hand`, with no
-mirroring (unlike the stand-alone Hands solution, whose "handedness" label assumes a mirrored
-selfie image).
-
-Invalid entries (nothing detected in that frame) are all zeros with the matching ``*_valid``
-flag False; arrays never hold NaN.
+Detection only: the per-frame record it fills, :class:`~ram_avatar.io.keypoints.Keypoints2D`
+(re-exported here), is defined in :mod:`ram_avatar.io.keypoints` with its conventions (pixel
+coordinates of the original frame, BlazePose-33 / hand-21 / face-478 orders, the subject's own
+left and right, as verified on all 412 frames of taiji.mp4; zeros and ``*_valid`` False where
+nothing was detected, never NaN).
 """
 
 from __future__ import annotations
