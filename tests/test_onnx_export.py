@@ -223,16 +223,9 @@ def test_full_onnx_export_dynamic_batch(tmp_path, full_config, full_maps, open_a
     open_attention(model)
     names = model.input_names()
 
-    class Export(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
+    from ram_avatar.models.export import RendererExport
 
-        def forward(self, *args):
-            out = self.m.forward_batch(dict(zip(names, args)), None)
-            return out["rgb"], out["alpha"]
-
-    wrapper = Export(model).eval()
+    wrapper = RendererExport(model, freeze=False).eval()  # the trained texture module as is
     maps = full_maps(2, 64, seed=1)
     report = export_onnx(wrapper, {k: maps[k] for k in names}, tmp_path / "full.onnx",
                          output_names=["rgb", "alpha"], dynamic_batch=True, atol=1e-4)

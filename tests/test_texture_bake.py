@@ -462,16 +462,9 @@ def test_rgb_texture_onnx_export_parity(tmp_path, variant, skip):
     model.set_rgb_texture(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
     names = model.input_names()
 
-    class Export(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
+    from ram_avatar.models.export import RendererExport
 
-        def forward(self, *args):
-            out = self.m.forward_batch(dict(zip(names, args)), None)
-            return out["rgb"], out["alpha"]
-
-    wrapper = Export(model).eval()
+    wrapper = RendererExport(model, freeze=False).eval()  # the trained texture module as is
     maps = _maps(2, seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
