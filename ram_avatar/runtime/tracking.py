@@ -145,28 +145,24 @@ def seated_leg_pose(body: BodyModel, betas: torch.Tensor, angle_deg: float = 90.
     axes = [torch.tensor(v, dtype=torch.float32) * s for v in np.eye(3) for s in (1.0, -1.0)]
     # left side: hip 23, knee 25, ankle 27; right: 24, 26, 28 (both backends list the left
     # joint first)
+    def bend(joint: int, start: int, end: int, direction: torch.Tensor) -> None:
+        """Rotate ``joint`` by ``angle_deg`` about the local axis that points the bone from
+        landmark ``start`` to ``end`` most along ``direction`` (first best axis wins)."""
+        best = None
+        for ax in axes:
+            trial = pose.clone()
+            trial[joint] = a * ax
+            l2 = landmarks(trial)
+            d = l2[end] - l2[start]
+            score = float(d @ direction / d.norm())
+            if best is None or score > best[0]:
+                best = (score, a * ax)
+        pose[joint] = best[1]
+
     for side, (thigh, kn) in enumerate(zip(thighs, knees)):
         hip_i, knee_i, ankle_i = 23 + side, 25 + side, 27 + side
-        best = None
-        for ax in axes:
-            trial = pose.clone()
-            trial[thigh] = a * ax
-            l2 = landmarks(trial)
-            d = l2[knee_i] - l2[hip_i]
-            score = float(d @ fwd / d.norm())
-            if best is None or score > best[0]:
-                best = (score, a * ax)
-        pose[thigh] = best[1]
-        best = None
-        for ax in axes:
-            trial = pose.clone()
-            trial[kn] = a * ax
-            l2 = landmarks(trial)
-            d = l2[ankle_i] - l2[knee_i]
-            score = float(-(d @ up) / d.norm())
-            if best is None or score > best[0]:
-                best = (score, a * ax)
-        pose[kn] = best[1]
+        bend(thigh, hip_i, knee_i, fwd)     # thigh forward
+        bend(kn, knee_i, ankle_i, -up)      # shin down
     return pose
 
 
