@@ -413,7 +413,18 @@ def test_renderer_feeds_the_rgb_texture_to_the_generator(variant):
         model.set_rgb_texture(torch.zeros(3, 8, 8))
         out2 = model.forward_batch(maps)
     assert float((out["rgb"] - out2["rgb"]).abs().max()) > 1e-4
-    assert all(p is not model.texture.rgb_texture for p in model.parameters())
+    # fixed by default: no gradient, in no optimiser group; its own group when given a rate
+    from ram_avatar.training.config import OptimConfig
+    from ram_avatar.training.model import renderer_param_groups
+
+    rgb = model.rgb_texture_parameter()
+    assert rgb is model.texture.rgb_texture and not rgb.requires_grad
+    groups = renderer_param_groups(model, OptimConfig())
+    assert all(p is not rgb for g in groups for p in g["params"])
+    groups = renderer_param_groups(model, OptimConfig(lr=1e-3, rgb_texture_lr_mult=5.0))
+    assert rgb.requires_grad and [g["name"] for g in groups][-1] == "rgb_texture"
+    assert groups[-1]["params"] == [rgb] and groups[-1]["lr"] == pytest.approx(5e-3)
+    assert sum(p is rgb for g in groups for p in g["params"]) == 1
 
 
 def test_rgb_texture_needs_the_switch_and_the_uv_texture():

@@ -81,11 +81,20 @@ def test_flat_config_of_old_run_loads_into_sections(tmp_path):
     assert load_config(tmp_path / "config.yaml") == cfg
 
 
+#: preset changes made after the fixture (commit 6dbface), by issue: nothing else may differ
+PRESET_CHANGES = {"cpu-256": ["gan.start_step=2000", "optim.rgb_texture_lr_mult=10",
+                              "optim.zero_init_residual=true", "model.alpha_prior_shell=true",
+                              "data.expand_offset_from_masks=true"]}  # issue 10, round 2
+
+
 def test_presets_are_the_old_presets():
     old = json.loads((FX / "presets.json").read_text())  # flat dicts of commit 6dbface
     assert set(old) == set(PRESETS)
     for name, flat in old.items():
-        assert TrainConfig.from_dict(flat) == get_preset(name), name
+        was = TrainConfig.from_dict(flat)
+        assert apply_overrides(was, PRESET_CHANGES.get(name, [])) == get_preset(name), name
+        if name in PRESET_CHANGES:
+            assert was != get_preset(name)
     a, b = get_preset("cpu-256"), get_preset("cpu-256")
     a.optim.lr = 5.0
     assert b.optim.lr == 1e-3  # each call builds a fresh config
@@ -185,7 +194,11 @@ def test_training_matches_the_old_trainer(items, tmp_path, monkeypatch):
         b = load_file(run / "checkpoints" / name)
         assert a.keys() == b.keys(), name
         for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=f"{name}: {k}")
+            # float rounding differs between CPUs (the fixture was written on another one); Adam
+            # amplifies it where a gradient is near zero (the background, lr x30: 1e-4 seen on
+            # an AMD EPYC). 5e-4 stays far below one step of any group (lr 1e-3 .. 3e-2), so a
+            # trainer that steps differently still fails.
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=5e-4, msg=f"{name}: {k}")
 
 
 def test_old_run_resumes(items, tmp_path, caplog):

@@ -13,9 +13,10 @@ about 4x cheaper on CPU; gradients still reach every level through the upsamplin
 UV convention (OBJ): ``u`` runs left to right, ``v`` bottom to top, both in [0, 1]; texel row
 ``(1 - v) * S``. Background pixels carry ``uv = 0`` and are zeroed by the body mask.
 
-Fixed RGB texture (``rgb=True``, issue 10): a persistent, non-learnable buffer
-``rgb_texture (1,3,S,S)`` in [0,1] (0.5 grey until set, e.g. from the texture baked from the
-video, :mod:`ram_avatar.render.texture_bake`) is concatenated to the collapsed learned texture
+RGB texture (``rgb=True``, issue 10): a parameter ``rgb_texture (1,3,S,S)`` in [0,1] (0.5 grey
+until set, e.g. from the texture baked from the video, :mod:`ram_avatar.render.texture_bake`),
+fixed unless training gives it a learning rate (``optim.rgb_texture_lr_mult``, off by default:
+``requires_grad`` is False until then), is concatenated to the collapsed learned texture
 before the single ``grid_sample``, so the output has ``C + 3`` channels: the learned features
 first, then the RGB colour at the same uv. It is saved in checkpoints and embedded in ONNX
 exports as a constant.
@@ -50,7 +51,8 @@ class NeuralTexture(nn.Module):
         size: texture side S in texels (power of two recommended when ``levels > 1``).
         levels: Laplacian-pyramid levels; level k has side ``size / 2**k`` (1 = plain texture).
         init_std: standard deviation of the normal initialisation (of every level).
-        rgb: also hold the fixed RGB texture buffer ``rgb_texture (1,3,S,S)`` (module doc).
+        rgb: also hold the RGB texture ``rgb_texture (1,3,S,S)`` (module doc; a parameter with
+            ``requires_grad`` off: fixed unless the trainer turns it on).
 
     Shapes:
         ``uv (B,2,H,W)`` in [0,1], ``body_mask (B,1,H,W)`` in [0,1] -> ``(B,C,H,W)``, or
@@ -74,7 +76,10 @@ class NeuralTexture(nn.Module):
         )
         self.rgb = bool(rgb)
         if self.rgb:
-            self.register_buffer("rgb_texture", torch.full((1, 3, size, size), 0.5))
+            # a parameter (same state-dict key as the buffer of older checkpoints), fixed until
+            # the trainer gives it a learning rate
+            self.rgb_texture = nn.Parameter(torch.full((1, 3, size, size), 0.5),
+                                            requires_grad=False)
 
     @property
     def out_channels(self) -> int:

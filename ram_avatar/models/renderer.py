@@ -27,7 +27,8 @@ with queries from ``F`` itself, the temporal part treats the frame as static) an
 logged once; :meth:`AvatarRenderer.input_names` lists what a config needs.
 
 Fixed RGB texture (``RendererConfig.texture_rgb``, issue 10, either variant with the UV texture):
-the neural texture also holds a non-learnable RGB texture (:meth:`AvatarRenderer.set_rgb_texture`,
+the neural texture also holds an RGB texture (:meth:`AvatarRenderer.set_rgb_texture`; fixed unless
+training gives it a learning rate, :meth:`AvatarRenderer.rgb_texture_parameter`),
 typically the texture baked from the training video by :mod:`ram_avatar.render.texture_bake`),
 sampled at the same uv in the same ``grid_sample`` pass; its 3 channels (zero off the body)
 go straight to the generator input after the body features. The dual attention still sees
@@ -156,6 +157,11 @@ class RendererConfig:
         alpha_mask_prior: initial value of a learned scale ``a`` adding ``a * (2 m - 1)`` to the
             alpha logit (m = body mask): the template silhouette is the starting guess of the
             person's alpha and the generator learns the residual (hair, loose clothes). 0 = off.
+        alpha_prior_shell: full variant with spatial attention: the prior's mask is
+            ``(m + m_e) / 2`` with ``m_e`` the expanded mesh's mask (``expand_offset``), i.e.
+            ``+a`` inside the body, 0 in the shell between the body and the expanded mesh
+            (loose clothes, hair: the generator decides) and ``-a`` outside. Default False
+            (old configs and checkpoints unchanged).
         variant: ``v1`` (texture + raw maps) or ``full`` (module docstring). The fields below
             only matter for ``full``.
         body_features: ``texture`` (UV neural texture, ``texture_*`` fields) or ``triplane``
@@ -197,6 +203,7 @@ class RendererConfig:
     num_frames: int | None = None
     wavelet_output: bool = True
     alpha_mask_prior: float = 3.0
+    alpha_prior_shell: bool = False
     variant: str = "v1"
     body_features: str = "texture"
     triplane_channels: int = 16
@@ -324,6 +331,9 @@ class RendererConfig:
         if self.texture_rgb and self.variant == "full" and self.body_features != "texture":
             raise ValueError("model.texture_rgb needs the UV texture (body_features='texture'): "
                              "the RGB texture is sampled at the uv map")
+        if self.alpha_prior_shell and not (self.variant == "full" and self.spatial_attention):
+            raise ValueError("model.alpha_prior_shell needs the expanded mesh's mask: "
+                             "variant='full' with spatial_attention=True")
         if self.attention_impl not in ("einsum", "reference", "dense"):
             raise ValueError(f"model.attention_impl must be einsum, reference or dense, "
                              f"got {self.attention_impl!r}")
@@ -492,6 +502,20 @@ class AvatarRenderer(nn.Module):
             raise ValueError("set_rgb_texture needs model.texture_rgb=True in the renderer config")
         self.texture.set_rgb_texture(texture)
 
+    def rgb_texture_parameter(self) -> nn.Parameter | None:
+        """The RGB texture ``(1,3,texture_size,texture_size)`` (``config.texture_rgb``) as the
+        parameter training may optimise (``optim.rgb_texture_lr_mult``), or None without it."""
+        return self.texture.rgb_texture if self.config.texture_rgb else None
+
+    @torch.no_grad()
+    def zero_init_residual(self) -> None:
+        """Set the generator's ToRGB convolution weights to zero (``optim.zero_init_residual``):
+        with ``texture_rgb_skip`` the untrained renderer then draws exactly the baked colour
+        inside the body and the alpha prior's matte (its residual on them is zero). Gradients
+        reach the ToRGB weights at once and the layers below them from the second step."""
+        for to_rgb in [self.generator.to_rgb_in, *self.generator.to_rgbs]:
+            to_rgb.conv.weight.zero_()
+
     def input_names(self) -> tuple[str, ...]:
         """Inputs this renderer reads (see :meth:`RendererConfig.input_names`)."""
         return self.config.input_names()
@@ -596,7 +620,11 @@ class AvatarRenderer(nn.Module):
             # render already shows the person's texture at the driven pose
             fg_logit = fg_logit + body_mask * torch.logit(tex_rgb.clamp(0.02, 0.98))
         fg = torch.sigmoid(fg_logit)
-        alpha_logit = out[:, 3:4] + self.alpha_prior * (2.0 * body_mask - 1.0)
+        if self.config.alpha_prior_shell and body_mask_expanded is not None:
+            prior = body_mask + body_mask_expanded - 1.0  # +1 body, 0 shell, -1 outside
+        else:
+            prior = 2.0 * body_mask - 1.0
+        alpha_logit = out[:, 3:4] + self.alpha_prior * prior
         alpha = torch.sigmoid(alpha_logit)
         bg = self.background()
         rgb = alpha * fg + (1.0 - alpha) * bg

@@ -41,16 +41,26 @@ log = logging.getLogger(__name__)
 
 def renderer_param_groups(renderer: AvatarRenderer, optim: OptimConfig) -> list[dict]:
     """Adam groups of a renderer: ``generator`` (with attention and branches) at ``optim.lr``,
-    ``texture`` (body features: texture or triplane) and ``background`` at their multipliers."""
-    texture = list(renderer.body_features.parameters())
+    ``texture`` (body features: texture or triplane) and ``background`` at their multipliers,
+    and ``rgb_texture`` (the baked RGB texture) at ``optim.rgb_texture_lr_mult`` when that is
+    > 0; otherwise the RGB texture stays fixed (``requires_grad`` off, in no group)."""
+    rgb = renderer.rgb_texture_parameter()
+    if rgb is not None:
+        rgb.requires_grad_(optim.rgb_texture_lr_mult > 0)
     background = [renderer.background_logit]
-    special = {id(p) for p in texture + background}
+    special = {id(p) for p in background + ([rgb] if rgb is not None else [])}
+    texture = [p for p in renderer.body_features.parameters() if id(p) not in special]
+    special |= {id(p) for p in texture}
     rest = [p for p in renderer.parameters() if id(p) not in special]
-    return [
+    groups = [
         {"params": rest, "lr": optim.lr, "name": "generator"},
         {"params": texture, "lr": optim.lr * optim.texture_lr_mult, "name": "texture"},
         {"params": background, "lr": optim.lr * optim.background_lr_mult, "name": "background"},
     ]
+    if rgb is not None and optim.rgb_texture_lr_mult > 0:
+        groups.append({"params": [rgb], "lr": optim.lr * optim.rgb_texture_lr_mult,
+                       "name": "rgb_texture"})
+    return groups
 
 
 def renderer_inputs(batch: dict, renderer: AvatarRenderer) -> dict:

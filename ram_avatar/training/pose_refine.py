@@ -179,7 +179,8 @@ def refine_heldout_poses(model, dataset, iterations: int = 20, lr: float = 3e-3,
                               model.config.expand_offset if "uv_expanded" in model.input_names()
                               else None, backend=dataset.backend)
     opt = torch.optim.Adam([refiner.global_orient, refiner.body_pose, refiner.transl], lr=lr)
-    for p in model.parameters():
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
         p.requires_grad_(False)
     names = model.input_names()
     for _ in range(iterations):
@@ -195,7 +196,7 @@ def refine_heldout_poses(model, dataset, iterations: int = 20, lr: float = 3e-3,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    for p in model.parameters():
+    for p in trainable:
         p.requires_grad_(True)
     return _detach(refiner.refine(params, torch.arange(T)))
 

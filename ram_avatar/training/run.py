@@ -10,6 +10,7 @@ back with :meth:`Run.split`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,91 @@ def _rank0() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
 
 
+#: bounds of a measured expand offset (metres): at least the renderer's default, at most a
+#: hand's width (a larger gap is a segmentation error or a person beside the subject)
+EXPAND_OFFSET_RANGE = (0.01, 0.08)
+#: training frames the expand offset is measured on (spread evenly)
+EXPAND_FRAMES = 32
+
+
+def expand_offset_from_masks(body_masks, person_masks, depth, focal: float,
+                             quantile: float = 0.75) -> dict:
+    """The distance (metres) by which the person extends beyond the fitted template, from
+    silhouettes: the core of :func:`measure_expand_offset`.
+
+    Every person pixel outside the template's silhouette contributes its distance to the
+    silhouette (OpenCV L2 distance transform, pixels) times ``depth / focal`` (pinhole: pixels
+    to metres at the body's distance); the result is the ``quantile`` of those distances,
+    clipped to :data:`EXPAND_OFFSET_RANGE`.
+
+    Args:
+        body_masks, person_masks: (N,H,W) bool (or 0/1) silhouettes of the template and of the
+            person (segmentation).
+        depth: (N,) distance of the body from the camera, metres (``transl_z``).
+        focal: focal length of the images, pixels.
+        quantile: in (0, 1).
+    Returns:
+        dict ``offset`` (metres, clipped), ``raw`` (before clipping; 0 when no person pixel lies
+        outside the template), ``quantile``, ``frames`` (N), ``outside_fraction`` (person pixels
+        outside the template).
+    Raises:
+        RamAvatarError: no person pixels at all (check the capture's masks).
+    """
+    import cv2
+    import numpy as np
+
+    from ram_avatar.errors import RamAvatarError
+
+    metres, person, outside = [], 0, 0
+    for mesh, pm, z in zip(body_masks, person_masks, depth):
+        mesh = np.asarray(mesh).astype(bool)
+        pm = np.asarray(pm).astype(bool)
+        gap = pm & ~mesh
+        person += int(pm.sum())
+        outside += int(gap.sum())
+        if gap.any():
+            d = cv2.distanceTransform((~mesh).astype(np.uint8), cv2.DIST_L2, 5)[gap]
+            metres.append(d * abs(float(z)) / float(focal))
+    if person == 0:
+        raise RamAvatarError("no person pixels in the training frames' masks: the expand offset "
+                             "cannot be measured; check the capture (sequence/masks.npz)")
+    raw = float(np.quantile(np.concatenate(metres), quantile)) if metres else 0.0
+    return {"offset": float(np.clip(raw, *EXPAND_OFFSET_RANGE)), "raw": raw,
+            "quantile": quantile, "frames": len(body_masks), "outside_fraction": outside / person}
+
+
+def measure_expand_offset(seq: FittedSequence, frames, size: int, body, quantile: float = 0.75,
+                          backend: str = "auto") -> dict:
+    """The expanded mesh's offset that covers the person beyond the fitted template, measured
+    on the subject's own frames (``data.expand_offset_from_masks``): the RAM-Avatar expanded
+    mesh (Sec. 3.2) sized to the subject's loose clothes and hair instead of a fixed 1 cm.
+
+    Up to :data:`EXPAND_FRAMES` of ``frames`` (spread evenly) are rendered in the S x S
+    training crop; :func:`expand_offset_from_masks` compares their template silhouettes
+    (``body_mask``) with the person masks at each frame's depth (``transl_z``) and the crop's
+    focal length.
+
+    Args:
+        seq: the subject's sequence; frames: training frame indices; size: crop side S.
+        body: the body model; quantile: in (0, 1); backend: rasterizer backend.
+    Returns:
+        the dict of :func:`expand_offset_from_masks`.
+    Raises:
+        RamAvatarError: no frame has person pixels.
+    """
+    import numpy as np
+
+    frames = np.asarray(frames)
+    pick = frames[np.unique(np.linspace(0, len(frames) - 1, min(EXPAND_FRAMES, len(frames)))
+                            .round().astype(int))]
+    ds = SubjectDataset(seq, pick, size, backend=backend, body=body)
+    items = [ds[row] for row in range(len(pick))]
+    return expand_offset_from_masks([it["body_mask"][0].numpy() > 0.5 for it in items],
+                                    [it["person_mask"][0].numpy() > 0.5 for it in items],
+                                    np.asarray(ds.params.transl)[pick, 2],
+                                    float(ds.K_crop[0, 0]), quantile)
+
+
 def build_datasets(seq: FittedSequence, split: Split, config: TrainConfig, backend: str = "auto",
                    body=None) -> tuple[SubjectDataset, SubjectDataset | None]:
     """Training and validation datasets of a split, with the maps ``config`` needs.
@@ -159,6 +245,15 @@ def prepare_training(subject_dir: str | Path, preset: str = "cpu-256", run_name:
     body = load_body_model(bm["name"], model_path=bm.get("model_path"))
     split = resolve_split(run, seq, config, holdout, body=body)
     log.info("subject %s: %s", subject_dir, split.describe())
+    if config.data.expand_offset_from_masks and not run.config_path.is_file():
+        # a new run: the expanded mesh sized from its own frames (a resumed run keeps the
+        # offset its config.yaml recorded)
+        m = measure_expand_offset(seq, split.train, config.model.resolution, body,
+                                  config.data.expand_quantile, backend)
+        log.info("expand offset %.3f m measured on %d training frames (quantile %.2f of the "
+                 "person beyond the template: %.3f m; %.0f%% of person pixels lie outside it)",
+                 m["offset"], m["frames"], m["quantile"], m["raw"], 100 * m["outside_fraction"])
+        config.model = dataclasses.replace(config.model, expand_offset=m["offset"])
     train_set, val_set = build_datasets(seq, split, config, backend=backend, body=body)
     texture = None
     if getattr(config.model, "texture_rgb", False) and run.latest_checkpoint() is None:

@@ -323,6 +323,8 @@ class Trainer:
                 renderer.set_rgb_texture(self.init_texture.to(self.device))
             else:
                 log.info("model.texture_rgb is off: the baked texture is not used")
+        if self.config.optim.zero_init_residual:
+            renderer.zero_init_residual()
 
     def _setup_data(self) -> None:
         """Sampler, loader, preview source, TensorBoard writer and augmenter."""
@@ -373,7 +375,8 @@ class Trainer:
         out = model.forward(batch, frame_index, colour)
         # the discriminator judges real triplets only: steps whose target was warped or
         # re-composited skip it (its neighbour frames are not transformed)
-        use_disc = model.discriminator is not None and colour is None
+        use_disc = (model.discriminator is not None and colour is None
+                    and step >= self.config.gan.start_step)
         losses = model.loss_dict(batch, out, step, frame_index, use_disc)
         if self.dist.any(not bool(torch.isfinite(losses["total"])))[0]:
             terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
