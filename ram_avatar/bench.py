@@ -132,7 +132,7 @@ def _summary(values: list[float]) -> dict:
 def bench_live(subject_dir: str | Path, resolution: int | None = None, device: str = "auto",
                backend: str = "onnx", frames: int = 60, source: str | Path | None = None,
                warmup: int = 3, run_name: str = "default", mda: str = "auto",
-               pipelined: bool = True) -> dict:
+               pipelined: bool = True, output=None) -> dict:
     """Benchmark the live runtime end to end (module docstring).
 
     Args:
@@ -153,6 +153,9 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
             be, so none is dropped) instead of one after another (:meth:`AvatarRuntime.process`).
             ``fps`` is throughput (timed frames / wall time); ``latency_ms`` is end to end
             (submission to rendered frame), with ``p95`` added.
+        output: what the frames show, as in ``live`` (:class:`~ram_avatar.render.framing.OutputSettings`:
+            background, framing, zoom, output size); None = the rendered crop over the learned
+            background. Its cost is part of the render stage (composition) and of ``fps``.
     Returns:
         JSON-able dict: machine info and, per resolution, ``fps``, ``latency_ms`` (end to
         end), ``stages_ms`` (means), ``renderer`` (``subject`` or ``random-init (timing
@@ -181,6 +184,9 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
         "subject": str(subject_dir), "source": str(source),
         "frame_size": [int(video[0].shape[1]), int(video[0].shape[0])],
         "backend": backend, "device": str(dev), "frames": frames, "warmup": warmup,
+        "output": None if output is None else {
+            "background": output.spec, "framing": output.framing, "zoom": output.zoom,
+            "out_size": list(output.out_size) if output.framing else None},
         "machine": {"platform": platform.platform(), "processor": platform.machine(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
@@ -210,7 +216,7 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
                 else:
                     raise RamAvatarError(f"unknown backend {backend!r}: use onnx, torch or tensorrt")
                 entry.update(_run(subject_dir, backend, dev, engine, video, warmup, run_name, mda,
-                                  pipelined))
+                                  pipelined, output))
             except RamAvatarError as e:
                 entry["error"] = str(e)
             report["results"][str(R)] = entry
@@ -219,21 +225,27 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
 
 
 def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warmup: int,
-         run_name: str, mda: str, pipelined: bool = False) -> dict:
+         run_name: str, mda: str, pipelined: bool = False, output=None) -> dict:
     rt = AvatarRuntime(subject_dir, backend=backend, device=str(dev), run_name=run_name, engine=engine,
-                       mda=mda in ("auto", "on"))
+                       mda=mda in ("auto", "on"), output=output)
     if mda == "on" and not rt.mda_available:
         raise RamAvatarError(f"motion alignment asked for but {rt.mda_status}")
     rt.want_landmarks = False  # no overlay in the benchmark
     stats: list[dict] = []
     person = 0
     wall = None
+    shape: list = []  # (H, W, C) of the last output frame
+
+    def finished(img, st):
+        shape[:] = list(np.shape(img))
+        done.append(st)
+
     try:
         if pipelined:
             from ram_avatar.runtime.pipeline import LivePipeline
 
             done: list[dict] = []
-            with LivePipeline(rt, on_result=lambda img, st: done.append(st)) as pipe:
+            with LivePipeline(rt, on_result=finished) as pipe:
                 t_start = None
                 for i, frame in enumerate(video):
                     # a newest-frame camera: the frame is submitted when the tracker can take
@@ -252,7 +264,8 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
             person = sum(bool(st["person"]) for st in stats)
         else:
             for i, frame in enumerate(video):
-                _, st = rt.process(frame)
+                img, st = rt.process(frame)
+                shape[:] = list(np.shape(img))
                 if i >= warmup:
                     stats.append(st)
                     person += bool(st["person"])
@@ -275,7 +288,7 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
         "fps": round(len(stats) / wall, 2),
         "latency_ms": lat,
         "stages_ms": {k: round(float(np.mean([s[k] for s in stats])), 1) for k in STAGES},
-        "frames_with_person": person, "timed_frames": len(stats),
+        "frames_with_person": person, "timed_frames": len(stats), "output_shape": shape,
         "mda": rt.mda_enabled, "raster_backend": raster, "fit_method": rt.fitter.method,
     }
 

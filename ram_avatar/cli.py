@@ -262,8 +262,13 @@ def cmd_bench(a) -> int:
                 atomic_write_text(a.out, json.dumps(rep, indent=1) + "\n")
             _print_json(rep)
             return 0
+        output = None
+        if a.background != "learned" or a.framing is not None:
+            from ram_avatar.render.framing import OutputSettings
+
+            output = OutputSettings.parse(a.background, a.framing, a.zoom, "0,0", a.out_size)
         _print_json(bench_live(a.subject, resolution=res, device=a.device, backend=a.backend, frames=a.frames,
-                               pipelined=not a.sequential))
+                               pipelined=not a.sequential, output=output))
     return 0
 
 
@@ -469,6 +474,14 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="bench render: also time one forward+backward and report its peak memory")
     p.add_argument("--no-onnx", action="store_true",
                    help="bench render: skip the onnxruntime timings")
+    p.add_argument("--background", default="learned", metavar="MODE",
+                   help="bench live: output background as in `live` (learned | transparent | "
+                        "#RRGGBB | IMAGE); its composition is timed with the render stage")
+    p.add_argument("--framing", default=None, choices=["full", "upper", "head"],
+                   help="bench live: place the avatar in an --out-size frame, as in `live`")
+    p.add_argument("--zoom", type=float, default=1.0, help="bench live: framing zoom")
+    p.add_argument("--out-size", default="1280x720", metavar="WxH",
+                   help="bench live: framed output size (default 1280x720)")
     p.add_argument("--ort-profile", action="store_true",
                    help="bench render: per-op ONNX Runtime profile of the exported renderer "
                         "(top 15 op types: ms/frame, %%, count; default resolution 256; --out "

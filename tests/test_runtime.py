@@ -140,7 +140,24 @@ def test_bench_live_smoke(live_subject):  # noqa: F811
     r = rep["results"]["256"]
     assert r["renderer"] == "subject" and r["timed_frames"] == 2 and r["fps"] > 0
     assert set(r["stages_ms"]) == set(STAGES)
+    assert r["output_shape"] == [256, 256, 3] and rep["output"] is None
     json.dumps(rep)
+
+
+def test_bench_live_times_the_output_composition(live_subject):  # noqa: F811
+    """``bench live --framing upper --background transparent``: the frames it times are the
+    framed RGBA frames ``live`` would show (both the pipelined and the sequential path)."""
+    from ram_avatar.bench import bench_live
+    from ram_avatar.render.framing import OutputSettings
+
+    out = OutputSettings.parse("transparent", "upper", 1.2, "0,0", "320x180")
+    for pipelined in (True, False):
+        rep = bench_live(live_subject, resolution=256, device="cpu", backend="onnx", frames=2,
+                         warmup=1, pipelined=pipelined, output=out)
+        r = rep["results"]["256"]
+        assert r["timed_frames"] == 2 and r["output_shape"] == [180, 320, 4], r
+        assert rep["output"] == {"background": "transparent", "framing": "upper", "zoom": 1.2,
+                                 "out_size": [320, 180]}
 
 
 def test_runtime_feeds_full_renderer_extra_maps(live_subject):  # noqa: F811
