@@ -149,13 +149,23 @@ def test_alpha_prior_shell_leaves_the_shell_to_the_generator(items):
     batch = torch.utils.data.default_collate([val_set[i] for i in range(len(val_set))])
     with torch.no_grad():
         out = model.forward_batch(batch, None)
-    m, me = batch["body_mask"] > 0.5, batch["body_mask_expanded"] > 0.5
-    shell = me & ~m
+    m, me = batch["body_mask"] == 1, batch["body_mask_expanded"] == 1  # (edges are soft)
+    shell = me & (batch["body_mask"] == 0)
     assert int(shell.sum()) > 0 and int(m.sum()) > 0
     a = float(model.alpha_prior)
     logit = out["alpha_logit"]
     torch.testing.assert_close(logit[m], torch.full_like(logit[m], a))
     torch.testing.assert_close(logit[shell], torch.zeros_like(logit[shell]))
-    torch.testing.assert_close(logit[~me], torch.full_like(logit[~me], -a))
-    with pytest.raises(ValueError, match="alpha_prior_shell"):
-        RendererConfig(variant="v1", alpha_prior_shell=True)
+    out_ = batch["body_mask_expanded"] == 0
+    torch.testing.assert_close(logit[out_], torch.full_like(logit[out_], -a))
+    # without the expanded mesh (spatial attention off): the plain prior, +a / -a
+    plain = AvatarRenderer(replace(cfg.model, num_frames=12, spatial_attention=False)).eval()
+    assert "body_mask_expanded" not in plain.input_names()
+    plain.zero_init_residual()
+    with torch.no_grad():
+        logit = plain.forward_batch(batch, None)["alpha_logit"]
+    a = float(plain.alpha_prior)
+    off = batch["body_mask"] == 0
+    torch.testing.assert_close(logit[m], torch.full_like(logit[m], a))
+    torch.testing.assert_close(logit[off], torch.full_like(logit[off], -a))
+    assert RendererConfig(variant="v1", alpha_prior_shell=True).alpha_prior_shell

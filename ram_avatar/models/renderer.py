@@ -161,7 +161,8 @@ class RendererConfig:
             ``(m + m_e) / 2`` with ``m_e`` the expanded mesh's mask (``expand_offset``), i.e.
             ``+a`` inside the body, 0 in the shell between the body and the expanded mesh
             (loose clothes, hair: the generator decides) and ``-a`` outside. Default False
-            (old configs and checkpoints unchanged).
+            (old configs and checkpoints unchanged). Without the expanded mesh's mask (renderer
+            v1, or the spatial attention switched off) the plain prior ``2 m - 1`` applies.
         variant: ``v1`` (texture + raw maps) or ``full`` (module docstring). The fields below
             only matter for ``full``.
         body_features: ``texture`` (UV neural texture, ``texture_*`` fields) or ``triplane``
@@ -331,9 +332,6 @@ class RendererConfig:
         if self.texture_rgb and self.variant == "full" and self.body_features != "texture":
             raise ValueError("model.texture_rgb needs the UV texture (body_features='texture'): "
                              "the RGB texture is sampled at the uv map")
-        if self.alpha_prior_shell and not (self.variant == "full" and self.spatial_attention):
-            raise ValueError("model.alpha_prior_shell needs the expanded mesh's mask: "
-                             "variant='full' with spatial_attention=True")
         if self.attention_impl not in ("einsum", "reference", "dense"):
             raise ValueError(f"model.attention_impl must be einsum, reference or dense, "
                              f"got {self.attention_impl!r}")
@@ -437,6 +435,8 @@ class AvatarRenderer(nn.Module):
         config.validate()
         self.config = config
         self._warned: set[str] = set()
+        # the shell prior needs the expanded mesh's mask among the inputs (spatial attention)
+        self._shell_prior = config.alpha_prior_shell and "body_mask_expanded" in config.input_names()
         body, attention, branches = config.body, config.attention, config.branches
         if isinstance(body, TriplaneSection):
             from ram_avatar.models.triplane import Triplane
@@ -620,7 +620,7 @@ class AvatarRenderer(nn.Module):
             # render already shows the person's texture at the driven pose
             fg_logit = fg_logit + body_mask * torch.logit(tex_rgb.clamp(0.02, 0.98))
         fg = torch.sigmoid(fg_logit)
-        if self.config.alpha_prior_shell and body_mask_expanded is not None:
+        if self._shell_prior and body_mask_expanded is not None:
             prior = body_mask + body_mask_expanded - 1.0  # +1 body, 0 shell, -1 outside
         else:
             prior = 2.0 * body_mask - 1.0
