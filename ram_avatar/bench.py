@@ -235,6 +235,7 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
     person = 0
     wall = None
     shape: list = []  # (H, W, C) of the last output frame
+    done: list[dict] = []  # stats of the pipelined frames, in finishing order
 
     def finished(img, st):
         shape[:] = list(np.shape(img))
@@ -244,7 +245,6 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
         if pipelined:
             from ram_avatar.runtime.pipeline import LivePipeline
 
-            done: list[dict] = []
             with LivePipeline(rt, on_result=finished) as pipe:
                 t_start = None
                 for i, frame in enumerate(video):

@@ -169,3 +169,32 @@ def test_alpha_prior_shell_leaves_the_shell_to_the_generator(items):
     torch.testing.assert_close(logit[m], torch.full_like(logit[m], a))
     torch.testing.assert_close(logit[off], torch.full_like(logit[off], -a))
     assert RendererConfig(variant="v1", alpha_prior_shell=True).alpha_prior_shell
+
+
+@pytest.mark.slow
+def test_a_new_run_records_the_expand_offset_of_its_own_frames(tmp_path, anny_body, monkeypatch):
+    """``prepare_training`` with ``data.expand_offset_from_masks``: a new run's
+    ``model.expand_offset`` is the offset measured on its training frames; a run whose
+    config.yaml exists keeps the offset recorded there."""
+    from tiny_subject import TINY_TRAIN, write_tiny_subject
+
+    import ram_avatar.body
+    from ram_avatar.io.sequence import load_sequence
+    from ram_avatar.training import save_config
+    from ram_avatar.training.run import EXPAND_OFFSET_RANGE, measure_expand_offset, prepare_training
+
+    monkeypatch.setattr(ram_avatar.body, "load_body_model", lambda *a, **k: anny_body)
+    subject = write_tiny_subject(tmp_path / "s", anny_body, T=12)
+    sets = [*TINY_TRAIN, "data.expand_offset_from_masks=true"]
+    setup = prepare_training(subject, "cpu-256-v1", "r", sets)
+    want = measure_expand_offset(load_sequence(subject), setup.split.train, 32, anny_body)
+    assert setup.config.model.expand_offset == pytest.approx(want["offset"])
+    assert EXPAND_OFFSET_RANGE[0] <= want["offset"] <= EXPAND_OFFSET_RANGE[1]
+    assert want["frames"] == len(setup.split.train) and want["outside_fraction"] > 0
+    # the figure's landmark discs reach beyond the template: a measured, not a default, offset
+    assert want["raw"] > 0
+    # resuming: the run's own config.yaml decides, nothing is measured again
+    recorded = replace(setup.config, model=replace(setup.config.model, expand_offset=0.033))
+    save_config(recorded, setup.run.config_path)
+    again = prepare_training(subject, "cpu-256-v1", "r", sets)
+    assert again.config.model.expand_offset == pytest.approx(0.033)

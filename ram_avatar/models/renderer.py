@@ -26,10 +26,10 @@ extra map is missing, the current frame's map stands in for it (the spatial part
 with queries from ``F`` itself, the temporal part treats the frame as static) and a warning is
 logged once; :meth:`AvatarRenderer.input_names` lists what a config needs.
 
-Fixed RGB texture (``RendererConfig.texture_rgb``, issue 10, either variant with the UV texture):
-the neural texture also holds an RGB texture (:meth:`AvatarRenderer.set_rgb_texture`; fixed unless
-training gives it a learning rate, :meth:`AvatarRenderer.rgb_texture_parameter`),
-typically the texture baked from the training video by :mod:`ram_avatar.render.texture_bake`),
+RGB texture (``RendererConfig.texture_rgb``, issue 10, either variant with the UV texture):
+the neural texture also holds an RGB texture (:meth:`AvatarRenderer.set_rgb_texture`), typically
+the texture baked from the training video by :mod:`ram_avatar.render.texture_bake`, fixed unless
+training gives it a learning rate (:meth:`AvatarRenderer.rgb_texture_parameter`); it is
 sampled at the same uv in the same ``grid_sample`` pass; its 3 channels (zero off the body)
 go straight to the generator input after the body features. The dual attention still sees
 the learned features only.

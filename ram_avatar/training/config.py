@@ -95,10 +95,11 @@ class OptimConfig:
             EMA). The EMA weights are saved next to each checkpoint (``*.aux.safetensors``).
         amp: mixed precision on CUDA only: bfloat16 autocast where the GPU supports it, else
             float16 autocast + GradScaler (training.distributed).
-        zero_init_residual: with ``model.texture_rgb_skip``, a new run starts the generator's
-            ToRGB convolutions at zero, so the untrained renderer draws exactly the baked
-            texture at the driven pose (residual of zero, as ControlNet's zero convolutions and
-            ReZero start a residual branch); gradients reach the rest after the first step.
+        zero_init_residual: a new run starts the generator's ToRGB convolutions at zero
+            (:meth:`AvatarRenderer.zero_init_residual`): with ``model.texture_rgb_skip`` the
+            untrained renderer draws exactly the baked texture at the driven pose (a residual
+            of zero, as ControlNet's zero convolutions and ReZero start a residual branch),
+            without it a flat grey; gradients reach the layers below after the first step.
     """
 
     lr: float = 1e-3

@@ -10,9 +10,8 @@ back with :meth:`Run.split`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -253,7 +252,7 @@ def prepare_training(subject_dir: str | Path, preset: str = "cpu-256", run_name:
         log.info("expand offset %.3f m measured on %d training frames (quantile %.2f of the "
                  "person beyond the template: %.3f m; %.0f%% of person pixels lie outside it)",
                  m["offset"], m["frames"], m["quantile"], m["raw"], 100 * m["outside_fraction"])
-        config.model = dataclasses.replace(config.model, expand_offset=m["offset"])
+        config.model = replace(config.model, expand_offset=m["offset"])
     train_set, val_set = build_datasets(seq, split, config, backend=backend, body=body)
     texture = None
     if getattr(config.model, "texture_rgb", False) and run.latest_checkpoint() is None:
