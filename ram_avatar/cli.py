@@ -98,16 +98,38 @@ def _launch_workers(a) -> int:
             skip = True
         elif not tok.startswith(("--nproc-per-node=", "--nproc_per_node=")):
             child.append(tok)
-    launch = ["--standalone", "--nproc-per-node", str(a.nproc_per_node), "-m", "--",
-              "ram_avatar.cli", *child]
+    # One node: the rendezvous, the ranks' store and gloo all on the loopback address. Left to
+    # itself the launcher publishes this machine's host name, and where that name does not
+    # resolve (containers, CI runners) the ranks wait on it until their timeouts.
+    launch = ["--standalone", "--local-addr", "127.0.0.1", "--nproc-per-node",
+              str(a.nproc_per_node), "-m", "--", "ram_avatar.cli", *child]
     log.info("launching %d training processes: torchrun %s", a.nproc_per_node, " ".join(launch))
+    saved = dict(os.environ)          # the launcher sets OMP_NUM_THREADS etc. in this process
+    loopback = _loopback_interface()
+    if loopback and "GLOO_SOCKET_IFNAME" not in os.environ:
+        os.environ["GLOO_SOCKET_IFNAME"] = loopback
     try:
         run(parse_args(launch))
     except ChildFailedError as e:
         failures = ", ".join(f"rank {r} exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
         raise RamAvatarError(f"multi-process training failed ({failures}); see the worker's "
                              "error above") from None
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return 0
+
+
+def _loopback_interface() -> str | None:
+    """Name of this machine's loopback network interface (``lo`` on Linux, ``lo0`` on macOS),
+    or None where the platform does not list interfaces."""
+    import socket
+
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (AttributeError, OSError):
+        return None
+    return next((n for n in ("lo", "lo0") if n in names), None)
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:

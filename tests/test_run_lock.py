@@ -127,10 +127,24 @@ def test_only_rank_zero_prints_the_summary(tiny, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_nproc_per_node_launches_ddp_workers(tiny, capfd):
+def test_nproc_per_node_launches_ddp_workers(tiny, capfd, monkeypatch):
     """`train --nproc-per-node 2 --run ddp`: the elastic launcher starts two gloo ranks (no
-    torchrun option parsing to trip over `--run`); one summary, with world_size 2."""
+    torchrun option parsing to trip over `--run`); one summary, with world_size 2.
+
+    This machine's name is made unresolvable in the launching process (as on CI runners and in
+    containers whose host name is not in /etc/hosts): the ranks must still meet, on loopback,
+    and the launcher's settings (OMP_NUM_THREADS, GLOO_SOCKET_IFNAME) must not stay behind in
+    the calling process."""
+    import os
+    import socket
+
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "unresolvable-host.invalid")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
     assert _train(tiny, "--nproc-per-node", "2", "--run", "ddp", "--steps", "2") == 0
+    leaked = sorted(k for k in os.environ
+                    if k in ("OMP_NUM_THREADS", "GLOO_SOCKET_IFNAME") or k.startswith("TORCHELASTIC"))
+    assert leaked == []
     out = capfd.readouterr().out
     assert out.count('"world_size": 2') == 1 and out.count('"step": 2') == 1
     run = tiny / "runs" / "ddp"

@@ -14,7 +14,9 @@ clipping / optimiser step used for the renderer and the discriminator.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import weakref
 from typing import Callable
 
 import torch
@@ -44,6 +46,7 @@ class DistributedContext:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0) if self.world > 1 else 0
         self.device = resolve_device(device_arg)
         self.owns_group = False
+        self._wrapped: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # DDP modules of wrap()
         if self.world > 1:
             import torch.distributed as dist
 
@@ -73,7 +76,9 @@ class DistributedContext:
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids)
+        ddp = DistributedDataParallel(model, device_ids=device_ids)
+        self._wrapped.add(ddp)
+        return ddp
 
     def any(self, *flags: bool) -> list[bool]:
         """Logical OR of each flag over all ranks (so every rank stops / fails together)."""
@@ -114,10 +119,21 @@ class DistributedContext:
             dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group when this context joined it."""
+        """Leave the process group when this context joined it.
+
+        The DDP modules of :meth:`wrap` first drop their reducer (and the logger holding it)
+        while the group is still registered. Otherwise the group's last reference may go with
+        the reducer, whenever the model is freed: gloo's destructor then joins its worker
+        thread while holding the GIL, and that thread needs the GIL to free the tensors of the
+        last collective, so the rank hangs at exit (PyTorch issue #56297; seen on CI).
+        """
         if self.owns_group:
             import torch.distributed as dist
 
+            for ddp in list(self._wrapped):
+                for name in ("logger", "reducer"):      # the logger holds the reducer
+                    ddp.__dict__.pop(name, None)
+            gc.collect()
             dist.destroy_process_group()
 
 
