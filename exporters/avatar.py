@@ -166,7 +166,7 @@ def _check_inputs(report: dict, names: tuple[str, ...], S: int) -> None:
 
 @torch.no_grad()
 def _check_frozen(model: nn.Module, wrapper: RendererExport, maps: dict) -> dict:
-    """Compare the export wrapper (frozen texture) with the trained model in torch on the
+    """Compare the export wrapper (frozen texture, folded style) with the trained model in torch on the
     parity maps, so the export's parity (ONNX vs wrapper) is parity against the model.
 
     Raises:
@@ -179,11 +179,13 @@ def _check_frozen(model: nn.Module, wrapper: RendererExport, maps: dict) -> dict
     got = dict(zip(wrapper.OUTPUTS, wrapper(*feed.values())))
     diff = max(float((got[k] - ref[k]).abs().max()) for k in wrapper.OUTPUTS)
     if diff > FROZEN_TEXTURE_ATOL:
-        raise RamAvatarError(f"export: the frozen texture changes the renderer's output by "
-                             f"{diff:.3g} (> {FROZEN_TEXTURE_ATOL:g}); please report this bug")
+        raise RamAvatarError(f"export: the frozen texture and folded style change the "
+                             f"renderer's output by {diff:.3g} (> {FROZEN_TEXTURE_ATOL:g}); "
+                             "please report this bug")
     tex = getattr(wrapper.renderer, "texture", None)
     return {"mode": "frozen" if wrapper.frozen else "module",
             "shape": list(tex.texture.shape) if wrapper.frozen else None,
+            "folded_style_layers": wrapper.folded,
             "max_abs_diff_vs_trained": diff}
 
 

@@ -166,7 +166,8 @@ def test_tensorrt_missing_gives_clear_error(tmp_path, monkeypatch):
 def test_renderer_export_frozen_texture_and_alpha(tmp_path, variant):
     """The export wrapper collapses the texture pyramid (+ the RGB texture) into one constant:
     the graph has one GridSample and no Resize, and outputs rgb then alpha equal to the
-    trained model's."""
+    trained model's. The mean style code is folded into the generator's convolutions: every
+    modulated layer is one Conv (no Mul on its input or output maps), same outputs, any batch."""
     import onnx
 
     from exporters.avatar import FrozenTexture, RendererExport
@@ -178,6 +179,14 @@ def test_renderer_export_frozen_texture_and_alpha(tmp_path, variant):
                          latent_dim=8, texture_rgb=True)
     model = AvatarRenderer(cfg).eval()
     model.set_rgb_texture(torch.rand(3, 32, 32))
+    gen = model.generator
+    with torch.no_grad():  # a trained-looking style: latents and biases away from their init
+        gen.latents.weight.normal_()
+        for p_name, p in gen.named_parameters():
+            if p_name.endswith("bias") and p.dim() == 4:
+                p.normal_(0.0, 0.1)
+    gen.mark_trained(torch.tensor([0]))
+    styled = sum(type(m).__name__ in ("StyledConv", "ToRGB") for m in gen.modules())
     names = model.input_names()
     g = torch.Generator().manual_seed(1)
     maps = {}
@@ -188,6 +197,8 @@ def test_renderer_export_frozen_texture_and_alpha(tmp_path, variant):
             maps[n] = (maps[n] > 0.3).float()
     wrapper = RendererExport(model).eval()
     assert isinstance(wrapper.renderer.texture, FrozenTexture) and wrapper.frozen
+    assert wrapper.folded == styled > 0
+    assert not any(type(m).__name__ in ("StyledConv", "ToRGB") for m in wrapper.renderer.modules())
     assert wrapper.renderer.texture.texture.shape == (1, 4 + 3, 32, 32)
     assert model.texture.levels == 3  # the trained model is untouched
     with torch.no_grad():
@@ -196,10 +207,12 @@ def test_renderer_export_frozen_texture_and_alpha(tmp_path, variant):
     for k, v in zip(("rgb", "alpha"), got):
         assert (v - ref[k]).abs().max() < 1e-5
     path = tmp_path / "avatar.onnx"
-    report = export_onnx(wrapper, maps, path, output_names=list(RendererExport.OUTPUTS))
+    report = export_onnx(wrapper, maps, path, output_names=list(RendererExport.OUTPUTS),
+                         dynamic_batch=True)
     assert [o["name"] for o in report["outputs"]] == ["rgb", "alpha"]
     assert report["outputs"][1]["shape"] == ["batch", 1, 32, 32]
-    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    nodes = onnx.load(str(path)).graph.node
+    ops = [node.op_type for node in nodes]
     outs = OnnxRunner(path)({n: maps[n] for n in names})
     for k in ("rgb", "alpha"):
         assert np.abs(outs[k] - ref[k].numpy()).max() < 1e-4
@@ -207,10 +220,24 @@ def test_renderer_export_frozen_texture_and_alpha(tmp_path, variant):
     # frozen, only the generator's Resize ops remain and row gathers read the constant
     export_onnx(RendererExport(model, freeze=False), maps, tmp_path / "a0.onnx",
                 output_names=["rgb", "alpha"])
-    ops0 = [node.op_type for node in onnx.load(str(tmp_path / "a0.onnx")).graph.node]
+    nodes0 = onnx.load(str(tmp_path / "a0.onnx")).graph.node
+    ops0 = [node.op_type for node in nodes0]
     assert ops0.count("GridSample") == 1 and ops.count("GridSample") == 0
     assert ops.count("Gather") >= 4
     assert ops.count("Resize") == ops0.count("Resize") - 2
+    # folded: each modulated layer loses its input and demodulation Mul (ToRGB: input only)
+    # and its bias Add; the styled convs' gain Mul goes too
+    def generator_ops(graph, op):
+        return sum(n.op_type == op and "/generator/" in n.name for n in graph)
+
+    assert generator_ops(nodes0, "Mul") > 0
+    assert generator_ops(nodes, "Mul") <= generator_ops(nodes0, "Mul") - styled
+    assert generator_ops(nodes, "Conv") == generator_ops(nodes0, "Conv") > 0
+    one = {n: maps[n][:1] for n in names}
+    with torch.no_grad():
+        ref1 = model.forward_batch(one, None)
+    outs1 = OnnxRunner(path)(one)
+    assert all(np.abs(outs1[k] - ref1[k].numpy()).max() < 1e-4 for k in ("rgb", "alpha"))
 
 
 def test_full_onnx_export_dynamic_batch(tmp_path, full_config, full_maps, open_attention):

@@ -152,7 +152,7 @@ def test_alpha_prior_shell_leaves_the_shell_to_the_generator(items):
     m, me = batch["body_mask"] == 1, batch["body_mask_expanded"] == 1  # (edges are soft)
     shell = me & (batch["body_mask"] == 0)
     assert int(shell.sum()) > 0 and int(m.sum()) > 0
-    a = float(model.alpha_prior)
+    a = float(model.alpha_prior.detach())
     logit = out["alpha_logit"]
     torch.testing.assert_close(logit[m], torch.full_like(logit[m], a))
     torch.testing.assert_close(logit[shell], torch.zeros_like(logit[shell]))

@@ -111,6 +111,30 @@ class ModulatedConv2d(nn.Module):
         self.padding = kernel_size // 2
         self.in_ch, self.out_ch = in_ch, out_ch
 
+    @torch.no_grad()
+    def folded_weight(self, style: torch.Tensor) -> torch.Tensor:
+        """The plain convolution weight that equals this layer for one fixed style.
+
+        With ``s = A(style)`` the same for every sample, ``conv(x * s, W) * demod`` is
+        ``conv(x, W')`` with ``W'[o,i] = W[o,i] * scale * s[i] * demod[o]`` (the fused form of
+        StyleGAN2, Karras et al. 2020, Eq. 1-3, for one style). The exported renderer always
+        uses the mean style code, so its modulation is folded once at export
+        (:func:`ram_avatar.models.export.fold_style`).
+
+        Shapes: ``style (1,style_dim)`` -> ``(Cout,Cin,k,k)``.
+        Raises:
+            ValueError: ``style`` holds more than one style vector.
+        """
+        if style.shape[0] != 1:
+            raise ValueError(f"folded_weight needs one style vector (1, style_dim), got "
+                             f"{tuple(style.shape)}")
+        s = self.modulation(style)[0]                                   # (Cin,)
+        weight = self.weight * self.scale * s[None, :, None, None]      # (Cout,Cin,k,k)
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.square().sum(dim=(1, 2, 3)) + 1e-8)[:, None,
+                                                                                      None, None]
+        return weight
+
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         s = self.modulation(style)  # (B, Cin)
         weight = self.weight * self.scale
