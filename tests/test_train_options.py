@@ -164,7 +164,7 @@ def test_alpha_prior_shell_leaves_the_shell_to_the_generator(items):
     plain.zero_init_residual()
     with torch.no_grad():
         logit = plain.forward_batch(batch, None)["alpha_logit"]
-    a = float(plain.alpha_prior)
+    a = float(plain.alpha_prior.detach())
     off = batch["body_mask"] == 0
     torch.testing.assert_close(logit[m], torch.full_like(logit[m], a))
     torch.testing.assert_close(logit[off], torch.full_like(logit[off], -a))
