@@ -19,7 +19,7 @@ random weights and random conditioning maps, and each component is measured:
   at a resolution bounds that step's peak) and ``rss_before_mb``.
 
 Per component: ``params`` (parameters it owns), ``gflops`` (counted by
-``torch.utils.flop_counter.FlopCounterMode``: convolutions, matmuls and the attention's einsums;
+``torch.utils.flop_counter.FlopCounterMode``: convolutions and matmuls (the attention's too);
 ``grid_sample`` and elementwise ops count as 0), ``torch_ms`` (median eager latency) and, with
 ``onnx=True``, ``onnxruntime_ms`` (the component exported alone to ONNX, opset 17, run by ONNX
 Runtime on the CPU provider, or CUDA when the device is CUDA and the provider exists). GPU
