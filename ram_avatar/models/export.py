@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from ram_avatar.errors import RamAvatarError
 from ram_avatar.models.neural_texture import NeuralTexture, uv_to_grid
+from ram_avatar.models.styleunet import _LRELU_GAIN, StyledConv, StyleUNet, ToRGB, _up2
 from ram_avatar.utils import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,6 @@ class FoldedStyleConv(nn.Module):
 
     def __init__(self, layer: nn.Module, style: torch.Tensor):
         super().__init__()
-        from ram_avatar.models.styleunet import _LRELU_GAIN, StyledConv
-
         mod = layer.conv
         self.activate = isinstance(layer, StyledConv)
         gain = _LRELU_GAIN if self.activate else 1.0
@@ -144,8 +143,6 @@ class FoldedStyleConv(nn.Module):
         self.register_buffer("bias", (layer.bias.detach().reshape(-1) * gain).clone())
 
     def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
-        from ram_avatar.models.styleunet import _up2
-
         if self.upsample:
             x = _up2(x)
         out = F.conv2d(x, self.weight, self.bias, padding=self.padding)
@@ -161,8 +158,6 @@ def fold_style(renderer: nn.Module) -> int:
     Returns:
         the number of layers folded (0 when the renderer has no StyleUNet generator).
     """
-    from ram_avatar.models.styleunet import StyledConv, StyleUNet, ToRGB
-
     gen = getattr(renderer, "generator", None)
     if not isinstance(gen, StyleUNet):
         return 0
