@@ -268,13 +268,44 @@ def test_ood_legs_aligned_arms_kept(part_aligner):
     d_glob = part_aligner.gate.distances_mm(glob)[:, legs]
     assert float(d_out.mean()) < 0.6 * float(d_src.mean()), (d_src.mean(), d_out.mean())
     assert float(d_out.mean()) <= 1.05 * float(d_glob.mean()), (d_out.mean(), d_glob.mean())
-    # with one decoder pass (as the global filter), fully gated-in legs are exactly the global ones
-    part_aligner.config.part_passes = 1
+    # with one decoder pass (as the global filter) and no neighbour projection, fully gated-in
+    # legs are exactly the global ones
+    part_aligner.config.part_passes, part_aligner.config.gate_project_k = 1, 0
     try:
         one = part_aligner.align_groups(G, mode="part")
     finally:
         part_aligner.config.part_passes = MDAConfig().part_passes
+        part_aligner.config.gate_project_k = MDAConfig().gate_project_k
     assert float(_angles(one, glob, LEGS).max()) < 0.05
+    # the neighbour projection lands the aligned legs closer to the subject's own leg poses
+    d_one = part_aligner.gate.distances_mm(one)[:, legs]
+    assert float(d_out.mean()) < 0.8 * float(d_one.mean()), (d_out.mean(), d_one.mean())
+
+
+def test_neighbour_projection():
+    """PartGate.project: weight 0 leaves a part exactly as it is; a training pose projects onto
+    itself; an out-of-distribution part with weight 1 lands on the training parts (distance
+    near the training poses' own spacing), and halfway with weight 0.5 (geodesic blend)."""
+    from ram_avatar.motion.mda import PARTS, PartGate
+    from ram_avatar.motion.prior import load_prior
+    train = synthetic_groups()
+    gate = PartGate(load_prior().fk, train)
+    legs = PARTS.index("legs")
+    # a training pose (every part at distance 0) projects onto itself
+    same = gate.project(train[:20], torch.ones(20, 4))
+    assert float(_angles(same, train[:20], list(range(18))).max()) < 0.05   # float32 acos noise
+    G = kicked(synthetic_groups(T=30, phase=0.5))
+    w = torch.zeros(30, 4)
+    w[:, legs] = 1.0
+    out = gate.project(G, w)
+    assert torch.equal(out[:, TORSO + ARM_L + ARM_R], G[:, TORSO + ARM_L + ARM_R])  # weight 0
+    d_src, d_out = gate.distances_mm(G)[:, legs], gate.distances_mm(out)[:, legs]
+    spacing = float(gate.cv_mm[:, legs].max())
+    assert float(d_src.min()) > 10 * spacing and float(d_out.max()) < 2 * spacing + 1.0, \
+        (d_src.min(), d_out.max(), spacing)
+    half = gate.project(G, w * 0.5)
+    a_full, a_half = _angles(out, G, LEGS[:2]), _angles(half, G, LEGS[:2])
+    assert torch.allclose(a_half, 0.5 * a_full, atol=0.05, rtol=0.02), (a_half, a_full)
 
 
 def test_arms_keep_their_direction_when_the_spine_is_aligned(part_aligner):

@@ -297,7 +297,16 @@ def test_frozen_texture_samples_the_constant_without_expand(tmp_path):
                       dynamic_axes={"uv": {0: "batch"}, "body_mask": {0: "batch"}})
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "GridSample" not in ops and "Expand" not in ops and ops.count("Gather") >= 4
+    # only the on-body pixels are sampled: their indices (NonZero), one scatter back
+    assert ops.count("NonZero") == 1 and ops.count("ScatterND") == 1
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for b in (1, 3):  # dynamic batch
         out = sess.run(None, {"uv": uv[:b].numpy(), "body_mask": mask[:b].numpy()})[0]
         assert np.abs(out - ref[:b].numpy()).max() < 1e-5
+    # any number of on-body pixels, none and all included; zero off the body
+    for m in (torch.zeros_like(mask), torch.ones_like(mask), (torch.rand_like(mask) > 0.9).float()):
+        with torch.no_grad():
+            want = tex(uv, m)
+        out = sess.run(None, {"uv": uv.numpy(), "body_mask": m.numpy()})[0]
+        assert out.shape == (3, 9, 24, 20) and np.abs(out - want.numpy()).max() < 1e-5
+        assert np.abs(out * (1.0 - m.numpy())).max() == 0.0

@@ -33,7 +33,14 @@ Design choices beyond the paper's text (all documented in ``<subject>/mda/mda.js
   part (:class:`PartGate`), so an arm the avatar has seen keeps the driver's motion while
   unseen legs are pulled in. The gate's radii come from the subject's own training poses
   (percentiles of their cross-validated nearest-neighbour distances), never from constants;
-  ``mode="global"`` is the filter of Sec. 3.3 as written (every part aligned by ``strength``).
+  ``mode="global"`` is the filter of Sec. 3.3 as written (every part aligned by ``strength``);
+* in part mode the decoder's output is then *projected* part by part onto the subject's own
+  training part poses (kernel-weighted mean of the ``gate_project_k`` nearest, blended by the
+  part's gate weight: :meth:`PartGate.project`). Measured with ``evaluate --curve`` on 16
+  Bandai-Namco clips (one per motion category, retargeted; the tuning set, chosen before
+  looking at basketball): mean nearest-training-pose reduction 0.357 -> 0.434 with mean arm
+  correlation 0.819 -> 0.852 (k = 32; 4: 0.412, 16: 0.426, 64: 0.440), held-out subject
+  poses moved 2.2 -> 3.1 mm; on basketball -> taiji 37 % -> 43.5 % at arm correlation 0.98.
 
 Files: ``<subject>/mda/mda.safetensors`` (frozen encoder copy + avatar decoder + the training
 group rotations the gate compares with, so the subject folder is self-contained) and
@@ -117,6 +124,11 @@ class MDAConfig:
         gate_keep_root_frame: in part mode, a part hanging from an aligned part (the arms from
             the spine) keeps its pelvis-frame orientation as far as it is not aligned itself
             (:meth:`PartGate.keep_root_frames`); else it turns with the aligned spine.
+        gate_project_k: in part mode, after the decoder each part is moved towards the
+            kernel-weighted mean of its ``gate_project_k`` nearest training part poses, by its
+            gate weight (:meth:`PartGate.project`): the decoder's output lands near the
+            subject's distribution, the projection lands on part poses the renderer has seen.
+            0 disables it (ablation).
         part_passes: in part mode, the aligned pose is re-encoded and decoded again this many
             times in all (a pose the first pass left partly outside the subject's distribution
             is pulled further in; measured on basketball -> taiji: 2 passes reduce the OOD
@@ -156,6 +168,7 @@ class MDAConfig:
     gate_smooth_s: float = 0.2
     gate_keep_root_frame: bool = True
     part_passes: int = 2
+    gate_project_k: int = 32
     seed: int = 0
 
 
@@ -656,6 +669,50 @@ class PartGate:
             out[:, root] = _exp(K * keep[:, i:i + 1].to(K.dtype)) @ out[:, root]
         return out
 
+    @torch.no_grad()
+    def project(self, G: torch.Tensor, weight: torch.Tensor, k: int = 32) -> torch.Tensor:
+        """Move each part towards the training part poses nearest to it (neighbour projection).
+
+        For part ``i`` at frame ``t``, the ``k`` training poses whose part ``i`` lies nearest
+        (mean joint distance of :meth:`part_points`, as in :meth:`distances_mm`) give a target:
+        the weighted mean of their part rotations, taken group by group in the tangent space
+        of the nearest one, with weights ``exp(-2 d_j / d_1)`` (relative to the nearest
+        distance ``d_1``, so no length scale is assumed; a soft mean rather than the nearest
+        pose alone, so the target moves smoothly as the driving pose moves). The part's groups
+        are then rotated towards the target by ``weight[t, i]`` (geodesic blend). Rendering needs
+        poses it has seen: the avatar decoder's output lies near the subject's distribution,
+        this step lands it on part poses of the capture itself. Retrieval of the nearest
+        example poses in the spirit of motion-matching; the soft mean is this project's
+        choice.
+
+        Args:
+            G: (T, 18, 3, 3) group rotations (e.g. the decoder's aligned poses).
+            weight: (T, 4) per part blend in [0, 1] (0 = unchanged, 1 = the target).
+            k: neighbours (clipped to the number of training poses).
+        Returns:
+            (T, 18, 3, 3) projected group rotations (groups of parts with weight 0 unchanged).
+        """
+        out = G.clone()
+        pts = self.part_points(G.to(self.r_in.device, torch.float32))
+        k = max(1, min(int(k), self.train_groups.shape[0]))
+        for i, (p, bank) in enumerate(zip(pts, self.bank)):
+            w = weight[:, i].to(out.dtype)
+            if not bool((w > 0).any()):
+                continue
+            d = torch.cat([(p[s:s + 256, None] - bank[None]).norm(dim=-1).mean(-1)
+                           for s in range(0, p.shape[0], 256)])                    # (T, N)
+            dk, ik = d.topk(k, dim=1, largest=False)                                  # (T, k)
+            wk = torch.softmax(-2.0 * dk / dk[:, :1].clamp_min(1e-6), dim=1)
+            R = self.train_groups[:, self.masks[i]][ik]                               # (T, k, g, 3, 3)
+            R0 = R[:, :1]
+            v = (wk[..., None, None] * _log(R0.transpose(-1, -2) @ R)).sum(1)         # (T, g, 3)
+            target = R0[:, 0] @ _exp(v)
+            Gi = out[:, self.masks[i]]
+            corr = _log(target.to(out.dtype) @ Gi.transpose(-1, -2)) * w[:, None, None]
+            moved = (w > 0)[:, None, None, None]
+            out[:, self.masks[i]] = torch.where(moved, _exp(corr) @ Gi, Gi)      # w 0: exact
+        return out
+
     def summary(self) -> dict:
         """Radii (mm) per part and the training distances' median, for ``mda.json`` / reports."""
         med = self.cv_mm.median(0).values
@@ -849,6 +906,8 @@ class MotionAligner:
                 part_w[t] = self._smooth_weights(raw[t:t + 1], fps)[0]
                 corr = corr * self.gate.group_weights(part_w[t])[None, :, None]
             out[t] = _exp(corr * strength)[0] @ G[t]
+        if mode == "part" and self.config.gate_project_k > 0:
+            out = self.gate.project(out, strength * part_w, self.config.gate_project_k)
         if mode == "part" and self.config.gate_keep_root_frame:
             out = self.gate.keep_root_frames(G, out, 1.0 - strength * part_w)
         self.last_part_weights = part_w.cpu() if mode == "part" else None
