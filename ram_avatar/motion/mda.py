@@ -692,26 +692,30 @@ class PartGate:
         Returns:
             (T, 18, 3, 3) projected group rotations (groups of parts with weight 0 unchanged).
         """
-        out = G.clone()
+        if not bool((weight > 0).any()):   # every part in distribution: nothing to project
+            return G
         pts = self.part_points(G.to(self.r_in.device, torch.float32))
         k = max(1, min(int(k), self.train_groups.shape[0]))
-        for i, (p, bank) in enumerate(zip(pts, self.bank)):
-            w = weight[:, i].to(out.dtype)
-            if not bool((w > 0).any()):
-                continue
+        T = G.shape[0]
+        # per part: the k nearest training poses (T, k) and their kernel weights
+        ik, wk = [], []
+        for p, bank in zip(pts, self.bank):
             d = torch.cat([(p[s:s + 256, None] - bank[None]).norm(dim=-1).mean(-1)
-                           for s in range(0, p.shape[0], 256)])                    # (T, N)
-            dk, ik = d.topk(k, dim=1, largest=False)                                  # (T, k)
-            wk = torch.softmax(-2.0 * dk / dk[:, :1].clamp_min(1e-6), dim=1)
-            R = self.train_groups[:, self.masks[i]][ik]                               # (T, k, g, 3, 3)
-            R0 = R[:, :1]
-            v = (wk[..., None, None] * _log(R0.transpose(-1, -2) @ R)).sum(1)         # (T, g, 3)
-            target = R0[:, 0] @ _exp(v)
-            Gi = out[:, self.masks[i]]
-            corr = _log(target.to(out.dtype) @ Gi.transpose(-1, -2)) * w[:, None, None]
-            moved = (w > 0)[:, None, None, None]
-            out[:, self.masks[i]] = torch.where(moved, _exp(corr) @ Gi, Gi)      # w 0: exact
-        return out
+                           for s in range(0, T, 256)])                                # (T, N)
+            dk, i = d.topk(k, dim=1, largest=False)
+            ik.append(i)
+            wk.append(torch.softmax(-2.0 * dk / dk[:, :1].clamp_min(1e-6), dim=1))
+        part_of = self.masks.float().argmax(0)                                        # (18,)
+        ik, wk = torch.stack(ik)[part_of], torch.stack(wk)[part_of]                   # (18, T, k)
+        groups = torch.arange(NUM_GROUPS, device=ik.device)[:, None, None]
+        R = self.train_groups[ik, groups].permute(1, 2, 0, 3, 4)                      # (T, k, 18, 3, 3)
+        R0 = R[:, :1]
+        v = (wk.permute(1, 2, 0)[..., None] * _log(R0.transpose(-1, -2) @ R)).sum(1)  # (T, 18, 3)
+        target = (R0[:, 0] @ _exp(v)).to(G.dtype)
+        w = weight.to(G.device, G.dtype)[:, part_of]                                  # (T, 18)
+        corr = _log(target @ G.transpose(-1, -2)) * w[..., None]
+        # weight 0 leaves the group exactly as it is
+        return torch.where((w > 0)[..., None, None], _exp(corr) @ G, G)
 
     def summary(self) -> dict:
         """Radii (mm) per part and the training distances' median, for ``mda.json`` / reports."""
