@@ -68,17 +68,22 @@ def test_soak_summary_numbers():
 
 
 def test_resident_memory_tracks_an_allocation():
+    import mmap
+
     import numpy as np
 
     from ram_avatar.bench import resident_memory_bytes
 
+    # fresh anonymous pages (mmap), every page written: malloc could serve a numpy array from
+    # memory an earlier test freed and left resident, and then the count would not move
     before, src = resident_memory_bytes()
-    block = np.ones(64 << 20, np.uint8)  # 64 MiB, touched
+    block = mmap.mmap(-1, 64 << 20)  # 64 MiB
+    np.frombuffer(block, np.uint8)[:] = 1
     after, _ = resident_memory_bytes()
     assert before > 0 and src
     if src == "/proc/self/statm":
         assert after - before > 48 << 20
-    del block
+    block.close()
 
 
 def test_bench_soak_rows(live_subject, capsys):  # noqa: F811
