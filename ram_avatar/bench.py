@@ -132,7 +132,7 @@ def _summary(values: list[float]) -> dict:
 def bench_live(subject_dir: str | Path, resolution: int | None = None, device: str = "auto",
                backend: str = "onnx", frames: int = 60, source: str | Path | None = None,
                warmup: int = 3, run_name: str = "default", mda: str = "auto",
-               pipelined: bool = True, output=None) -> dict:
+               pipelined: bool = True, output=None, pacing: bool = True) -> dict:
     """Benchmark the live runtime end to end (module docstring).
 
     Args:
@@ -153,6 +153,8 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
             be, so none is dropped) instead of one after another (:meth:`AvatarRuntime.process`).
             ``fps`` is throughput (timed frames / wall time); ``latency_ms`` is end to end
             (submission to rendered frame), with ``p95`` added.
+        pacing: the pipeline starts its track and pose stages just in time
+            (:class:`~ram_avatar.runtime.pipeline.LivePipeline`); False for comparison.
         output: what the frames show, as in ``live`` (:class:`~ram_avatar.render.framing.OutputSettings`:
             background, framing, zoom, output size); None = the rendered crop over the learned
             background. Its cost is part of the render stage (composition) and of ``fps``.
@@ -184,6 +186,7 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
         "subject": str(subject_dir), "source": str(source),
         "frame_size": [int(video[0].shape[1]), int(video[0].shape[0])],
         "backend": backend, "device": str(dev), "frames": frames, "warmup": warmup,
+        "pacing": bool(pacing) if pipelined else None,
         "output": None if output is None else {
             "background": output.spec, "framing": output.framing, "zoom": output.zoom,
             "out_size": list(output.out_size) if output.framing else None},
@@ -216,7 +219,7 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
                 else:
                     raise RamAvatarError(f"unknown backend {backend!r}: use onnx, torch or tensorrt")
                 entry.update(_run(subject_dir, backend, dev, engine, video, warmup, run_name, mda,
-                                  pipelined, output))
+                                  pipelined, output, pacing))
             except RamAvatarError as e:
                 entry["error"] = str(e)
             report["results"][str(R)] = entry
@@ -225,7 +228,8 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
 
 
 def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warmup: int,
-         run_name: str, mda: str, pipelined: bool = False, output=None) -> dict:
+         run_name: str, mda: str, pipelined: bool = False, output=None,
+         pacing: bool = True) -> dict:
     rt = AvatarRuntime(subject_dir, backend=backend, device=str(dev), run_name=run_name, engine=engine,
                        mda=mda in ("auto", "on"), output=output)
     if mda == "on" and not rt.mda_available:
@@ -245,12 +249,14 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
         if pipelined:
             from ram_avatar.runtime.pipeline import LivePipeline
 
-            with LivePipeline(rt, on_result=finished) as pipe:
+            with LivePipeline(rt, on_result=finished, pacing=pacing) as pipe:
                 t_start = None
                 for i, frame in enumerate(video):
-                    # a newest-frame camera: the frame is submitted when the tracker can take
-                    # it (a real camera's older frames would have been dropped), none is lost
-                    while pipe.inbox._full or pipe._tracked._full:
+                    # a newest-frame camera: the frame is submitted when the tracker asks for
+                    # one (a real camera's older frames would have been dropped), none is lost
+                    while not pipe.wants_input():
+                        if not pipe.running:
+                            raise RamAvatarError("bench live: the pipeline stopped")
                         time.sleep(0.001)
                     if i == warmup:
                         while len(done) < warmup:  # warm-up frames out of the timing
@@ -437,7 +443,7 @@ def _soak_loop(rt, video, pipelined: bool, end_s: float, interval_s: float,
             while not row_due():
                 if not pipe.running:
                     raise RamAvatarError("soak: the live pipeline stopped")
-                if pipe.inbox._full or pipe._tracked._full:  # a camera's newest frame
+                if not pipe.wants_input():  # a camera's newest frame, when the tracker asks
                     time.sleep(0.001)
                     continue
                 pipe.submit(video[i % len(video)])

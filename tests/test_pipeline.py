@@ -103,3 +103,35 @@ def test_pipeline_newest_frame_policy_and_errors():
         pipe.submit(_frame(14))
         time.sleep(0.2)
         assert len(got) == n_before + 1 and rt.order[-1] == 14
+
+
+def _run_on_demand(pacing: bool, ms, n: int = 24):
+    """Feed frames when the tracker asks (as ``bench live``): (latencies ms, seconds per frame)
+    of the frames after the first 8."""
+    rt = _FakeRuntime(ms)
+    got = []
+    with LivePipeline(rt, on_result=lambda img, st: got.append((time.perf_counter(), st)),
+                      pacing=pacing) as pipe:
+        for i in range(n):
+            while not pipe.wants_input():
+                time.sleep(0.0005)
+            pipe.submit(_frame(i))
+        while len(got) < n:
+            time.sleep(0.002)
+    assert [st["seq"] for _, st in got] == list(range(1, n + 1))      # in order, none dropped
+    tail = got[8:]
+    lat = sorted(st["latency"] for _, st in tail)
+    return lat[len(lat) // 2], (tail[-1][0] - tail[0][0]) / (len(tail) - 1)
+
+
+def test_pacing_lowers_latency_at_the_same_throughput():
+    """A slow renderer after two fast stages (10 | 10 | 60 ms): without pacing each frame is
+    tracked and posed at once, then waits for the renderer (latency ~3 x 60 ms); with pacing
+    the tracker starts just in time (latency ~ the sum of the stages, 80 ms + the margin).
+    Both run at the renderer's rate."""
+    ms = (10, 10, 60)
+    lat_off, dt_off = _run_on_demand(False, ms)
+    lat_on, dt_on = _run_on_demand(True, ms)
+    assert lat_off > 150.0, lat_off
+    assert lat_on < 0.7 * lat_off, (lat_on, lat_off)
+    assert 0.055 < dt_off < 0.08 and 0.055 < dt_on < 0.08, (dt_off, dt_on)
