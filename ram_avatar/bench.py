@@ -150,11 +150,9 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
         pipelined: run the stages overlapped in threads
             (:class:`ram_avatar.runtime.pipeline.LivePipeline`, the live app's path; each frame
             is submitted when the tracker asks for one (:meth:`LivePipeline.wants_input`), as
-            the newest frame of a camera would be, so none is dropped; until this stop a frame
-            was submitted as soon as the tracker's output slot was empty, and then waited in
-            the input slot while the tracker finished the frame before, which added up to one
-            tracking time to the latency) instead of one after another
-            (:meth:`AvatarRuntime.process`).
+            the newest frame of a camera would be, so none is dropped and none waits in the
+            input slot while the tracker finishes the frame before) instead of one after
+            another (:meth:`AvatarRuntime.process`).
             ``fps`` is throughput (timed frames / wall time); ``latency_ms`` is end to end
             (submission to rendered frame), with ``p95`` added.
         pacing: the pipeline starts its track and pose stages just in time
