@@ -594,6 +594,7 @@ class PartGate:
         self.fk = fk
         dev = fk.offsets.device
         self.masks = part_group_masks().to(dev)                                      # (4, 18)
+        self._part_of = self.masks.float().argmax(0)                                 # (18,)
         self.train_groups = train_groups.to(dev, torch.float32)
         # points of each part: start joints of non-root groups + tips with a length
         has_tip = fk.tips.norm(dim=-1) > 1e-6
@@ -705,7 +706,7 @@ class PartGate:
             dk, i = d.topk(k, dim=1, largest=False)
             ik.append(i)
             wk.append(torch.softmax(-2.0 * dk / dk[:, :1].clamp_min(1e-6), dim=1))
-        part_of = self.masks.float().argmax(0)                                        # (18,)
+        part_of = self._part_of
         ik, wk = torch.stack(ik)[part_of], torch.stack(wk)[part_of]                   # (18, T, k)
         groups = torch.arange(NUM_GROUPS, device=ik.device)[:, None, None]
         R = self.train_groups[ik, groups].permute(1, 2, 0, 3, 4)                      # (T, k, 18, 3, 3)
