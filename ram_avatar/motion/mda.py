@@ -36,8 +36,8 @@ Design choices beyond the paper's text (all documented in ``<subject>/mda/mda.js
   ``mode="global"`` is the filter of Sec. 3.3 as written (every part aligned by ``strength``);
 * in part mode the decoder's output is then *projected* part by part onto the subject's own
   training part poses (kernel-weighted mean of the ``gate_project_k`` nearest, blended by the
-  part's gate weight: :meth:`PartGate.project`). Measured with ``evaluate --curve`` on 16
-  Bandai-Namco clips (one per motion category, retargeted; the tuning set, chosen before
+  part's gate weight: :meth:`PartGate.project`). Measured with the curve's metrics
+  (:mod:`ram_avatar.motion.metrics`, strength 1) on 16 Bandai-Namco clips (one per motion category, retargeted; the tuning set, chosen before
   looking at basketball): mean nearest-training-pose reduction 0.357 -> 0.434 with mean arm
   correlation 0.819 -> 0.852 (k = 32; 4: 0.412, 16: 0.426, 64: 0.440), held-out subject
   poses moved 2.2 -> 3.1 mm; on basketball -> taiji 37 % -> 43.5 % at arm correlation 0.98.
@@ -518,18 +518,29 @@ def part_group_masks() -> torch.Tensor:
     return m
 
 
-def _chunked_nn_mm(query: torch.Tensor, bank: torch.Tensor, exclude=None, chunk: int = 256) -> torch.Tensor:
-    """Nearest-neighbour distance (mean over points, mm) of query (N, P, 3) in bank (M, P, 3),
-    metres. ``exclude(s, e)`` -> (e-s, M) bool marks bank entries a query may not match."""
-    out = []
+def _chunked_knn(query: torch.Tensor, bank: torch.Tensor, k: int = 1, exclude=None,
+                 chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest bank entries of each query, by mean point distance: query (N, P, 3) and
+    bank (M, P, 3) in metres -> (distances (N, k) in metres, ascending; indices (N, k)).
+    ``exclude(s, e)`` -> (e-s, M) bool marks bank entries a query may not match. Chunked over
+    the queries so that the (n, M, P) difference tensor stays small."""
+    dist, idx = [], []
     b = bank.reshape(bank.shape[0], -1, 3)
     for s in range(0, query.shape[0], chunk):
         q = query[s:s + chunk]
         d = (q[:, None] - b[None]).norm(dim=-1).mean(-1)                             # (n, M)
         if exclude is not None:
             d = d.masked_fill(exclude(s, s + q.shape[0]), float("inf"))
-        out.append(d.min(1).values)
-    return torch.cat(out) * 1000.0
+        dk, ik = d.topk(k, dim=1, largest=False)
+        dist.append(dk)
+        idx.append(ik)
+    return torch.cat(dist), torch.cat(idx)
+
+
+def _chunked_nn_mm(query: torch.Tensor, bank: torch.Tensor, exclude=None, chunk: int = 256) -> torch.Tensor:
+    """Nearest-neighbour distance (mean over points, mm) of query (N, P, 3) in bank (M, P, 3),
+    metres (:func:`_chunked_knn` with k = 1)."""
+    return _chunked_knn(query, bank, 1, exclude, chunk)[0][:, 0] * 1000.0
 
 
 def _chain_rotation(G: torch.Tensor, chain: list[int]) -> torch.Tensor:
@@ -697,13 +708,10 @@ class PartGate:
             return G
         pts = self.part_points(G.to(self.r_in.device, torch.float32))
         k = max(1, min(int(k), self.train_groups.shape[0]))
-        T = G.shape[0]
         # per part: the k nearest training poses (T, k) and their kernel weights
         ik, wk = [], []
         for p, bank in zip(pts, self.bank):
-            d = torch.cat([(p[s:s + 256, None] - bank[None]).norm(dim=-1).mean(-1)
-                           for s in range(0, T, 256)])                                # (T, N)
-            dk, i = d.topk(k, dim=1, largest=False)
+            dk, i = _chunked_knn(p, bank, k)
             ik.append(i)
             wk.append(torch.softmax(-2.0 * dk / dk[:, :1].clamp_min(1e-6), dim=1))
         part_of = self._part_of
