@@ -235,6 +235,24 @@ def test_person_mask_keeps_background_out(scene):
     assert green(unmasked) > 20
 
 
+def test_frame_whose_mask_misses_the_mesh_adds_nothing(scene):
+    """A frame whose person mask covers none of the visible texels (an upper-body video whose
+    fit strays below the frame edge) is skipped: it adds no sample and does not stop the bake
+    (it crashed in cv2.remap with an empty point list)."""
+    verts, faces, uv_corners, views = scene
+    posed, image, mask = views[0]
+    sampler = tb.TexelSampler(tb.rasterize_uv(uv_corners, SIZE, backend="torch"), faces,
+                              backend="torch")
+    pos, rgb, w = sampler.sample(posed, K, image, np.zeros_like(mask))
+    assert pos.shape == (0,) and rgb.shape == (0, 3) and w.shape == (0,)
+    assert tb._remap_points(image, np.zeros(0), np.zeros(0)).shape == (0, 3)
+    with_empty = tb.backproject([(posed, image, np.zeros_like(mask))] + views, faces, uv_corners,
+                                K, SIZE, backend="torch", fill=False)
+    alone = tb.backproject(views, faces, uv_corners, K, SIZE, backend="torch", fill=False)
+    assert np.array_equal(with_empty.rgb, alone.rgb)
+    assert np.array_equal(with_empty.seen, alone.seen)
+
+
 def test_robust_average_rejects_outliers(monkeypatch):
     pos = np.array([0, 0, 0, 0, 1, 1, 2])
     rgb = np.array([[100, 100, 100], [104, 100, 100], [102, 100, 100], [250, 0, 250],

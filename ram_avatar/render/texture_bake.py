@@ -258,6 +258,8 @@ class TexelSampler:
                 m = cv2.erode(m, np.ones((k, k), np.uint8))
             keep = _remap_points(m, u - 0.5, v - 0.5)[:, 0] >= 128
             cand, cos, u, v = cand[keep], cos[keep], u[keep], v[keep]
+            if cand.size == 0:  # every visible texel falls outside the person mask
+                return empty
         rgb = _remap_points(np.ascontiguousarray(image), u - 0.5, v - 0.5)
         w = np.power(cos, self.normal_power).astype(np.float32)
         return cand.astype(np.int32), np.ascontiguousarray(rgb[:, :3]), w
@@ -268,6 +270,8 @@ def _remap_points(img: np.ndarray, x: np.ndarray, y: np.ndarray, block: int = 40
     (``x``, ``y``) (integer = pixel centre), replicating the border: one ``cv2.remap`` call with
     the points laid out in rows of ``block``."""
     n = len(x)
+    if n == 0:  # cv2.remap rejects an empty map
+        return np.zeros((0, img.shape[2] if img.ndim == 3 else 1), img.dtype)
     rows = -(-n // block)
     mx = np.zeros(rows * block, np.float32)
     my = np.zeros(rows * block, np.float32)
