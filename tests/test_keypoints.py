@@ -10,8 +10,8 @@ import pytest
 from ram_avatar.capture.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, POSE_LEFT_HIP,
                                           POSE_LEFT_SHOULDER, POSE_LEFT_WRIST, POSE_RIGHT_HIP,
                                           POSE_RIGHT_SHOULDER, POSE_RIGHT_WRIST, Keypoints2D,
-                                          check_person_found, detect_keypoints,
-                                          filter_hands_by_pose_wrist)
+                                          check_person_found, detect_keypoints, detected_height,
+                                          filter_hands_by_pose_wrist, longest_run)
 from ram_avatar.capture.video import VideoWriter, iter_frames, read_frames
 from ram_avatar.errors import NoPersonError, SequenceFormatError
 
@@ -173,6 +173,33 @@ def test_check_person_found_threshold():
     with pytest.raises(NoPersonError, match="no person found in 6 of 10 frames"):
         check_person_found(kp)
     check_person_found(kp, min_fraction=0.4)
+
+
+def test_person_out_of_view_message_names_the_stretch_to_capture():
+    """A person who is in view only part of the time: the message gives the longest stretch of
+    frames with a person as capture's --start/--end, in the video's frame numbers."""
+    kp = _synthetic(20)
+    kp.pose_valid[:] = False
+    kp.pose_valid[[2, 3]] = True            # a short stretch
+    kp.pose_valid[11:17] = True             # the longest: frames 11..16
+    with pytest.raises(NoPersonError) as info:
+        check_person_found(kp, first_frame=100)
+    msg = str(info.value)
+    assert "no person found in 12 of 20 frames" in msg
+    assert "frames 111 to 116" in msg and "--start 111 --end 117" in msg
+    assert longest_run(kp.pose_valid) == (11, 17)
+    assert longest_run(np.zeros(5, bool)) == (0, 0)
+    assert longest_run(np.ones(4, bool)) == (0, 4)
+
+
+def test_detected_height_is_the_landmark_extent():
+    kp = _synthetic(4)
+    kp.pose[:, :, 2] = 0.0
+    for j in (POSE_LEFT_SHOULDER, POSE_RIGHT_SHOULDER, POSE_LEFT_HIP, POSE_RIGHT_HIP):
+        kp.pose[:, j, 2] = 1.0              # shoulders at y 200, hips at y 400
+    assert detected_height(kp, 800) == pytest.approx(0.25)
+    kp.pose_valid[:] = False
+    assert detected_height(kp, 800) == 0.0
 
 
 # -------------------------------------------------------------------- personless video

@@ -255,22 +255,55 @@ def too_small_error(small: dict, found: int, total: int, width: int, height: int
         f"cropped.mp4 (then capture cropped.mp4).")
 
 
-def check_person_found(kp: Keypoints2D, min_fraction: float = 0.5) -> None:
+def longest_run(valid: np.ndarray) -> tuple[int, int]:
+    """``(start, end)`` (end exclusive) of the longest stretch of consecutive True values of a
+    (T,) bool array; ``(0, 0)`` when none is True."""
+    v = np.concatenate([[False], np.asarray(valid, bool), [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(v))
+    if edges.size == 0:
+        return 0, 0
+    starts, ends = edges[0::2], edges[1::2]
+    i = int(np.argmax(ends - starts))
+    return int(starts[i]), int(ends[i])
+
+
+def detected_height(kp: Keypoints2D, frame_height: int) -> float:
+    """Median height of the detected bodies as a fraction of the frame height: the vertical
+    extent of the pose landmarks with visibility > 0.5, over the frames with a valid pose
+    (0 when there is none)."""
+    hs = []
+    for t in np.flatnonzero(kp.pose_valid):
+        y = kp.pose[t, kp.pose[t, :, 2] > 0.5, 1]
+        if y.size >= 2:
+            hs.append((y.max() - y.min()) / frame_height)
+    return float(np.median(hs)) if hs else 0.0
+
+
+def check_person_found(kp: Keypoints2D, min_fraction: float = 0.5, first_frame: int = 0) -> None:
     """Make sure a person was detected in enough frames to build an avatar.
 
     Args:
         kp: keypoints from :func:`detect_keypoints`.
         min_fraction: smallest accepted fraction of frames with a valid pose.
+        first_frame: the video frame number of ``kp``'s first frame (capture's ``--start``), so
+            that the suggested ``--start/--end`` are the video's frame numbers.
 
     Raises:
-        NoPersonError: the pose is valid in fewer than ``min_fraction`` of the frames.
+        NoPersonError: the pose is valid in fewer than ``min_fraction`` of the frames; the
+            message names the longest stretch of frames with a person, and the ``--start`` /
+            ``--end`` that capture only it.
     """
     total = kp.num_frames
     found = int(kp.pose_valid.sum())
     if total == 0 or found < min_fraction * total:
+        a, b = longest_run(kp.pose_valid)
+        stretch = (f" The longest stretch with a person is frames {first_frame + a} to "
+                   f"{first_frame + b - 1}: capture only that part with --start {first_frame + a} "
+                   f"--end {first_frame + b}, if it shows enough of your movements."
+                   if b - a >= 2 else "")
         raise NoPersonError(
             f"no person found in {total - found} of {total} frames (a person is needed in at "
             f"least {min_fraction:.0%} of them); record a video where your whole body is "
             f"visible, in good light, with one person facing the camera, or trim the video to "
-            f"the part where you are in view."
+            f"the part where you are in view.{stretch}"
         )

@@ -29,7 +29,7 @@ from ram_avatar.body import load_body_model
 from ram_avatar.body.base import BodyModel, BodyParams
 from ram_avatar.capture.fitting import FitConfig, fit_sequence, reprojection_errors
 from ram_avatar.capture.keypoints import (Keypoints2D, check_person_found, detect_keypoints,
-                                          find_small_person, too_small_error)
+                                          detected_height, find_small_person, too_small_error)
 from ram_avatar.capture.video import VideoWriter, iter_frames, probe_video
 from ram_avatar.errors import CaptureError, DiskFullError, NoPersonError, VideoError
 from ram_avatar.io.camera import camera_for_video, undistort_points
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 MAX_VALID_BODY_ERROR = 0.08
 #: capture fails when fewer than this fraction of the frames are valid (training needs them)
 MIN_VALID_FRACTION = 0.5
+#: the whole-frame detector's bodies, where found, are at least this fraction of the frame tall:
+#: a failed capture is then a person out of view, not one too small (no zoomed-in search)
+LARGE_PERSON = 0.25
 #: folders of a subject derived from its sequence (replaced together with it)
 SUBJECT_PARTS = ("sequence", "runs", "export", "mda")
 #: ``capture(overwrite=...)`` choices
@@ -290,8 +293,12 @@ def track_video(video: str | Path, body: BodyModel, start: int = 0, end: int | N
     timings = {}
     kp, masks = detect_keypoints(iter_frames(video, start, end), total=end - start)
     try:
-        check_person_found(kp, min_person_fraction)
+        check_person_found(kp, min_person_fraction, first_frame=start)
     except NoPersonError:
+        if detected_height(kp, info.height) >= LARGE_PERSON:
+            # where a person was found they were large: the others lack one because the person
+            # left the frame (or was hidden), not because they are too small
+            raise
         # a person far from the camera is missed by the whole-frame detector: look closer
         picks = set(np.linspace(0, end - start - 1, min(3, end - start)).astype(int).tolist())
         sample = [f for i, f in enumerate(iter_frames(video, start, start + max(picks) + 1)) if i in picks]
