@@ -206,6 +206,7 @@ def _report_fields(run, S: int, info: dict, offset, frames, split) -> dict:
         "subject": str(run.subject.root), "run": run.name, "resolution": S,
         "variant": info["model_config"].variant, "expand_offset": offset,
         "checkpoint": str(info["checkpoint"]), "checkpoint_step": info["step"],
+        "checkpoint_weights": info["weights"],
         "checkpoint_sha256": sha256_file(info["checkpoint"]),
         "parity_frames": [int(f) for f in frames], "split": split.method,
         # the capture the renderer was trained on (training.checkpoint.check_run_sequence)

@@ -191,7 +191,8 @@ def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device:
                     + protocol)
     pred, real, mask = predict(model, ds, dev)
     lp = load_lpips("alex", backbone_path=lpips_weights, device="cpu")
-    res = {"step": info["step"], **image_metrics(pred, real, mask, val, lp, dev),
+    res = {"step": info["step"], "weights": info["weights"],
+           **image_metrics(pred, real, mask, val, lp, dev),
            "resolution": mc.resolution, "preset": info["preset"],
            "split": ev.method, "split_val_fraction": ev.val_fraction,
            "run_split": run_split.method, "pose_refinement": protocol}

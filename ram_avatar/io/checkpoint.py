@@ -27,7 +27,7 @@ from ram_avatar.utils import atomic_write_text, sha256_file
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CHECKPOINT_DIR", "SEQUENCE_RECORD", "checkpoint_path",
            "list_checkpoints", "latest_checkpoint", "check_run_sequence", "read_metadata",
-           "read_checkpoint", "load_model_state"]
+           "read_checkpoint", "load_model_state", "aux_checkpoint_path", "load_ema_weights"]
 
 FORMAT = "ram-avatar-checkpoint"
 FORMAT_VERSION = 1
@@ -203,3 +203,31 @@ def load_model_state(path: Path, model: nn.Module, tensors: dict[str, torch.Tens
             f"checkpoint {path} does not match the model: {'; '.join(parts)}. It was trained "
             "with a different model config; use the run's own config.yaml or a new run directory")
     model.load_state_dict(state, strict=True)
+
+
+def aux_checkpoint_path(main_checkpoint: str | os.PathLike) -> Path:
+    """``step_N.aux.safetensors`` next to ``step_N.safetensors`` (discriminator, EMA)."""
+    p = Path(main_checkpoint)
+    return p.with_name(p.stem + ".aux.safetensors")
+
+
+def load_ema_weights(checkpoint: str | os.PathLike, model: nn.Module) -> bool:
+    """Load the EMA renderer weights saved with ``checkpoint`` into ``model``.
+
+    Returns:
+        True when the checkpoint has EMA weights (loaded), False when it has none.
+    Raises:
+        CheckpointError: corrupt aux file or weights that do not match ``model``.
+    """
+    aux = aux_checkpoint_path(checkpoint)
+    if not aux.is_file():
+        return False
+    tensors, _ = read_checkpoint(aux)
+    state = {k[len("model.ema."):]: v for k, v in tensors.items() if k.startswith("model.ema.")}
+    if not state:
+        return False
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"EMA weights in {aux} do not match the model: {exc}") from None
+    return True

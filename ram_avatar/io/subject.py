@@ -319,17 +319,22 @@ class Run:
             raise RunConfigError(f"{self.config_path} has no 'model' mapping (renderer config)")
         return renderer_config_from_dict(model, where=str(self.config_path))
 
-    def load_renderer(self, device="cpu"):
+    def load_renderer(self, device="cpu", weights: str = "auto"):
         """The latest checkpoint of this run as an eval-mode
         :class:`~ram_avatar.models.renderer.AvatarRenderer` (the one loader of trained
         renderers: export, drive, evaluate, the live runtime and the benches).
 
         Args:
             device: torch device (or name) to move the model to.
+            weights: ``auto``: the EMA of the renderer's weights when the run was trained with
+                ``optim.ema_warmup`` (its EMA is the run's renderer, see
+                :class:`~ram_avatar.training.config.OptimConfig`) and saved one, else the raw
+                weights; ``raw``: the optimised weights; ``ema``: the saved EMA (raises when
+                there is none).
         Returns:
             (model, info) with info ``checkpoint`` (Path), ``step`` (int), ``model_config``
-            (RendererConfig, also ``model.config``), ``preset`` (the run's preset name or None)
-            and ``run`` (this Run).
+            (RendererConfig, also ``model.config``), ``preset`` (the run's preset name or None),
+            ``weights`` (``ema`` or ``raw``: which were loaded) and ``run`` (this Run).
         Raises:
             CheckpointError: no config or no checkpoint (train first), a damaged checkpoint, a
                 checkpoint that does not match the config, or a run trained on another capture
@@ -337,7 +342,8 @@ class Run:
             RunConfigError: a bad config.yaml.
         """
         from ram_avatar.errors import CheckpointError
-        from ram_avatar.io.checkpoint import check_run_sequence, load_model_state, read_checkpoint
+        from ram_avatar.io.checkpoint import (check_run_sequence, load_ema_weights,
+                                              load_model_state, read_checkpoint)
         from ram_avatar.models.renderer import AvatarRenderer
 
         ckpt = self.latest_checkpoint()
@@ -350,12 +356,25 @@ class Run:
             model = AvatarRenderer(config)
         except ValueError as e:
             raise RunConfigError(f"{self.config_path}: {e}") from None
+        if weights not in ("auto", "raw", "ema"):
+            raise ValueError(f"weights must be auto, raw or ema, got {weights!r}")
         tensors, meta = read_checkpoint(ckpt)
         load_model_state(ckpt, model, tensors)
+        del tensors
+        data = self.config_dict()
+        optim = data.get("optim") or {}
+        loaded = "raw"
+        if weights == "ema" or (weights == "auto" and optim.get("ema_warmup")
+                                and float(optim.get("ema_decay") or 0) > 0):
+            if load_ema_weights(ckpt, model):
+                loaded = "ema"
+            elif weights == "ema":
+                raise CheckpointError(f"{ckpt} has no EMA weights beside it (train with "
+                                      "optim.ema_decay > 0, or load the raw weights)")
         model.to(device).eval()
         return model, {"checkpoint": ckpt, "step": int(meta.get("step", 0)),
-                       "model_config": config, "preset": self.config_dict().get("preset"),
-                       "run": self}
+                       "model_config": config, "preset": data.get("preset"),
+                       "weights": loaded, "run": self}
 
 
 def load_renderer(subject_dir: str | Path, run_name: str = DEFAULT_RUN, device="cpu"):

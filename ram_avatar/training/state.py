@@ -19,39 +19,12 @@ import torch
 from torch import nn
 
 from ram_avatar.errors import CheckpointError
+from ram_avatar.io.checkpoint import aux_checkpoint_path, load_ema_weights  # noqa: F401
 from ram_avatar.training.checkpoint import (CHECKPOINT_DIR, list_checkpoints, load_checkpoint,
                                             read_checkpoint, save_checkpoint, save_run_checkpoint)
 from ram_avatar.training.model import AvatarTrainingModel, renderer_param_groups, set_requires_grad
 
 log = logging.getLogger(__name__)
-
-
-def aux_checkpoint_path(main_checkpoint: str | os.PathLike) -> Path:
-    """``step_N.aux.safetensors`` next to ``step_N.safetensors`` (discriminator, EMA)."""
-    p = Path(main_checkpoint)
-    return p.with_name(p.stem + ".aux.safetensors")
-
-
-def load_ema_weights(checkpoint: str | os.PathLike, model: nn.Module) -> bool:
-    """Load the EMA renderer weights saved with ``checkpoint`` into ``model``.
-
-    Returns:
-        True when the checkpoint has EMA weights (loaded), False when it has none.
-    Raises:
-        CheckpointError: corrupt aux file or weights that do not match ``model``.
-    """
-    aux = aux_checkpoint_path(checkpoint)
-    if not aux.is_file():
-        return False
-    tensors, _ = read_checkpoint(aux)
-    state = {k[len("model.ema."):]: v for k, v in tensors.items() if k.startswith("model.ema.")}
-    if not state:
-        return False
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"EMA weights in {aux} do not match the model: {exc}") from None
-    return True
 
 
 class AuxState(nn.Module):
@@ -128,11 +101,19 @@ class TrainingState:
                     group["betas"] = self.config.optim.betas
 
     @torch.no_grad()
-    def update_ema(self) -> None:
-        """``ema = decay * ema + (1 - decay) * renderer`` (buffers copied); no-op without EMA."""
+    def update_ema(self, step: int) -> None:
+        """``ema = d * ema + (1 - d) * renderer`` (buffers copied); no-op without EMA.
+
+        ``d = ema_decay``, or with ``optim.ema_warmup`` ``min(ema_decay, (1 + step) / (10 +
+        step))``: the warm-up of TensorFlow's ``ExponentialMovingAverage(num_updates=step)``,
+        so that a short run's average is not dominated by the initial weights (with a fixed
+        0.999, 0.999^1000 = 37 % of the average is still the step-0 renderer after 1000 steps).
+        """
         if self.ema is None:
             return
         decay = self.config.optim.ema_decay
+        if self.config.optim.ema_warmup:
+            decay = min(decay, (1.0 + step) / (10.0 + step))
         for pe, p in zip(self.ema.parameters(), self.model.renderer.parameters()):
             pe.lerp_(p.detach(), 1.0 - decay)
         for be, b in zip(self.ema.buffers(), self.model.renderer.buffers()):

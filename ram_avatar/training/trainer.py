@@ -385,7 +385,7 @@ class Trainer:
         self._backward_step(state.optimizer, state.scaler, model.renderer.parameters(),
                             losses["total"], model.refiner, "renderer")
         model.renderer.generator.mark_trained(self.dist.all_gather(frame_index))
-        state.update_ema()
+        state.update_ema(step)
         if use_disc:  # real really real: Eq. 4
             losses.update(model.discriminator_step(
                 batch, out["rgb"], step, state.opt_d,
