@@ -212,6 +212,21 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_create(a) -> int:
+    """capture -> train -> export -> fit-mda of one video, resumable; ``--live`` opens the app."""
+    import importlib.util
+
+    from ram_avatar.create import create
+
+    _check_overrides(a.set)
+    if a.live and importlib.util.find_spec("PySide6") is None:  # before an hour of training
+        raise RamAvatarError("--live needs the app: pip install -e '.[gui]' (or leave --live out "
+                             "and open it later with `ram-avatar live SUBJECT`)")
+    _print_json(create(a.video, a.output, minutes=a.minutes, steps=a.steps, preset=a.preset,
+                       run_name=a.run, device=a.device, overrides=a.set))
+    return main(["live", str(a.output)]) if a.live else 0
+
+
 def cmd_demo(a) -> int:
     """capture -> train -> export -> drive on the bundled sample videos."""
     from ram_avatar.demo import run_demo
@@ -442,6 +457,27 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _add_create_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``create``."""
+    p = sub.add_parser("create", help="one video -> a live avatar: capture -> train -> export -> "
+                                      "fit-mda, skipping what is already done (run it again "
+                                      "after an interruption)")
+    p.add_argument("video")
+    p.add_argument("-o", "--output", required=True, help="subject directory to create or continue")
+    p.add_argument("--minutes", type=_positive(float), default=None,
+                   help="total training minutes, counted over interruptions (default 20 unless "
+                        "--steps)")
+    p.add_argument("--steps", type=_positive(int), default=None, help="total training steps")
+    p.add_argument("--preset", default="cpu-256",
+                   help="training preset: cpu-256 | cpu-256-v1 | gpu-512 | paper-1024")
+    p.add_argument("--run", default="default", help="run name under SUBJECT/runs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="training config override (a new run only), repeatable")
+    p.add_argument("--live", action="store_true", help="open the live app on the avatar at the end")
+    _add_device(p)
+    p.set_defaults(func=cmd_create)
+
+
 def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``demo``."""
     p = sub.add_parser("demo", help="capture -> train -> export -> drive on the bundled videos")
@@ -528,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train_parser,
         _add_drive_parser,
         _add_evaluate_parser,
+        _add_create_parser,
         _add_demo_parser,
         _add_doctor_parser,
         _add_bench_parser,

@@ -37,6 +37,8 @@ import contextlib
 import logging
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -232,6 +234,10 @@ class Trainer:
         self.show_progress = show_progress
         self.init_texture = init_texture
         self.step = self.start_step = self.steps_run = 0
+        # training seconds of the earlier calls of this run (from the resumed checkpoint) and
+        # the start of this call's loop: checkpoints record their sum (``train_seconds``)
+        self.seconds_before = 0.0
+        self._fit_started: float | None = None
         self.first_loss: float | None = None
         self.last_losses: dict[str, float] = {}
         self.val_psnr: float | None = None
@@ -273,6 +279,8 @@ class Trainer:
             self._init_fresh()
         else:
             self.start_step = self.state.resume(resume_path)
+            self.seconds_before = float(
+                (read_metadata(resume_path).get("extra") or {}).get("train_seconds") or 0.0)
             log.info("resuming %s from step %d (%s)", self.run_dir, self.start_step,
                      resume_path.name)
         self.step = self.start_step
@@ -431,7 +439,15 @@ class Trainer:
         """Checkpoint of the current step (training.state), with the last logged losses and
         validation PSNR."""
         return self.state.save(self.step, {"losses": self.last_losses,
-                                           "val_psnr": self.val_psnr})
+                                           "val_psnr": self.val_psnr,
+                                           "train_seconds": self.train_seconds()})
+
+    def train_seconds(self) -> float:
+        """Wall-clock seconds this run has trained, over every call (resumed runs add the
+        ``train_seconds`` of the checkpoint they resumed from): what a time budget that
+        survives interruptions counts (``ram-avatar create --minutes``)."""
+        now = time.perf_counter()
+        return self.seconds_before + (now - self._fit_started if self._fit_started else 0.0)
 
     def preview(self) -> None:
         """Write the preview grid (TensorBoard + ``previews/step_N.png``)."""
@@ -470,20 +486,41 @@ class Trainer:
     def fit(self, steps: int | None = None, minutes: float | None = None) -> dict:
         """Train until the global step reaches ``steps`` or ``minutes`` have passed (whichever
         first; neither: ``max_steps``), then validate and save; returns the summary of
-        :func:`train`."""
+        :func:`train`.
+
+        Ctrl-C (SIGINT, in the main thread) ends the loop after the current step, like a
+        deadline: the final checkpoint is written, then KeyboardInterrupt is raised, so an
+        interrupted run resumes from the step it reached instead of the last periodic
+        checkpoint. A second Ctrl-C stops at once.
+
+        Raises:
+            KeyboardInterrupt: after the checkpoint, when interrupted.
+        """
         target = steps if steps is not None else \
             (None if minutes is not None else self.config.max_steps)
         deadline = time.monotonic() + minutes * 60.0 if minutes is not None else None
+        interrupted = []
 
         def done() -> bool:
-            if target is not None and self.step >= target:
+            if interrupted or (target is not None and self.step >= target):
                 return True
             return deadline is not None and time.monotonic() >= deadline
+
+        def on_sigint(signum, frame) -> None:
+            if interrupted:
+                raise KeyboardInterrupt
+            interrupted.append(signum)
+            log.warning("interrupted: finishing step %d and saving a checkpoint (Ctrl-C again "
+                        "to stop at once, losing the steps since the last checkpoint)",
+                        self.step + 1)
+
+        previous = (signal.signal(signal.SIGINT, on_sigint)
+                    if threading.current_thread() is threading.main_thread() else None)
 
         self.model.renderer.train()
         if self.model.discriminator is not None:
             self.model.discriminator.train()
-        t_start = time.perf_counter()
+        t_start = self._fit_started = time.perf_counter()
         bar_ctx = progress() if (self.show_progress and self.dist.main) \
             else contextlib.nullcontext()
         try:
@@ -505,10 +542,17 @@ class Trainer:
             elapsed = time.perf_counter() - t_start
             self._finish()
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
             if self.writer is not None:
                 self.writer.flush()
                 self.writer.close()
-        return self._summary(elapsed)
+        summary = self._summary(elapsed)
+        if interrupted:
+            log.warning("training stopped at step %d, saved in %s: run the same command again "
+                        "to continue", self.step, summary["checkpoint"])
+            raise KeyboardInterrupt
+        return summary
 
     def _finish(self) -> None:
         """Final validation and checkpoint (unless this step already has them)."""
@@ -529,6 +573,7 @@ class Trainer:
             "steps_per_s": self.steps_run / elapsed if elapsed > 0 else 0.0,
             "first_loss": self.first_loss, "losses": self.last_losses,
             "val_psnr": self.val_psnr, "checkpoint": str(last) if last is not None else None,
+            "train_seconds": self.train_seconds(),
             "run_dir": str(self.run_dir), "num_parameters": self.num_parameters,
             "world_size": self.dist.world,
         }
@@ -582,7 +627,8 @@ def train(train_set: Dataset, val_set: Dataset | None, run_dir: str | os.PathLik
         ``elapsed_s``, ``steps_per_s``, ``first_loss`` (total loss of this call's first step),
         ``losses`` (mean of each term over the last log window), ``val_psnr`` (dB or None),
         ``checkpoint`` (path of the latest checkpoint), ``run_dir``, ``num_parameters``,
-        ``world_size``.
+        ``world_size``, ``train_seconds`` (wall-clock training seconds of the run over all its
+        calls; every checkpoint's ``extra`` records it at its step).
 
     Raises:
         TrainingDivergedError: the loss became NaN/Inf; nothing new is saved and the message
