@@ -1,14 +1,14 @@
 """``ram-avatar live``: the PySide6 window that drives an avatar from a webcam or a video.
 
 Layout: the avatar at display size (left; scaled to the window, aspect kept) with a message
-line above it; on the right the source (webcam index or video file, Browse..., Start), a
-source preview, toggles (skeleton overlay, motion alignment, virtual camera), Record, the
+line above it; on the right the source (webcam index or video file, Browse..., a camera
+picker with the camera's resolutions, Start), a source preview, toggles (skeleton overlay, motion alignment, virtual camera), Record, the
 output controls (framing ``none|full|upper|head``, zoom, offset, zoom mode ``crop|camera``,
 output size, background ``learned|transparent|#RRGGBB|picture``, and the virtual camera's key
 colour; the same settings as ``ram-avatar live --framing ...`` and ``drive``), and the
 readouts: FPS, per-stage latency (ms) and dropped frames. A transparent avatar is shown over a
 checkerboard, recorded to ``.webm`` (VP9 with alpha) and keyed over the key colour on the
-virtual camera.
+virtual camera. The window remembers its settings when it closes (gui.settings).
 
 All work runs on a :class:`gui.worker.LiveWorker` on its own ``QThread``; the GUI thread only
 draws what the worker sends, so the window never freezes. A lost or missing webcam, a failing
@@ -52,7 +52,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from gui.sources import check_source, open_source
+from gui.settings import save_settings
+from gui.sources import check_source, list_cameras, open_source
 from gui.worker import DEFAULT_KEY, LiveWorker, virtual_camera_available
 from ram_avatar.errors import RamAvatarError
 from ram_avatar.render.composite import parse_colour
@@ -126,6 +127,10 @@ class LiveWindow(QMainWindow):
         output: initial :class:`~ram_avatar.render.framing.OutputSettings` (framing, zoom,
             offset, size, background, zoom mode); default the rendered square, learned
             background. key_colour: (r, g, b) behind a transparent avatar on the virtual camera.
+        settings_store: a ``QSettings`` (gui.settings) the window writes its settings to when it
+            closes; None remembers nothing.
+        camera_lister: lists the cameras of the picker (tests); default
+            :func:`gui.sources.list_cameras`.
 
     Signals:
         frame_shown(int): a new avatar frame was drawn (argument: frames processed so far).
@@ -142,8 +147,11 @@ class LiveWindow(QMainWindow):
                  source_factory: Callable[[object], object] | None = None, loop: bool = False,
                  retry_s: float = 1.0, record_dir: str | Path | None = None,
                  max_source_failures: int | None = None, lower_body: str = "stand",
-                 output: OutputSettings | None = None, key_colour=DEFAULT_KEY):
+                 output: OutputSettings | None = None, key_colour=DEFAULT_KEY,
+                 settings_store=None, camera_lister: Callable[[], tuple] | None = None):
         super().__init__()
+        self.settings_store = settings_store
+        self.camera_lister = camera_lister or list_cameras
         self.no_person_frames = 0
         self.subject_dir = Path(subject_dir)
         self.setWindowTitle(f"RAM-Avatar live - {self.subject_dir.name}")
@@ -208,6 +216,23 @@ class LiveWindow(QMainWindow):
         browse.clicked.connect(self._browse)
         row.addWidget(browse)
         src.addLayout(row)
+        cams = QHBoxLayout()
+        self.camera_box = QComboBox()
+        self.camera_box.setToolTip("the cameras of this computer; choosing one puts it in the "
+                                   "source field (press Start)")
+        self.resolution_box = QComboBox()
+        self.resolution_box.setToolTip("resolution asked of the camera")
+        refresh = QPushButton("Refresh")
+        refresh.setToolTip("list the cameras again (after plugging one in)")
+        refresh.clicked.connect(self.refresh_cameras)
+        cams.addWidget(self.camera_box, 1)
+        cams.addWidget(self.resolution_box)
+        cams.addWidget(refresh)
+        src.addLayout(cams)
+        self.cameras: list = []
+        self.refresh_cameras()
+        self.camera_box.activated.connect(self._camera_chosen)
+        self.resolution_box.activated.connect(self._camera_chosen)
         self.start_button = QPushButton("Start")
         self.start_button.clicked.connect(self._start_clicked)
         src.addWidget(self.start_button)
@@ -406,6 +431,55 @@ class LiveWindow(QMainWindow):
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
         return QSize(DISPLAY_SIZE + 340, DISPLAY_SIZE + 260)
 
+    # -- cameras and remembered settings -----------------------------------------------------
+    def refresh_cameras(self) -> None:
+        """Fill the camera picker (name and index) and, for the chosen camera, its resolutions."""
+        self.cameras, how = self.camera_lister()
+        self.camera_box.clear()
+        for cam in self.cameras:
+            self.camera_box.addItem(f"{cam.name} ({cam.index})", cam.index)
+        if not self.cameras:
+            self.camera_box.addItem("no camera found")
+        self.camera_box.setEnabled(bool(self.cameras))
+        self.camera_box.setToolTip(f"cameras listed with {how}" if self.cameras else
+                                   "no camera found: plug one in and press Refresh, or choose "
+                                   "a video file")
+        self._fill_resolutions()
+
+    def _fill_resolutions(self) -> None:
+        self.resolution_box.clear()
+        i = self.camera_box.currentIndex()
+        if 0 <= i < len(self.cameras):
+            for w, h in self.cameras[i].resolutions:
+                self.resolution_box.addItem(f"{w}x{h}", (w, h))
+        self.resolution_box.setEnabled(self.resolution_box.count() > 0)
+
+    def _camera_chosen(self, *_args) -> None:
+        i = self.camera_box.currentIndex()
+        if not 0 <= i < len(self.cameras):
+            return
+        if self.sender() is self.camera_box:
+            self._fill_resolutions()
+        size = self.resolution_box.currentData()
+        self.source_edit.setText(self.cameras[i].spec(tuple(size) if size else None))
+
+    def current_settings(self) -> dict:
+        """The window's settings, as gui.settings remembers them."""
+        return {"source": self.source_edit.text().strip() or "0",
+                "framing": self.framing_box.currentText(), "zoom": self.zoom_spin.value(),
+                "offset": f"{self.offset_x_spin.value():g},{self.offset_y_spin.value():g}",
+                "out_size": self.out_size_box.currentText().strip(),
+                "zoom_mode": self.zoom_mode_box.currentText(),
+                "background": self.background_box.currentText().strip() or "learned",
+                "vcam_key": self.key_edit.text().strip(),
+                "lower_body": self.lower_body_box.currentText(),
+                "overlay": self.overlay_box.isChecked(), "mda": self.mda_box.isChecked()}
+
+    def save_settings(self) -> None:
+        """Remember :meth:`current_settings` (no-op without a settings store)."""
+        if self.settings_store is not None:
+            save_settings(self.settings_store, self.current_settings())
+
     # -- actions ------------------------------------------------------------------------------
     def start_source(self, spec) -> None:
         """Switch the worker to ``spec`` (webcam index or video path)."""
@@ -502,6 +576,7 @@ class LiveWindow(QMainWindow):
         return bool(self.thread.wait(timeout_ms))
 
     def closeEvent(self, event):  # noqa: N802 (Qt API)
+        self.save_settings()
         self.shutdown()
         super().closeEvent(event)
 
@@ -538,7 +613,7 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
              record: str | Path | None = None, loop: bool = False, timeout_s: float = 600.0,
              headless: bool | None = None, overlay: bool = False, lower_body: str = "stand",
              output: OutputSettings | None = None, key_colour=DEFAULT_KEY,
-             virtual_camera: bool = False) -> dict:
+             virtual_camera: bool = False, settings_store=None) -> dict:
     """Open the live window; with ``frames`` / ``screenshot`` run that many frames and close.
 
     Args:
@@ -552,6 +627,8 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
             ``.webm`` / ``.mov`` for a transparent background.
         key_colour: (r, g, b) behind a transparent avatar on the virtual camera.
         virtual_camera: start the virtual camera at once (needs pyvirtualcam and a backend).
+        settings_store: where the window remembers its settings when it closes (gui.settings);
+            None remembers nothing.
         timeout_s: in ``frames`` mode, give up after this many seconds.
         headless: force the offscreen platform (default: when ``frames`` / ``screenshot`` are
             given, or when there is no display).
@@ -571,7 +648,7 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
     win = LiveWindow(subject_dir, source=source, backend=backend, device=device, mda=mda,
                      camera=camera, run_name=run_name, loop=loop, driver=driver,
                      max_source_failures=3 if frames is not None else None, lower_body=lower_body,
-                     output=output, key_colour=key_colour)
+                     output=output, key_colour=key_colour, settings_store=settings_store)
     win.resize(win.sizeHint())
     win.overlay_box.setChecked(bool(overlay))
     win.show()
@@ -624,6 +701,7 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device:
     if frames is not None:
         QTimer.singleShot(int(timeout_s * 1000), finish)
     app.exec()
+    win.save_settings()
     win.shutdown()
     n = sums.pop("_n", 0.0)
     return {"frames": result["frames"], "completed": bool(result["completed"]),

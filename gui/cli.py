@@ -9,7 +9,9 @@ import sys
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("subject", help="captured, trained and exported subject directory")
-    p.add_argument("--source", default="0", help="webcam index (default 0) or a video file")
+    p.add_argument("--source", default=None,
+                   help="webcam index, N@WxH for a resolution (e.g. 0@1280x720), or a video file "
+                        "(default: the last source used, else 0)")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torch", "tensorrt"],
                    help="renderer: ONNX Runtime (default), torch checkpoint, TensorRT engine (GPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -17,32 +19,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", default="default", help="training run (torch backend)")
     p.add_argument("--camera", default=None, help="camera.json of the live camera")
     p.add_argument("--driver", default=None, help="driver.json from `ram-avatar calibrate driver`")
-    p.add_argument("--mda", action="store_true", help="start with motion alignment on (when fitted)")
-    p.add_argument("--overlay", action="store_true", help="start with the skeleton overlay on")
-    p.add_argument("--lower-body", default="stand", choices=["stand", "sit"],
+    p.add_argument("--mda", action="store_true", default=None,
+                   help="start with motion alignment on (when fitted)")
+    p.add_argument("--overlay", action="store_true", default=None,
+                   help="start with the skeleton overlay on")
+    p.add_argument("--lower-body", default=None, choices=["stand", "sit"],
                    help="pose of legs the camera does not see (a webcam at a desk): stand "
                         "(default) or sit; also an app control")
-    p.add_argument("--framing", default="none", choices=["none", "full", "upper", "head"],
+    p.add_argument("--framing", default=None, choices=["none", "full", "upper", "head"],
                    help="place the avatar in a 16:9 frame (--out-size): the whole person, head to "
                         "hips, or head and shoulders; none (default) shows the rendered square. "
                         "Also an app control")
-    p.add_argument("--zoom", type=float, default=1.0, help="with --framing: > 1 closer, < 1 farther")
-    p.add_argument("--offset", default="0,0", metavar="X,Y",
+    p.add_argument("--zoom", type=float, default=None, help="with --framing: > 1 closer, < 1 farther")
+    p.add_argument("--offset", default=None, metavar="X,Y",
                    help="with --framing: shift of the view, fractions of its width and height "
                         "(0,-0.1 moves it up)")
-    p.add_argument("--out-size", default="1280x720", metavar="WxH",
+    p.add_argument("--out-size", default=None, metavar="WxH",
                    help="output size with --framing (default 1280x720, the usual virtual-camera size)")
-    p.add_argument("--zoom-mode", default="crop", choices=["crop", "camera"],
+    p.add_argument("--zoom-mode", default=None, choices=["crop", "camera"],
                    help="crop: crop and upscale the rendered frame (default); camera: move the "
                         "virtual camera closer, so the renderer draws the framed part at its full "
                         "resolution (for renderers trained with scale augmentation)")
     p.add_argument("--max-camera-zoom", type=float, default=None, metavar="Z",
                    help="with --zoom-mode camera: magnify the camera at most Z times over the "
                         "training crop (e.g. the top of the scale augmentation), crop the rest")
-    p.add_argument("--background", default="learned",
+    p.add_argument("--background", default=None,
                    help="learned (the training room, default), transparent (alpha: record to "
                         ".webm/.mov; keyed on the virtual camera), a colour #RRGGBB, or a picture")
-    p.add_argument("--vcam-key", default="#00FF00", metavar="#RRGGBB",
+    p.add_argument("--vcam-key", default=None, metavar="#RRGGBB",
                    help="key colour behind a transparent avatar on the virtual camera (virtual "
                         "cameras carry no alpha; default green)")
     p.add_argument("--virtual-camera", action="store_true",
@@ -94,18 +98,39 @@ def output_from_args(a):
 
 
 def run_from_args(a) -> int:
+    """Run ``live``: options left out come from the remembered settings (gui.settings), except
+    in a scripted ``--frames`` / ``--screenshot`` run, which uses the built-in defaults and
+    remembers nothing."""
+    import logging
+
     from ram_avatar.errors import RamAvatarError
 
-    output, key = output_from_args(a)  # bad values fail before any window opens
     try:
         from gui.app import run_live
+        from gui.settings import apply_saved, load_settings, settings_store
     except ImportError as e:
         raise RamAvatarError(f"the live app needs PySide6: pip install 'ram-avatar-studio[gui]' ({e})") from e
+    scripted = a.frames is not None or a.screenshot is not None
+    store = None if scripted else settings_store()
+    given = {k: getattr(a, k, None) for k in ("framing", "zoom", "offset", "out_size",
+                                               "zoom_mode", "background", "vcam_key")}
+    used = apply_saved(a, {} if store is None else load_settings(store))
+    try:
+        output, key = output_from_args(a)  # bad values fail before any window opens
+    except RamAvatarError as e:
+        if not used:
+            raise
+        # a remembered value no longer works (e.g. a deleted background picture): defaults
+        logging.getLogger(__name__).warning("remembered settings not used (%s)", e)
+        for k, v in given.items():
+            setattr(a, k, v)
+        apply_saved(a, {})
+        output, key = output_from_args(a)
     summary = run_live(a.subject, source=a.source, backend=a.backend, device=a.device, mda=a.mda,
                        camera=a.camera, driver=a.driver, run_name=a.run, frames=a.frames, screenshot=a.screenshot,
                        record=a.record, loop=a.loop, timeout_s=a.timeout, overlay=a.overlay,
                        lower_body=a.lower_body, output=output, key_colour=key,
-                       virtual_camera=a.virtual_camera)
+                       virtual_camera=a.virtual_camera, settings_store=store)
     if a.frames is not None or a.screenshot is not None:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
         return 0 if summary["completed"] else 1

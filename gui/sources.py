@@ -5,7 +5,10 @@ No Qt here (usable and testable without a display):
 * :class:`WebcamSource` — an OpenCV ``VideoCapture`` device (index);
 * :class:`VideoFileSource` — a video file decoded with PyAV (:func:`ram_avatar.capture.video.iter_frames`),
   played at its own frame rate like a camera;
-* :func:`open_source` — ``"0"`` / ``0`` -> webcam 0, anything else -> a video file;
+* :func:`open_source` — ``"0"`` / ``0`` -> webcam 0 (``"0@1280x720"``: at that resolution),
+  anything else -> a video file;
+* :func:`list_cameras` — the cameras for the app's picker, with their resolutions: Qt
+  Multimedia's device list where it loads, else the devices OpenCV can open;
 * :func:`check_source` — open a source once (a webcam: a few tries) and close it again, so
   ``live --frames N`` fails within seconds on a missing file or camera instead of retrying;
 * :class:`LatestFrameReader` — a thread that reads a source as fast as it delivers, keeps only
@@ -19,8 +22,11 @@ No Qt here (usable and testable without a display):
 from __future__ import annotations
 
 import logging
+import re
+import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -31,7 +37,8 @@ from ram_avatar.errors import RamAvatarError
 log = logging.getLogger(__name__)
 
 __all__ = ["SourceError", "FrameSource", "WebcamSource", "VideoFileSource", "open_source",
-           "parse_source", "check_source", "LatestFrameReader"]
+           "parse_source", "parse_webcam", "webcam_spec", "CameraInfo", "list_cameras",
+           "check_source", "LatestFrameReader"]
 
 
 class SourceError(RamAvatarError):
@@ -60,12 +67,13 @@ class WebcamSource:
     def __init__(self, index: int, width: int | None = None, height: int | None = None):
         import cv2
 
-        self.name = f"webcam {index}"
+        self.name = f"webcam {index}" + (f" at {width}x{height}" if width and height else "")
         self.cap = cv2.VideoCapture(int(index))
         if not self.cap.isOpened():
             self.cap.release()
-            raise SourceError(f"{self.name} not found: plug in a camera or choose another index "
-                              "or a video file")
+            raise SourceError(f"webcam {index} cannot be opened: it is not plugged in, or another "
+                              "program (a video call, OBS, a browser tab) is using it. Close that "
+                              "program, or pick another camera or a video file")
         if width:
             self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
         if height:
@@ -112,22 +120,121 @@ class VideoFileSource:
             close()
 
 
-def parse_source(spec: str | int) -> int | str:
-    """``0`` / ``"0"`` -> webcam index 0; anything else -> a file path string."""
+_WEBCAM_RE = re.compile(r"^(\d+)(?:@(\d+)x(\d+))?$")
+
+
+def parse_webcam(spec: str | int) -> tuple[int, tuple[int, int] | None] | None:
+    """``0`` / ``"0"`` -> ``(0, None)``; ``"0@1280x720"`` -> ``(0, (1280, 720))`` (webcam 0 asked
+    for 1280x720 pixels); anything else (a file) -> None."""
     if isinstance(spec, int):
-        return spec
-    s = str(spec).strip()
-    return int(s) if s.isdigit() else s
+        return spec, None
+    m = _WEBCAM_RE.match(str(spec).strip())
+    if m is None:
+        return None
+    return int(m.group(1)), ((int(m.group(2)), int(m.group(3))) if m.group(2) else None)
+
+
+def webcam_spec(index: int, size: tuple[int, int] | None = None) -> str:
+    """The source spec of webcam ``index`` at ``size`` (inverse of :func:`parse_webcam`)."""
+    return f"{int(index)}" + (f"@{size[0]}x{size[1]}" if size else "")
+
+
+def parse_source(spec: str | int) -> int | str:
+    """``0`` / ``"0"`` / ``"0@1280x720"`` -> webcam index 0; anything else -> a file path string."""
+    cam = parse_webcam(spec)
+    return cam[0] if cam is not None else str(spec).strip()
 
 
 def open_source(spec: str | int) -> FrameSource:
-    """Open a webcam (integer / digits) or a video file.
+    """Open a webcam (``N`` or ``N@WxH``) or a video file.
 
     Raises:
-        SourceError / VideoError: missing camera or file, unreadable video.
+        SourceError / VideoError: missing or busy camera, missing file, unreadable video.
     """
-    s = parse_source(spec)
-    return WebcamSource(s) if isinstance(s, int) else VideoFileSource(s)
+    cam = parse_webcam(spec)
+    if cam is None:
+        return VideoFileSource(str(spec).strip())
+    index, size = cam
+    return WebcamSource(index, *(size or (None, None)))
+
+
+@dataclass(frozen=True)
+class CameraInfo:
+    """A camera of the app's picker.
+
+    Attributes:
+        index: OpenCV device index (what :class:`WebcamSource` opens).
+        name: the device's name (Qt Multimedia), else ``camera N``.
+        resolutions: (width, height) pixels it offers, largest first.
+    """
+
+    index: int
+    name: str
+    resolutions: tuple[tuple[int, int], ...]
+
+    def spec(self, size: tuple[int, int] | None = None) -> str:
+        return webcam_spec(self.index, size)
+
+
+#: resolutions offered for a camera whose formats are unknown (OpenCV cannot list them)
+COMMON_SIZES = ((1920, 1080), (1280, 720), (960, 540), (640, 480))
+
+
+def _qt_cameras() -> list[CameraInfo] | None:
+    """Cameras from Qt Multimedia's ``QMediaDevices.videoInputs()`` (names and video
+    formats); None when the module does not load (PySide6-Addons not installed, or its
+    system libraries missing)."""
+    try:
+        from PySide6.QtMultimedia import QMediaDevices
+    except ImportError:
+        return None
+    cams = []
+    for order, dev in enumerate(QMediaDevices.videoInputs()):
+        ident = bytes(dev.id()).decode(errors="replace")
+        m = re.search(r"video(\d+)$", ident)         # Linux: /dev/videoN is OpenCV's index N
+        sizes = {(f.resolution().width(), f.resolution().height()) for f in dev.videoFormats()}
+        cams.append(CameraInfo(int(m.group(1)) if m else order, dev.description() or ident,
+                               tuple(sorted(sizes, key=lambda wh: -wh[0] * wh[1]))))
+    return cams
+
+
+def _opencv_cameras(candidates) -> list[CameraInfo]:
+    """The candidate indices OpenCV opens, each with its current resolution first, then the
+    smaller :data:`COMMON_SIZES`."""
+    import cv2
+
+    cams = []
+    for i in candidates:
+        cap = cv2.VideoCapture(int(i))
+        try:
+            if not cap.isOpened():
+                continue
+            w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        finally:
+            cap.release()
+        sizes = [(w, h)] if w > 0 and h > 0 else []
+        sizes += [s for s in COMMON_SIZES if s not in sizes]
+        cams.append(CameraInfo(int(i), f"camera {i}", tuple(sizes)))
+    return cams
+
+
+def list_cameras(max_index: int = 4) -> tuple[list[CameraInfo], str]:
+    """The cameras the app can open, for its picker.
+
+    Qt Multimedia (``PySide6-Addons``) gives names and the video formats of each device; where
+    it does not load, the cameras OpenCV opens are listed (on Linux the ``/dev/video*``
+    devices, elsewhere indices 0 .. ``max_index - 1``) with their current resolution and
+    the common sizes below it.
+
+    Returns:
+        (cameras, how): ``how`` names the method used (``qt-multimedia`` / ``opencv``).
+    """
+    cams = _qt_cameras()
+    if cams is not None:
+        return cams, "qt-multimedia"
+    devs = sorted(Path("/dev").glob("video*")) if Path("/dev").is_dir() else []
+    nums = [int(d.name[5:]) for d in devs if d.name[5:].isdigit()]
+    return _opencv_cameras(nums if sys.platform.startswith("linux") else range(max_index)), "opencv"
 
 
 def check_source(spec: str | int, tries: int = 3, wait_s: float = 1.0,
