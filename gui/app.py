@@ -6,7 +6,8 @@ picker with the camera's resolutions, Start), a source preview, toggles (skeleto
 output controls (framing ``none|full|upper|head``, zoom, offset, zoom mode ``crop|camera``,
 output size, background ``learned|transparent|#RRGGBB|picture``, and the virtual camera's key
 colour; the same settings as ``ram-avatar live --framing ...`` and ``drive``), and the
-readouts: FPS, per-stage latency (ms) and dropped frames. A transparent avatar is shown over a
+readouts: FPS, per-stage latency (ms), end-to-end latency p50/p95 over the last frames and
+dropped frames. A transparent avatar is shown over a
 checkerboard, recorded to ``.webm`` (VP9 with alpha) and keyed over the key colour on the
 virtual camera. The window remembers its settings when it closes (gui.settings).
 
@@ -28,6 +29,7 @@ import datetime as _dt
 import logging
 import os
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Callable
 
@@ -64,6 +66,8 @@ __all__ = ["LiveWindow", "ImageView", "run_live", "to_qimage", "STAGE_NAMES"]
 log = logging.getLogger(__name__)
 
 STAGE_NAMES = ("track", "fit", "retarget", "align", "maps", "render", "total", "latency")
+#: frames of the app's rolling latency percentiles
+LATENCY_WINDOW = 120
 #: side of the avatar view at start-up (it grows with the window)
 DISPLAY_SIZE = 512
 #: frames in a row without a tracked person before "no person in view" is shown
@@ -157,6 +161,7 @@ class LiveWindow(QMainWindow):
         self.setWindowTitle(f"RAM-Avatar live - {self.subject_dir.name}")
         self.record_dir = Path(record_dir) if record_dir else Path.cwd()
         self.frames_shown = 0
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.last_packet: dict | None = None
         self.messages: list[tuple[str, str]] = []
         self.recording = False
@@ -290,6 +295,11 @@ class LiveWindow(QMainWindow):
             lab.setFont(mono)
             self.latency_labels[name] = lab
             form.addRow(f"{name} (ms)", lab)
+        self.latency_pct_label = QLabel("-")
+        self.latency_pct_label.setFont(mono)
+        self.latency_pct_label.setToolTip(f"end-to-end latency over the last {LATENCY_WINDOW} "
+                                          "frames: median / 95th percentile")
+        form.addRow("latency p50/p95", self.latency_pct_label)
         self.dropped_label = QLabel("0")
         form.addRow("dropped frames", self.dropped_label)
         self.info_label = QLabel("-")
@@ -552,6 +562,10 @@ class LiveWindow(QMainWindow):
         for name, lab in self.latency_labels.items():
             v = packet["stats"].get(name)
             lab.setText("-" if v is None else f"{v:7.1f}")
+        if packet["stats"].get("latency") is not None:
+            self.latencies.append(float(packet["stats"]["latency"]))
+            p50, p95 = np.percentile(np.asarray(self.latencies), (50, 95))
+            self.latency_pct_label.setText(f"{p50:5.0f} / {p95:5.0f}")
         self.dropped_label.setText(str(packet["dropped"]))
         self.frames_shown += 1
         self.frame_shown.emit(packet["frames"])

@@ -90,6 +90,8 @@ def test_app_drives_avatar_from_video_file(qapp, live_subject, tmp_path):  # noq
         for name in ("track", "fit", "maps", "render", "total"):
             assert float(win.latency_labels[name].text()) >= 0
         assert float(win.latency_labels["total"].text()) > 0
+        p50, p95 = (float(v) for v in win.latency_pct_label.text().split("/"))
+        assert len(win.latencies) >= 4 and 0 < p50 <= p95   # rolling end-to-end latency
         S = win.worker.runtime.resolution
         assert win.last_packet["avatar"].shape == (S, S, 3)
         assert not win.mda_box.isEnabled()       # no motion aligner fitted for this subject
