@@ -230,8 +230,8 @@ class LiveWindow(QMainWindow):
         refresh = QPushButton("Refresh")
         refresh.setToolTip("list the cameras again (after plugging one in)")
         refresh.clicked.connect(self.refresh_cameras)
-        cams.addWidget(self.camera_box, 1)
-        cams.addWidget(self.resolution_box)
+        cams.addWidget(self.camera_box, 3)      # the name matters more than the size
+        cams.addWidget(self.resolution_box, 2)
         cams.addWidget(refresh)
         src.addLayout(cams)
         self.cameras: list = []
