@@ -146,8 +146,7 @@ def create(video: str | Path, subject_dir: str | Path, minutes: float | None = N
         subject_dir: the subject folder to create (or to continue).
         minutes: total training time in minutes (default :data:`DEFAULT_MINUTES` unless
             ``steps`` is given), summed over interrupted calls.
-        steps: total training steps instead (or as well: whichever ends first counts only for
-            ``minutes``; with both, ``steps`` decides completion).
+        steps: total training steps instead of minutes (given both, ``steps`` is used).
         preset: training preset (``train --preset``).
         run_name: the training run.
         device: ``auto`` | ``cpu`` | ``cuda`` for every stage.
@@ -165,7 +164,6 @@ def create(video: str | Path, subject_dir: str | Path, minutes: float | None = N
         running the same command again continues from there).
     """
     from rich.console import Console
-    from rich.table import Table
 
     from ram_avatar.capture.pipeline import capture
     from ram_avatar.motion.mda import fit_mda
@@ -181,91 +179,89 @@ def create(video: str | Path, subject_dir: str | Path, minutes: float | None = N
     fns = {"capture": capture, "train": train_subject, "fit-mda": fit_mda, **(stages or {})}
     if "export" not in fns:
         fns["export"] = find_exporter()
-    console = console or Console(stderr=True)
     subject = Subject(subject_dir)
     run = subject.run(run_name)
-    state_path = subject.root / STATE_FILE
-    state = _read_state(state_path)
-    report: dict[str, dict] = {}
+    p = _Progress(subject.root / STATE_FILE, console or Console(stderr=True))
 
-    def save_state() -> None:
-        atomic_write_text(state_path, json.dumps(state, indent=1))
-
-    def header(i: int, name: str, what: str) -> None:
-        console.rule(f"[bold][{i}/{len(STAGES)}] {name}[/bold]: {what}")
-
-    def skip(i: int, name: str, why: str) -> None:
-        header(i, name, f"skipped, {why}")
-        report[name] = {"status": "skipped", "seconds": 0.0, "why": why}
-
-    def ran(name: str, t0: float, why: str) -> None:
-        report[name] = {"status": "ran", "seconds": round(time.time() - t0, 1), "why": why}
-
-    # 1. capture
     video_sha = sha256_file(video)
-    if capture_matches(subject, video_sha):
-        skip(1, "capture", f"{subject.sequence_dir} is a capture of {video.name}")
-    else:
-        header(1, "capture", f"{video.name} -> {subject.sequence_dir}")
-        t0 = time.time()
-        fns["capture"](video, subject.root, device=device)
-        ran("capture", t0, "no capture of this video yet")
+    p.stage("capture", f"{subject.sequence_dir} is a capture of {video.name}"
+            if capture_matches(subject, video_sha) else None,
+            f"{video.name} -> {subject.sequence_dir}", "no capture of this video yet",
+            lambda: fns["capture"](video, subject.root, device=device))
     fitted_sha = sha256_file(subject.fitted_path)
-    state.update(video=str(video), video_sha256=video_sha, fitted_sha256=fitted_sha)
-    save_state()
+    p.save(video=str(video), video_sha256=video_sha, fitted_sha256=fitted_sha)
 
-    # 2. train
     left_minutes, left_steps = training_left(run, preset, minutes, steps)
+    resumed = run.latest_checkpoint() is not None
     budget = f"{steps} steps" if steps is not None else f"{minutes:g} min"
-    if left_minutes is None and left_steps is None:
-        skip(2, "train", f"{run.dir.name} has trained its {budget} ({preset})")
-    else:
-        resumed = run.latest_checkpoint() is not None
-        rest = (f"{left_steps} steps in all" if left_steps is not None
-                else f"{left_minutes:.1f} of {minutes:g} min")
-        header(2, "train", f"{preset}, {rest}" + (", resuming" if resumed else ""))
-        t0 = time.time()
-        fns["train"](subject.root, preset=preset, steps=left_steps, minutes=left_minutes,
-                     run_name=run_name, device=device, overrides=list(overrides or []))
-        ran("train", t0, "resumed an interrupted run" if resumed else "a new run")
+    rest = (f"{steps} steps in all" if steps is not None
+            else f"{(left_minutes or 0):.1f} of {minutes:g} min")
+    p.stage("train", f"{run.dir.name} has trained its {budget} ({preset})"
+            if left_minutes is None and left_steps is None else None,
+            f"{preset}, {rest}" + (", resuming" if resumed else ""),
+            "resumed an interrupted run" if resumed else "a new run",
+            lambda: fns["train"](subject.root, preset=preset, steps=left_steps,
+                                 minutes=left_minutes, run_name=run_name, device=device,
+                                 overrides=list(overrides or [])))
     ckpt = run.latest_checkpoint()
     if ckpt is None:
         raise RamAvatarError(f"training wrote no checkpoint in {run.dir}")
-    state["train"] = {"run": run_name, "preset": preset, "minutes": minutes, "steps": steps,
-                      "checkpoint": ckpt.name, "checkpoint_sha256": sha256_file(ckpt)}
-    save_state()
+    p.save(train={"run": run_name, "preset": preset, "minutes": minutes, "steps": steps,
+                  "checkpoint": ckpt.name, "checkpoint_sha256": sha256_file(ckpt)})
 
-    # 3. export
-    if export_matches(subject, run, fitted_sha):
-        skip(3, "export", f"{subject.export_onnx.name} is the export of {ckpt.name}")
-    else:
-        header(3, "export", f"{ckpt.name} -> {subject.export_onnx}")
-        t0 = time.time()
-        fns["export"](subject.root, run_name=run_name)
-        ran("export", t0, "no export of this checkpoint yet")
-    state["export"] = {"onnx_sha256": _sha(subject.export_onnx)}
-    save_state()
+    p.stage("export", f"{subject.export_onnx.name} is the export of {ckpt.name}"
+            if export_matches(subject, run, fitted_sha) else None,
+            f"{ckpt.name} -> {subject.export_onnx}", "no export of this checkpoint yet",
+            lambda: fns["export"](subject.root, run_name=run_name))
+    p.save(export={"onnx_sha256": _sha(subject.export_onnx)})
 
-    # 4. fit-mda
     mda_file = subject.mda_dir / "mda.safetensors"
-    done = state.get("fit-mda") or {}
-    if (done.get("fitted_sha256") == fitted_sha and done.get("sha256") is not None
-            and done.get("sha256") == _sha(mda_file)):
-        skip(4, "fit-mda", f"{subject.mda_dir.name}/ was fitted on this capture")
-    else:
-        header(4, "fit-mda", f"motion aligner -> {subject.mda_dir}")
-        t0 = time.time()
-        fns["fit-mda"](subject.root, steps=mda_steps, minutes=mda_minutes, device=device)
-        ran("fit-mda", t0, "not fitted on this capture yet")
-    state["fit-mda"] = {"fitted_sha256": fitted_sha, "sha256": _sha(mda_file)}
-    save_state()
+    done = p.state.get("fit-mda") or {}
+    fitted = (done.get("fitted_sha256") == fitted_sha and done.get("sha256") is not None
+              and done.get("sha256") == _sha(mda_file))
+    p.stage("fit-mda", f"{subject.mda_dir.name}/ was fitted on this capture" if fitted else None,
+            f"motion aligner -> {subject.mda_dir}", "not fitted on this capture yet",
+            lambda: fns["fit-mda"](subject.root, steps=mda_steps, minutes=mda_minutes,
+                                   device=device))
+    p.save(**{"fit-mda": {"fitted_sha256": fitted_sha, "sha256": _sha(mda_file)}})
+    p.print_table(f"ram-avatar create: {subject.root}")
+    return {"subject": str(subject.root), "stages": p.report, "export": str(subject.export_onnx),
+            "state": str(p.path)}
 
-    table = Table(title=f"ram-avatar create: {subject.root}")
-    for col in ("stage", "status", "seconds", "why"):
-        table.add_column(col)
-    for name in STAGES:
-        r = report[name]
-        table.add_row(name, r["status"], f"{r['seconds']:.1f}", r["why"])
-    console.print(table)
-    return {"subject": str(subject.root), "stages": report, "export": str(subject.export_onnx),
-            "state": str(state_path)}
+
+class _Progress:
+    """The display, the per-stage report and ``create.json`` of one :func:`create` call."""
+
+    def __init__(self, path: Path, console) -> None:
+        self.path, self.console = path, console
+        self.state = _read_state(path)
+        self.report: dict[str, dict] = {}
+
+    def save(self, **updates) -> None:
+        """Update ``create.json`` (atomically)."""
+        self.state.update(updates)
+        atomic_write_text(self.path, json.dumps(self.state, indent=1))
+
+    def stage(self, name: str, skip_why: str | None, what: str, why: str,
+              fn: Callable[[], object]) -> None:
+        """Show the stage's header; run ``fn`` unless ``skip_why`` says it is complete."""
+        head = f"[bold][{STAGES.index(name) + 1}/{len(STAGES)}] {name}[/bold]: "
+        if skip_why is not None:
+            self.console.rule(head + f"skipped, {skip_why}")
+            self.report[name] = {"status": "skipped", "seconds": 0.0, "why": skip_why}
+            return
+        self.console.rule(head + what)
+        t0 = time.time()
+        fn()
+        self.report[name] = {"status": "ran", "seconds": round(time.time() - t0, 1), "why": why}
+
+    def print_table(self, title: str) -> None:
+        from rich.table import Table
+
+        table = Table(title=title)
+        for col in ("stage", "status", "seconds", "why"):
+            table.add_column(col)
+        for name in STAGES:
+            r = self.report[name]
+            table.add_row(name, r["status"], f"{r['seconds']:.1f}", r["why"])
+        self.console.print(table)
