@@ -4,11 +4,11 @@ capture -> train -> export -> fit-mda, each stage the function behind its own ve
 verb's defaults, under one display: a header per stage (``[2/4] train``) above the stage's own
 progress bars, and a table of what each stage did at the end.
 
-**Resuming.** ``<subject>/create.json`` records, for every finished stage, the fingerprints of
-its inputs and outputs (sha256 of the video, of ``sequence/fitted.npz``, of the run's latest
-checkpoint, of ``export/avatar.onnx`` and ``mda/mda.safetensors``). Run again, ``create`` skips
-a stage whose outputs are complete and still match its inputs, and runs every stage after one
-that changed:
+**Resuming.** Run again, ``create`` skips a stage whose outputs are complete and still match
+its inputs. Each decision reads the stage's own records, except fit-mda's (its ``mda.json``
+does not name the capture), which ``<subject>/create.json`` holds; that file also logs what
+every stage produced (sha256 of the video, of ``sequence/fitted.npz``, of the latest checkpoint
+and of ``avatar.onnx``), for people, not for the decisions:
 
 - ``capture``: the subject's sequence was captured from this very video (the manifest's source
   sha256) over all its frames. A subject holding a capture of *another* video is an error
@@ -20,7 +20,7 @@ that changed:
 - ``export``: ``export.json`` names this run, its latest checkpoint and this capture
   (sha256), and the ONNX file is the one it describes.
 - ``fit-mda``: the motion aligner was fitted by ``create`` on this capture and its file is
-  unchanged.
+  unchanged (new training does not redo it: it depends on the capture only).
 
 The export stage belongs to the ``exporters`` plug-in, found through its entry point as in
 :mod:`ram_avatar.demo`.

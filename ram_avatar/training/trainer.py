@@ -514,15 +514,15 @@ class Trainer:
                         "to stop at once, losing the steps since the last checkpoint)",
                         self.step + 1)
 
-        previous = (signal.signal(signal.SIGINT, on_sigint)
-                    if threading.current_thread() is threading.main_thread() else None)
-
         self.model.renderer.train()
         if self.model.discriminator is not None:
             self.model.discriminator.train()
         t_start = self._fit_started = time.perf_counter()
         bar_ctx = progress() if (self.show_progress and self.dist.main) \
             else contextlib.nullcontext()
+        # installed right before the try whose finally restores it
+        previous = (signal.signal(signal.SIGINT, on_sigint)
+                    if threading.current_thread() is threading.main_thread() else None)
         try:
             with bar_ctx as bar:
                 task = _add_task(bar, target, minutes, self.start_step)
