@@ -80,22 +80,31 @@ def _maps(cfg, batch: int, device, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 class _Sampling(nn.Module):
-    def __init__(self, model):
+    """The renderer's body sampling on stacked maps (:meth:`AvatarRenderer.sample_stacked`):
+    ``(coords, masks)`` -> ``(features,)`` or ``(features, rgb)``."""
+
+    def __init__(self, model, batch: int):
         super().__init__()
         self.model = model
+        self.batch = batch
 
-    def forward(self, *maps):
-        n = len(maps) // 2
-        return tuple(self.model.sample_body_maps(list(maps[:n]), list(maps[n:])))
+    def forward(self, coords, masks):
+        return tuple(t for t in self.model.sample_stacked(coords, masks, self.batch)
+                     if t is not None)
 
 
 class _Attention(nn.Module):
-    def __init__(self, attention):
+    """The dual attention on the stacked features
+    (:meth:`DualAttention.forward_stacked`)."""
+
+    def __init__(self, attention, batch: int, rows: dict[str, int]):
         super().__init__()
         self.attention = attention
+        self.batch = batch
+        self.rows = dict(rows)
 
-    def forward(self, f, fe, fp):
-        return self.attention(f, fe, fp)
+    def forward(self, stacked):
+        return self.attention.forward_stacked(stacked, self.batch, self.rows)
 
 
 class _Branches(nn.Module):
@@ -312,36 +321,36 @@ def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu
         key = "canon" if tri else "uv"
         attention = getattr(model, "attention", None)
         sample_sets = [(key, "body_mask")]
-        if attention is not None and attention.spatial is not None:
-            sample_sets.append((f"{key}_expanded", "body_mask_expanded"))
-        if attention is not None and attention.temporal is not None:
-            sample_sets.append((f"prev_{key}", "prev_body_mask"))
-        sampling_in = [maps[c] for c, _ in sample_sets] + [maps[m] for _, m in sample_sets]
-        sampling = _Sampling(model)
+        rows: dict[str, int] = {}
+        for part, c_name, m_name in (("spatial", f"{key}_expanded", "body_mask_expanded"),
+                                     ("temporal", f"prev_{key}", "prev_body_mask")):
+            if attention is not None and getattr(attention, part) is not None:
+                rows[part] = len(sample_sets)
+                sample_sets.append((c_name, m_name))
+        sampling_in = [torch.cat([maps[c] for c, _ in sample_sets]),
+                       torch.cat([maps[m] for _, m in sample_sets])]
+        sampling = _Sampling(model, batch)
         with torch.no_grad():
-            feats = sampling(*sampling_in)
-        f_all = feats[0]  # learned features (+ the fixed RGB texture's 3 channels, texture_rgb)
-        nc = mcfg.body_channels
-        rgb = f_all[:, nc:] if mcfg.texture_rgb else None
-        feats = [t[:, :nc] for t in feats]  # the attention sees the learned features only
-        f = feats[0]
-        fe = feats[1] if len(feats) > 1 and attention.spatial is not None else f
-        fp = feats[-1] if attention is not None and attention.temporal is not None else f
+            sampled = sampling(*sampling_in)
+        stacked = sampled[0]  # learned features of every map (the attention sees only these)
+        rgb = sampled[1] if len(sampled) > 1 else None  # the RGB colour of the current map
         components: dict[str, tuple[nn.Module, list[torch.Tensor], nn.Module]] = {
             "body_sampling": (sampling, sampling_in, model.body_features)}
         if attention is not None:
-            components["attention"] = (_Attention(attention), [f, fe, fp], attention)
+            components["attention"] = (_Attention(attention, batch, rows), [stacked], attention)
         branches = _Branches(model)
         if mcfg.variant == "full" and (branches.hand is not None or branches.face is not None):
             components["branches"] = (branches, [maps["hand"], maps["face"]], branches)
         names = model.input_names()
         with torch.no_grad():
             if mcfg.variant == "full":
-                body = attention(f, fe, fp) if attention is not None else f
+                body = attention.forward_stacked(stacked, batch, rows) \
+                    if attention is not None else stacked
                 x = torch.cat([body, *([] if rgb is None else [rgb]),
                                *branches(maps["hand"], maps["face"]), maps["body_mask"]], 1)
             else:
-                x = torch.cat([f_all, maps["hand"], maps["face"], maps["body_mask"]], 1)
+                x = torch.cat([stacked, *([] if rgb is None else [rgb]), maps["hand"],
+                               maps["face"], maps["body_mask"]], 1)
         components["generator"] = (_Generator(model.generator), [x], model.generator)
         components["total"] = (_Total(model, names), [maps[n] for n in names], model)
         res = {}

@@ -165,7 +165,7 @@ def test_tensorrt_missing_gives_clear_error(tmp_path, monkeypatch):
 @pytest.mark.parametrize("variant", ["v1", "full"])
 def test_renderer_export_frozen_texture_and_alpha(tmp_path, variant):
     """The export wrapper collapses the texture pyramid (+ the RGB texture) into one constant:
-    the graph has one GridSample and no Resize, and outputs rgb then alpha equal to the
+    the graph has no GridSample and no Resize of the pyramid, and outputs rgb then alpha equal to the
     trained model's. The mean style code is folded into the generator's convolutions: every
     modulated layer is one Conv (no Mul on its input or output maps), same outputs, any batch."""
     import onnx
@@ -222,7 +222,9 @@ def test_renderer_export_frozen_texture_and_alpha(tmp_path, variant):
                 output_names=["rgb", "alpha"])
     nodes0 = onnx.load(str(tmp_path / "a0.onnx")).graph.node
     ops0 = [node.op_type for node in nodes0]
-    assert ops0.count("GridSample") == 1 and ops.count("GridSample") == 0
+    # (the full variant samples the RGB texture at the current map only: its own GridSample)
+    assert ops0.count("GridSample") == (2 if variant == "full" else 1)
+    assert ops.count("GridSample") == 0
     assert ops.count("Gather") >= 4
     assert ops.count("Resize") == ops0.count("Resize") - 2
     # folded: each modulated layer loses its input and demodulation Mul (ToRGB: input only)
@@ -295,10 +297,16 @@ def test_frozen_texture_samples_the_constant_without_expand(tmp_path):
     torch.onnx.export(frozen, (uv, mask), str(path), dynamo=False, opset_version=17,
                       input_names=["uv", "body_mask"], output_names=["features"],
                       dynamic_axes={"uv": {0: "batch"}, "body_mask": {0: "batch"}})
-    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
-    assert "GridSample" not in ops and "Expand" not in ops and ops.count("Gather") >= 4
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    assert "GridSample" not in ops and ops.count("Gather") >= 4
+    # the constant is never expanded (the one Expand broadcasts the pixel indices over the
+    # channels for the scatter)
+    constants = {i.name for i in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    assert not any(n.op_type == "Expand" and n.input[0] in constants for n in graph.node)
     # only the on-body pixels are sampled: their indices (NonZero), one scatter back
-    assert ops.count("NonZero") == 1 and ops.count("ScatterND") == 1
+    assert ops.count("NonZero") == 1 and ops.count("ScatterElements") == 1
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for b in (1, 3):  # dynamic batch
         out = sess.run(None, {"uv": uv[:b].numpy(), "body_mask": mask[:b].numpy()})[0]
@@ -310,3 +318,52 @@ def test_frozen_texture_samples_the_constant_without_expand(tmp_path):
         out = sess.run(None, {"uv": uv.numpy(), "body_mask": m.numpy()})[0]
         assert out.shape == (3, 9, 24, 20) and np.abs(out - want.numpy()).max() < 1e-5
         assert np.abs(out * (1.0 - m.numpy())).max() == 0.0
+
+
+def test_frozen_texture_sample_gives_rgb_at_the_leading_maps_only(tmp_path):
+    """The full renderer's stacked sampling (issue 13): ``sample(uv, mask, rgb_batch)`` returns
+    the learned features at every stacked map and the RGB colour at the first ``rgb_batch``
+    maps only, equal to the trained NeuralTexture's, in torch and in ONNX Runtime with a
+    dynamic batch."""
+    import onnxruntime as ort
+
+    from ram_avatar.models.export import FrozenTexture
+    from ram_avatar.models.neural_texture import NeuralTexture
+
+    torch.manual_seed(0)
+    tex = NeuralTexture(channels=5, size=16, levels=2, rgb=True)
+    tex.set_rgb_texture(torch.rand(3, 16, 16))
+    frozen = FrozenTexture(tex).eval()
+    uv, mask = torch.rand(6, 2, 12, 10), (torch.rand(6, 1, 12, 10) > 0.4).float()
+    with torch.no_grad():
+        full = tex(uv, mask)                                # (6, 5 + 3, 12, 10)
+        feats, rgb = tex.sample(uv, mask, 2)
+        f2, rgb2 = frozen.sample(uv, mask, 2)
+        f0, none = frozen.sample(uv, mask, 0)
+    assert feats.shape == (6, 5, 12, 10) and rgb.shape == (2, 3, 12, 10) and none is None
+    assert float((feats - full[:, :5]).abs().max()) < 1e-6
+    assert float((rgb - full[:2, 5:]).abs().max()) < 1e-6
+    assert float((f2 - feats).abs().max()) < 1e-6 and float((rgb2 - rgb).abs().max()) < 1e-6
+    assert float((f0 - feats).abs().max()) < 1e-6
+
+    class Stacked(torch.nn.Module):  # three maps of batch B stacked, colour for the first B
+        def __init__(self):
+            super().__init__()
+            self.tex = frozen
+
+        def forward(self, uv, mask):
+            return self.tex.sample(torch.cat([uv, uv.flip(0), 1.0 - uv]),
+                                   torch.cat([mask, mask, mask]), mask.shape[0])
+
+    path = tmp_path / "stacked.onnx"
+    torch.onnx.export(Stacked(), (uv[:2], mask[:2]), str(path), dynamo=False, opset_version=17,
+                      input_names=["uv", "body_mask"], output_names=["features", "rgb"],
+                      dynamic_axes={"uv": {0: "batch"}, "body_mask": {0: "batch"}})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for b in (1, 3):
+        got_f, got_rgb = sess.run(None, {"uv": uv[:b].numpy(), "body_mask": mask[:b].numpy()})
+        with torch.no_grad():
+            want_f, want_rgb = Stacked()(uv[:b], mask[:b])
+        assert got_f.shape == (3 * b, 5, 12, 10) and got_rgb.shape == (b, 3, 12, 10)
+        assert np.abs(got_f - want_f.numpy()).max() < 1e-5
+        assert np.abs(got_rgb - want_rgb.numpy()).max() < 1e-5

@@ -119,6 +119,31 @@ class NeuralTexture(nn.Module):
                                       align_corners=False)
         return out
 
+    def sample(self, uv: torch.Tensor, body_mask: torch.Tensor,
+               rgb_batch: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The learned features at every map and the RGB colour at the first ``rgb_batch`` maps
+        only (the full renderer stacks the current, expanded and previous frame's maps on the
+        batch axis, and only the current one needs colour).
+
+        Args:
+            uv: ``(N,2,H,W)`` in [0,1].
+            body_mask: ``(N,1,H,W)`` in [0,1].
+            rgb_batch: how many leading maps get the RGB colour (0: none).
+
+        Returns:
+            ``features (N,C,H,W)`` and ``rgb (rgb_batch,3,H,W)`` in [0,1], both zero where the
+            mask is 0; ``rgb`` is None without the RGB texture or with ``rgb_batch`` 0.
+        """
+        grid = uv_to_grid(uv)
+        tex = self.full_texture()
+        feats = F.grid_sample(tex.expand(uv.shape[0], -1, -1, -1), grid, mode="bilinear",
+                              padding_mode="border", align_corners=False) * body_mask
+        if not (self.rgb and rgb_batch):
+            return feats, None
+        rgb = F.grid_sample(self.rgb_texture.expand(rgb_batch, -1, -1, -1), grid[:rgb_batch],
+                            mode="bilinear", padding_mode="border", align_corners=False)
+        return feats, rgb * body_mask[:rgb_batch]
+
     def forward(self, uv: torch.Tensor, body_mask: torch.Tensor) -> torch.Tensor:
         """Sample the texture at ``uv``; returns ``(B,C,H,W)`` features (``(B,C+3,H,W)`` with the
         RGB texture), zero where mask is 0."""

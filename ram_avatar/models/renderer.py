@@ -30,7 +30,7 @@ RGB texture (``RendererConfig.texture_rgb``, issue 10, either variant with the U
 the neural texture also holds an RGB texture (:meth:`AvatarRenderer.set_rgb_texture`), typically
 the texture baked from the training video by :mod:`ram_avatar.render.texture_bake`, fixed unless
 training gives it a learning rate (:meth:`AvatarRenderer.rgb_texture_parameter`); it is
-sampled at the same uv in the same ``grid_sample`` pass; its 3 channels (zero off the body)
+sampled at the same uv (at the current frame's map only); its 3 channels (zero off the body)
 go straight to the generator input after the body features. The dual attention still sees
 the learned features only.
 
@@ -526,20 +526,22 @@ class AvatarRenderer(nn.Module):
             log.warning("renderer input %r missing: using %r in its place (render the dataset "
                         "with the extras of RendererConfig.data_extras())", name, stand_in)
 
-    def _sample_body(self, coords: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    def sample_stacked(self, coords: torch.Tensor, masks: torch.Tensor,
+                       rgb_batch: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sample the body features at maps stacked on the batch axis, in one pass (the texture
+        pyramid is collapsed once): ``coords (N,2|3,S,S)`` (uv or canon) and ``masks
+        (N,1,S,S)`` -> ``features (N,body_channels,S,S)`` and the fixed RGB texture's colour at
+        the first ``rgb_batch`` maps ``(rgb_batch,3,S,S)`` (None without ``texture_rgb``, with
+        the triplane or with ``rgb_batch`` 0)."""
         if self._triplane:
-            return self.triplane(coords, mask)
-        return self.texture(coords, mask)
+            return self.triplane(coords, masks), None
+        return self.texture.sample(coords, masks, rgb_batch if self.config.texture_rgb else 0)
 
     def sample_body_maps(self, coords: list[torch.Tensor],
                          masks: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Sample the body features at several maps in one pass (the texture pyramid is
-        collapsed once; the maps are stacked on the batch axis): lists of ``(B,C,S,S)`` coords
-        (uv or canon) and ``(B,1,S,S)`` masks -> list of ``(B,body_channels,S,S)``
-        (``body_channels + 3`` with ``texture_rgb``: the RGB texture's colour last)."""
-        if len(coords) == 1:
-            return [self._sample_body(coords[0], masks[0])]
-        feats = self._sample_body(torch.cat(coords, dim=0), torch.cat(masks, dim=0))
+        """:meth:`sample_stacked` on lists of ``(B,C,S,S)`` coords and ``(B,1,S,S)`` masks ->
+        list of ``(B,body_channels,S,S)`` features (the RGB colour is not sampled)."""
+        feats, _ = self.sample_stacked(torch.cat(coords, dim=0), torch.cat(masks, dim=0))
         return list(feats.chunk(len(coords), dim=0))
 
     def body_map(self, uv: torch.Tensor | None, body_mask: torch.Tensor, **extra) -> torch.Tensor:
@@ -551,20 +553,24 @@ class AvatarRenderer(nn.Module):
                      **extra) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`body_map` and the fixed RGB texture's colour at ``uv`` ``(B,3,S,S)`` (zero off
         the body; None without ``texture_rgb``), from one sampling pass. The attention sees
-        the learned features only."""
+        the learned features only.
+
+        The current, expanded and previous maps are stacked on the batch axis once and stay
+        stacked through the attention's shared convolutions
+        (:meth:`~ram_avatar.models.dual_attention.DualAttention.forward_stacked`); only the
+        current map gets the RGB colour (issue 13: no full-resolution slices of the sampled
+        stack, 3 of 19 channels sampled at one map instead of three)."""
         tri = self._triplane
         key = "canon" if tri else "uv"
         coords = extra.get("canon") if tri else uv
         if coords is None:
             raise ValueError("the triplane renderer needs the 'canon' map (canonical positions)")
         attention = self.attention if self._attention else None
-        nc = self.config.body_channels
-        rgb_on = self.config.texture_rgb
+        batch = body_mask.shape[0]
         if attention is None:
-            f = self._sample_body(coords, body_mask)
-            return (f[:, :nc], f[:, nc:]) if rgb_on else (f, None)
+            return self.sample_stacked(coords, body_mask, batch)
         cs, ms = [coords], [body_mask]
-        row: dict[str, int] = {}  # attention part -> its row in the stacked sampling
+        rows: dict[str, int] = {}  # attention part -> its block in the stacked sampling
         for part, c_name, m_name in (("spatial", f"{key}_expanded", "body_mask_expanded"),
                                      ("temporal", f"prev_{key}", "prev_body_mask")):
             if getattr(attention, part) is None:
@@ -573,17 +579,12 @@ class AvatarRenderer(nn.Module):
             if c is None or m is None:
                 self._missing(c_name, key)
             else:
-                row[part] = len(cs)
+                rows[part] = len(cs)
                 cs.append(c)
                 ms.append(m)
-        feats = self.sample_body_maps(cs, ms)
-        rgb = feats[0][:, nc:] if rgb_on else None
-        feats = [x[:, :nc] for x in feats] if rgb_on else feats
-        f = feats[0]
-        f_exp, f_prev = (feats[row[part]] if part in row else
-                         (f if getattr(attention, part) is not None else None)
-                         for part in ("spatial", "temporal"))
-        return attention(f, f_exp, f_prev), rgb
+        stacked, rgb = self.sample_stacked(torch.cat(cs) if len(cs) > 1 else coords,
+                                           torch.cat(ms) if len(ms) > 1 else body_mask, batch)
+        return attention.forward_stacked(stacked, batch, rows), rgb
 
     def forward(self, uv: torch.Tensor | None, body_mask: torch.Tensor,
                 hand: torch.Tensor | None = None, face: torch.Tensor | None = None,
