@@ -18,6 +18,26 @@ def test_vertex_normals_point_outward():
         assert torch.allclose(n[0], verts, atol=1e-5)
 
 
+def test_vertex_normals_match_the_face_loop(anny_body):
+    """The sparse vertex-face sum (issue 13) gives the normals of summing the area-weighted
+    face normals corner by corner, for a batch of two different meshes."""
+    from ram_avatar.render.conditioning import vertex_normals
+
+    params = anny_body.zero_params(2)
+    params.body_pose[1, :, 0] = 0.3
+    verts = anny_body(params, return_vertices=True).vertices
+    f = anny_body.faces.long()
+    fn = torch.cross(verts[:, f[:, 1]] - verts[:, f[:, 0]], verts[:, f[:, 2]] - verts[:, f[:, 0]],
+                     dim=-1)
+    want = torch.zeros_like(verts)
+    for k in range(3):
+        want.index_add_(1, f[:, k], fn)
+    want = want / want.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    got = vertex_normals(verts, f)
+    assert got.shape == verts.shape
+    assert float((got - want).abs().max()) < 1e-5
+
+
 def test_conditioning_expanded_and_canonical_maps(anny_body):
     import numpy as np
 

@@ -190,6 +190,34 @@ def test_interpolate_uv_face_corners(body):
     assert torch.allclose(interpolate(fr, corner_uv[None]), uv)
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("moderngl", marks=needs_gl)])
+def test_rasterize_attribute_matches_two_steps(body, backend):
+    """rasterize_attribute (issue 13: GL interpolates the UVs itself, one read-back) gives the
+    mask of rasterize and the UVs of interpolate, for a batch with a second, moved body; a new
+    attribute after the first is drawn with its own values (the cached buffer follows)."""
+    S = 256
+    verts = torch.cat([body["verts"], body["verts"] * 1.1 + torch.tensor([0.1, 0.0, 0.2])])
+    K = _body_K(S)
+    corner_uv = body["uv"][body["face_uv"]]
+    fr = rasterize(verts, body["faces"], K, (S, S), backend=backend)
+    want = interpolate(fr, corner_uv, corner=True)
+    uv, mask = R.rasterize_attribute(verts, body["faces"], K, (S, S), corner_uv, backend=backend)
+    assert uv.shape == (2, S, S, 2) and mask.shape == (2, S, S) and mask.dtype == torch.bool
+    assert torch.equal(mask, fr.mask) and (uv[~mask] == 0).all()
+    d = (uv - want).abs().amax(-1)[mask]
+    assert d.max() < 1e-2 and (d < 1e-3).float().mean() > 0.999
+    # another attribute (3 channels) right after: not the cached UVs
+    other = torch.rand(body["faces"].shape[0], 3, 3, generator=torch.Generator().manual_seed(0))
+    got, _ = R.rasterize_attribute(verts, body["faces"], K, (S, S), other, backend=backend)
+    want_o = interpolate(fr, other, corner=True)
+    d = (got - want_o).abs().amax(-1)[mask]
+    assert got.shape == (2, S, S, 3) and d.max() < 1e-2 and (d < 1e-3).float().mean() > 0.999
+    with pytest.raises(RasterizerError, match="corner_attr"):
+        R.rasterize_attribute(verts, body["faces"], K, (S, S), torch.zeros(5, 3, 2))
+    with pytest.raises(RasterizerError, match="corner_attr"):
+        R.rasterize_attribute(verts, body["faces"], K, (S, S), other.repeat(1, 1, 2))
+
+
 def test_interpolate_per_vertex_matches_depth(body):
     """Interpolating camera-space positions reproduces the depth buffer and the pixel rays."""
     S = 128

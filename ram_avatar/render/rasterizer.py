@@ -244,6 +244,57 @@ def interpolate(
     return out
 
 
+def rasterize_attribute(
+    verts: torch.Tensor,
+    faces: torch.Tensor,
+    K: torch.Tensor,
+    image_size: tuple[int, int],
+    corner_attr: torch.Tensor,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-face-corner attribute (e.g. UVs) rendered straight to a map:
+    ``interpolate(rasterize(...), corner_attr, corner=True)`` and the coverage mask, in one call.
+
+    With the moderngl backend the attribute is interpolated by OpenGL itself (perspective
+    correct, the same visibility and barycentrics as :func:`rasterize`) and one RGBA float
+    buffer is read back per image, instead of reading face ids and barycentrics and gathering
+    the attribute in Python (issue 13: the live pose stage's UV maps; measured in
+    ``tests/test_rasterizer.py`` against the two-step path). Other backends run the two steps.
+
+    Args:
+        verts: (B,V,3) camera-space vertices, metres (as :func:`rasterize`).
+        faces: (F,3) vertex indices.
+        K: (3,3) or (B,3,3) intrinsics, pixels.
+        image_size: ``(H, W)``.
+        corner_attr: (F,3,C) attribute of each face corner, C <= 3 (e.g. ``uv[uv_faces]``).
+        backend: as :func:`rasterize`.
+
+    Returns:
+        ``attr (B,H,W,C)`` float32 (0 on background) and ``mask (B,H,W)`` bool, on
+        ``verts.device``.
+
+    Raises:
+        RasterizerError: as :func:`rasterize`; ``corner_attr`` not (F,3,C) with C <= 3.
+        RasterBackendUnavailableError: as :func:`rasterize`.
+    """
+    verts, faces, K, (H, W) = _check_inputs(verts, faces, K, image_size)
+    if (not torch.is_tensor(corner_attr) or corner_attr.dim() != 3
+            or corner_attr.shape[:2] != (faces.shape[0], 3) or not 1 <= corner_attr.shape[2] <= 3):
+        raise RasterizerError(f"rasterize_attribute: corner_attr must be (F,3,C) with "
+                              f"F={faces.shape[0]} and C <= 3, got "
+                              f"{tuple(getattr(corner_attr, 'shape', ()))}")
+    if backend not in _BACKENDS:
+        raise RasterizerError(f"unknown rasterizer backend {backend!r}; use one of {_BACKENDS}")
+    if backend == "auto":
+        backend = _auto_choice(warn=True)
+    if backend == "moderngl":
+        out = torch.from_numpy(_GL.rasterize_attribute(verts, faces, K, H, W, corner_attr))
+        out = out.to(verts.device)
+        return out[..., :corner_attr.shape[2]].contiguous(), out[..., 3] > 0.5
+    frags = rasterize(verts, faces, K, (H, W), backend=backend)
+    return interpolate(frags, corner_attr.float(), corner=True), frags.mask
+
+
 # --------------------------------------------------------------------------------------------
 # input validation
 # --------------------------------------------------------------------------------------------
@@ -434,6 +485,35 @@ void main() {
 """
 
 
+# attribute program (rasterize_attribute): the corners' attribute interpolated by GL itself
+# (perspective-correct, the same barycentrics as the fragment shader above), coverage in alpha
+_ATTR_VERTEX_SHADER = """
+#version 330
+uniform mat4 proj;
+in vec3 in_pos;
+in vec3 in_attr;            // the corner's attribute (up to 3 channels, zero-padded)
+out vec3 v_attr;
+out float v_z;
+void main() {
+    v_attr = in_attr;
+    v_z = in_pos.z;
+    gl_Position = proj * vec4(in_pos, 1.0);
+}
+"""
+
+_ATTR_FRAGMENT_SHADER = """
+#version 330
+uniform float inv_far;
+in vec3 v_attr;
+in float v_z;
+layout(location = 0) out vec4 out_attr;
+void main() {
+    out_attr = vec4(v_attr, 1.0);    // alpha 1 = covered; the clear leaves 0
+    gl_FragDepth = v_z * inv_far;    // the same depth as the fragments' program
+}
+"""
+
+
 def _gl_projection(K: np.ndarray, H: int, W: int, near: float, far: float) -> np.ndarray:
     """OpenGL clip matrix (4,4) for OpenCV camera coordinates and pixel intrinsics ``K``.
 
@@ -458,10 +538,56 @@ class _GLContext:
     def __init__(self, ctx, prog):
         self.ctx = ctx
         self.prog = prog
-        self.fbos: dict[tuple[int, int], object] = {}
+        self.fbos: dict[tuple, object] = {}
         self.vbo = None
         self.vao = None
+        self.vbo_generation = 0  # counts position-buffer reallocations (vertex arrays follow)
         self.pid = os.getpid()
+        # attribute program (rasterize_attribute): built on first use; its static per-corner
+        # attribute buffer is uploaded again only when the attribute's values change
+        self.attr_prog = None
+        self.attr_vbo = None
+        self.attr_key = None
+        self.attr_vao = None
+        self.attr_vao_for = None
+
+    def attr_fbo(self, H: int, W: int):
+        """Framebuffer of the attribute program: one RGBA float colour and a depth buffer."""
+        fbo = self.fbos.get((H, W, "attr"))
+        if fbo is None:
+            ctx = self.ctx
+            fbo = ctx.framebuffer(color_attachments=[ctx.texture((W, H), 4, dtype="f4")],
+                                  depth_attachment=ctx.depth_texture((W, H)))
+            self.fbos[(H, W, "attr")] = fbo
+        return fbo
+
+    def attr_program(self):
+        """The attribute program (:data:`_ATTR_VERTEX_SHADER`), built on first use."""
+        if self.attr_prog is None:
+            self.attr_prog = self.ctx.program(vertex_shader=_ATTR_VERTEX_SHADER,
+                                              fragment_shader=_ATTR_FRAGMENT_SHADER)
+        return self.attr_prog
+
+    def attr_vertex_array(self, attr: torch.Tensor):
+        """The attribute program's vertex array over the position buffer (:meth:`upload`
+        first) and the per-corner ``attr (F,3,C)`` buffer, padded to 3 channels."""
+        prog = self.attr_program()
+        a = attr.detach().to("cpu", torch.float32).reshape(-1, attr.shape[-1]).numpy()
+        data = np.zeros((a.shape[0], 3), np.float32)
+        data[:, :a.shape[1]] = a
+        # compared by content (a fresh tensor may reuse a freed one's address): about 0.1 ms
+        if self.attr_key is None or not np.array_equal(self.attr_key, data):
+            if self.attr_vbo is not None:
+                self.attr_vbo.release()
+            self.attr_vbo = self.ctx.buffer(data.tobytes())
+            self.attr_key, self.attr_vao_for = data, None
+        if self.attr_vao_for != (self.vbo_generation, id(self.attr_vbo)):
+            if self.attr_vao is not None:
+                self.attr_vao.release()
+            self.attr_vao = self.ctx.vertex_array(
+                prog, [(self.vbo, "3f", "in_pos"), (self.attr_vbo, "3f", "in_attr")])
+            self.attr_vao_for = (self.vbo_generation, id(self.attr_vbo))
+        return self.attr_vao
 
     def fbo(self, H: int, W: int):
         fbo = self.fbos.get((H, W))
@@ -480,6 +606,7 @@ class _GLContext:
                 self.vao.release()
                 self.vbo.release()
             self.vbo = self.ctx.buffer(reserve=max(len(data), 1 << 16), dynamic=True)
+            self.vbo_generation += 1
             self.vao = self.ctx.vertex_array(self.prog, [(self.vbo, "3f", "in_pos")])
         self.vbo.write(data)
 
@@ -494,9 +621,13 @@ class _GLContext:
             if self.vbo is not None:
                 self.vao.release()
                 self.vbo.release()
+            for obj in (self.attr_vao, self.attr_vbo, self.attr_prog):
+                if obj is not None:
+                    obj.release()
             self.prog.release()
         self.ctx.release()
         self.fbos, self.vbo, self.vao = {}, None, None
+        self.attr_prog = self.attr_vbo = self.attr_vao = self.attr_key = self.attr_vao_for = None
 
 
 class _GLState:
@@ -570,29 +701,33 @@ class _GLState:
         with gl.ctx:  # current in this thread for the draws (restores whatever was current)
             return self._rasterize_in(gl, verts, faces, K, H, W)
 
-    def _rasterize_in(self, gl: _GLContext, verts, faces, K, H, W):
-        import moderngl
-
-        ctx, prog = gl.ctx, gl.prog
-        B, F = verts.shape[0], faces.shape[0]
+    def _check_size(self, gl: _GLContext, faces, H, W) -> None:
+        F = faces.shape[0]
         if F >= 2**31 - 1:
             raise RasterizerError(f"moderngl rasterizer supports fewer than 2^31 faces, got {F}")
-        max_size = int(ctx.info["GL_MAX_TEXTURE_SIZE"])
+        max_size = int(gl.ctx.info["GL_MAX_TEXTURE_SIZE"])
         if H > max_size or W > max_size:
             raise RasterizerError(f"image_size {(H, W)} exceeds the OpenGL limit {max_size}; "
                                   "use backend='torch'")
+
+    @staticmethod
+    def _draw_items(gl: _GLContext, prog, verts, faces, K, H, W, fbo, vao_fn):
+        """For each batch item: upload its non-indexed corners, set ``prog``'s projection, clear
+        ``fbo`` and draw with ``vao_fn()``; yields the item index after each draw (the caller
+        reads the framebuffer back)."""
+        import moderngl
+
+        ctx = gl.ctx
         v_np = verts.detach().to("cpu", torch.float32).numpy()
         f_np = faces.cpu().numpy()
         K_np = K.cpu().numpy()
-        fbo = gl.fbo(H, W)
+        F = f_np.shape[0]
         fbo.use()
         ctx.viewport = (0, 0, W, H)
         ctx.enable(moderngl.DEPTH_TEST)
         ctx.disable(moderngl.CULL_FACE | moderngl.BLEND)
         ctx.depth_func = "<"
-        face_out = np.empty((B, H, W), dtype=np.int32)
-        color_out = np.empty((B, H, W, 4), dtype=np.float32)
-        for b in range(B):
+        for b in range(v_np.shape[0]):
             corners = v_np[b][f_np]  # (F,3,3) non-indexed: keeps gl_PrimitiveID == face index
             z = corners[..., 2]
             culled = ~(z > NEAR).all(axis=1)
@@ -607,7 +742,16 @@ class _GLState:
             fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
             if F:
                 gl.upload(np.ascontiguousarray(corners, dtype=np.float32).tobytes())
-                gl.vao.render(moderngl.TRIANGLES, vertices=3 * F)
+                vao_fn().render(moderngl.TRIANGLES, vertices=3 * F)
+            yield b
+
+    def _rasterize_in(self, gl: _GLContext, verts, faces, K, H, W):
+        self._check_size(gl, faces, H, W)
+        B = verts.shape[0]
+        fbo = gl.fbo(H, W)
+        face_out = np.empty((B, H, W), dtype=np.int32)
+        color_out = np.empty((B, H, W, 4), dtype=np.float32)
+        for b in self._draw_items(gl, gl.prog, verts, faces, K, H, W, fbo, lambda: gl.vao):
             # GL rows are read bottom-up; window y == v, so row r is image row r: no flip.
             # The clear value 0 leaves bary = depth = 0 and face = 0 (-> -1) on background.
             fbo.read_into(face_out[b], attachment=1, components=1, dtype="i4")
@@ -616,6 +760,23 @@ class _GLState:
         face_id = torch.from_numpy(face_out).to(device=dev, dtype=torch.int64) - 1
         color = torch.from_numpy(color_out).to(dev)
         return face_id, color[..., :3], color[..., 3]
+
+    def rasterize_attribute(self, verts, faces, K, H, W, attr):
+        """``attr (F,3,C)`` (C <= 3) interpolated by GL: ``(B,H,W,4)`` float32 numpy array
+        (the attribute zero-padded to 3 channels, then coverage 0/1)."""
+        gl = self._init()
+        if gl is None:
+            raise RasterBackendUnavailableError(
+                f"the moderngl rasterizer needs an EGL OpenGL 3.3 context ({self._error})")
+        with gl.ctx:
+            self._check_size(gl, faces, H, W)
+            fbo = gl.attr_fbo(H, W)
+            out = np.empty((verts.shape[0], H, W, 4), dtype=np.float32)
+            prog = gl.attr_program()
+            for b in self._draw_items(gl, prog, verts, faces, K, H, W, fbo,
+                                      lambda: gl.attr_vertex_array(attr)):
+                fbo.read_into(out[b], attachment=0, components=4, dtype="f4")
+            return out
 
 
 _GL = _GLState()
