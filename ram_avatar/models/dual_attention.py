@@ -81,26 +81,32 @@ def criss_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     B, _, H, W = q.shape
     # column part: cells (g, w) of the same column, g != h; row part: cells (h, x), all x.
-    # Batched matmuls of permuted views: e_col[b,h,w,g] = sum_c q[b,c,h,w] k[b,c,g,w] and
-    # e_row[b,h,w,x] = sum_c q[b,c,h,w] k[b,c,h,x] (the einsums "bchw,bcgw->bhwg" and
-    # "bchw,bchx->bhwx"); exported as MatMul, which ONNX Runtime runs faster than Einsum
-    e_col = torch.matmul(q.permute(0, 3, 2, 1), k.permute(0, 3, 1, 2)).permute(0, 2, 1, 3)
-    e_row = torch.matmul(q.permute(0, 2, 3, 1), k.permute(0, 2, 1, 3))
-    d_col = distance_weights(H, power, q.device, e_col.dtype)
-    d_row = distance_weights(W, power, q.device, e_row.dtype)
-    e_col = e_col * d_col[None, :, None, :]
-    e_row = e_row * d_row[None, None, :, :]
+    # Each part stays in its own layout, batched over columns (B,W,H,G) or rows (B,H,W,X):
+    # e_col[b,w,h,g] = sum_c q[b,c,h,w] k[b,c,g,w] and e_row[b,h,w,x] = sum_c q[b,c,h,w]
+    # k[b,c,h,x], exported as MatMul (ONNX Runtime runs it faster than Einsum)
+    e_col = torch.matmul(q.permute(0, 3, 2, 1), k.permute(0, 3, 1, 2))    # (B,W,H,G)
+    e_row = torch.matmul(q.permute(0, 2, 3, 1), k.permute(0, 2, 1, 3))    # (B,H,W,X)
+    e_col = e_col * distance_weights(H, power, q.device, e_col.dtype)[None, None]
+    e_row = e_row * distance_weights(W, power, q.device, e_row.dtype)[None, None]
     idx = torch.arange(H, device=q.device)
-    self_cell = (idx[:, None] == idx[None, :])[None, :, None, :]  # (no EyeLike: ORT lacks bool)
+    self_cell = (idx[:, None] == idx[None, :])[None, None]  # (no EyeLike: ORT lacks bool)
     e_col = e_col.masked_fill(self_cell, float("-inf"))
-    scores = torch.cat([e_col, e_row], dim=-1)
-    if scores.dtype in (torch.float16, torch.bfloat16):  # AMP: softmax in float32
-        scores = scores.float()
-    att = torch.softmax(scores, dim=-1).to(v.dtype)
-    a_col, a_row = att[..., :H], att[..., H:]
-    # out[b,c,h,w] = sum_g a_col[b,h,w,g] v[b,c,g,w] + sum_x a_row[b,h,w,x] v[b,c,h,x]
-    o_col = torch.matmul(a_col.permute(0, 2, 1, 3), v.permute(0, 3, 2, 1))   # (B,W,H,C)
-    o_row = torch.matmul(a_row, v.permute(0, 2, 3, 1))                       # (B,H,W,C)
+    if e_col.dtype in (torch.float16, torch.bfloat16):  # AMP: softmax in float32
+        e_col, e_row = e_col.float(), e_row.float()
+    # one softmax over the H - 1 + W cells of each position, without bringing the two parts
+    # into one layout: the common max and the common sum are (B,H,W) maps, and the weighted
+    # values are normalised after the products (C numbers per cell instead of H + W). This
+    # replaces two (B,H,W,H) transposes of the column scores, their concatenation with the
+    # row scores and the split of the weights (paper-1024: the largest tensors of the render)
+    m = torch.maximum(e_col.amax(dim=-1).transpose(1, 2), e_row.amax(dim=-1))    # (B,H,W)
+    p_col = torch.exp(e_col - m.transpose(1, 2).unsqueeze(-1))                    # (B,W,H,G)
+    p_row = torch.exp(e_row - m.unsqueeze(-1))                                    # (B,H,W,X)
+    inv = 1.0 / (p_col.sum(dim=-1).transpose(1, 2) + p_row.sum(dim=-1))         # (B,H,W)
+    # out[b,c,h,w] = (sum_g p_col[b,w,h,g] v[b,c,g,w] + sum_x p_row[b,h,w,x] v[b,c,h,x]) * inv
+    o_col = torch.matmul(p_col.to(v.dtype), v.permute(0, 3, 2, 1))               # (B,W,H,C)
+    o_row = torch.matmul(p_row.to(v.dtype), v.permute(0, 2, 3, 1))               # (B,H,W,C)
+    o_col = o_col * inv.transpose(1, 2).unsqueeze(-1).to(v.dtype)
+    o_row = o_row * inv.unsqueeze(-1).to(v.dtype)
     return o_col.permute(0, 3, 2, 1) + o_row.permute(0, 3, 1, 2)
 
 
