@@ -209,16 +209,6 @@ def training_crop(kp: Keypoints2D, margin: float = 0.15) -> list[float]:
     return [float(cx - side / 2), float(cy - side / 2), float(side)]
 
 
-def _vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted vertex normals (B, V, 3) of meshes (B, V, 3) with faces (F, 3)."""
-    v0, v1, v2 = (verts[:, faces[:, i]] for i in range(3))
-    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)
-    n = torch.zeros_like(verts)
-    for i in range(3):
-        n.index_add_(1, faces[:, i], fn)
-    return torch.nn.functional.normalize(n, dim=-1)
-
-
 def write_overlay(path: Path, video: Path, start: int, end: int, fps: float, body: BodyModel,
                   params: BodyParams, kp: Keypoints2D, K: np.ndarray, backend: str = "auto",
                   chunk: int = 8) -> None:
@@ -226,6 +216,7 @@ def write_overlay(path: Path, video: Path, start: int, end: int, fps: float, bod
     MediaPipe body keypoints as green dots, so a person can judge the fit."""
     import cv2
 
+    from ram_avatar.render.conditioning import vertex_normals
     from ram_avatar.render.rasterizer import interpolate, rasterize
 
     info = probe_video(video)
@@ -240,7 +231,7 @@ def write_overlay(path: Path, video: Path, start: int, end: int, fps: float, bod
             with torch.no_grad():
                 out = body(params.index(idx).to(body.device))
                 frags = rasterize(out.vertices, body.faces, Kt, (H, W), backend=backend)
-                normals = interpolate(frags, _vertex_normals(out.vertices, body.faces))
+                normals = interpolate(frags, vertex_normals(out.vertices, body.faces))
             shade = (0.25 + 0.75 * (-normals[..., 2]).clamp(0, 1)).cpu().numpy()  # facing camera
             cover = (frags.face_id >= 0).cpu().numpy()
             for i, t in enumerate(idx.tolist()):
