@@ -537,13 +537,6 @@ class AvatarRenderer(nn.Module):
             return self.triplane(coords, masks), None
         return self.texture.sample(coords, masks, rgb_batch if self.config.texture_rgb else 0)
 
-    def sample_body_maps(self, coords: list[torch.Tensor],
-                         masks: list[torch.Tensor]) -> list[torch.Tensor]:
-        """:meth:`sample_stacked` on lists of ``(B,C,S,S)`` coords and ``(B,1,S,S)`` masks ->
-        list of ``(B,body_channels,S,S)`` features (the RGB colour is not sampled)."""
-        feats, _ = self.sample_stacked(torch.cat(coords, dim=0), torch.cat(masks, dim=0))
-        return list(feats.chunk(len(coords), dim=0))
-
     def body_map(self, uv: torch.Tensor | None, body_mask: torch.Tensor, **extra) -> torch.Tensor:
         """Body feature map ``(B, body_channels, S, S)``: sampled features, through the dual
         attention when it is enabled (full variant). ``extra`` as in :meth:`forward`."""

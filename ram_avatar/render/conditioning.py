@@ -41,27 +41,27 @@ MAP_CHANNELS = {"uv": 2, "body_mask": 1, "hand": 5, "face": 3}
 EXTRA_MAP_CHANNELS = {"uv_expanded": 2, "body_mask_expanded": 1, "canon": 3, "canon_expanded": 3}
 
 
-_ADJACENCY: dict[tuple, torch.Tensor] = {}
+#: recently used vertex-face matrices: (faces, number of vertices, matrix)
+_ADJACENCY: list[tuple[torch.Tensor, int, torch.Tensor]] = []
 
 
 def _vertex_face_matrix(faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
-    """Sparse CSR ``(V,F)`` matrix with a 1 where vertex v is a corner of face f (cached per
-    faces tensor): ``A @ x`` sums a per-face quantity onto the faces' corners."""
-    key = (faces.data_ptr(), tuple(faces.shape), faces._version, num_vertices, str(faces.device))
-    A = _ADJACENCY.get(key)
-    if A is None:
-        f = faces.long()
-        F = f.shape[0]
-        rows = f.t().reshape(-1)                                   # corner k of every face
-        cols = torch.arange(F, device=f.device).repeat(3)
-        with warnings.catch_warnings():  # torch's notes that sparse CSR is in beta
-            warnings.simplefilter("ignore", UserWarning)
-            A = torch.sparse_coo_tensor(torch.stack([rows, cols]),
-                                        torch.ones(3 * F, device=f.device),
-                                        (num_vertices, F)).coalesce().to_sparse_csr()
-        if len(_ADJACENCY) > 8:
-            _ADJACENCY.clear()
-        _ADJACENCY[key] = A
+    """Sparse CSR ``(V,F)`` matrix with a 1 where vertex v is a corner of face f (cached by the
+    faces' values): ``A @ x`` sums a per-face quantity onto the faces' corners."""
+    f = faces.long()
+    for cached, v, A in _ADJACENCY:
+        if v == num_vertices and cached.shape == f.shape and cached.device == f.device \
+                and torch.equal(cached, f):
+            return A
+    F = f.shape[0]
+    rows = f.t().reshape(-1)                                       # corner k of every face
+    cols = torch.arange(F, device=f.device).repeat(3)
+    with warnings.catch_warnings():  # torch's notes that sparse CSR is in beta
+        warnings.simplefilter("ignore", UserWarning)
+        A = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(3 * F, device=f.device),
+                                    (num_vertices, F)).coalesce().to_sparse_csr()
+    _ADJACENCY.insert(0, (f.clone(), num_vertices, A))
+    del _ADJACENCY[4:]
     return A
 
 

@@ -547,7 +547,7 @@ class _GLContext:
         # attribute buffer is uploaded again only when the attribute's values change
         self.attr_prog = None
         self.attr_vbo = None
-        self.attr_key = None
+        self.attr_data = None
         self.attr_vao = None
         self.attr_vao_for = None
 
@@ -568,19 +568,23 @@ class _GLContext:
                                               fragment_shader=_ATTR_FRAGMENT_SHADER)
         return self.attr_prog
 
-    def attr_vertex_array(self, attr: torch.Tensor):
-        """The attribute program's vertex array over the position buffer (:meth:`upload`
-        first) and the per-corner ``attr (F,3,C)`` buffer, padded to 3 channels."""
-        prog = self.attr_program()
+    def set_attribute(self, attr: torch.Tensor) -> None:
+        """Upload the per-corner ``attr (F,3,C)`` (padded to 3 channels) for
+        :meth:`attr_vertex_array`, unless the buffer already holds these values (compared by
+        content, about 0.1 ms: a fresh tensor may reuse a freed one's address)."""
         a = attr.detach().to("cpu", torch.float32).reshape(-1, attr.shape[-1]).numpy()
         data = np.zeros((a.shape[0], 3), np.float32)
         data[:, :a.shape[1]] = a
-        # compared by content (a fresh tensor may reuse a freed one's address): about 0.1 ms
-        if self.attr_key is None or not np.array_equal(self.attr_key, data):
+        if self.attr_data is None or not np.array_equal(self.attr_data, data):
             if self.attr_vbo is not None:
                 self.attr_vbo.release()
             self.attr_vbo = self.ctx.buffer(data.tobytes())
-            self.attr_key, self.attr_vao_for = data, None
+            self.attr_data, self.attr_vao_for = data, None
+
+    def attr_vertex_array(self):
+        """The attribute program's vertex array over the position buffer (:meth:`upload`
+        first) and the attribute buffer (:meth:`set_attribute` first)."""
+        prog = self.attr_program()
         if self.attr_vao_for != (self.vbo_generation, id(self.attr_vbo)):
             if self.attr_vao is not None:
                 self.attr_vao.release()
@@ -627,7 +631,7 @@ class _GLContext:
             self.prog.release()
         self.ctx.release()
         self.fbos, self.vbo, self.vao = {}, None, None
-        self.attr_prog = self.attr_vbo = self.attr_vao = self.attr_key = self.attr_vao_for = None
+        self.attr_prog = self.attr_vbo = self.attr_vao = self.attr_data = self.attr_vao_for = None
 
 
 class _GLState:
@@ -772,9 +776,9 @@ class _GLState:
             self._check_size(gl, faces, H, W)
             fbo = gl.attr_fbo(H, W)
             out = np.empty((verts.shape[0], H, W, 4), dtype=np.float32)
-            prog = gl.attr_program()
-            for b in self._draw_items(gl, prog, verts, faces, K, H, W, fbo,
-                                      lambda: gl.attr_vertex_array(attr)):
+            gl.set_attribute(attr)
+            for b in self._draw_items(gl, gl.attr_program(), verts, faces, K, H, W, fbo,
+                                      gl.attr_vertex_array):
                 fbo.read_into(out[b], attachment=0, components=4, dtype="f4")
             return out
 
