@@ -187,7 +187,10 @@ def test_training_matches_the_old_trainer(items, tmp_path, monkeypatch):
         {k for k in scalars if not k.startswith("perf/")}
     for tag, values in old.items():
         if not tag.startswith("perf/"):
-            np.testing.assert_allclose(np.array(scalars[tag]), np.array(values), rtol=1e-6,
+            # the renderer's exact rewrites of issue 13 (the attention's parts upsampled once,
+            # its softmax normalised after the products) reorder float sums: 1.8e-6 relative
+            # seen on loss/ssim; 1e-5 stays far below what a different step changes
+            np.testing.assert_allclose(np.array(scalars[tag]), np.array(values), rtol=1e-5,
                                        atol=1e-7, err_msg=tag)
     for name in ("step_00000004.safetensors", "step_00000004.aux.safetensors"):
         a = load_file(FX / "run" / "checkpoints" / name)
