@@ -190,12 +190,14 @@ def test_interpolate_uv_face_corners(body):
     assert torch.allclose(interpolate(fr, corner_uv[None]), uv)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("moderngl", marks=needs_gl)])
-def test_rasterize_attribute_matches_two_steps(body, backend):
-    """rasterize_attribute (issue 13: GL interpolates the UVs itself, one read-back) gives the
-    mask of rasterize and the UVs of interpolate, for a batch with a second, moved body; a new
-    attribute after the first is drawn with its own values (the cached buffer follows)."""
+@needs_gl
+def test_rasterize_attribute_matches_two_steps(body):
+    """rasterize_attribute with moderngl (issue 13: GL interpolates the UVs itself, one
+    read-back) gives the mask of rasterize and the UVs of interpolate, for a batch with a
+    second, moved body; a new attribute after the first is drawn with its own values (the
+    cached buffer follows). (Other backends run those two steps themselves.)"""
     S = 256
+    backend = "moderngl"
     verts = torch.cat([body["verts"], body["verts"] * 1.1 + torch.tensor([0.1, 0.0, 0.2])])
     K = _body_K(S)
     corner_uv = body["uv"][body["face_uv"]]
@@ -212,10 +214,14 @@ def test_rasterize_attribute_matches_two_steps(body, backend):
     want_o = interpolate(fr, other, corner=True)
     d = (got - want_o).abs().amax(-1)[mask]
     assert got.shape == (2, S, S, 3) and d.max() < 1e-2 and (d < 1e-3).float().mean() > 0.999
-    with pytest.raises(RasterizerError, match="corner_attr"):
-        R.rasterize_attribute(verts, body["faces"], K, (S, S), torch.zeros(5, 3, 2))
-    with pytest.raises(RasterizerError, match="corner_attr"):
-        R.rasterize_attribute(verts, body["faces"], K, (S, S), other.repeat(1, 1, 2))
+
+
+def test_rasterize_attribute_input_errors(body):
+    """A corner attribute that is not (F,3,C) with C <= 3 is refused with a clear error."""
+    K, faces = _body_K(64), body["faces"]
+    for bad in (torch.zeros(5, 3, 2), torch.zeros(faces.shape[0], 3, 4), torch.zeros(faces.shape[0], 2, 2)):
+        with pytest.raises(RasterizerError, match="corner_attr"):
+            R.rasterize_attribute(body["verts"], faces, K, (64, 64), bad, backend="torch")
 
 
 def test_interpolate_per_vertex_matches_depth(body):

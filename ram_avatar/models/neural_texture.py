@@ -146,11 +146,6 @@ class NeuralTexture(nn.Module):
 
     def forward(self, uv: torch.Tensor, body_mask: torch.Tensor) -> torch.Tensor:
         """Sample the texture at ``uv``; returns ``(B,C,H,W)`` features (``(B,C+3,H,W)`` with the
-        RGB texture), zero where mask is 0."""
-        grid = uv_to_grid(uv)
-        tex = self.full_texture()
-        if self.rgb:
-            tex = torch.cat([tex, self.rgb_texture], dim=1)
-        out = F.grid_sample(tex.expand(uv.shape[0], -1, -1, -1), grid, mode="bilinear",
-                            padding_mode="border", align_corners=False)
-        return out * body_mask
+        RGB texture at every map), zero where mask is 0."""
+        feats, rgb = self.sample(uv, body_mask, uv.shape[0])
+        return feats if rgb is None else torch.cat([feats, rgb], dim=1)
