@@ -140,11 +140,13 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 # --- verbs ----------------------------------------------------------------------------------
 
 def cmd_capture(a) -> int:
+    from ram_avatar.capture.fitting import FitConfig
     from ram_avatar.capture.pipeline import capture, sequence_info
 
+    fit = FitConfig(iters_silhouette=a.silhouette_iters) if a.silhouette_iters else None
     seq = capture(a.video, a.output, start=a.start, end=a.end, camera=a.camera,
                   body_model=a.body_model, model_path=a.model_path, device=a.device,
-                  overlay=not a.no_overlay, estimate_focal=a.estimate_focal,
+                  fit_config=fit, overlay=not a.no_overlay, estimate_focal=a.estimate_focal,
                   overwrite=a.overwrite)
     _print_json(sequence_info(seq))
     return 0
@@ -330,6 +332,11 @@ def _add_capture_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--body-model", default="anny", choices=["anny", "smplx"])
     p.add_argument("--model-path", default=None, help="directory with SMPLX_NEUTRAL.npz (smplx)")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
+    p.add_argument("--silhouette-iters", type=int, default=0, metavar="N",
+                   help="after the keypoint fit, N iterations fitting pose and shape to the person "
+                        "masks too (silhouette term; about 6 s per iteration for 400 frames on 2 "
+                        "CPU cores). On taiji (loose clothes) 30 iterations raised the mask IoU "
+                        "0.825 -> 0.839; off by default")
     p.add_argument("--overwrite", nargs="?", const="move", default=None, choices=["move", "remove"],
                    help="OUTPUT already holds a subject: replace it, moving its sequence, runs "
                         "and export into OUTPUT/replaced-<time>/ (move, the default) or deleting "

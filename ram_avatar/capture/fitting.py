@@ -7,12 +7,18 @@ Energy (SMPLify-X style, Pavlakos et al. 2019, minimised with Adam, batched over
       + w_limit * sum relu(|angle| - limit)^2 + w_hinge * (knee hinge violations)   joint limits
       + w_beta * ||beta - beta_0||^2                                                shape prior
       + w_acc * sum_t ||X_{t+1} - 2 X_t + X_{t-1}||^2 + w_vel * ||theta_{t+1} - theta_t||^2  smoothness
+      + E_sil (stage 4, when the person masks are given)                           silhouette
 
 with rho the Geman-McClure robust function, x_tk the MediaPipe keypoints, c_tk their
 confidences, h_t the person's bounding-box height in pixels, Pi the pinhole projection. One
 ``beta`` is shared by the whole video; global orientation R_t, translation t_t, body pose and
 finger poses are per frame. Stages: (1) orientation + translation on the torso, (2) full body
-and shape, (3) body + fingers.
+and shape, (3) body + fingers, (4) with the person masks: body and shape again with the
+silhouette term added (:class:`SilhouetteTargets`, :func:`silhouette_energy`): a symmetric
+2D chamfer between the projected mesh and the mask, the distance-transform form of the
+silhouette terms of Alldieck et al. 2018 ("Video Based Reconstruction of 3D People Models",
+Sec. 3.2) and of SMPLify's successors. Keypoints alone leave the mesh a few pixels off the
+person (capture of taiji: silhouette IoU 0.66), which blurs the texture baked from the video.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ram_avatar.body.base import BODY_LANDMARKS, HEAD_LANDMARKS, BodyModel, BodyParams
 from ram_avatar.capture.keypoints import Keypoints2D
@@ -52,6 +59,16 @@ class FitConfig:
     w_vel: float = 2e-2
     body_angle_limit: float = 2.2  # radians, per joint
     hand_angle_limit: float = 1.6
+    # stage 4, silhouette (only when fit_sequence gets the person masks; off by default: on
+    # taiji 30 iterations raised the mask IoU 0.825 -> 0.839 for 3 more minutes of capture)
+    iters_silhouette: int = 0
+    lr_silhouette: float = 0.01
+    w_sil_out: float = 4.0         # mesh outside the mask (per frame, mean over vertices)
+    w_sil_in: float = 4.0          # mask contour away from the mesh (mean over contour points)
+    sil_sigma: float = 0.03        # Geman-McClure scale, fraction of bbox height
+    sil_max_side: int = 480        # the masks' distance fields are computed at this size
+    sil_points: int = 256          # contour points per frame
+    sil_vertex_stride: int = 4     # every n-th vertex is a candidate for the contour matches
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,6 +132,169 @@ class _Targets:
         self.hand_xy = f(hands[..., :2])
         self.hand_c = f(hands[..., 2] * hvalid[..., None] * cfg.w_hand)        # (T,2,21)
         self.T = T
+
+
+class SilhouetteTargets:
+    """The person masks prepared for the silhouette term of the fit (stage 4).
+
+    Per frame, at a reduced size (long side ``max_side`` pixels):
+    - ``dist_out`` (T, 1, h, w): distance (full-resolution pixels) from each pixel to the
+      nearest mask pixel, 0 inside the mask (``cv2.distanceTransform``). Sampled at the
+      projected vertices it measures how far the mesh sticks out of the person.
+    - ``contour`` (T, N, 2): up to N points evenly spaced along the mask's outer contours
+      (``cv2.findContours``), full-resolution pixels; ``contour_w`` (T, N) is 1 for a real
+      point, 0 for padding. Their distance to the nearest projected vertex measures how far the
+      person reaches beyond the mesh.
+
+    Frames whose mask is empty, or whose keypoint pose is not valid, get zero weight
+    (``frame_w``). With lens distortion the masks are undistorted first (``cv2.undistort``),
+    as the keypoints are.
+
+    Args:
+        masks: (T, H, W) uint8 person masks 0..255 (capture's Holistic segmentation).
+        K: (3, 3) intrinsics, pixels. dist: OpenCV distortion coefficients or None.
+        valid: (T,) bool, frames with a tracked pose.
+        max_side: long side of the distance fields, pixels.
+        points: N, contour points per frame.
+        device: torch device.
+    Raises:
+        ValueError: masks not (T, H, W), or valid of another length.
+    """
+
+    def __init__(self, masks: np.ndarray, K: np.ndarray, dist: np.ndarray | None,
+                 valid: np.ndarray, max_side: int = 480, points: int = 256, device="cpu"):
+        import cv2
+
+        masks = np.asarray(masks)
+        if masks.ndim != 3:
+            raise ValueError(f"masks must be (T, H, W), got shape {masks.shape}")
+        T, H, W = masks.shape
+        if len(valid) != T:
+            raise ValueError(f"valid has {len(valid)} frames, masks {T}")
+        s = min(1.0, max_side / max(H, W))
+        w, h = max(1, round(W * s)), max(1, round(H * s))
+        sx, sy = w / W, h / H
+        K = np.asarray(K, dtype=np.float64)
+        undistort = dist is not None and np.any(np.asarray(dist) != 0)
+        dist_out = np.zeros((T, 1, h, w), np.float32)
+        contour = np.zeros((T, points, 2), np.float32)
+        contour_w = np.zeros((T, points), np.float32)
+        frame_w = np.zeros(T, np.float32)
+        for t in range(T):
+            m = masks[t]
+            if undistort:
+                m = cv2.undistort(m, K, np.asarray(dist, np.float64))
+            small = (cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA) > 127).astype(np.uint8)
+            if not valid[t] or small.sum() < 16:
+                continue
+            # distance from the pixel centre to the mask's edge (half a pixel nearer than to
+            # the nearest mask pixel's centre), in full-resolution pixels
+            d = cv2.distanceTransform(1 - small, cv2.DIST_L2, 5)
+            dist_out[t, 0] = np.maximum(d - 0.5, 0.0) / s
+            cs, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            c = np.concatenate([x[:, 0] for x in cs]).astype(np.float32)
+            pick = np.linspace(0, len(c), min(points, len(c)), endpoint=False).astype(int)
+            c = c[pick]
+            # pixel (x, y) covers [x, x+1) x [y, y+1) (the rasterizer's and MediaPipe's convention)
+            contour[t, :len(c)] = np.stack([(c[:, 0] + 0.5) / sx, (c[:, 1] + 0.5) / sy], -1)
+            contour_w[t, :len(c)] = 1.0
+            frame_w[t] = 1.0
+        f = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+        self.dist_out, self.contour, self.contour_w = f(dist_out), f(contour), f(contour_w)
+        self.frame_w = f(frame_w)
+        self.size = (W, H)
+        self.scale = (sx, sy)
+        self.T = T
+
+    def outside_distance(self, uv: torch.Tensor) -> torch.Tensor:
+        """Distance (pixels) from projected points to the nearest mask pixel, bilinear.
+
+        Args: uv: (T, P, 2) full-resolution pixel coordinates.
+        Returns: (T, P); points beyond the image read the border's value (the mask cannot say
+        what is outside the frame).
+        """
+        h, w = self.dist_out.shape[-2:]
+        gx = uv[..., 0] * (self.scale[0] / w * 2) - 1
+        gy = uv[..., 1] * (self.scale[1] / h * 2) - 1
+        grid = torch.stack([gx, gy], -1)[:, :, None]                   # (T, P, 1, 2)
+        return F.grid_sample(self.dist_out, grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)[:, 0, :, 0]
+
+
+def silhouette_energy(verts: torch.Tensor, K: torch.Tensor, st: SilhouetteTargets,
+                      h: torch.Tensor, cfg: FitConfig) -> dict[str, torch.Tensor]:
+    """Silhouette term of stage 4: a robust symmetric chamfer between mesh and person mask.
+
+    ``sil_out`` = w_out * sum_t mean_v rho(d_out(Pi(v))^2 / h_t^2): vertices that project
+    outside the mask, by their distance to it (every vertex counts: the silhouette of the mesh
+    is the union of its projected faces). ``sil_in`` = w_in * sum_t mean_c rho(min_v
+    ||c - Pi(v)||^2 / h_t^2): contour points of the mask, by their distance to the nearest
+    projected vertex (``sil_vertex_stride``-th vertices; the match is re-found every call,
+    without gradient). rho is Geman-McClure at ``sil_sigma`` (a fraction of the bbox height),
+    so loose clothes and segmentation spill far from the body pull with bounded force.
+
+    Args:
+        verts: (T, V, 3) camera-frame vertices, metres.
+        K: (3, 3) intrinsics. st: SilhouetteTargets of the same T frames.
+        h: (T,) bbox heights, pixels. cfg: FitConfig (weights, sigma, stride).
+    Returns:
+        dict ``sil_out``, ``sil_in`` -> scalar energies.
+    """
+    uv = project(verts, K)                                            # (T, V, 2)
+    s2 = cfg.sil_sigma ** 2
+    d_out = st.outside_distance(uv) ** 2 / h[:, None] ** 2
+    e_out = (_gmof(d_out, cfg.sil_sigma).mean(1) * st.frame_w).sum() / s2
+    if cfg.w_sil_in == 0:
+        return {"sil_out": cfg.w_sil_out * e_out}
+    cand = uv[:, ::max(1, cfg.sil_vertex_stride)]
+    with torch.no_grad():
+        idx = torch.cat([torch.cdist(st.contour[i:i + 16], cand[i:i + 16].detach()).argmin(-1)
+                         for i in range(0, st.T, 16)])                 # (T, N)
+    near = torch.gather(cand, 1, idx[..., None].expand(-1, -1, 2))
+    d_in = ((near - st.contour) ** 2).sum(-1) / h[:, None] ** 2
+    n = st.contour_w.sum(1).clamp(min=1)
+    e_in = ((_gmof(d_in, cfg.sil_sigma) * st.contour_w).sum(1) / n * st.frame_w).sum() / s2
+    return {"sil_out": cfg.w_sil_out * e_out, "sil_in": cfg.w_sil_in * e_in}
+
+
+def silhouette_iou(body: BodyModel, params: BodyParams, masks: np.ndarray, K: np.ndarray,
+                   frames, max_side: int = 480) -> np.ndarray:
+    """IoU of the fitted mesh's silhouette with the person mask (> 127), per frame.
+
+    Rasterised with :func:`ram_avatar.render.rasterizer.rasterize` at the masks' size scaled
+    to ``max_side`` on the long side.
+
+    Args:
+        body, params: the fitted body and its T-frame parameters.
+        masks: (T, H, W) uint8. K: (3, 3) intrinsics of the full-size frames.
+        frames: indices of the frames to measure.
+    Returns:
+        (len(frames),) IoU in [0, 1] (NaN where both are empty).
+    """
+    import cv2
+
+    from ram_avatar.render.rasterizer import rasterize
+
+    T, H, W = masks.shape
+    s = min(1.0, max_side / max(H, W))
+    w, h = max(1, round(W * s)), max(1, round(H * s))
+    Ks = torch.as_tensor(np.asarray(K), dtype=torch.float32).clone()
+    Ks[0] *= w / W
+    Ks[1] *= h / H
+    frames = np.asarray(frames)
+    out = np.full(len(frames), np.nan)
+    faces = body.faces
+    for a in range(0, len(frames), 16):
+        fr = frames[a:a + 16]
+        with torch.no_grad():
+            v = body(params.index(torch.as_tensor(fr))).vertices
+        mesh = (rasterize(v, faces, Ks, (h, w)).face_id >= 0).cpu().numpy()
+        for j, t in enumerate(fr):
+            m = cv2.resize(masks[t], (w, h), interpolation=cv2.INTER_AREA) > 127
+            u = (mesh[j] | m).sum()
+            if u:
+                out[a + j] = (mesh[j] & m).sum() / u
+    return out
 
 
 def _init_params(body: BodyModel, kp: Keypoints2D, K: torch.Tensor, device) -> BodyParams:
@@ -198,7 +378,8 @@ def reprojection_errors(body: BodyModel, params: BodyParams, kp: Keypoints2D, K:
 
 def fit_sequence(body: BodyModel, kp: Keypoints2D, K: np.ndarray | torch.Tensor,
                  config: FitConfig | None = None, device="cpu",
-                 init: BodyParams | None = None, show_progress: bool = True) -> BodyParams:
+                 init: BodyParams | None = None, show_progress: bool = True,
+                 masks: np.ndarray | None = None, dist: np.ndarray | None = None) -> BodyParams:
     """Fit ``body`` to a whole sequence of 2D keypoints, batched over frames.
 
     Args:
@@ -210,6 +391,9 @@ def fit_sequence(body: BodyModel, kp: Keypoints2D, K: np.ndarray | torch.Tensor,
         init: optional initial parameters (e.g. the previous frame's fit at runtime); when
             given, the global stage is skipped.
         show_progress: show a rich progress bar.
+        masks: optional (T, H, W) uint8 person masks of the same frames: adds stage 4, the
+            silhouette term (``config.iters_silhouette`` iterations; 0 skips it).
+        dist: the camera's distortion coefficients (the masks are undistorted with them).
     Returns:
         BodyParams with ``betas`` (1, n_betas) and per-frame fields of batch T, on CPU.
     Raises:
@@ -254,7 +438,7 @@ def fit_sequence(body: BodyModel, kp: Keypoints2D, K: np.ndarray | torch.Tensor,
         c = tg.pose_c * (torso_only if stage == "global" else 1.0)
         e_pose = (c * _gmof(r2, cfg.sigma)).sum() / cfg.sigma ** 2
         terms = {"pose2d": e_pose}
-        if stage == "hands":
+        if stage in ("hands", "silhouette"):
             rh = ((project(out.hand_landmarks, K) - tg.hand_xy) ** 2).sum(-1) / h[..., None] ** 2
             terms["hand2d"] = (tg.hand_c * _gmof(rh, cfg.sigma)).sum() / cfg.sigma ** 2
             hp = torch.cat([q.left_hand_pose, q.right_hand_pose], 1)
@@ -274,6 +458,8 @@ def fit_sequence(body: BodyModel, kp: Keypoints2D, K: np.ndarray | torch.Tensor,
         elif tg.T > 2:
             tr = q.transl
             terms["acc"] = cfg.w_acc * ((tr[2:] - 2 * tr[1:-1] + tr[:-2]) ** 2).sum() * 100.0
+        if stage == "silhouette":
+            terms.update(silhouette_energy(body(q).vertices, K, sil, tg.h, cfg))
         return sum(terms.values()), terms
 
     stages = []
@@ -282,6 +468,14 @@ def fit_sequence(body: BodyModel, kp: Keypoints2D, K: np.ndarray | torch.Tensor,
     stages.append(("body", cfg.iters_body, ["global_orient", "transl", "body_pose", "betas"]))
     stages.append(("hands", cfg.iters_hands, ["global_orient", "transl", "body_pose", "betas",
                                               "left_hand_pose", "right_hand_pose"]))
+    sil = None
+    if masks is not None and cfg.iters_silhouette > 0:
+        if len(masks) != kp.num_frames:
+            raise ValueError(f"masks have {len(masks)} frames, keypoints {kp.num_frames}")
+        sil = SilhouetteTargets(masks, K.cpu().numpy(), dist, kp.pose_valid, cfg.sil_max_side,
+                                cfg.sil_points, device)
+        stages.append(("silhouette", cfg.iters_silhouette,
+                       ["global_orient", "transl", "body_pose", "betas"]))
     stages = [s for s in stages if s[1] > 0]
     total = sum(s[1] for s in stages)
     # The fit is thousands of small tensor ops; on CPU intra-op threads only add
@@ -300,8 +494,9 @@ def _optimise(stages, total, leaves, energy, params, tg, cfg, show_progress) -> 
     with progress(disable=not show_progress) as bar:
         task = bar.add_task("fitting", total=total, info="")
         for stage, iters, names in stages:
-            opt = torch.optim.Adam([leaves[n] for n in names], lr=cfg.lr)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters, eta_min=cfg.lr * 0.1)
+            lr = cfg.lr_silhouette if stage == "silhouette" else cfg.lr
+            opt = torch.optim.Adam([leaves[n] for n in names], lr=lr)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters, eta_min=lr * 0.1)
             for it in range(iters):
                 opt.zero_grad(set_to_none=True)
                 loss, terms = energy(stage)

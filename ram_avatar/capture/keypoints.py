@@ -1,4 +1,4 @@
-"""2D keypoints (MediaPipe Holistic) and person masks (MediaPipe Selfie Segmentation).
+"""2D keypoints and person masks (MediaPipe Holistic), masks of everyone (Selfie Segmentation).
 
 Detection only: the per-frame record it fills, :class:`~ram_avatar.io.keypoints.Keypoints2D`
 (re-exported here), is defined in :mod:`ram_avatar.io.keypoints` with its conventions (pixel
@@ -26,7 +26,8 @@ from ram_avatar.utils import progress
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Keypoints2D", "detect_keypoints", "check_person_found", "filter_hands_by_pose_wrist",
+    "Keypoints2D", "PERSON_MASK_SOURCE", "detect_keypoints", "check_person_found",
+    "filter_hands_by_pose_wrist",
     "POSE_LEFT_SHOULDER", "POSE_RIGHT_SHOULDER", "POSE_LEFT_WRIST", "POSE_RIGHT_WRIST",
     "POSE_LEFT_HIP", "POSE_RIGHT_HIP", "NUM_POSE", "NUM_HAND", "NUM_FACE",
 ]
@@ -85,19 +86,31 @@ def landmarks_to_pixels(landmark_list, count: int, width: int, height: int, thir
     return arr if np.isfinite(arr).all() else None
 
 
+#: what made the person masks of a capture (``manifest.json`` ``masks.source``)
+PERSON_MASK_SOURCE = "mediapipe_holistic_segmentation"
+
+
 def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
                      progress_desc: str = "keypoints",
                      hand_max_torso_fraction: float | None = 0.5,
+                     everyone: dict[int, np.ndarray] | None = None, everyone_every: int = 1,
                      ) -> tuple[Keypoints2D, np.ndarray]:
-    """Run MediaPipe Holistic and Selfie Segmentation on a sequence of frames.
+    """Run MediaPipe Holistic (with its segmentation) on a sequence of frames.
 
     Holistic runs in tracking mode (static_image_mode=False, smooth_landmarks=True,
-    model_complexity=1, refine_face_landmarks=True for 478 face points), so ``frames`` must
-    be consecutive frames of one video, in order. The person mask comes from
-    ``SelfieSegmentation(model_selection=0)`` (the general 256x256 model). CPU cost measured on
-    all of examples/taiji.mp4 (1280x720, 2 CPU cores): about 110 ms per frame (Holistic
-    98 ms + segmentation 12 ms), 131 ms per frame including decoding with
-    :func:`~ram_avatar.capture.video.iter_frames` (about 7.6 frames/s).
+    model_complexity=1, refine_face_landmarks=True for 478 face points,
+    enable_segmentation=True), so ``frames`` must be consecutive frames of one video, in order.
+
+    The person mask is Holistic's own segmentation (BlazePose's mask head, in the tracked
+    person's region). It replaced ``SelfieSegmentation(model_selection=0)``, a model for
+    close-range selfies: on the full-body taiji video it missed the khaki trousers in most
+    frames (legs dark in the mask, so training learned them as background and the masked
+    metrics skipped them), and it also marks bystanders and objects held near the body
+    (a red bottle in the head-to-waist crop of taiji). Frames where Holistic finds no pose get
+    an empty mask. Because the Selfie model marks *everyone*, it still runs on every
+    ``everyone_every``-th frame when ``everyone`` is given, for the other-people check of
+    capture (:func:`ram_avatar.capture.pipeline.other_people`). CPU cost on taiji.mp4
+    (1280x720, 2 cores): Holistic with segmentation 83 ms per frame, the Selfie model 14 ms.
 
     Args:
         frames: iterable of (H, W, 3) uint8 RGB frames, all the same size (e.g.
@@ -107,6 +120,9 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
         hand_max_torso_fraction: drop hands whose wrist is further than this many torso heights
             from the pose wrist (see :func:`filter_hands_by_pose_wrist`); None keeps Holistic's
             raw hands.
+        everyone: when given, filled with {frame index: (H, W) uint8 Selfie Segmentation mask}
+            of every ``everyone_every``-th frame (everyone in view, 0..255).
+        everyone_every: the stride of those frames (>= 1).
 
     Returns:
         (keypoints, masks): :class:`Keypoints2D` with T frames, and person masks (T, H, W)
@@ -125,7 +141,8 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
     n_pose = 0
     t_holistic = t_seg = 0.0
     with holistic_api.Holistic(static_image_mode=False, model_complexity=1, smooth_landmarks=True,
-                               refine_face_landmarks=True, enable_segmentation=False) as holistic, \
+                               refine_face_landmarks=True, enable_segmentation=True,
+                               smooth_segmentation=True) as holistic, \
             seg_api.SelfieSegmentation(model_selection=0) as segmenter, \
             progress() as bar:
         task = bar.add_task(progress_desc, total=total, info="")
@@ -144,7 +161,11 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
             t0 = time.perf_counter()
             result = holistic.process(frame)
             t1 = time.perf_counter()
-            seg = segmenter.process(frame).segmentation_mask                      # (H, W) float
+            if everyone is not None and index % max(1, everyone_every) == 0:
+                scene = segmenter.process(frame).segmentation_mask                # (H, W) float
+                everyone[index] = (np.clip(np.nan_to_num(np.asarray(scene, np.float32)), 0.0, 1.0)
+                                   * 255.0 + 0.5).astype(np.uint8)
+            seg = result.segmentation_mask                                        # (H, W) or None
             t_holistic += t1 - t0
             t_seg += time.perf_counter() - t1
 
@@ -168,7 +189,7 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
     num = len(masks)
     if num == 0:
         raise ValueError("detect_keypoints got no frames")
-    log.info("keypoints: %d frames, %.1f ms/frame (holistic %.1f, segmentation %.1f), "
+    log.info("keypoints: %d frames, %.1f ms/frame (holistic %.1f, everyone's masks %.1f), "
              "person in %d", num, 1000 * (t_holistic + t_seg) / num, 1000 * t_holistic / num,
              1000 * t_seg / num, n_pose)
 

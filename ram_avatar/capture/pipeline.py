@@ -1,6 +1,6 @@
 """``ram-avatar capture``: video -> FittedSequence (RAM-Avatar Sec. 3.1 / 4.1 preprocessing).
 
-decode (PyAV) -> MediaPipe Holistic keypoints + selfie-segmentation masks -> person check ->
+decode (PyAV) -> MediaPipe Holistic keypoints + person masks -> person check ->
 body fit (one shape, per-frame pose, batched) -> reprojection errors -> head-local face
 template -> training crop -> write ``<subject>/sequence/`` atomically -> overlay video.
 
@@ -28,8 +28,9 @@ import torch
 from ram_avatar.body import load_body_model
 from ram_avatar.body.base import BodyModel, BodyParams
 from ram_avatar.capture.fitting import FitConfig, fit_sequence, reprojection_errors
-from ram_avatar.capture.keypoints import (Keypoints2D, check_person_found, detect_keypoints,
-                                          detected_height, find_small_person, too_small_error)
+from ram_avatar.capture.keypoints import (PERSON_MASK_SOURCE, Keypoints2D, check_person_found,
+                                          detect_keypoints, detected_height, find_small_person,
+                                          too_small_error)
 from ram_avatar.capture.video import VideoWriter, iter_frames, probe_video
 from ram_avatar.errors import CaptureError, DiskFullError, NoPersonError, VideoError
 from ram_avatar.io.camera import camera_for_video, undistort_points
@@ -121,13 +122,14 @@ def other_people(masks: np.ndarray, kp: Keypoints2D, min_area_ratio: float = 0.3
     """Find person-sized regions of the segmentation outside the fitted person.
 
     MediaPipe Holistic tracks one person, while selfie segmentation marks everyone. In each
-    (``step``-th) frame with a pose, the mask (> 50 %) is split into connected components
+    (``step``-th, or each given) frame with a pose, the mask (> 50 %) is split into connected components
     (OpenCV); the component overlapping the person's pose keypoint box most is the tracked
     person; any other component with at least ``min_area_ratio`` of its area and lying mostly
     outside that box counts as another person.
 
     Args:
-        masks: (T, H, W) uint8 person masks, 0..255.
+        masks: (T, H, W) uint8 masks of everyone in view, 0..255, or {frame index: (H, W)
+            mask} for some frames (``step`` is then ignored).
         kp: keypoints of the T frames (pixels).
         min_area_ratio: smallest area of another region relative to the tracked person.
         min_fraction: fraction of the checked frames another person must be in to count as
@@ -140,10 +142,10 @@ def other_people(masks: np.ndarray, kp: Keypoints2D, min_area_ratio: float = 0.3
     """
     import cv2
 
-    T = len(masks)
+    frames = sorted(masks) if isinstance(masks, dict) else range(0, len(masks), max(1, step))
     hits, checked = 0, 0
     boxes = []
-    for t in range(0, T, max(1, step)):
+    for t in frames:
         if not kp.pose_valid[t]:
             continue
         vis = kp.pose[t, :, 2] > 0.5
@@ -257,11 +259,12 @@ class Tracked:
     camera: dict            # K, dist, source (+ fov_deg / focal estimate)
     keypoints: Keypoints2D  # as detected (distorted pixels)
     keypoints_fit: Keypoints2D  # undistorted, what the body was fitted to
-    masks: np.ndarray       # (T, H, W) uint8
+    masks: np.ndarray       # (T, H, W) uint8, the tracked person
     params: BodyParams
     errors: dict            # per-frame reprojection errors (fitting.reprojection_errors)
     face_local: np.ndarray  # (T, 478, 3) head-local face mesh (invalid frames filled)
     timings: dict
+    everyone: dict          # {frame: (H, W) uint8 mask of everyone in view}, every ~T/100-th frame
 
 
 def track_video(video: str | Path, body: BodyModel, start: int = 0, end: int | None = None,
@@ -282,7 +285,9 @@ def track_video(video: str | Path, body: BodyModel, start: int = 0, end: int | N
                          "check --start/--end")
     cam = camera_for_video(info.width, info.height, camera)
     timings = {}
-    kp, masks = detect_keypoints(iter_frames(video, start, end), total=end - start)
+    everyone: dict[int, np.ndarray] = {}
+    kp, masks = detect_keypoints(iter_frames(video, start, end), total=end - start,
+                                 everyone=everyone, everyone_every=max(1, (end - start) // 100))
     try:
         check_person_found(kp, min_person_fraction, first_frame=start)
     except NoPersonError:
@@ -306,7 +311,8 @@ def track_video(video: str | Path, body: BodyModel, start: int = 0, end: int | N
         K, entry = estimate_focal_for_capture(body, kp_fit, info.width, info.height, device)
         cam = {**cam, "K": np.asarray(K), "source": "estimated_focal", "focal_estimate": entry}
     t1 = time.time()
-    params = fit_sequence(body, kp_fit, cam["K"], fit_config, device=device)
+    params = fit_sequence(body, kp_fit, cam["K"], fit_config, device=device, masks=masks,
+                          dist=np.asarray(cam["dist"]))
     timings["fit_s"] = time.time() - t1
     Kt = torch.as_tensor(cam["K"], dtype=torch.float32, device=device)
     errors = reprojection_errors(body, params, kp_fit, Kt)
@@ -315,7 +321,8 @@ def track_video(video: str | Path, body: BodyModel, start: int = 0, end: int | N
     face_local = face_to_head_local(kp_fit.face, head_T, cam["K"])
     face_local = fill_invalid(face_local, kp.face_valid) if kp.face_valid.any() else np.zeros_like(face_local)
     return Tracked(info=info, start=start, end=end, camera=cam, keypoints=kp, keypoints_fit=kp_fit,
-                   masks=masks, params=params, errors=errors, face_local=face_local, timings=timings)
+                   masks=masks, params=params, errors=errors, face_local=face_local, timings=timings,
+                   everyone=everyone)
 
 
 def _resolve_body_model(body_model: str, model_path, dev: torch.device) -> tuple:
@@ -330,15 +337,16 @@ def _resolve_body_model(body_model: str, model_path, dev: torch.device) -> tuple
     return load_body_model(body_model, model_path=model_path, device=dev), model_path
 
 
-def _warn_other_people(masks: np.ndarray, kp: Keypoints2D, valid: np.ndarray, video: Path) -> dict:
-    """:func:`other_people` of the capture, with a warning when another person persists."""
+def _warn_other_people(masks: dict | np.ndarray, kp: Keypoints2D, valid: np.ndarray, video: Path) -> dict:
+    """:func:`other_people` of the capture (on the masks of everyone in view), with a warning
+    when another person persists."""
     others = other_people(masks, kp, step=max(1, len(valid) // 100))
     if others["persists"]:
         x0, y0, x1, y1 = others["box"]
         log.warning(
             "another person-sized region is in %d of %d checked frames (%.0f%%) outside the person "
-            "being fitted: the fit follows one person, but the person masks (and so training) "
-            "include everyone. Trim the video to a part with one person (--start/--end), or crop "
+            "being fitted: the fit follows one person, and the tracker can jump to the other one "
+            "(or merge them) when they come close. Trim the video to a part with one person (--start/--end), or crop "
             "it to the fitted person, e.g. ffmpeg -i %s -vf crop=%d:%d:%d:%d cropped.mp4",
             others["frames"], others["checked"], 100 * others["fraction"], video.name,
             x1 - x0 + (x1 - x0) % 2, y1 - y0 + (y1 - y0) % 2, x0, y0)
@@ -372,6 +380,9 @@ def _capture_manifest(video: Path, tr, valid: np.ndarray, body, model_path, fit_
             **{g: {"median": _nan_median(e), "per_frame": [None if np.isnan(x) else round(float(x), 5) for x in e]}
                for g, e in errors.items()}},
         "fit_config": (fit_config or FitConfig()).to_dict(),
+        # which model made masks.npz (captures without this entry used Selfie Segmentation,
+        # which misses legs and lower bodies: see capture.keypoints.detect_keypoints)
+        "masks": {"source": PERSON_MASK_SOURCE},
         "other_people": others,
         "timings": tr.timings,
     }
@@ -474,7 +485,7 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
     kp, errors = tr.keypoints, tr.errors
     valid = kp.pose_valid & (np.nan_to_num(errors["body"], nan=1.0) < MAX_VALID_BODY_ERROR)
     _check_valid_fraction(valid, kp, errors, min_valid_fraction, tr.info)
-    others = _warn_other_people(tr.masks, kp, valid, video)
+    others = _warn_other_people(tr.everyone, kp, valid, video)
     manifest = _capture_manifest(video, tr, valid, body, model_path, fit_config, others)
     seq = FittedSequence(params=tr.params, keypoints=kp, valid=valid, face_local=tr.face_local,
                          manifest=manifest)

@@ -8,7 +8,7 @@ frame, the renderer gets that frame's conditioning maps and the mean style code 
 setting); its output is compared with the real cropped frame:
 
 - ``psnr``, ``ssim`` over the whole crop; ``psnr_masked``, ``ssim_masked`` inside the person
-  mask (selfie segmentation);
+  mask (the capture's person segmentation, completed by the fitted body's silhouette);
 - ``lpips`` (AlexNet LPIPS v0.1) and ``tlpips`` only when the ImageNet weights are available,
   else ``null`` (never computed with random weights);
 - ``temporal_stability``: mean |(G[t]-G[t-1]) - (I[t]-I[t-1])| on consecutive held-out frames

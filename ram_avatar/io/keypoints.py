@@ -2,7 +2,7 @@
 sequences store it (:mod:`ram_avatar.io.sequence`); detection lives in
 :mod:`ram_avatar.capture.keypoints`, which re-exports these names.
 
-2D keypoints (MediaPipe Holistic) and person masks (MediaPipe Selfie Segmentation).
+2D keypoints (MediaPipe Holistic); the person masks are stored beside them (``masks.npz``).
 
 Per frame we keep, in pixels of the original frame (x right, y down, origin at the top-left
 corner of the top-left pixel, as MediaPipe's normalised coordinates times W and H):

@@ -235,7 +235,8 @@ class SubjectDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = self._maps_at(i)
         item["image"] = self.images[i].float() / 255.0
-        # selfie segmentation misses legs and feet: the fitted body's silhouette completes it
+        # a segmentation can miss limbs (the Selfie model of older captures missed legs and
+        # feet): the fitted body's silhouette completes it
         item["person_mask"] = torch.maximum(self.masks[i].float() / 255.0, item["body_mask"])
         item["frame_index"] = int(self.indices[i])
         if "hand_boxes" in item:
