@@ -202,7 +202,6 @@ class SilhouetteTargets:
         f = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
         self.dist_out, self.contour, self.contour_w = f(dist_out), f(contour), f(contour_w)
         self.frame_w = f(frame_w)
-        self.size = (W, H)
         self.scale = (sx, sy)
         self.T = T
 
