@@ -132,6 +132,10 @@ def test_other_people_found_in_masks(tracked):
     masks[:, int(vis[:, 1].min()):int(vis[:, 1].max()), x:x + w] = 255
     res = pipeline.other_people(masks, kp)
     assert res["persists"] and res["frames"] == res["checked"] == T
+    # capture checks the Selfie masks of everyone in view, kept for every ~T/100-th frame
+    assert sorted(tracked.everyone) == list(range(T))
+    assert pipeline.other_people(tracked.everyone, kp)["checked"] == T
+    assert pipeline.other_people({t: masks[t] for t in range(T)}, kp) == res
     x0, y0, x1, y1 = res["box"]
     assert x0 <= vis[:, 0].min() and x1 >= vis[:, 0].max()   # crop box covers the fitted person
     assert not (x0 <= x and x + w <= x1)                     # ... and not the other one
@@ -167,3 +171,11 @@ def test_check_output_folder_modes(tmp_path):
     assert pipeline.check_output_folder(tmp_path / "s", "move") == ["runs"]
     with pytest.raises(CaptureError, match="overwrite must be"):
         pipeline.check_output_folder(tmp_path / "s", "yes")
+
+
+def test_manifest_names_the_mask_source(tmp_path, taiji_video, fake_tracking):
+    from ram_avatar.capture.keypoints import PERSON_MASK_SOURCE
+
+    pipeline.capture(taiji_video, tmp_path / "s", end=4, overlay=False)
+    manifest = json.loads((tmp_path / "s" / "sequence" / "manifest.json").read_text())
+    assert manifest["masks"] == {"source": PERSON_MASK_SOURCE}
