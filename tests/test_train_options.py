@@ -198,3 +198,31 @@ def test_a_new_run_records_the_expand_offset_of_its_own_frames(tmp_path, anny_bo
     save_config(recorded, setup.run.config_path)
     again = prepare_training(subject, "cpu-256-v1", "r", sets)
     assert again.config.model.expand_offset == pytest.approx(0.033)
+
+
+def test_training_warns_about_captures_with_the_old_person_masks(tmp_path, anny_body,
+                                                               monkeypatch, caplog):
+    """A capture whose manifest does not name its mask source was made with Selfie
+    Segmentation (it missed legs): training says so and how to re-capture; a current capture
+    trains without the warning."""
+    import json
+    import logging
+
+    from tiny_subject import TINY_TRAIN, write_tiny_subject
+
+    import ram_avatar.body
+    from ram_avatar.training.run import prepare_training
+
+    monkeypatch.setattr(ram_avatar.body, "load_body_model", lambda *a, **k: anny_body)
+    subject = write_tiny_subject(tmp_path / "s", anny_body, T=8)
+    with caplog.at_level(logging.WARNING, logger="ram_avatar.training.run"):
+        prepare_training(subject, "cpu-256-v1", "new", list(TINY_TRAIN))
+    assert "Selfie" not in caplog.text
+    path = subject / "sequence" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["masks"]
+    path.write_text(json.dumps(manifest))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ram_avatar.training.run"):
+        prepare_training(subject, "cpu-256-v1", "old", list(TINY_TRAIN))
+    assert "Selfie Segmentation" in caplog.text and "--overwrite" in caplog.text

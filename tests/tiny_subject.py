@@ -86,6 +86,7 @@ def write_tiny_subject(directory: Path, body, T: int = 30, fps: float = 10.0, si
     manifest = {"fps": fps, "width": size, "height": size, "frames": T,
                 "camera": {"K": K.tolist()}, "crop": [0.0, 0.0, float(size)],
                 "source": {"name": "synthetic", "start": 0, "end": T},
+                "masks": {"source": "synthetic"},
                 "body_model": {"name": "anny", "num_betas": int(arr["betas"].shape[1]),
                                "num_body_joints": int(arr["body_pose"].shape[1]),
                                "num_expression": int(arr["expression"].shape[1])}}
