@@ -104,8 +104,9 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
     The person mask is Holistic's own segmentation (BlazePose's mask head, in the tracked
     person's region). It replaced ``SelfieSegmentation(model_selection=0)``, a model for
     close-range selfies: on the full-body taiji video it missed the khaki trousers in most
-    frames (legs dark in the mask, so training learned them as background and the masked
-    metrics skipped them), and it also marks bystanders and objects held near the body
+    frames (the texture bake then sampled the legs from few frames, and what it missed outside
+    the fitted body was learned as background), and it also marks bystanders and objects held
+    near the body
     (a red bottle in the head-to-waist crop of taiji). Frames where Holistic finds no pose get
     an empty mask. Because the Selfie model marks *everyone*, it still runs on every
     ``everyone_every``-th frame when ``everyone`` is given, for the other-people check of

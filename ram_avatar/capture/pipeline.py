@@ -122,8 +122,8 @@ def other_people(masks: np.ndarray, kp: Keypoints2D, min_area_ratio: float = 0.3
     """Find person-sized regions of the segmentation outside the fitted person.
 
     MediaPipe Holistic tracks one person, while selfie segmentation marks everyone. In each
-    (``step``-th, or each given) frame with a pose, the mask (> 50 %) is split into connected components
-    (OpenCV); the component overlapping the person's pose keypoint box most is the tracked
+    (``step``-th, or each given) frame with a pose, the mask (> 50 %) is split into connected
+    components (OpenCV); the component overlapping the person's pose keypoint box most is the tracked
     person; any other component with at least ``min_area_ratio`` of its area and lying mostly
     outside that box counts as another person.
 
@@ -321,8 +321,8 @@ def track_video(video: str | Path, body: BodyModel, start: int = 0, end: int | N
     face_local = face_to_head_local(kp_fit.face, head_T, cam["K"])
     face_local = fill_invalid(face_local, kp.face_valid) if kp.face_valid.any() else np.zeros_like(face_local)
     return Tracked(info=info, start=start, end=end, camera=cam, keypoints=kp, keypoints_fit=kp_fit,
-                   masks=masks, params=params, errors=errors, face_local=face_local, timings=timings,
-                   everyone=everyone)
+                   masks=masks, params=params, errors=errors, face_local=face_local,
+                   timings=timings, everyone=everyone)
 
 
 def _resolve_body_model(body_model: str, model_path, dev: torch.device) -> tuple:
@@ -337,7 +337,8 @@ def _resolve_body_model(body_model: str, model_path, dev: torch.device) -> tuple
     return load_body_model(body_model, model_path=model_path, device=dev), model_path
 
 
-def _warn_other_people(masks: dict | np.ndarray, kp: Keypoints2D, valid: np.ndarray, video: Path) -> dict:
+def _warn_other_people(masks: dict | np.ndarray, kp: Keypoints2D, valid: np.ndarray,
+                       video: Path) -> dict:
     """:func:`other_people` of the capture (on the masks of everyone in view), with a warning
     when another person persists."""
     others = other_people(masks, kp, step=max(1, len(valid) // 100))
@@ -346,7 +347,8 @@ def _warn_other_people(masks: dict | np.ndarray, kp: Keypoints2D, valid: np.ndar
         log.warning(
             "another person-sized region is in %d of %d checked frames (%.0f%%) outside the person "
             "being fitted: the fit follows one person, and the tracker can jump to the other one "
-            "(or merge them) when they come close. Trim the video to a part with one person (--start/--end), or crop "
+            "(or merge them) when they come close. Trim the video to a part with one person "
+            "(--start/--end), or crop "
             "it to the fitted person, e.g. ffmpeg -i %s -vf crop=%d:%d:%d:%d cropped.mp4",
             others["frames"], others["checked"], 100 * others["fraction"], video.name,
             x1 - x0 + (x1 - x0) % 2, y1 - y0 + (y1 - y0) % 2, x0, y0)

@@ -248,8 +248,9 @@ def prepare_training(subject_dir: str | Path, preset: str = "cpu-256", run_name:
         log.warning("the person masks of %s come from an older capture (MediaPipe Selfie "
                     "Segmentation), which misses legs and lower bodies in full-body videos (on "
                     "taiji it covered 62%% of the legs): the texture bake skips what they miss, "
-                    "and what they miss outside the fitted body is learned as background. Re-run `ram-avatar capture VIDEO -o SUBJECT --overwrite` for "
-                    "Holistic's masks, then train a new run", subject_dir)
+                    "and what they miss outside the fitted body is learned as background. Re-run "
+                    "`ram-avatar capture VIDEO -o SUBJECT --overwrite` for Holistic's masks, then "
+                    "train a new run", subject_dir)
     if config.data.expand_offset_from_masks and not run.config_path.is_file():
         # a new run: the expanded mesh sized from its own frames (a resumed run keeps the
         # offset its config.yaml recorded)
