@@ -334,7 +334,7 @@ def _add_capture_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
     p.add_argument("--silhouette-iters", type=int, default=0, metavar="N",
                    help="after the keypoint fit, N iterations fitting pose and shape to the person "
-                        "masks too (silhouette term; about 6 s per iteration for 400 frames on 2 "
+                        "masks too (silhouette term; about 5 s per iteration for 400 frames on 2 "
                         "CPU cores). On taiji (loose clothes) 30 iterations raised the mask IoU "
                         "0.825 -> 0.839; off by default")
     p.add_argument("--overwrite", nargs="?", const="move", default=None, choices=["move", "remove"],

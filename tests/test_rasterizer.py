@@ -219,7 +219,8 @@ def test_rasterize_attribute_matches_two_steps(body):
 def test_rasterize_attribute_input_errors(body):
     """A corner attribute that is not (F,3,C) with C <= 3 is refused with a clear error."""
     K, faces = _body_K(64), body["faces"]
-    for bad in (torch.zeros(5, 3, 2), torch.zeros(faces.shape[0], 3, 4), torch.zeros(faces.shape[0], 2, 2)):
+    F = faces.shape[0]
+    for bad in (torch.zeros(5, 3, 2), torch.zeros(F, 3, 4), torch.zeros(F, 2, 2)):
         with pytest.raises(RasterizerError, match="corner_attr"):
             R.rasterize_attribute(body["verts"], faces, K, (64, 64), bad, backend="torch")
 

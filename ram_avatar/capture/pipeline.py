@@ -337,11 +337,10 @@ def _resolve_body_model(body_model: str, model_path, dev: torch.device) -> tuple
     return load_body_model(body_model, model_path=model_path, device=dev), model_path
 
 
-def _warn_other_people(masks: dict | np.ndarray, kp: Keypoints2D, valid: np.ndarray,
-                       video: Path) -> dict:
-    """:func:`other_people` of the capture (on the masks of everyone in view), with a warning
-    when another person persists."""
-    others = other_people(masks, kp, step=max(1, len(valid) // 100))
+def _warn_other_people(everyone: dict, kp: Keypoints2D, video: Path) -> dict:
+    """:func:`other_people` of the capture on the sampled masks of everyone in view
+    (:attr:`Tracked.everyone`), with a warning when another person persists."""
+    others = other_people(everyone, kp)
     if others["persists"]:
         x0, y0, x1, y1 = others["box"]
         log.warning(
@@ -487,7 +486,7 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
     kp, errors = tr.keypoints, tr.errors
     valid = kp.pose_valid & (np.nan_to_num(errors["body"], nan=1.0) < MAX_VALID_BODY_ERROR)
     _check_valid_fraction(valid, kp, errors, min_valid_fraction, tr.info)
-    others = _warn_other_people(tr.everyone, kp, valid, video)
+    others = _warn_other_people(tr.everyone, kp, video)
     manifest = _capture_manifest(video, tr, valid, body, model_path, fit_config, others)
     seq = FittedSequence(params=tr.params, keypoints=kp, valid=valid, face_local=tr.face_local,
                          manifest=manifest)
