@@ -144,7 +144,7 @@ class LiveWindow(QMainWindow):
     frame_shown = Signal(int)
     status_changed = Signal(str, str)
 
-    def __init__(self, subject_dir: str | Path, source=None, backend: str = "onnx",
+    def __init__(self, subject_dir: str | Path, source=None, backend: str = "auto",
                  device: str = "cpu", mda: bool = False, camera: str | Path | None = None,
                  driver: str | Path | None = None,
                  run_name: str = "default", runtime_factory: Callable[[], object] | None = None,
@@ -620,7 +620,7 @@ def _ensure_platform(headless: bool) -> None:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
 
-def run_live(subject_dir: str | Path, source="0", backend: str = "onnx", device: str = "cpu",
+def run_live(subject_dir: str | Path, source="0", backend: str = "auto", device: str = "cpu",
              mda: bool = False, camera: str | Path | None = None, run_name: str = "default",
              driver: str | Path | None = None,
              frames: int | None = None, screenshot: str | Path | None = None,

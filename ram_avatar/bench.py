@@ -38,8 +38,10 @@ from ram_avatar.runtime.avatar_runtime import (
     STAGES,
     AvatarRuntime,
     OnnxRenderer,
+    OpenVinoRenderer,
     TorchRenderer,
     load_renderer_engine,
+    resolve_backend,
 )
 from ram_avatar.utils import resolve_device
 
@@ -51,7 +53,7 @@ DEFAULT_RESOLUTIONS = (256, 512, 1024)
 def _subject_resolution(subject_dir: Path, backend: str, run_name: str) -> int | None:
     """Side of the subject's own renderer for ``backend`` (None when there is none)."""
     subject = Subject(subject_dir)
-    if backend == "onnx":
+    if backend in ("onnx", "openvino"):
         try:
             return int(subject.export_manifest()["resolution"])
         except (RamAvatarError, KeyError, TypeError, ValueError):
@@ -139,7 +141,9 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
         subject_dir: captured + trained (+ exported) subject.
         resolution: one renderer side, or None for 256, 512 and 1024.
         device: ``auto`` | ``cpu`` | ``cuda``.
-        backend: ``onnx`` | ``torch`` | ``tensorrt``.
+        backend: ``onnx`` | ``openvino`` | ``torch`` | ``tensorrt`` | ``auto``
+            (:func:`~ram_avatar.runtime.engines.resolve_backend`; the report names the one
+            used).
         frames: timed frames per resolution.
         source: driving video (default: the subject's ``sequence/source.mp4``, from the
             captured range).
@@ -171,6 +175,7 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
     """
     subject_dir = Path(subject_dir)
     dev = resolve_device(device)
+    backend = resolve_backend(backend, dev)
     if frames < 1:
         raise RamAvatarError("--frames must be at least 1")
     resolutions = list(DEFAULT_RESOLUTIONS) if resolution is None else [int(resolution)]
@@ -211,15 +216,16 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
                             f"the subject's {backend} renderer is {engine.resolution}x"
                             f"{engine.resolution}; other sizes need their own engine (unmeasured)")
                     entry["renderer"] = "subject"
-                elif backend == "onnx":
+                elif backend in ("onnx", "openvino"):
                     path = export_random_onnx(R, Path(tmp) / f"random_{R}.onnx")
-                    engine = OnnxRenderer(path, dev)
+                    engine = (OnnxRenderer if backend == "onnx" else OpenVinoRenderer)(path, dev)
                     entry["renderer"] = "random-init (timing only)"
                 elif backend == "torch":
                     engine = TorchRenderer.from_model(random_renderer(R), dev)
                     entry["renderer"] = "random-init (timing only)"
                 else:
-                    raise RamAvatarError(f"unknown backend {backend!r}: use onnx, torch or tensorrt")
+                    raise RamAvatarError(f"unknown backend {backend!r}: use onnx, openvino, torch "
+                                         "or tensorrt")
                 entry.update(_run(subject_dir, backend, dev, engine, video, warmup, run_name, mda,
                                   pipelined, output, pacing))
             except RamAvatarError as e:
@@ -498,6 +504,7 @@ def bench_soak(subject_dir: str | Path, minutes: float, resolution: int | None =
     if not interval_s > 0:
         raise RamAvatarError(f"the soak interval must be positive, got {interval_s} s")
     dev = resolve_device(device)
+    backend = resolve_backend(backend, dev)
     start = 0
     if source is None:
         source, start = _subject_source(subject_dir)

@@ -22,7 +22,10 @@ Per component: ``params`` (parameters it owns), ``gflops`` (counted by
 ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matmuls (the attention's too);
 ``grid_sample`` and elementwise ops count as 0), ``torch_ms`` (median eager latency) and, with
 ``onnx=True``, ``onnxruntime_ms`` (the component exported alone to ONNX, opset 17, run by ONNX
-Runtime on the CPU provider, or CUDA when the device is CUDA and the provider exists). GPU
+Runtime on the CPU provider, or CUDA when the device is CUDA and the provider exists) and, on
+the CPU with OpenVINO installed, ``openvino_ms`` (the same file in OpenVINO,
+:class:`~ram_avatar.runtime.engines.OpenVinoRunner`, with ``openvino_precision``: ``bf16``
+where the CPU has it; ``openvino_ms`` is None with the reason there when it is missing). GPU
 timings synchronise first (CUDA events). Timings are wall-clock medians over ``repeats`` runs
 after ``warmup`` runs, batch ``batch``; they depend on the machine's load. ONNX Runtime sessions
 use the renderer's session options (:func:`ram_avatar.runtime.engines.ort_session_options`:
@@ -271,6 +274,31 @@ def train_step_cost(model: nn.Module, maps: dict[str, torch.Tensor], device) -> 
     return out
 
 
+def _ov_time(path: Path, inputs: list[torch.Tensor], warmup: int,
+             repeats: int) -> tuple[float | None, str | None]:
+    """Median ms of the ONNX file ``path`` (inputs ``in0``, ``in1``, ... as :func:`_ort_time`
+    exported it) in OpenVINO on the CPU (:class:`~ram_avatar.runtime.engines.OpenVinoRunner`,
+    its default precision), and that precision; (None, reason) without OpenVINO or a file."""
+    from ram_avatar.errors import RamAvatarError
+    from ram_avatar.runtime.engines import OpenVinoRunner
+
+    if not path.is_file():
+        return None, "no ONNX export"
+    try:
+        runner = OpenVinoRunner(path)
+    except RamAvatarError as e:
+        return None, str(e)
+    feed = {f"in{i}": t.detach().cpu().numpy() for i, t in enumerate(inputs)}
+    for _ in range(warmup):
+        runner(feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        runner(feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(statistics.median(times)), runner.precision
+
+
 def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu",
                  preset: str = "paper-1024", batch: int = 1, repeats: int = 3, warmup: int = 1,
                  onnx: bool = True, overrides: list[str] | None = None,
@@ -283,14 +311,16 @@ def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu
         preset: training preset whose model config is used (resolution replaced).
         batch: batch size.
         repeats / warmup: timed / untimed runs per measurement.
-        onnx: also export each component and time it in ONNX Runtime.
+        onnx: also export each component and time it in ONNX Runtime (and in OpenVINO on the
+            CPU).
         overrides: ``key=value`` config overrides (e.g. ``model.attention_channels=48``).
         train_step: also measure one forward + backward (``train_step``, module docstring).
 
     Returns:
         JSON-serialisable dict: ``device``, ``preset``, ``batch``, versions, ``threads`` and
         ``results`` mapping each resolution (as a string) to ``components`` (name ->
-        ``params``, ``gflops``, ``torch_ms``, ``onnxruntime_ms``, ``onnxruntime_provider``) and
+        ``params``, ``gflops``, ``torch_ms``, ``onnxruntime_ms``, ``onnxruntime_provider``,
+        ``openvino_ms``, ``openvino_precision``) and
         the model's ``config``.
     """
     from ram_avatar.models.renderer import AvatarRenderer
@@ -307,6 +337,12 @@ def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu
         report["onnxruntime_version"] = ort.__version__
     except ImportError:
         report["onnxruntime_version"] = None
+    try:
+        import openvino
+
+        report["openvino_version"] = openvino.__version__
+    except ImportError:
+        report["openvino_version"] = None
     if dev.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(dev)
     for S in sorted(resolutions) if train_step else resolutions:
@@ -364,6 +400,10 @@ def bench_render(resolutions=(256, 512, 1024), device: str | torch.device = "cpu
                                              warmup, repeats)
                     entry["onnxruntime_ms"] = round(ms, 2) if ms is not None else None
                     entry["onnxruntime_provider"] = provider
+                    if dev.type == "cpu":
+                        ms, prec = _ov_time(Path(tmp) / f"{name}.onnx", inputs, warmup, repeats)
+                        entry["openvino_ms"] = round(ms, 2) if ms is not None else None
+                        entry["openvino_precision"] = prec
                 res[name] = entry
                 log.info("bench %d^2 %s: %s", S, name, entry)
         entry = {"components": res, "config": mcfg.to_dict()}

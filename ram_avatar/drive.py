@@ -48,6 +48,7 @@ from ram_avatar.render.composite import Background, parse_background
 from ram_avatar.render.conditioning import crop_intrinsics
 from ram_avatar.render.sequence import (add_previous_maps, crop_resize, map_render_options,
                                         maps_to_float, render_sequence_maps)
+from ram_avatar.runtime import EXPORT_KIND
 from ram_avatar.runtime.retarget import load_driver_betas, retarget
 from ram_avatar.utils import progress, resolve_device
 
@@ -78,11 +79,11 @@ class RendererBackend:
     """
 
     def __init__(self, subject_dir: Path, backend: str, run_name: str, device: torch.device):
-        from ram_avatar.runtime.engines import load_renderer_engine
+        from ram_avatar.runtime.engines import load_renderer_engine, resolve_backend
 
-        self.kind = backend
+        self.kind = backend = resolve_backend(backend, device)
         subject = Subject(subject_dir)
-        if backend in ("onnx", "tensorrt") and subject.export_model(backend).is_file():
+        if backend in EXPORT_KIND and subject.export_model(EXPORT_KIND[backend]).is_file():
             subject.export_manifest()  # export.json must exist: it names the exported run
         self.engine = load_renderer_engine(subject_dir, backend, device, run_name)
         # whose split.json says what was trained on: the exported run, or the run asked for
@@ -321,7 +322,9 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
         output: output video: ``.mp4`` (H.264), ``.webm`` (VP9 + alpha) or ``.mov``
             (ProRes 4444 + alpha); driving frame | avatar frame (| aligned avatar with
             ``mda=both``), or the avatar alone (``layout``).
-        backend: ``onnx`` (ONNX Runtime) or ``torch``.
+        backend: ``onnx`` (ONNX Runtime), ``openvino`` (the same export in OpenVINO, CPU),
+            ``torch`` (the run's checkpoint) or ``auto`` (OpenVINO when installed, else ONNX
+            Runtime: :func:`~ram_avatar.runtime.engines.resolve_backend`).
         device: device for tracking and the torch renderer.
         run_name: training run.
         camera: camera.json of the driving video.
@@ -367,7 +370,7 @@ def drive(subject_dir: str | Path, source: str | Path, output: str | Path, backe
                                               out_size, float(tracked.info.fps))
     size = _write_driven_video(output, source, tracked, layout, composers, frames_out, alphas,
                                landmarks, bboxes)
-    summary = {"output": str(output), "frames": T, "fps": tracked.info.fps, "backend": backend,
+    summary = {"output": str(output), "frames": T, "fps": tracked.info.fps, "backend": engine.kind,
                "resolution": engine.resolution, "variants": list(variants), "retarget": info,
                "layout": layout, "background": background, "output_size": list(size),
                "framing": None if framing is None else {"mode": framing, "zoom": zoom,

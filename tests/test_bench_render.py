@@ -93,3 +93,20 @@ def test_parse_ort_profile_skips_warmup_and_cuts_to_top():
         parse_ort_profile(events, skip_runs=3)
     with pytest.raises(RamAvatarError, match="kernel"):
         parse_ort_profile([e for e in events if e["cat"] == "Session"])
+
+
+def test_bench_render_times_the_exported_components_in_openvino():
+    """``bench render`` on the CPU times each exported component in ONNX Runtime and in
+    OpenVINO (the ``--backend openvino`` runtime), and names OpenVINO's precision."""
+    import pytest
+
+    pytest.importorskip("openvino")
+    from ram_avatar.bench_render import bench_render
+
+    report = bench_render(resolutions=(32,), preset="cpu-256-v1", repeats=1, warmup=0, onnx=True)
+    assert report["openvino_version"]
+    comps = report["results"]["32"]["components"]
+    assert set(comps) == {"body_sampling", "generator", "total"}
+    for name, c in comps.items():
+        assert c["onnxruntime_ms"] > 0 and c["openvino_ms"] > 0, (name, c)
+        assert c["openvino_precision"] in ("f32", "bf16")

@@ -168,7 +168,8 @@ def test_drive_renders_through_the_engine_loader(live_subject):  # noqa: F811
     import torch
 
     from ram_avatar.drive import RendererBackend
-    from ram_avatar.runtime.engines import OnnxRenderer, TorchRenderer, load_renderer_engine, to_uint8
+    from ram_avatar.runtime.engines import (OnnxRenderer, OpenVinoRenderer, TorchRenderer,
+                                            load_renderer_engine, to_uint8)
 
     meta = json.loads((live_subject / "export" / "export.json").read_text())
     S = int(meta["resolution"])
@@ -177,7 +178,14 @@ def test_drive_renders_through_the_engine_loader(live_subject):  # noqa: F811
     g = torch.Generator().manual_seed(0)
     maps = {n: (torch.ones(2, 1, S, S) if "body_mask" in n else
                 torch.rand(2, INPUTS[n].channels, S, S, generator=g)) for n in ALL_INPUTS}
-    for backend, cls in (("onnx", OnnxRenderer), ("torch", TorchRenderer)):
+    backends = [("onnx", OnnxRenderer), ("torch", TorchRenderer)]
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        backends.append(("openvino", OpenVinoRenderer))
+    for backend, cls in backends:
         d = RendererBackend(live_subject, backend, "default", torch.device("cpu"))
         assert isinstance(d.engine, cls) and d.resolution == S
         assert d.run.name == meta.get("run", "default")
@@ -188,8 +196,82 @@ def test_drive_renders_through_the_engine_loader(live_subject):  # noqa: F811
         np.testing.assert_array_equal(rgb8, to_uint8(rgb).transpose(0, 2, 3, 1))
         if alpha is not None:
             np.testing.assert_array_equal(a8, to_uint8(alpha[:, 0]))
-    with pytest.raises(RamAvatarError, match="onnx, torch or tensorrt"):
+    with pytest.raises(RamAvatarError, match="unknown renderer backend 'jax'.*openvino"):
         RendererBackend(live_subject, "jax", "default", torch.device("cpu"))
+
+
+def test_openvino_renderer_matches_onnx_runtime(tmp_path, monkeypatch):
+    """The OpenVINO engine runs the same export as ONNX Runtime: float32 agrees to 1e-4,
+    bfloat16 (where the CPU has it) to the precision of bfloat16; a batch equals its items;
+    precision, device and file are checked with clear errors."""
+    pytest.importorskip("openvino")
+    import numpy as np
+    import torch
+
+    from ram_avatar.bench import export_random_onnx
+    from ram_avatar.runtime import engines
+    from ram_avatar.runtime.engines import OnnxRenderer, OpenVinoRenderer
+
+    path = export_random_onnx(32, tmp_path / "r.onnx")
+    cpu = torch.device("cpu")
+    ref = OnnxRenderer(path, cpu)
+    g = torch.Generator().manual_seed(5)
+    maps = {"uv": torch.rand(2, 2, 32, 32, generator=g) * 2 - 1, "body_mask": torch.ones(2, 1, 32, 32),
+            "hand": torch.rand(2, 5, 32, 32, generator=g), "face": torch.rand(2, 3, 32, 32, generator=g)}
+    maps["body_mask"][:, :, :4] = 0.0
+    rgb0, alpha0 = ref.render(maps)
+    monkeypatch.delenv(engines.OV_PRECISION_ENV, raising=False)
+    f32 = OpenVinoRenderer(path, cpu, precision="f32")
+    assert f32.precision == "f32" and f32.threads == engines.DEFAULT_ORT_THREADS
+    assert f32.resolution == 32 and f32.has_alpha and f32.input_names == ref.input_names
+    assert f32.providers == ["openvino:CPU:f32"] and f32.run_name is None
+    rgb, alpha = f32.render(maps)
+    assert rgb.shape == (2, 3, 32, 32) and alpha.shape == (2, 1, 32, 32) and rgb.dtype == np.float32
+    assert np.abs(rgb - rgb0).max() < 1e-4 and np.abs(alpha - alpha0).max() < 1e-4
+    one = f32({k: v[1:] for k, v in maps.items()})           # batch 1: its own compiled model
+    assert np.abs(one - rgb[1:]).max() < 1e-5 and sorted(f32.runner._compiled) == [1, 2]
+    import openvino as ov
+
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        auto = OpenVinoRenderer(path, cpu)
+        assert auto.precision == "bf16"
+        rgb_b, _ = auto.render(maps)
+        err = np.abs(rgb_b - rgb0)
+        # bfloat16 keeps 8 mantissa bits: on this random-weight renderer with random maps the
+        # error is mean 6e-3, max 5e-2 (~42 dB); a trained export on real maps gives 76 dB
+        psnr = -10 * np.log10(float(np.mean(err.astype(np.float64) ** 2)))
+        assert psnr > 35.0 and err.max() < 0.1
+        assert err.max() > 1e-4                              # it really ran in bfloat16
+        monkeypatch.setenv(engines.OV_PRECISION_ENV, "f32")
+        assert OpenVinoRenderer(path, cpu).precision == "f32"
+    monkeypatch.setenv(engines.OV_PRECISION_ENV, "int4")
+    with pytest.raises(RamAvatarError, match="RAM_AVATAR_OV_PRECISION"):
+        OpenVinoRenderer(path, cpu)
+    monkeypatch.delenv(engines.OV_PRECISION_ENV)
+    with pytest.raises(RamAvatarError, match="runs on the CPU"):
+        OpenVinoRenderer(path, torch.device("cuda"))
+    with pytest.raises(RamAvatarError, match="ram-avatar export"):
+        OpenVinoRenderer(tmp_path / "missing.onnx", cpu)
+
+
+def test_auto_backend_is_openvino_on_the_cpu_when_installed(monkeypatch):
+    """``--backend auto`` (the command line's default): OpenVINO on the CPU when it is
+    installed, ONNX Runtime without it and on a GPU; named backends pass through."""
+    import importlib.util
+
+    import torch
+
+    from ram_avatar.runtime.engines import resolve_backend
+
+    real = importlib.util.find_spec
+    have = real("openvino") is not None
+    assert resolve_backend("auto", "cpu") == ("openvino" if have else "onnx")
+    assert resolve_backend("auto", torch.device("cuda")) == "onnx"
+    for name in ("onnx", "openvino", "torch", "tensorrt"):
+        assert resolve_backend(name, "cpu") == name
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n == "openvino" else real(n, *a))
+    assert resolve_backend("auto", "cpu") == "onnx"
 
 
 def test_ort_session_options_measured_defaults_and_override(tmp_path, monkeypatch):

@@ -60,8 +60,9 @@ from ram_avatar.render.conditioning import (
 )
 from ram_avatar.render.framing import (AvatarComposer, OutputSettings, box_intrinsics, mask_bbox,
                                        project_landmarks)
-from ram_avatar.runtime.engines import (OnnxRenderer, RendererEngine, TensorRTRenderer,  # noqa: F401
-                                        TorchRenderer, load_renderer_engine)
+from ram_avatar.runtime.engines import (OnnxRenderer, OpenVinoRenderer,  # noqa: F401
+                                        RendererEngine, TensorRTRenderer, TorchRenderer,
+                                        load_renderer_engine, resolve_backend)
 from ram_avatar.runtime.engines import to_uint8 as _to_uint8
 from ram_avatar.runtime.retarget import FOOT_LANDMARKS, ground_level, load_driver_betas
 from ram_avatar.runtime.tracking import (LOWER_BODY_MODES, BodyTracker, HolisticTracker,
@@ -70,8 +71,8 @@ from ram_avatar.utils import resolve_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AvatarRuntime", "LiveRetargeter", "blend_params", "OnnxRenderer", "TorchRenderer",
-           "TensorRTRenderer", "load_renderer_engine", "STAGES", "MAP_NAMES"]
+__all__ = ["AvatarRuntime", "LiveRetargeter", "blend_params", "OnnxRenderer", "OpenVinoRenderer",
+           "TorchRenderer", "TensorRTRenderer", "load_renderer_engine", "STAGES", "MAP_NAMES"]
 
 #: timed stages of :meth:`AvatarRuntime.process`, in order (``total`` is added to the stats)
 STAGES = ("track", "fit", "retarget", "align", "maps", "render")
@@ -241,7 +242,8 @@ class AvatarRuntime:
 
     Args:
         subject_dir: captured + trained (+ exported, for ``onnx`` / ``tensorrt``) subject.
-        backend: renderer backend ``onnx`` | ``torch`` | ``tensorrt``.
+        backend: renderer backend ``onnx`` | ``openvino`` | ``torch`` | ``tensorrt`` | ``auto``
+            (:func:`~ram_avatar.runtime.engines.resolve_backend`).
         device: ``auto`` | ``cpu`` | ``cuda``: body model, fit and the renderer's device.
         resolution: expected renderer side S (None: the subject's renderer; see
             :func:`load_renderer_engine`).
@@ -281,7 +283,7 @@ class AvatarRuntime:
                  hold_s: float = 1.0, ease_s: float = 1.5, output: OutputSettings | None = None):
         self.subject_dir = Path(subject_dir)
         self.device = resolve_device(device)
-        self.backend = backend
+        self.backend = backend = resolve_backend(backend, self.device)
         seq = load_sequence(self.subject_dir)
         self.engine = engine if engine is not None else load_renderer_engine(
             self.subject_dir, backend, self.device, run_name, resolution, model_path)

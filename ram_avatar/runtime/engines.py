@@ -7,9 +7,11 @@ Two layers:
   CUDA or TensorRT execution providers) and :class:`ram_avatar.runtime.trt.TensorRTEngine`
   (a serialised TensorRT engine; the one TensorRT runner, ``exporters`` re-exports it);
 * renderer engines, the trained avatar behind one interface (:class:`RendererEngine`):
-  :class:`OnnxRenderer` (the export), :class:`TorchRenderer` (the newest checkpoint of a run,
-  loaded by :meth:`ram_avatar.io.subject.Run.load_renderer`) and :class:`TensorRTRenderer`
-  (the engine built by ``export --tensorrt``), chosen by :func:`load_renderer_engine`.
+  :class:`OnnxRenderer` (the export in ONNX Runtime), :class:`OpenVinoRenderer` (the same
+  export in OpenVINO on the CPU, bfloat16 where the CPU has it), :class:`TorchRenderer` (the
+  newest checkpoint of a run, loaded by :meth:`ram_avatar.io.subject.Run.load_renderer`) and
+  :class:`TensorRTRenderer` (the engine built by ``export --tensorrt``), chosen by
+  :func:`load_renderer_engine`.
 
 Maps in are ``(B, C, S, S)`` float32 tensors named as in :mod:`ram_avatar.models.inputs`;
 ``engine(maps)`` returns ``rgb (B, 3, S, S)`` float32 in [0, 1] and ``engine.render(maps)``
@@ -30,13 +32,16 @@ import torch
 from ram_avatar.errors import CheckpointError, RamAvatarError
 from ram_avatar.io.subject import Subject
 from ram_avatar.models.inputs import ALL_INPUTS, BASE_INPUTS
+from ram_avatar.runtime import EXPORT_KIND, RENDER_BACKENDS
 from ram_avatar.utils import resolve_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnnxRunner", "default_providers", "ort_session_options", "ORT_THREADS_ENV",
-           "DEFAULT_ORT_THREADS", "DEFAULT_ORT_GRAPH_LEVEL", "RendererEngine", "OnnxRenderer", "TorchRenderer",
-           "TensorRTRenderer", "load_renderer_engine", "to_uint8", "MAP_NAMES"]
+__all__ = ["OnnxRunner", "default_providers", "ort_session_options", "render_threads",
+           "ORT_THREADS_ENV", "DEFAULT_ORT_THREADS", "DEFAULT_ORT_GRAPH_LEVEL", "RendererEngine",
+           "OnnxRenderer", "OpenVinoRunner", "OpenVinoRenderer", "TorchRenderer", "TensorRTRenderer",
+           "load_renderer_engine", "resolve_backend", "to_uint8", "MAP_NAMES", "RENDER_BACKENDS", "EXPORT_KIND",
+           "OV_PRECISION_ENV"]
 
 #: the base renderer inputs every renderer reads (models.inputs.BASE_INPUTS)
 MAP_NAMES = BASE_INPUTS
@@ -65,6 +70,37 @@ DEFAULT_ORT_THREADS = 1
 DEFAULT_ORT_GRAPH_LEVEL = "all"
 
 _GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def render_threads(threads: int | None = None) -> int:
+    """Intra-op threads of the CPU renderer runtimes (ONNX Runtime and OpenVINO).
+
+    Args:
+        threads: an explicit count (0 = the runtime's own default, one per physical core), or
+            None: ``$RAM_AVATAR_ORT_THREADS`` when set, else :data:`DEFAULT_ORT_THREADS` (the
+            measurement in :func:`ort_session_options`).
+
+    Returns:
+        the count, >= 0.
+
+    Raises:
+        RamAvatarError: a negative count, or a ``RAM_AVATAR_ORT_THREADS`` that is not an
+            integer >= 0.
+    """
+    if threads is None:
+        env = os.environ.get(ORT_THREADS_ENV, "").strip()
+        if not env:
+            return DEFAULT_ORT_THREADS
+        try:
+            threads = int(env)
+        except ValueError:
+            threads = -1
+        if threads < 0:
+            raise RamAvatarError(f"{ORT_THREADS_ENV}={env!r}: expected an integer >= 0 "
+                                 "(0 = the runtime's default)")
+    if int(threads) < 0:
+        raise RamAvatarError(f"renderer thread count must be >= 0, got {threads}")
+    return int(threads)
 
 
 def ort_session_options(graph_level: str | None = None, threads: int | None = None,
@@ -123,20 +159,7 @@ def ort_session_options(graph_level: str | None = None, threads: int | None = No
     if level not in _GRAPH_LEVELS:
         raise RamAvatarError(f"ONNX Runtime graph level must be one of {_GRAPH_LEVELS}, "
                              f"got {graph_level!r}")
-    if threads is None:
-        env = os.environ.get(ORT_THREADS_ENV, "").strip()
-        if env:
-            try:
-                threads = int(env)
-            except ValueError:
-                threads = -1
-            if threads < 0:
-                raise RamAvatarError(f"{ORT_THREADS_ENV}={env!r}: expected an integer >= 0 "
-                                     "(0 = ONNX Runtime's default)")
-        else:
-            threads = DEFAULT_ORT_THREADS
-    if int(threads) < 0:
-        raise RamAvatarError(f"ONNX Runtime thread count must be >= 0, got {threads}")
+    threads = render_threads(threads)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -233,7 +256,7 @@ class RendererEngine(Protocol):
     :class:`TensorRTRenderer`).
 
     Attributes:
-        name: ``onnx`` | ``torch`` | ``tensorrt``.
+        name: ``onnx`` | ``openvino`` | ``torch`` | ``tensorrt``.
         resolution: S, the side of the maps and of the frame, pixels.
         providers: where it runs (ONNX Runtime providers, ``torch:cpu``, ``tensorrt:cuda``).
         input_names: the maps it reads (:mod:`ram_avatar.models.inputs` names, input order).
@@ -296,14 +319,9 @@ class OnnxRenderer:
         self.runner = OnnxRunner(path, providers=providers)
         self.providers = list(self.runner.providers)
         names = self.runner.input_names
-        unknown = [n for n in names if n not in ALL_INPUTS]
         shape = self.runner.session.get_inputs()[names.index("body_mask")].shape \
             if "body_mask" in names else None
-        if (unknown or shape is None or not isinstance(shape[-1], int)
-                or "rgb" not in self.runner.output_names):
-            raise RamAvatarError(f"{path} is not an avatar renderer of this version (inputs {names}, "
-                                 f"outputs {self.runner.output_names}); re-run `ram-avatar export`")
-        self.resolution = int(shape[-1])
+        self.resolution = _check_export_interface(path, names, self.runner.output_names, shape)
         self.input_names = tuple(names)
         self.path = Path(path)
         #: the export has the renderer's ``alpha`` output (exports before issue 13 lack it)
@@ -316,6 +334,192 @@ class OnnxRenderer:
     def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
         """(rgb (B,3,S,S), alpha (B,1,S,S) or None without the ``alpha`` output), float32
         in [0, 1] (one ONNX Runtime run)."""
+        out = self.runner({k: maps[k] for k in self.input_names})
+        return out["rgb"], out.get("alpha")
+
+
+def _check_export_interface(path, input_names: Sequence[str], output_names: Sequence[str],
+                            mask_shape: Sequence[Any] | None) -> int:
+    """The side S of an exported renderer, after checking that it is one of this version:
+    inputs named as in :mod:`ram_avatar.models.inputs`, a fixed-size ``body_mask``
+    (``mask_shape`` its shape, None when absent) and an ``rgb`` output.
+
+    Raises:
+        RamAvatarError: any of these is missing (the message says to re-export).
+    """
+    unknown = [n for n in input_names if n not in ALL_INPUTS]
+    if (unknown or mask_shape is None or not isinstance(mask_shape[-1], int)
+            or "rgb" not in output_names):
+        raise RamAvatarError(f"{path} is not an avatar renderer of this version (inputs "
+                             f"{list(input_names)}, outputs {list(output_names)}); re-run "
+                             "`ram-avatar export`")
+    return int(mask_shape[-1])
+
+
+#: environment variable choosing :class:`OpenVinoRenderer`'s precision (``auto`` | ``f32`` |
+#: ``bf16``; default ``auto``)
+OV_PRECISION_ENV = "RAM_AVATAR_OV_PRECISION"
+_OV_PRECISIONS = ("auto", "f32", "bf16")
+
+
+class OpenVinoRunner:
+    """An ONNX file in Intel's OpenVINO runtime on the CPU: named inputs in, named float32
+    numpy outputs out, like :class:`OnnxRunner` (``pip install 'ram-avatar-studio[openvino]'``).
+
+    The graph is compiled for a static batch, one compiled model per batch size seen (compiled
+    on first use, about 1 s for the ``cpu-256`` renderer): the exports have a dynamic batch axis
+    and OpenVINO's dynamic-shape kernels are slower (measured in :class:`OpenVinoRenderer`).
+
+    Args:
+        path: the .onnx file; every input dimension but the first (batch) must be static.
+        precision: ``auto`` (bfloat16 where the CPU reports native ``BF16`` in OpenVINO's
+            ``OPTIMIZATION_CAPABILITIES``: AVX512-BF16 / AMX, else float32), ``f32`` or
+            ``bf16`` (``INFERENCE_PRECISION_HINT``; bfloat16 runs the convolutions and matrix
+            products in bfloat16 with float32 accumulation); None: ``$RAM_AVATAR_OV_PRECISION``
+            or ``auto``.
+        threads: ``INFERENCE_NUM_THREADS`` (:func:`render_threads`: None = the measured
+            default of the renderer runtimes, 1; 0 = OpenVINO's default).
+
+    Attributes:
+        precision: the precision in use (``f32`` | ``bf16``); input_names, output_names;
+        item_shapes: input name -> shape without the batch axis.
+
+    Raises:
+        RamAvatarError: OpenVINO not installed, an unknown precision, ``bf16`` on a CPU
+            without it, or a missing / unreadable model, or one with dynamic sizes besides
+            the batch.
+    """
+
+    def __init__(self, path: str | os.PathLike, precision: str | None = None,
+                 threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise RamAvatarError("--backend openvino needs OpenVINO: pip install "
+                                 "'ram-avatar-studio[openvino]' (or use --backend onnx)") from e
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise RamAvatarError(f"ONNX model {self.path} does not exist; run `ram-avatar export` "
+                                 "first")
+        self.core = ov.Core()
+        caps = set(self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        prec = (precision or os.environ.get(OV_PRECISION_ENV, "") or "auto").strip().lower()
+        if prec not in _OV_PRECISIONS:
+            raise RamAvatarError(f"OpenVINO precision must be one of {_OV_PRECISIONS} "
+                                 f"(${OV_PRECISION_ENV}), got {prec!r}")
+        if prec == "auto":
+            prec = "bf16" if "BF16" in caps else "f32"
+        elif prec == "bf16" and "BF16" not in caps:
+            raise RamAvatarError("this CPU has no native bfloat16 (OpenVINO capabilities "
+                                 f"{sorted(caps)}); use {OV_PRECISION_ENV}=f32 or auto")
+        self.precision = prec
+        self.threads = render_threads(threads)
+        try:
+            self.model = self.core.read_model(str(self.path))
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
+            raise RamAvatarError(f"OpenVINO cannot read {self.path}: {e}") from e
+        self.input_names = [i.get_any_name() for i in self.model.inputs]
+        self.output_names = [o.get_any_name() for o in self.model.outputs]
+        self.item_shapes: dict[str, list[int]] = {}
+        for i in self.model.inputs:
+            shape = i.get_partial_shape()
+            dims = list(shape)[1:] if shape.rank.is_static else []
+            if shape.rank.is_dynamic or any(d.is_dynamic for d in dims):
+                raise RamAvatarError(f"{self.path}: input {i.get_any_name()!r} has a dynamic size "
+                                     f"besides the batch ({shape}); re-run `ram-avatar export`")
+            self.item_shapes[i.get_any_name()] = [int(d.get_length()) for d in dims]
+        self._compiled: dict[int, Any] = {}
+        self._requests: dict[int, Any] = {}
+
+    def _request(self, batch: int):
+        """The infer request of the model compiled for a static ``batch`` (compiled once)."""
+        req = self._requests.get(batch)
+        if req is None:
+            model = self.model.clone()
+            model.reshape({n: [batch] + s for n, s in self.item_shapes.items()})
+            compiled = self.core.compile_model(model, "CPU", {
+                "INFERENCE_PRECISION_HINT": self.precision,
+                "INFERENCE_NUM_THREADS": self.threads,
+                "PERFORMANCE_HINT": "LATENCY"})
+            self._compiled[batch] = compiled
+            req = self._requests[batch] = compiled.create_infer_request()
+        return req
+
+    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Named inputs (torch or numpy, batch first) -> every output, float32 numpy (copies).
+
+        Raises:
+            RamAvatarError: inputs missing or unknown.
+        """
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise RamAvatarError(f"{self.path.name}: inputs missing {missing}; expected "
+                                 f"{self.input_names}")
+        feed = {}
+        for n in self.input_names:
+            v = inputs[n]
+            if isinstance(v, torch.Tensor):
+                v = v.detach().cpu().numpy()
+            feed[n] = np.ascontiguousarray(v, dtype=np.float32)
+        req = self._request(int(feed[self.input_names[0]].shape[0]))
+        req.infer(feed)
+        return {n: np.array(req.get_tensor(n).data, dtype=np.float32) for n in self.output_names}
+
+
+class OpenVinoRenderer:
+    """The exported renderer (``avatar.onnx``, the file :class:`OnnxRenderer` runs) in
+    OpenVINO on the CPU (:class:`OpenVinoRunner`).
+
+    Why a second CPU runtime: OpenVINO fuses the renderer's memory-bound operations
+    (transposes, resizes, element-wise chains) into its convolutions and, on CPUs with native
+    bfloat16 (AVX512-BF16 / AMX), runs the convolutions in bfloat16. Measured on the 2-core
+    development machine (AMX), the trained ``cpu-256`` export on 12 real live frames, 1 thread,
+    the four interleaved, ``session.run`` / ``infer`` median (``/work/exp/s22/ovcmp.py``):
+    ONNX Runtime 166 ms, OpenVINO float32 136 ms and bfloat16 103 ms with the export's dynamic
+    batch, **bfloat16 with a static batch 77 ms** (max |rgb - ONNX Runtime| 3.4e-3, PSNR 76 dB
+    against it). ``paper-1024`` at 1024² (random weights): ONNX Runtime 13.0 s, OpenVINO
+    bfloat16 5.1 s with the dynamic batch.
+
+    Args:
+        path: ``avatar.onnx`` (see :class:`OnnxRenderer`).
+        device: must be the CPU (OpenVINO's GPU plugin is for Intel GPUs; on NVIDIA use
+            ``--backend onnx`` or ``tensorrt``).
+        manifest: the export's ``export.json`` (see :class:`OnnxRenderer`).
+        precision, threads: see :class:`OpenVinoRunner`.
+
+    Attributes:
+        precision: the precision in use (``f32`` | ``bf16``); threads.
+
+    Raises:
+        RamAvatarError: a non-CPU device, or as :class:`OpenVinoRunner`, or not an avatar
+            renderer of this version.
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: str | Path, device: torch.device,
+                 manifest: Mapping[str, Any] | None = None, precision: str | None = None,
+                 threads: int | None = None):
+        if device.type != "cpu":
+            raise RamAvatarError(f"--backend openvino runs on the CPU, not {device}; on an NVIDIA "
+                                 "GPU use --backend onnx or tensorrt")
+        self.runner = OpenVinoRunner(path, precision, threads)
+        self.precision, self.threads = self.runner.precision, self.runner.threads
+        names, outputs = self.runner.input_names, self.runner.output_names
+        shape = self.runner.item_shapes.get("body_mask")
+        self.resolution = _check_export_interface(path, names, outputs, shape)
+        self.input_names = tuple(names)
+        self.has_alpha = "alpha" in outputs
+        self.providers = [f"openvino:CPU:{self.precision}"]
+        self.path = Path(path)
+        self.run_name, self.expand_offset = _manifest_fields(manifest)
+
+    def __call__(self, maps: dict[str, torch.Tensor]) -> np.ndarray:
+        return self.runner({k: maps[k] for k in self.input_names})["rgb"]
+
+    def render(self, maps: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(rgb (B,3,S,S), alpha (B,1,S,S) or None without the ``alpha`` output), float32
+        in [0, 1] (one OpenVINO inference)."""
         out = self.runner({k: maps[k] for k in self.input_names})
         return out["rgb"], out.get("alpha")
 
@@ -451,6 +655,19 @@ class TensorRTRenderer:
         return out["rgb"].float().cpu().numpy(), None if a is None else a.float().cpu().numpy()
 
 
+def resolve_backend(backend: str, device: torch.device | str = "cpu") -> str:
+    """The renderer backend ``auto`` stands for: ``openvino`` on the CPU when OpenVINO is
+    installed (measured faster than ONNX Runtime on the same export: :class:`OpenVinoRenderer`),
+    else ``onnx`` (on a GPU: ONNX Runtime's TensorRT / CUDA providers). Other names pass
+    through unchanged (:func:`load_renderer_engine` checks them)."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    dev = resolve_device(device)
+    return "openvino" if dev.type == "cpu" and importlib.util.find_spec("openvino") else "onnx"
+
+
 def load_renderer_engine(subject_dir: str | Path, backend: str = "onnx",
                          device: torch.device | str = "cpu", run_name: str = "default",
                          resolution: int | None = None, model_path: str | Path | None = None):
@@ -459,15 +676,18 @@ def load_renderer_engine(subject_dir: str | Path, backend: str = "onnx",
 
     Args:
         subject_dir: the subject directory.
-        backend: ``onnx`` | ``torch`` | ``tensorrt``.
-        device: torch device (``cuda`` selects GPU providers / the engine's GPU).
+        backend: ``onnx`` | ``openvino`` | ``torch`` | ``tensorrt`` (:data:`RENDER_BACKENDS`), or
+            ``auto`` (:func:`resolve_backend`).
+        device: torch device (``cuda`` selects GPU providers / the engine's GPU; ``openvino``
+            is CPU only).
         run_name: training run (torch backend).
-        resolution: expected renderer side S; for ``onnx`` / ``tensorrt``
+        resolution: expected renderer side S; for ``onnx`` / ``openvino`` / ``tensorrt``
             ``export/avatar_<S>.onnx`` / ``.engine`` is used when it exists. None: whatever
             the subject's export or run has.
         model_path: explicit .onnx / .engine file (overrides the subject's export).
     Returns:
-        an :class:`OnnxRenderer`, :class:`TorchRenderer` or :class:`TensorRTRenderer`; an
+        an :class:`OnnxRenderer`, :class:`OpenVinoRenderer`, :class:`TorchRenderer` or
+        :class:`TensorRTRenderer`; an
         export's ``run_name`` / ``expand_offset`` come from the subject's ``export.json``
         (None when it has none or an explicit ``model_path`` is given).
     Raises:
@@ -476,13 +696,14 @@ def load_renderer_engine(subject_dir: str | Path, backend: str = "onnx",
     """
     subject_dir = Path(subject_dir)
     device = resolve_device(device)
+    backend = resolve_backend(backend, device)
     if backend == "tensorrt" and device.type != "cuda":
         raise RamAvatarError("--backend tensorrt needs an NVIDIA GPU (--device cuda) with TensorRT "
                              "installed (pip install 'ram-avatar-studio[tensorrt]'); on this machine "
                              "use --backend onnx")
-    if backend in ("onnx", "tensorrt"):
+    if backend in EXPORT_KIND:
         path = Path(model_path) if model_path is not None else \
-            Subject(subject_dir).export_model(backend, resolution)
+            Subject(subject_dir).export_model(EXPORT_KIND[backend], resolution)
         if not path.is_file():
             if backend == "tensorrt":
                 raise RamAvatarError(f"{path} not found: build it on this GPU machine with "
@@ -490,12 +711,13 @@ def load_renderer_engine(subject_dir: str | Path, backend: str = "onnx",
             raise RamAvatarError(f"{path} not found: run `ram-avatar export {subject_dir}` first, "
                                  "or use --backend torch")
         manifest = None if model_path is not None else _read_manifest(Subject(subject_dir))
-        cls = OnnxRenderer if backend == "onnx" else TensorRTRenderer
+        cls = {"onnx": OnnxRenderer, "openvino": OpenVinoRenderer,
+               "tensorrt": TensorRTRenderer}[backend]
         engine = cls(path, device, manifest)
     elif backend == "torch":
         engine = TorchRenderer(subject_dir, run_name, device)
     else:
-        raise RamAvatarError(f"unknown renderer backend {backend!r}: use onnx, torch or tensorrt")
+        raise RamAvatarError(f"unknown renderer backend {backend!r}: use one of {RENDER_BACKENDS}")
     if resolution is not None and int(resolution) != engine.resolution:
         raise RamAvatarError(f"the {backend} renderer of {subject_dir} is {engine.resolution}x"
                              f"{engine.resolution}, but resolution {resolution} was asked for; "
