@@ -52,6 +52,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ram_avatar.errors import RamAvatarError
 from ram_avatar.models.inputs import ALL_INPUTS, spec
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,6 @@ def _ov_time(path: Path, inputs: list[torch.Tensor], warmup: int,
     """Median ms of the ONNX file ``path`` (inputs ``in0``, ``in1``, ... as :func:`_ort_time`
     exported it) in OpenVINO on the CPU (:class:`~ram_avatar.runtime.engines.OpenVinoRunner`,
     its default precision), and that precision; (None, reason) without OpenVINO or a file."""
-    from ram_avatar.errors import RamAvatarError
     from ram_avatar.runtime.engines import OpenVinoRunner
 
     if not path.is_file():
@@ -449,8 +449,6 @@ def parse_ort_profile(trace, skip_runs: int = 1, top: int | None = 15) -> dict:
     """
     import json
 
-    from ram_avatar.errors import RamAvatarError
-
     events = trace
     if isinstance(trace, (str, os.PathLike)):
         with open(trace) as fh:
@@ -487,7 +485,8 @@ def parse_ort_profile(trace, skip_runs: int = 1, top: int | None = 15) -> dict:
 def format_ort_profile(table: dict, title: str | None = None) -> str:
     """Markdown table of :func:`parse_ort_profile`'s result (op type, ms/frame, %, count)."""
     lines = [] if title is None else [f"### {title}", ""]
-    lines += [f"kernel time {table['kernel_ms_per_frame']:.1f} ms/frame, session.run median "
+    call = "infer" if table.get("runtime") == "openvino" else "session.run"
+    lines += [f"kernel time {table['kernel_ms_per_frame']:.1f} ms/frame, {call} median "
               f"{table['run_ms_per_frame']:.1f} ms, {table['runs']} runs, "
               f"{table['op_types']} op types", "",
               "| op type | ms / frame | % | count |", "|---|---:|---:|---:|"]
@@ -538,6 +537,61 @@ def profile_onnx(path: str | os.PathLike, feed: dict, runs: int = 10, warmup: in
     return table
 
 
+def profile_openvino(path: str | os.PathLike, feed: dict, runs: int = 10, warmup: int = 1,
+                     precision: str | None = None, threads: int | None = None,
+                     top: int | None = 15) -> dict:
+    """Profile an ONNX model in OpenVINO on the CPU (the ``--backend openvino`` runtime,
+    :class:`~ram_avatar.runtime.engines.OpenVinoRunner` with ``PERF_COUNT``) and tabulate it
+    per node type, in the form of :func:`parse_ort_profile`.
+
+    OpenVINO reports each executed node of the compiled graph (after its fusions: a
+    convolution with its fused element-wise tail is one ``Convolution`` node) with its type
+    and ``real_time``; the table sums them per type and divides by ``runs``.
+
+    Args:
+        path: the .onnx file.
+        feed: input name -> numpy array or torch tensor (batch 1).
+        runs / warmup: profiled runs after ``warmup`` untimed ones.
+        precision / threads: :class:`~ram_avatar.runtime.engines.OpenVinoRunner`'s (None = its
+            defaults: bfloat16 where the CPU has it, 1 thread).
+        top: rows kept (None: all); percentages are of all node types' time.
+
+    Returns:
+        dict ``runs``, ``kernel_ms_per_frame`` (sum of the nodes' real time per run),
+        ``run_ms_per_frame`` (median wall time of ``infer``), ``op_types``, ``rows`` (as
+        :func:`parse_ort_profile`), ``precision``, ``threads`` and ``runtime`` (``openvino``).
+
+    Raises:
+        RamAvatarError: OpenVINO missing or the model unreadable (:class:`OpenVinoRunner`).
+    """
+    from ram_avatar.runtime.engines import OpenVinoRunner
+
+    runner = OpenVinoRunner(path, precision, threads, perf_count=True)
+    for _ in range(warmup):
+        runner(feed)
+    per_type: dict[str, list[float]] = {}
+    walls = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner(feed)
+        walls.append((time.perf_counter() - t0) * 1e3)
+        for info in runner.last_request.profiling_info:
+            if info.status != info.status.EXECUTED:
+                continue
+            row = per_type.setdefault(info.node_type, [0.0, 0])
+            row[0] += info.real_time.total_seconds() * 1e3
+            row[1] += 1
+    total = sum(v[0] for v in per_type.values())
+    rows = [{"op_type": k, "ms_per_frame": round(v[0] / runs, 3),
+             "percent": round(100.0 * v[0] / total, 2) if total > 0 else 0.0,
+             "count": v[1] / runs}
+            for k, v in sorted(per_type.items(), key=lambda kv: -kv[1][0])]
+    return {"runs": runs, "kernel_ms_per_frame": round(total / runs, 3),
+            "run_ms_per_frame": round(float(statistics.median(walls)), 3),
+            "op_types": len(rows), "rows": rows if top is None else rows[:top],
+            "precision": runner.precision, "threads": runner.threads, "runtime": "openvino"}
+
+
 def export_renderer_onnx(preset: str, resolution: int, path: str | os.PathLike,
                          freeze: bool = True, overrides: list[str] | None = None,
                          seed: int = 0) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -572,11 +626,13 @@ def ort_profile_renderer(preset: str = "paper-1024", resolution: int = 256, runs
                          out_dir: str | os.PathLike | None = None,
                          overrides: list[str] | None = None) -> dict:
     """``bench render --ort-profile``: per-op ONNX Runtime profile of the preset's exported
-    renderer (:func:`export_renderer_onnx`, :func:`profile_onnx`) at ``resolution``.
+    renderer (:func:`export_renderer_onnx`, :func:`profile_onnx`) at ``resolution``, and the
+    same file's per-node-type OpenVINO profile (:func:`profile_openvino`) when it is installed.
 
     Returns:
         :func:`profile_onnx`'s dict plus ``preset``, ``resolution``, ``frozen_texture``,
-        ``onnxruntime_version`` and ``markdown`` (:func:`format_ort_profile`). With
+        ``onnxruntime_version``, ``openvino`` (:func:`profile_openvino`'s dict, or
+        ``{"error": why}``) and ``markdown`` (:func:`format_ort_profile`, both tables). With
         ``out_dir``: the trace is kept there and ``ort_profile_<preset>_<S>.json`` / ``.md``
         are written (atomically).
     """
@@ -591,12 +647,20 @@ def ort_profile_renderer(preset: str = "paper-1024", resolution: int = 256, runs
                                           freeze=freeze, overrides=overrides)
         table = profile_onnx(path, feed, runs=runs, graph_level=graph_level, threads=threads,
                              top=top, trace_dir=out_dir)
+        try:
+            ov_table = profile_openvino(path, feed, runs=runs, threads=threads, top=top)
+        except RamAvatarError as e:  # OpenVINO not installed: the ORT table alone
+            ov_table = {"error": str(e)}
     table.update(preset=preset, resolution=int(resolution), frozen_texture=bool(freeze),
-                 onnxruntime_version=ort.__version__)
+                 onnxruntime_version=ort.__version__, openvino=ov_table)
     title = (f"{preset} at {resolution}², graph level {table['graph_level']}, "
              f"{table['threads']} intra-op threads, texture "
              f"{'frozen' if freeze else 'pyramid'}")
     table["markdown"] = format_ort_profile(table, title)
+    if "rows" in ov_table:
+        table["markdown"] += "\n" + format_ort_profile(
+            ov_table, f"the same export in OpenVINO, {ov_table['precision']}, "
+                      f"{ov_table['threads']} threads, static batch")
     if out_dir is not None:
         stem = Path(out_dir) / f"ort_profile_{preset}_{resolution}"
         atomic_write_text(f"{stem}.json", json.dumps(table, indent=1) + "\n")

@@ -110,3 +110,25 @@ def test_bench_render_times_the_exported_components_in_openvino():
     for name, c in comps.items():
         assert c["onnxruntime_ms"] > 0 and c["openvino_ms"] > 0, (name, c)
         assert c["openvino_precision"] in ("f32", "bf16")
+
+
+def test_openvino_profile_table_of_a_tiny_conv_net(tmp_path):
+    """``bench render --ort-profile`` also tabulates the export in OpenVINO: the conv-relu-conv
+    graph runs as its two convolutions (OpenVINO fuses the ReLU into the first), the
+    percentages sum to 100 and the rows to the kernel time."""
+    import pytest
+
+    pytest.importorskip("openvino")
+    from ram_avatar.bench_render import format_ort_profile, profile_openvino
+
+    feed = _tiny_conv_onnx(tmp_path / "tiny.onnx")
+    table = profile_openvino(tmp_path / "tiny.onnx", feed, runs=3, precision="f32", threads=1,
+                             top=None)
+    assert table["runs"] == 3 and table["precision"] == "f32" and table["threads"] == 1
+    counts = {r["op_type"]: r["count"] for r in table["rows"]}
+    assert counts.get("Convolution") == 2 and "Relu" not in counts, counts
+    assert abs(sum(r["percent"] for r in table["rows"]) - 100.0) < 0.1
+    assert abs(sum(r["ms_per_frame"] for r in table["rows"]) - table["kernel_ms_per_frame"]) < 0.01
+    assert table["kernel_ms_per_frame"] > 0 and table["run_ms_per_frame"] > 0
+    md = format_ort_profile(table, "tiny ov")
+    assert "infer median" in md and "| Convolution |" in md

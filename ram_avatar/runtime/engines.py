@@ -379,10 +379,13 @@ class OpenVinoRunner:
             or ``auto``.
         threads: ``INFERENCE_NUM_THREADS`` (:func:`render_threads`: None = the measured
             default of the renderer runtimes, 1; 0 = OpenVINO's default).
+        perf_count: compile with OpenVINO's per-node profiling on (``PERF_COUNT``; read
+            ``last_request.profiling_info`` after a call).
 
     Attributes:
         precision: the precision in use (``f32`` | ``bf16``); input_names, output_names;
-        item_shapes: input name -> shape without the batch axis.
+        item_shapes: input name -> shape without the batch axis; last_request: the infer
+        request of the last call (its output tensors are overwritten by the next call).
 
     Raises:
         RamAvatarError: OpenVINO not installed, an unknown precision, ``bf16`` on a CPU
@@ -391,7 +394,7 @@ class OpenVinoRunner:
     """
 
     def __init__(self, path: str | os.PathLike, precision: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, perf_count: bool = False):
         try:
             import openvino as ov
         except ImportError as e:
@@ -428,6 +431,8 @@ class OpenVinoRunner:
                 raise RamAvatarError(f"{self.path}: input {i.get_any_name()!r} has a dynamic size "
                                      f"besides the batch ({shape}); re-run `ram-avatar export`")
             self.item_shapes[i.get_any_name()] = [int(d.get_length()) for d in dims]
+        self.perf_count = bool(perf_count)
+        self.last_request = None
         self._compiled: dict[int, Any] = {}
         self._requests: dict[int, Any] = {}
 
@@ -440,7 +445,7 @@ class OpenVinoRunner:
             compiled = self.core.compile_model(model, "CPU", {
                 "INFERENCE_PRECISION_HINT": self.precision,
                 "INFERENCE_NUM_THREADS": self.threads,
-                "PERFORMANCE_HINT": "LATENCY"})
+                "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": self.perf_count})
             self._compiled[batch] = compiled
             req = self._requests[batch] = compiled.create_infer_request()
         return req
@@ -461,7 +466,7 @@ class OpenVinoRunner:
             if isinstance(v, torch.Tensor):
                 v = v.detach().cpu().numpy()
             feed[n] = np.ascontiguousarray(v, dtype=np.float32)
-        req = self._request(int(feed[self.input_names[0]].shape[0]))
+        req = self.last_request = self._request(int(feed[self.input_names[0]].shape[0]))
         req.infer(feed)
         return {n: np.array(req.get_tensor(n).data, dtype=np.float32) for n in self.output_names}
 
