@@ -134,7 +134,8 @@ def _summary(values: list[float]) -> dict:
 def bench_live(subject_dir: str | Path, resolution: int | None = None, device: str = "auto",
                backend: str = "onnx", frames: int = 60, source: str | Path | None = None,
                warmup: int = 3, run_name: str = "default", mda: str = "auto",
-               pipelined: bool = True, output=None, pacing: bool = True) -> dict:
+               pipelined: bool = True, output=None, pacing: bool = True,
+               split_pose: bool = False) -> dict:
     """Benchmark the live runtime end to end (module docstring).
 
     Args:
@@ -164,6 +165,8 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
         output: what the frames show, as in ``live`` (:class:`~ram_avatar.render.framing.OutputSettings`:
             background, framing, zoom, output size); None = the rendered crop over the learned
             background. Its cost is part of the render stage (composition) and of ``fps``.
+        split_pose: pipelined with the fit and the maps as two stages (four in all); False
+            (the live app's form): as one stage (three).
     Returns:
         JSON-able dict: machine info and, per resolution, ``fps``, ``latency_ms`` (end to
         end), ``stages_ms`` (means), ``renderer`` (``subject`` or ``random-init (timing
@@ -187,7 +190,9 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
     video = _load_frames(source, start, warmup + frames)
     own = _subject_resolution(subject_dir, backend, run_name)
     report: dict = {
-        "benchmark": ("live runtime, pipelined: track | fit + retarget + align + maps | render (threads)"
+        "benchmark": (("live runtime, pipelined: track | fit + retarget + align | maps | render (threads)"
+                       if split_pose else
+                       "live runtime, pipelined: track | fit + retarget + align + maps | render (threads)")
                       if pipelined else
                       "live runtime, sequential: track -> fit -> retarget -> align -> maps -> render"),
         "subject": str(subject_dir), "source": str(source),
@@ -227,7 +232,7 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
                     raise RamAvatarError(f"unknown backend {backend!r}: use onnx, openvino, torch "
                                          "or tensorrt")
                 entry.update(_run(subject_dir, backend, dev, engine, video, warmup, run_name, mda,
-                                  pipelined, output, pacing))
+                                  pipelined, output, pacing, split_pose))
             except RamAvatarError as e:
                 entry["error"] = str(e)
             report["results"][str(R)] = entry
@@ -237,7 +242,7 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
 
 def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warmup: int,
          run_name: str, mda: str, pipelined: bool = False, output=None,
-         pacing: bool = True) -> dict:
+         pacing: bool = True, split_pose: bool = False) -> dict:
     rt = AvatarRuntime(subject_dir, backend=backend, device=str(dev), run_name=run_name, engine=engine,
                        mda=mda in ("auto", "on"), output=output)
     if mda == "on" and not rt.mda_available:
@@ -257,7 +262,7 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
         if pipelined:
             from ram_avatar.runtime.pipeline import LivePipeline
 
-            with LivePipeline(rt, on_result=finished, pacing=pacing) as pipe:
+            with LivePipeline(rt, on_result=finished, pacing=pacing, split_pose=split_pose) as pipe:
                 t_start = None
                 for i, frame in enumerate(video):
                     # a newest-frame camera: the frame is submitted when the tracker asks for

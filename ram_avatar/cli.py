@@ -309,7 +309,7 @@ def cmd_bench(a) -> int:
             output = OutputSettings.parse(a.background, a.framing, a.zoom, "0,0", a.out_size)
         _print_json(bench_live(a.subject, resolution=res, device=a.device, backend=a.backend, frames=a.frames,
                                pipelined=not a.sequential, output=output,
-                               pacing=not a.no_pacing))
+                               pacing=not a.no_pacing, split_pose=a.split_pose))
     return 0
 
 
@@ -519,6 +519,9 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
                         "memory and fps per minute (growth after the first minute, fps trend)")
     p.add_argument("--sequential", action="store_true",
                    help="bench live: run the stages one after another instead of the pipeline")
+    p.add_argument("--split-pose", action="store_true",
+                   help="bench live: the fit and the maps as two pipeline stages (four in all) "
+                        "instead of one; not faster on 2 cores (runtime.pipeline)")
     p.add_argument("--no-pacing", action="store_true",
                    help="bench live: the pipeline's stages start as soon as their output slot is "
                         "empty, instead of just in time for the next stage (for comparison)")

@@ -44,6 +44,29 @@ class _FakeRuntime:
         self.released.append(threading.get_ident())
 
 
+class _SplitRuntime(_FakeRuntime):
+    """The real runtime's four-stage interface: ``stage_pose`` = ``stage_maps(stage_fit(.))``;
+    ms = (track, fit, maps, render)."""
+
+    def __init__(self, ms=(20, 30, 30, 25)):
+        super().__init__((ms[0], ms[1] + ms[2], ms[3]))
+        self.split_ms = ms
+        self.fit_threads: set[int] = set()
+        self.stage_log: list[tuple[str, int]] = []
+
+    def stage_fit(self, job):
+        self.fit_threads.add(threading.get_ident())
+        time.sleep(self.split_ms[1] / 1000)
+        self.stage_log.append(("fit", job["frame"]))
+        return job
+
+    def stage_maps(self, job):
+        self.pose_threads.add(threading.get_ident())
+        time.sleep(self.split_ms[2] / 1000)
+        self.stage_log.append(("maps", job["frame"]))
+        return job
+
+
 def _frame(i):
     return np.full((2, 2, 3), i, np.uint8)
 
@@ -135,3 +158,39 @@ def test_pacing_lowers_latency_at_the_same_throughput():
     assert lat_off > 150.0, lat_off
     assert lat_on < 0.7 * lat_off, (lat_on, lat_off)
     assert 0.055 < dt_off < 0.08 and 0.055 < dt_on < 0.08, (dt_off, dt_on)
+
+
+def test_split_pipeline_runs_fit_and_maps_as_two_stages():
+    """With ``split_pose`` a runtime with ``stage_fit`` and ``stage_maps`` runs as four
+    stages (``bench live --split-pose``): in order, every
+    frame fitted before its maps, the maps on one thread (its context released there), and
+    the throughput near the slowest stage (30 ms) rather than fit + maps (60 ms);
+    ``split_pose=False`` (the default) runs the three-stage form with ``stage_pose``."""
+    n = 24
+
+    def run(split):
+        rt = _SplitRuntime((20, 30, 30, 25))
+        got = []
+        with LivePipeline(rt, on_result=lambda img, st: got.append((time.perf_counter(), st)),
+                          split_pose=split) as pipe:
+            names = [name for name, _ in pipe.stages]
+            for i in range(n):
+                while not pipe.wants_input():
+                    time.sleep(0.0005)
+                pipe.submit(_frame(i))
+            while len(got) < n:
+                time.sleep(0.002)
+        assert [st["seq"] for _, st in got] == list(range(1, n + 1))
+        tail = got[8:]
+        return rt, names, (tail[-1][0] - tail[0][0]) / (len(tail) - 1)
+
+    rt, names, dt_split = run(True)
+    assert names == ["track", "fit", "maps", "render"]
+    for f in range(n):                                   # each frame: fit, then its maps
+        assert rt.stage_log.index(("fit", f)) < rt.stage_log.index(("maps", f))
+    assert len(rt.pose_threads) == 1 and rt.fit_threads.isdisjoint(rt.pose_threads)
+    assert rt.released == list(rt.pose_threads)          # the maps thread's context released
+    rt3, names3, dt_joined = run(False)
+    assert names3 == ["track", "pose", "render"] and not rt3.stage_log
+    assert 0.028 < dt_split < 0.048, dt_split            # the slowest stage: 30 ms
+    assert dt_joined > 0.055 and dt_split < 0.75 * dt_joined, dt_joined  # fit + maps: 60 ms

@@ -535,8 +535,16 @@ class AvatarRuntime:
         return blend_params(held, self.retargeter.rest, w)
 
     def stage_pose(self, job: dict) -> dict:
-        """Stage 2, ``fit`` + ``retarget`` + ``align`` + ``maps`` (one thread: the moderngl
-        context of the maps is per thread). Adds ``maps``, ``target`` and the frame result."""
+        """Stage 2 of the three-stage pipeline, ``fit`` + ``retarget`` + ``align`` + ``maps``:
+        :meth:`stage_fit` then :meth:`stage_maps` on one thread (what :meth:`process` runs)."""
+        return self.stage_maps(self.stage_fit(job))
+
+    def stage_fit(self, job: dict) -> dict:
+        """``fit`` + ``retarget`` + ``align``: the body fit to the tracked keypoints, the
+        avatar's target pose (or the held / eased pose while nobody is seen) and its 2D
+        landmarks. Adds ``target``, ``face``, ``pose2d``, ``person``, ``composer`` and the
+        fit's state of this frame to the job (:meth:`stage_maps` reads them, possibly on
+        another thread while this one fits the next frame)."""
         st = job["stats"]
         kp, K = job["kp"], job["K"]
         threads = torch.get_num_threads()
@@ -591,13 +599,36 @@ class AvatarRuntime:
                 pose2d = project_landmarks(landmarks.numpy(), self.K_avatar, self.pose_mask)
             else:
                 pose2d = None
+        finally:
+            torch.set_num_threads(threads)
+        for name, a, b in zip(("fit", "retarget", "align"), t[:-1], t[1:]):
+            st[name] = 1000.0 * (b - a)
+        job.update(target=target, face=self._face, pose2d=pose2d, person=params is not None,
+                   composer=composer, framed=framed, ease=self._ease,
+                   full_fit=params is not None and self.fitter.last_was_init,
+                   fit_view=dict(self.fitter.view))
+        return job
+
+    def stage_maps(self, job: dict) -> dict:
+        """``maps``: the conditioning maps of the job's target pose (:meth:`stage_fit`), in the
+        framing's closer camera when it has one, with the previous frame's maps for the
+        temporal attention. One thread for the life of a pipeline: the moderngl context of
+        the maps is per thread. Adds ``maps``, ``box``, ``view`` and the frame result."""
+        st = job["stats"]
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            t0 = time.perf_counter()
+            composer, framed, pose2d = job["composer"], job["framed"], job["pose2d"]
+            target, person = job["target"], job["person"]
             box = view = None
             K_maps = self.K_avatar
             if framed and composer.camera:  # the virtual camera moves closer: maps of its view
                 box = composer.next_box(pose2d, self._last_bbox, self.resolution, job["t_capture"])
                 view = composer.view(box, self.resolution)
                 K_maps = box_intrinsics(self.K_avatar, view, (self.resolution, self.resolution))
-            maps = self.cond.render(target, self._face[None], K_maps, self.resolution,
+            maps = self.cond.render(target, job["face"][None], K_maps, self.resolution,
                                     **self._render_kw)
             if framed:
                 bb = mask_bbox(maps["body_mask"][0, 0].cpu().numpy() > 0)
@@ -612,7 +643,7 @@ class AvatarRuntime:
             # temporal attention: the previous frame's maps (this frame's on the first); while
             # nobody is seen the held pose is rendered with the same inputs as the last frame, so
             # the avatar stays exactly still
-            holding = params is None and self._ease <= 0.0 and bool(self._prev_inputs)
+            holding = not person and job["ease"] <= 0.0 and bool(self._prev_inputs)
             for name in self.input_names:
                 if name.startswith("prev_"):
                     maps[name] = self._prev_inputs[name] if holding else \
@@ -620,21 +651,19 @@ class AvatarRuntime:
             self._prev_inputs = {n: maps[n] for n in self.input_names if n.startswith("prev_")}
             if not holding:
                 self._prev_maps = {k: maps[k] for k in ("uv", "body_mask", "canon") if k in maps}
-            t.append(time.perf_counter())
+            t1 = time.perf_counter()
         finally:
             torch.set_num_threads(threads)
         hands2d = maps["hands_2d"][0].numpy()
         if view is not None:  # overlays are drawn in training-crop pixels
             hands2d = hands2d * (view[2] / self.resolution) + np.array(view[:2])
-        self.last = FrameResult(keypoints=kp, person=params is not None, avatar_pose_2d=pose2d,
+        self.last = FrameResult(keypoints=job["kp"], person=person, avatar_pose_2d=pose2d,
                                 pose_mask=self.pose_mask, avatar_hands_2d=hands2d,
-                                full_fit=params is not None and self.fitter.last_was_init,
-                                extra={"view": dict(self.fitter.view), "ease": self._ease,
+                                full_fit=job["full_fit"],
+                                extra={"view": job["fit_view"], "ease": job["ease"],
                                        "target": target, "box": box, "camera_view": view})
-        for name, a, b in zip(("fit", "retarget", "align", "maps"), t[:-1], t[1:]):
-            st[name] = 1000.0 * (b - a)
-        job.update(maps=maps, target=target, result=self.last, person=params is not None,
-                   composer=composer, box=box, view=view)
+        st["maps"] = 1000.0 * (t1 - t0)
+        job.update(maps=maps, result=self.last, box=box, view=view)
         return job
 
     def stage_render(self, job: dict) -> tuple[np.ndarray, dict]:

@@ -1,13 +1,23 @@
-"""Pipelined live runtime: track | fit + retarget + maps | render, overlapped in threads.
+"""Pipelined live runtime: track | fit + retarget + align + maps | render, overlapped in threads.
 
-:meth:`AvatarRuntime.process` runs its three stages one after another, so a frame costs the
-sum of the stages. :class:`LivePipeline` runs the same stage functions
+:meth:`AvatarRuntime.process` runs its stages one after another, so a frame costs the sum of
+the stages. :class:`LivePipeline` runs the same stage functions
 (:meth:`~ram_avatar.runtime.avatar_runtime.AvatarRuntime.stage_track`, ``stage_pose``,
 ``stage_render``) in three threads connected by one-slot queues (:class:`Slot`), so while
 frame n is rendered, frame n+1 is fitted and frame n+2 tracked: throughput approaches
-1 / the slowest stage. MediaPipe, torch and ONNX Runtime release the GIL in their kernels,
-so threads overlap (on a CPU the stages then share the cores, and each stage gets slower
-than alone: the gain is largest when the cores are not all busy).
+1 / the slowest stage. MediaPipe, torch, ONNX Runtime and OpenVINO release the GIL in their
+kernels, so threads overlap (on a CPU the stages then share the cores, and each stage gets
+slower than alone: the gain is largest when the cores are not all busy).
+
+With ``split_pose=True`` the pose stage runs as two (``stage_fit`` | ``stage_maps``, four
+stages in all). With the OpenVINO renderer the pose stage is the slowest of the three, but on
+the 2-core development machine splitting it did not pay: the fit and the maps are many small
+torch operations that hold the GIL between kernels, so the two threads mostly wait for each
+other (the fit's time in the pipeline rose from 100-113 to 147-198 ms). ``bench live``, 5
+rounds alternating, OpenVINO, ``cpu-256``: 4.11-5.52 fps (median 4.97) split against
+3.16-5.09 (median 4.64) joined, but latency p50 538-678 ms (median 573) against 464-740
+(median 495). So the three-stage form stays the default; ``bench live --split-pose`` measures
+the other on a machine with more cores.
 
 Queue policy (newest frame first):
 
@@ -21,8 +31,9 @@ Queue policy (newest frame first):
 
 Pacing (``pacing=True``, the default): blocking slots alone keep throughput at the slowest
 stage, but a frame still waits in front of every busy stage (tracked while the pose stage is
-busy, posed while the renderer is busy), so the end-to-end latency approaches three times the
-slowest stage. With pacing, the track and pose stages start their next frame *just in time*:
+busy, posed while the renderer is busy), so the end-to-end latency approaches the number of
+stages times the slowest stage. With pacing, every stage but the renderer starts its next
+frame *just in time*:
 at the moment the next stage is expected to take a new input, minus their own expected
 duration. The expectations are running estimates of each stage's duration, the mean plus
 twice the mean deviation (Jacobson's round-trip-time estimator, SIGCOMM 1988), so a stage that
@@ -110,7 +121,9 @@ class Slot:
 
 
 class LivePipeline:
-    """Run an :class:`~ram_avatar.runtime.avatar_runtime.AvatarRuntime` as a 3-stage pipeline.
+    """Run an :class:`~ram_avatar.runtime.avatar_runtime.AvatarRuntime` as a 3-stage pipeline
+    (track | pose | render), or with ``split_pose=True`` as 4 stages (track | fit | maps |
+    render) when the runtime has ``stage_fit`` and ``stage_maps``.
 
     Args:
         runtime: the runtime (its stage methods are called from the pipeline's threads only:
@@ -119,17 +132,22 @@ class LivePipeline:
             finished frame (besides the output slot, read with :meth:`get`).
         torch_threads: intra-op torch threads while the pipeline runs (the stages already run
             in parallel; 1 avoids threads spinning against each other on a CPU).
-        pacing: start the track and pose stages just in time for the next stage (module
+        pacing: start every stage but the renderer just in time for the next stage (module
             docstring): lower latency at the same throughput. False: each stage starts as
             soon as its output slot is empty.
+        split_pose: run the runtime's ``stage_fit`` and ``stage_maps`` as two stages when it
+            has them (module docstring: not faster on 2 cores); False: ``stage_pose`` as one.
+
+    Attributes:
+        stages: ``(name, function)`` per stage, in order.
 
     Use: ``start()``, then ``submit(frame)`` per camera frame and ``get()`` for results
     ``(image, stats)`` in frame order (image: (S,S,3) uint8, or the runtime's composed output
     (framing / background, :meth:`AvatarRuntime.set_output`): (H,W,3), or (H,W,4) RGBA for a
     transparent background; stats as :meth:`AvatarRuntime.stage_render`, ``seq`` = submission
     number, ``latency`` = ms from :meth:`submit` to the rendered frame); ``stop()`` at the end
-    (or use ``with``). Output settings may change while it runs (the pose stage applies them
-    to the next frame it takes).
+    (or use ``with``). Output settings may change while it runs (the fit / pose stage applies
+    them to the next frame it takes).
     Errors in a stage are logged and returned as ``(None, {"error": message, "seq": n})``.
     """
 
@@ -137,22 +155,29 @@ class LivePipeline:
     EMA_GAIN = 0.25
 
     def __init__(self, runtime, on_result: Callable[[np.ndarray, dict], None] | None = None,
-                 torch_threads: int | None = 1, pacing: bool = True):
+                 torch_threads: int | None = 1, pacing: bool = True, split_pose: bool = False):
         self.runtime = runtime
         self.pacing = bool(pacing)
-        # per stage (track, pose, render): start time of the frame in progress (None: idle),
-        # running mean and mean deviation of the durations (s)
-        self._busy_since: list[float | None] = [None, None, None]
-        self._mean: list[float | None] = [None, None, None]
-        self._dev: list[float] = [0.0, 0.0, 0.0]
+        rt = runtime
+        if split_pose and hasattr(rt, "stage_fit") and hasattr(rt, "stage_maps"):
+            self.stages = [("track", self._track), ("fit", rt.stage_fit),
+                           ("maps", rt.stage_maps), ("render", self._render)]
+        else:
+            self.stages = [("track", self._track), ("pose", rt.stage_pose),
+                           ("render", self._render)]
+        n = len(self.stages)
+        # per stage: start time of the frame in progress (None: idle), running mean and mean
+        # deviation of the durations (s)
+        self._busy_since: list[float | None] = [None] * n
+        self._mean: list[float | None] = [None] * n
+        self._dev: list[float] = [0.0] * n
         self._want_input = threading.Event()
         self.on_result = on_result
         self.torch_threads = torch_threads
         self.inbox = Slot(drop=True)
-        self._tracked = Slot(drop=False)
-        self._posed = Slot(drop=False)
         self.outbox = Slot(drop=True)
-        self._inputs: list[Slot] = [self.inbox, self._tracked, self._posed]   # per stage
+        # per stage: its input slot (the slots between stages block)
+        self._inputs: list[Slot] = [self.inbox] + [Slot(drop=False) for _ in range(n - 1)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._seq = 0
@@ -167,11 +192,8 @@ class LivePipeline:
         if self.torch_threads is not None:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(self.torch_threads)
-        rt = self.runtime
-        stages = [("track", self.inbox, self._tracked, self._track),
-                  ("pose", self._tracked, self._posed, rt.stage_pose),
-                  ("render", self._posed, self.outbox, self._render)]
-        for i, (name, src, dst, fn) in enumerate(stages):
+        outputs = self._inputs[1:] + [self.outbox]
+        for i, ((name, fn), src, dst) in enumerate(zip(self.stages, self._inputs, outputs)):
             th = threading.Thread(target=self._loop, args=(name, src, dst, fn, i),
                                   name=f"live-{name}", daemon=True)
             th.start()
@@ -184,7 +206,7 @@ class LivePipeline:
         for th in self._threads:
             th.join(timeout)
         self._threads = []
-        for s in (self.inbox, self._tracked, self._posed):
+        for s in self._inputs:
             s.clear()
         if self._saved_threads is not None:
             torch.set_num_threads(self._saved_threads)
@@ -219,7 +241,7 @@ class LivePipeline:
 
     def idle(self) -> bool:
         """True when no frame is queued between the stages (the last one may be rendering)."""
-        return not (self.inbox._full or self._tracked._full or self._posed._full)
+        return not any(s._full for s in self._inputs)
 
     def get(self, timeout: float | None = None):
         """The newest finished ``(image, stats)``, or None after ``timeout`` seconds."""
@@ -322,7 +344,7 @@ class LivePipeline:
                 dst.put(out, self._stop)   # handed on before the stage counts as idle
                 self._busy_since[index] = None
         finally:
-            if name == "pose":  # this thread's moderngl context
+            if name in ("pose", "maps"):  # this thread's moderngl context
                 try:
                     self.runtime.release_thread_resources()
                 except Exception:  # noqa: BLE001
