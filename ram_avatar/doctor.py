@@ -7,6 +7,8 @@ Checks, in order:
 ``torch``           version, its CUDA and cuDNN builds, bf16 support.
 ``cuda``            a CUDA device visible to torch: name, memory (GiB), compute capability.
 ``onnxruntime``     version and execution providers (CPU / CUDA / TensorRT).
+``openvino``        OpenVINO importable (the CPU renderer that ``--backend auto`` picks) and the
+                    precision it runs at here (bfloat16 where the CPU has it).
 ``tensorrt``        TensorRT >= 10 importable (``runtime.trt.import_tensorrt``).
 ``moderngl``        an EGL OpenGL 3.3 context: its ``GL_RENDERER`` string (``llvmpipe`` is Mesa's
                     CPU rasterizer; a GPU driver names the GPU).
@@ -127,6 +129,26 @@ def check_onnxruntime(cuda: bool) -> dict:
         summary += " (CPU only: no CUDA on this machine)"
     return _check(ok, summary, fix, version=ort.__version__, providers=providers,
                   gpu_providers=gpu)
+
+
+def check_openvino() -> dict:
+    """OpenVINO importable, and the renderer precision ``--backend openvino`` / ``auto`` uses
+    on this CPU (``bf16`` where OpenVINO reports native ``BF16``, else ``f32``)."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        return _check(False, f"OpenVINO not installed ({exc}); the CPU renderer falls back to "
+                             "ONNX Runtime", "pip install 'ram-avatar-studio[openvino]'",
+                      version=None, precision=None)
+    try:
+        caps = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception as exc:  # noqa: BLE001 - a broken plug-in behind the import
+        return _check(False, f"OpenVINO {ov.__version__} has no usable CPU device: {exc}",
+                      "pip install --force-reinstall openvino", version=ov.__version__,
+                      precision=None)
+    precision = "bf16" if "BF16" in caps else "f32"
+    return _check(True, f"OpenVINO {ov.__version__}: CPU renderer in {precision}",
+                  version=ov.__version__, precision=precision, capabilities=caps)
 
 
 def check_tensorrt() -> dict:
@@ -303,6 +325,7 @@ def run_checks() -> dict:
     checks["torch"] = check_torch()
     checks["cuda"] = check_cuda()
     checks["onnxruntime"] = check_onnxruntime(cuda=checks["cuda"]["ok"])
+    checks["openvino"] = check_openvino()
     checks["tensorrt"] = check_tensorrt()
     checks["moderngl"], checks["nvdiffrast"], checks["rasterizer"] = check_rasterizers()
     checks["mediapipe"] = check_mediapipe()

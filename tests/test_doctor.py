@@ -11,7 +11,7 @@ from ram_avatar import doctor
 from ram_avatar.cli import main
 from ram_avatar.render import rasterizer as R
 
-CHECKS = ["torch", "cuda", "onnxruntime", "tensorrt", "moderngl", "nvdiffrast", "rasterizer",
+CHECKS = ["torch", "cuda", "onnxruntime", "openvino", "tensorrt", "moderngl", "nvdiffrast", "rasterizer",
           "mediapipe", "anny", "weights.vgg19", "weights.alexnet", "weights.lpips_heads",
           "weights.inception", "virtual_camera"]
 
@@ -64,6 +64,33 @@ def test_runtimes(report):
     assert trt["ok"] == has_trt
     if not has_trt:
         assert "[tensorrt]" in trt["fix"] and trt["version"] is None
+    ov = report["checks"]["openvino"]
+    try:
+        import openvino
+    except ImportError:
+        assert not ov["ok"] and "[openvino]" in ov["fix"] and ov["precision"] is None
+    else:  # the precision --backend openvino / auto runs at on this CPU
+        assert ov["ok"] and ov["version"] == openvino.__version__
+        assert ov["precision"] == ("bf16" if "BF16" in ov["capabilities"] else "f32")
+        assert ov["precision"] in ov["summary"]
+
+
+def test_openvino_missing_is_reported_with_its_fix(monkeypatch):
+    """Without OpenVINO the check fails with the extra to install (the renderer falls back
+    to ONNX Runtime)."""
+    import builtins
+
+    real = builtins.__import__
+
+    def no_openvino(name, *a, **k):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    c = doctor.check_openvino()
+    assert not c["ok"] and c["fix"] == "pip install 'ram-avatar-studio[openvino]'"
+    assert "ONNX Runtime" in c["summary"] and c["version"] is None
 
 
 def test_rasterizer_reports_auto_choice(report):
