@@ -128,13 +128,15 @@ def test_pipeline_newest_frame_policy_and_errors():
         assert len(got) == n_before + 1 and rt.order[-1] == 14
 
 
-def _run_on_demand(pacing: bool, ms, n: int = 24):
+def _run_on_demand(pacing: bool, ms, n: int = 24, rt=None, **kwargs):
     """Feed frames when the tracker asks (as ``bench live``): (latencies ms, seconds per frame)
-    of the frames after the first 8."""
-    rt = _FakeRuntime(ms)
+    of the frames after the first 8; ``rt`` defaults to a :class:`_FakeRuntime` of ``ms``,
+    ``kwargs`` go to the pipeline."""
+    rt = _FakeRuntime(ms) if rt is None else rt
     got = []
     with LivePipeline(rt, on_result=lambda img, st: got.append((time.perf_counter(), st)),
-                      pacing=pacing) as pipe:
+                      pacing=pacing, **kwargs) as pipe:
+        rt.stage_names = [name for name, _ in pipe.stages]
         for i in range(n):
             while not pipe.wants_input():
                 time.sleep(0.0005)
@@ -162,35 +164,20 @@ def test_pacing_lowers_latency_at_the_same_throughput():
 
 def test_split_pipeline_runs_fit_and_maps_as_two_stages():
     """With ``split_pose`` a runtime with ``stage_fit`` and ``stage_maps`` runs as four
-    stages (``bench live --split-pose``): in order, every
-    frame fitted before its maps, the maps on one thread (its context released there), and
-    the throughput near the slowest stage (30 ms) rather than fit + maps (60 ms);
-    ``split_pose=False`` (the default) runs the three-stage form with ``stage_pose``."""
+    stages (``bench live --split-pose``): in order, every frame fitted before its maps, the
+    maps on one thread (its context released there), and the throughput near the slowest
+    stage (30 ms) rather than fit + maps (60 ms); ``split_pose=False`` (the default) runs the
+    three-stage form with ``stage_pose``."""
     n = 24
-
-    def run(split):
-        rt = _SplitRuntime((20, 30, 30, 25))
-        got = []
-        with LivePipeline(rt, on_result=lambda img, st: got.append((time.perf_counter(), st)),
-                          split_pose=split) as pipe:
-            names = [name for name, _ in pipe.stages]
-            for i in range(n):
-                while not pipe.wants_input():
-                    time.sleep(0.0005)
-                pipe.submit(_frame(i))
-            while len(got) < n:
-                time.sleep(0.002)
-        assert [st["seq"] for _, st in got] == list(range(1, n + 1))
-        tail = got[8:]
-        return rt, names, (tail[-1][0] - tail[0][0]) / (len(tail) - 1)
-
-    rt, names, dt_split = run(True)
-    assert names == ["track", "fit", "maps", "render"]
+    rt = _SplitRuntime((20, 30, 30, 25))
+    _, dt_split = _run_on_demand(True, None, n, rt, split_pose=True)
+    assert rt.stage_names == ["track", "fit", "maps", "render"]
     for f in range(n):                                   # each frame: fit, then its maps
         assert rt.stage_log.index(("fit", f)) < rt.stage_log.index(("maps", f))
     assert len(rt.pose_threads) == 1 and rt.fit_threads.isdisjoint(rt.pose_threads)
     assert rt.released == list(rt.pose_threads)          # the maps thread's context released
-    rt3, names3, dt_joined = run(False)
-    assert names3 == ["track", "pose", "render"] and not rt3.stage_log
+    rt3 = _SplitRuntime((20, 30, 30, 25))
+    _, dt_joined = _run_on_demand(True, None, n, rt3)
+    assert rt3.stage_names == ["track", "pose", "render"] and not rt3.stage_log
     assert 0.028 < dt_split < 0.048, dt_split            # the slowest stage: 30 ms
     assert dt_joined > 0.055 and dt_split < 0.75 * dt_joined, dt_joined  # fit + maps: 60 ms

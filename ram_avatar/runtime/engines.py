@@ -225,19 +225,31 @@ class OnnxRunner:
         self._np_types = {n: _ort_type_to_numpy(i.type) for n, i in self._inputs.items()}
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.input_names if n not in inputs]
-        extra = [n for n in inputs if n not in self._inputs]
-        if missing or extra:
-            raise RamAvatarError(f"{self.path.name}: inputs missing {missing}, unknown {extra}; "
-                                 f"expected {self.input_names}")
-        feed = {}
-        for n in self.input_names:
-            v = inputs[n]
-            if isinstance(v, torch.Tensor):
-                v = v.detach().cpu().numpy()
-            feed[n] = np.ascontiguousarray(np.asarray(v, dtype=self._np_types[n]))
+        feed = _numpy_feed(self.path, inputs, self.input_names, self._np_types, strict=True)
         outs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outs))
+
+
+def _numpy_feed(path: Path, inputs: Mapping[str, Any], names: Sequence[str],
+                dtypes: Mapping[str, Any], strict: bool) -> dict[str, np.ndarray]:
+    """The graph's inputs ``names`` from ``inputs`` (torch tensors or arrays) as contiguous
+    numpy arrays of ``dtypes[name]``.
+
+    Raises:
+        RamAvatarError: an input missing, or (``strict``) one the graph does not have.
+    """
+    missing = [n for n in names if n not in inputs]
+    extra = [n for n in inputs if n not in names] if strict else []
+    if missing or extra:
+        raise RamAvatarError(f"{Path(path).name}: inputs missing {missing}, unknown {extra}; "
+                             f"expected {list(names)}")
+    feed = {}
+    for n in names:
+        v = inputs[n]
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu().numpy()
+        feed[n] = np.ascontiguousarray(np.asarray(v, dtype=dtypes[n]))
+    return feed
 
 
 def _ort_type_to_numpy(t: str):
@@ -454,18 +466,10 @@ class OpenVinoRunner:
         """Named inputs (torch or numpy, batch first) -> every output, float32 numpy (copies).
 
         Raises:
-            RamAvatarError: inputs missing or unknown.
+            RamAvatarError: inputs missing (extra ones are ignored).
         """
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise RamAvatarError(f"{self.path.name}: inputs missing {missing}; expected "
-                                 f"{self.input_names}")
-        feed = {}
-        for n in self.input_names:
-            v = inputs[n]
-            if isinstance(v, torch.Tensor):
-                v = v.detach().cpu().numpy()
-            feed[n] = np.ascontiguousarray(v, dtype=np.float32)
+        feed = _numpy_feed(self.path, inputs, self.input_names,
+                           dict.fromkeys(self.input_names, np.float32), strict=False)
         req = self.last_request = self._request(int(feed[self.input_names[0]].shape[0]))
         req.infer(feed)
         return {n: np.array(req.get_tensor(n).data, dtype=np.float32) for n in self.output_names}
