@@ -14,7 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default=None,
                    help="webcam index, N@WxH for a resolution (e.g. 0@1280x720), or a video file "
                         "(default: the last source used, else 0)")
-    p.add_argument("--backend", default="auto", choices=("auto",) + RENDER_BACKENDS, help=BACKEND_HELP)
+    p.add_argument("--backend", default="auto", choices=("auto",) + RENDER_BACKENDS,
+                   help=BACKEND_HELP)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="compute device (default: auto = CUDA when available)")
     p.add_argument("--run", default="default", help="training run (torch backend)")

@@ -190,9 +190,8 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
     video = _load_frames(source, start, warmup + frames)
     own = _subject_resolution(subject_dir, backend, run_name)
     report: dict = {
-        "benchmark": (("live runtime, pipelined: track | fit + retarget + align | maps | render (threads)"
-                       if split_pose else
-                       "live runtime, pipelined: track | fit + retarget + align + maps | render (threads)")
+        "benchmark": (("live runtime, pipelined: track | fit + retarget + align "
+                       + ("| maps" if split_pose else "+ maps") + " | render (threads)")
                       if pipelined else
                       "live runtime, sequential: track -> fit -> retarget -> align -> maps -> render"),
         "subject": str(subject_dir), "source": str(source),

@@ -398,8 +398,8 @@ def _add_drive_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="output video: .mp4 (H.264), .webm (VP9 with alpha, plays transparent in "
                         "OBS) or .mov (ProRes 4444 with alpha)")
-    p.add_argument("--backend", default="auto",
-                   choices=["auto"] + [b for b in RENDER_BACKENDS if b != "tensorrt"], help=BACKEND_HELP)
+    p.add_argument("--backend", default="auto", help=BACKEND_HELP,
+                   choices=["auto"] + [b for b in RENDER_BACKENDS if b != "tensorrt"])
     p.add_argument("--run", default="default")
     p.add_argument("--camera", default=None, help="camera.json of the driving video")
     p.add_argument("--driver", default=None, help="driver.json from `ram-avatar calibrate driver`")
@@ -512,7 +512,8 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("what", choices=["render", "live", "gpu", "quality"])
     p.add_argument("subject", nargs="?", default=None, help="subject directory (bench live / quality)")
     p.add_argument("--resolution", type=int, action="append", default=None, help="repeatable")
-    p.add_argument("--backend", default="auto", choices=("auto",) + RENDER_BACKENDS, help=BACKEND_HELP)
+    p.add_argument("--backend", default="auto", choices=("auto",) + RENDER_BACKENDS,
+                   help=BACKEND_HELP)
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--soak", type=float, default=None, metavar="MINUTES",
                    help="bench live: run for MINUTES on the looping source and report resident "
