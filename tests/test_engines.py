@@ -229,7 +229,7 @@ def test_openvino_renderer_matches_onnx_runtime(tmp_path, monkeypatch):
     assert rgb.shape == (2, 3, 32, 32) and alpha.shape == (2, 1, 32, 32) and rgb.dtype == np.float32
     assert np.abs(rgb - rgb0).max() < 1e-4 and np.abs(alpha - alpha0).max() < 1e-4
     one = f32({k: v[1:] for k, v in maps.items()})           # batch 1: its own compiled model
-    assert np.abs(one - rgb[1:]).max() < 1e-5 and sorted(f32.runner._compiled) == [1, 2]
+    assert np.abs(one - rgb[1:]).max() < 1e-5 and sorted(f32.runner._requests) == [1, 2]
     import openvino as ov
 
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):

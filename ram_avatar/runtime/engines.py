@@ -225,21 +225,21 @@ class OnnxRunner:
         self._np_types = {n: _ort_type_to_numpy(i.type) for n, i in self._inputs.items()}
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        feed = _numpy_feed(self.path, inputs, self.input_names, self._np_types, strict=True)
+        feed = _numpy_feed(self.path, inputs, self.input_names, self._np_types)
         outs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outs))
 
 
 def _numpy_feed(path: Path, inputs: Mapping[str, Any], names: Sequence[str],
-                dtypes: Mapping[str, Any], strict: bool) -> dict[str, np.ndarray]:
+                dtypes: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The graph's inputs ``names`` from ``inputs`` (torch tensors or arrays) as contiguous
     numpy arrays of ``dtypes[name]``.
 
     Raises:
-        RamAvatarError: an input missing, or (``strict``) one the graph does not have.
+        RamAvatarError: an input missing, or one the graph does not have.
     """
     missing = [n for n in names if n not in inputs]
-    extra = [n for n in inputs if n not in names] if strict else []
+    extra = [n for n in inputs if n not in names]
     if missing or extra:
         raise RamAvatarError(f"{Path(path).name}: inputs missing {missing}, unknown {extra}; "
                              f"expected {list(names)}")
@@ -445,8 +445,7 @@ class OpenVinoRunner:
             self.item_shapes[i.get_any_name()] = [int(d.get_length()) for d in dims]
         self.perf_count = bool(perf_count)
         self.last_request = None
-        self._compiled: dict[int, Any] = {}
-        self._requests: dict[int, Any] = {}
+        self._requests: dict[int, Any] = {}   # batch -> request of its compiled model
 
     def _request(self, batch: int):
         """The infer request of the model compiled for a static ``batch`` (compiled once)."""
@@ -458,7 +457,6 @@ class OpenVinoRunner:
                 "INFERENCE_PRECISION_HINT": self.precision,
                 "INFERENCE_NUM_THREADS": self.threads,
                 "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": self.perf_count})
-            self._compiled[batch] = compiled
             req = self._requests[batch] = compiled.create_infer_request()
         return req
 
@@ -466,10 +464,10 @@ class OpenVinoRunner:
         """Named inputs (torch or numpy, batch first) -> every output, float32 numpy (copies).
 
         Raises:
-            RamAvatarError: inputs missing (extra ones are ignored).
+            RamAvatarError: inputs missing or unknown.
         """
         feed = _numpy_feed(self.path, inputs, self.input_names,
-                           dict.fromkeys(self.input_names, np.float32), strict=False)
+                           dict.fromkeys(self.input_names, np.float32))
         req = self.last_request = self._request(int(feed[self.input_names[0]].shape[0]))
         req.infer(feed)
         return {n: np.array(req.get_tensor(n).data, dtype=np.float32) for n in self.output_names}

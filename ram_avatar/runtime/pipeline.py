@@ -13,11 +13,11 @@ With ``split_pose=True`` the pose stage runs as two (``stage_fit`` | ``stage_map
 stages in all). With the OpenVINO renderer the pose stage is the slowest of the three, but on
 the 2-core development machine splitting it did not pay: the fit and the maps are many small
 torch operations that hold the GIL between kernels, so the two threads mostly wait for each
-other (the fit's time in the pipeline rose from 100-113 to 147-198 ms). ``bench live``, 5
-rounds alternating, OpenVINO, ``cpu-256``: 4.11-5.52 fps (median 4.97) split against
-3.16-5.09 (median 4.64) joined, but latency p50 538-678 ms (median 573) against 464-740
-(median 495). So the three-stage form stays the default; ``bench live --split-pose`` measures
-the other on a machine with more cores.
+other (the fit's time in the pipeline rose from 100-113 ms, 165 in a slow round, to 147-198
+ms). ``bench live``, 5 rounds alternating, OpenVINO, ``cpu-256``: 4.11-5.52 fps (median 4.97)
+split against 3.16-5.09 (median 4.64) joined, but latency p50 538-678 ms (median 573) against
+464-740 (median 495). So the three-stage form stays the default; ``bench live --split-pose``
+measures the other on a machine with more cores.
 
 Queue policy (newest frame first):
 
