@@ -90,3 +90,28 @@ def test_smplx_wrong_file_error(tmp_path):
 def test_unknown_body_model():
     with pytest.raises(RamAvatarError, match="anny, smplx"):
         load_body_model("mano")
+
+
+def test_anny_forward_kinematics_matches_anny(anny_body):
+    """Our pointer-jumping FK equals Anny's own forward_kinematic (local-ref, rotation deltas),
+    values and gradients, for one pose and a batch, at a random shape."""
+    from ram_avatar.body.anny_backend import anny_forward_kinematics
+    from ram_avatar.body.base import rotvec_to_rotmat
+
+    m = anny_body.anny
+    g = torch.Generator().manual_seed(0)
+    rest = anny_body._rest_model(torch.rand(1, anny_body.num_betas, generator=g))["rest_bone_poses"]
+    for B in (1, 3):
+        rv = (0.5 * torch.randn(B, m.bone_count, 3, generator=g)).requires_grad_(True)
+        R = rotvec_to_rotmat(rv)
+        D = torch.zeros(B, m.bone_count, 4, 4)
+        D[..., :3, :3] = R
+        D[..., 3, 3] = 1.0
+        T_ref, W_ref = m.get_bone_transforms(D, rest)
+        T, W = anny_forward_kinematics(m, R, rest)
+        assert T.shape == W.shape == (B, m.bone_count, 4, 4)
+        assert torch.allclose(T, T_ref, atol=2e-6) and torch.allclose(W, W_ref, atol=2e-6)
+        w = torch.randn(B, m.bone_count, 4, 4, generator=g)
+        (g_ref,) = torch.autograd.grad((T_ref * w).sum() + (W_ref * w).sum(), rv, retain_graph=True)
+        (g_ours,) = torch.autograd.grad((T * w).sum() + (W * w).sum(), rv)
+        assert torch.allclose(g_ours, g_ref, atol=1e-4, rtol=1e-4)

@@ -39,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ram_avatar.body.anny_backend import anny_forward_kinematics
 from ram_avatar.body.base import BodyModel, BodyOutput, BodyParams, rotvec_to_rotmat
 from ram_avatar.capture.fitting import FitConfig, _Targets, fit_sequence
 from ram_avatar.capture.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, Keypoints2D,
@@ -525,11 +526,9 @@ class GaussNewtonFit:
     def _evaluate(self, x: torch.Tensor) -> _FitState:
         """Landmarks (forward kinematics, no autograd graph) and residuals at parameters x."""
         rot = x.new_zeros(self.nb, 3).index_copy(0, self.posed, x[6:].reshape(self.nj, 3))
-        D = torch.zeros(1, self.nb, 4, 4, dtype=x.dtype, device=x.device)
-        D[0, :, :3, :3] = rotvec_to_rotmat(rot)
-        D[0, :, 3, 3] = 1.0
         # Anny's forward kinematics, as AnnyBodyModel does, on the rest pose cached for the shape
-        skin_T, W = self.anny.get_bone_transforms(D, self.rest_bone_poses)
+        skin_T, W = anny_forward_kinematics(self.anny, rotvec_to_rotmat(rot)[None],
+                                            self.rest_bone_poses)
         T, W = skin_T[0], W[0]
         y = torch.einsum("jab,kjb->kja", T[:, :3, :3], self.A) + T[None, :, :3, 3] * self.s[..., None]
         reg = y.sum(1)                                                            # (Kr, 3)
