@@ -60,5 +60,18 @@ def test_conditioning_expanded_and_canonical_maps(anny_body):
     assert m["canon"].abs().max() <= 1.0
     assert torch.equal(m["canon"].abs().sum(1, keepdim=True) > 0, mask > 0)
     assert m["canon_expanded"].shape == (2, 3, S, S)
+    # the expanded mesh is drawn in the same rasterizer call as the body: the same maps as
+    # drawing it alone
+    from ram_avatar.render.conditioning import vertex_normals
+    from ram_avatar.render.rasterizer import rasterize_attribute
+
+    with torch.no_grad():
+        v = anny_body(params).vertices
+    v_e = v + 0.03 * vertex_normals(v, anny_body.faces)
+    Kt = torch.as_tensor(K, dtype=torch.float32)
+    uv_e, cov_e = rasterize_attribute(v_e, anny_body.faces, Kt, (S, S), cond.uv_corners,
+                                      backend=cond.backend)
+    assert torch.equal(m["uv_expanded"], uv_e.permute(0, 3, 1, 2))
+    assert torch.equal(mask_e[:, 0] > 0, cov_e)
     boxes = m["hand_boxes"]
     assert boxes.shape == (2, 2, 4) and (boxes[..., 2:] >= boxes[..., :2]).all()

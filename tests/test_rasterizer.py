@@ -214,6 +214,10 @@ def test_rasterize_attribute_matches_two_steps(body):
     want_o = interpolate(fr, other, corner=True)
     d = (got - want_o).abs().amax(-1)[mask]
     assert got.shape == (2, S, S, 3) and d.max() < 1e-2 and (d < 1e-3).float().mean() > 0.999
+    # the same tensor changed in place: uploaded again (version counter), not the cached values
+    other.mul_(0.5)
+    half, _ = R.rasterize_attribute(verts, body["faces"], K, (S, S), other, backend=backend)
+    assert torch.allclose(half, 0.5 * got, atol=1e-6)
 
 
 def test_rasterize_attribute_input_errors(body):

@@ -199,9 +199,18 @@ class ConditioningRenderer:
         uv_corners = self.uv_corners.to(device)
         faces = self.body.faces
         # the UVs straight from the rasterizer (with moderngl, GL interpolates them: no face
-        # ids and barycentrics read back and gathered in Python)
-        uv, covered = rasterize_attribute(out.vertices, faces, Kt, (size, size), uv_corners,
+        # ids and barycentrics read back and gathered in Python); the expanded mesh, when asked
+        # for, is drawn in the same call as B more items (one validation and one upload of the
+        # UV corners instead of two)
+        verts_e = None
+        drawn = out.vertices
+        if expand_offset is not None:
+            verts_e = out.vertices + float(expand_offset) * vertex_normals(out.vertices, faces)
+            drawn = torch.cat([out.vertices, verts_e])
+        uv, covered = rasterize_attribute(drawn, faces, Kt, (size, size), uv_corners,
                                           backend=self.backend)               # (B,S,S,2)
+        uv_e, covered_e = uv[B:], covered[B:]
+        uv, covered = uv[:B], covered[:B]
         mask = covered.float()[:, None]
         thick = max(1, size // 128)
         hands_2d = project_points(out.hand_landmarks, Kt)                    # (B,2,21,2)
@@ -226,11 +235,7 @@ class ConditioningRenderer:
             canon, _ = rasterize_attribute(out.vertices, faces, Kt, (size, size), canon_c,
                                            backend=self.backend)
             res["canon"] = canon.permute(0, 3, 1, 2).contiguous().cpu()
-        if expand_offset is not None:
-            normals = vertex_normals(out.vertices, faces)
-            verts_e = out.vertices + float(expand_offset) * normals
-            uv_e, covered_e = rasterize_attribute(verts_e, faces, Kt, (size, size), uv_corners,
-                                                  backend=self.backend)
+        if verts_e is not None:
             res["uv_expanded"] = uv_e.permute(0, 3, 1, 2).contiguous().cpu()
             res["body_mask_expanded"] = covered_e.float()[:, None].cpu()
             if canon_c is not None:
