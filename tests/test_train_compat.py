@@ -84,7 +84,9 @@ def test_flat_config_of_old_run_loads_into_sections(tmp_path):
 #: preset changes made after the fixture (commit 6dbface), by issue: nothing else may differ
 PRESET_CHANGES = {"cpu-256": ["gan.start_step=2000", "optim.rgb_texture_lr_mult=10",
                               "optim.zero_init_residual=true", "model.alpha_prior_shell=true",
-                              "data.expand_offset_from_masks=true"]}  # issue 10, round 2
+                              "data.expand_offset_from_masks=true",  # issue 10, round 2
+                              "optim.cpu_bf16=true"],  # bfloat16 autocast on AMX CPUs
+                  "cpu-256-v1": ["optim.cpu_bf16=true"]}
 
 
 def test_presets_are_the_old_presets():

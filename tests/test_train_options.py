@@ -73,6 +73,34 @@ def test_discriminator_starts_at_its_step(items, tmp_path, monkeypatch):
         _config(["gan.start_step=-1"])
 
 
+def test_cpu_bf16_trains_the_full_renderer_with_its_discriminator(items, tmp_path, monkeypatch):
+    """optim.cpu_bf16 on the full renderer with the temporal discriminator and its R1 penalty
+    from the first step: every logged loss stays finite and the weights stay float32."""
+    from ram_avatar.training import distributed as D
+
+    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: True)  # bf16 autocast runs anywhere
+    train_set, val_set, texture = items
+    scalars: dict[str, list] = {}
+    import torch.utils.tensorboard as tb
+
+    class Writer(tb.SummaryWriter):
+        def add_scalar(self, tag, value, step=None, *a, **k):
+            scalars.setdefault(tag, []).append(float(value))
+
+    monkeypatch.setattr(tb, "SummaryWriter", Writer)
+    cfg = _config(["optim.cpu_bf16=true", "gan.start_step=0", "gan.r1_interval=2"])
+    s = train(train_set, val_set, tmp_path / "run", cfg, steps=4, device="cpu",
+              show_progress=False, init_texture=texture)
+    assert s["step"] == 4
+    assert len(scalars["loss/gan_d"]) >= 3 and len(scalars["loss/l1"]) >= 4, sorted(scalars)
+    r1 = [k for k in scalars if k.endswith("r1")]
+    assert r1, sorted(scalars)  # the R1 penalty (a double backward) ran under bf16 autocast
+    assert all(np.isfinite(v) for k in ["loss/l1", "loss/gan_g", "loss/gan_d"] + r1
+               for v in scalars[k])
+    model = _trained(tmp_path / "run", cfg)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_zero_init_residual_starts_from_the_baked_texture(items, tmp_path):
     train_set, val_set, texture = items
     cfg = _config(["optim.zero_init_residual=true"])

@@ -63,6 +63,9 @@ class SyntheticAvatar(Dataset):
 
 def tiny_config(**kw) -> TrainConfig:
     cfg = get_preset("cpu-256-v1")
+    # float32 whatever the CPU: the parity and resume tests compare float32 numbers (bfloat16
+    # autocast has its own test)
+    cfg.optim = replace(cfg.optim, cpu_bf16=False)
     cfg.model = replace(cfg.model, resolution=SIZE, texture_size=64, texture_levels=3,
                         base_channels=8, max_channels=32, style_dim=32, latent_dim=16)
     cfg.log = replace(cfg.log, scalars_every=10, preview_every=1000, val_every=1000,
@@ -431,3 +434,36 @@ def test_ablated_training_needs_fewer_extras(tmp_path):
                 show_progress=False)
     assert out["step"] == 2
     assert not aux_checkpoint_path(latest_checkpoint(tmp_path / "r")).exists()
+
+
+def test_cpu_bf16_autocast_is_opt_in_and_trains(tmp_path, monkeypatch, caplog):
+    """optim.cpu_bf16 (on in the CPU presets): on a CPU with native bfloat16 the renderer's
+    convolutions run in bfloat16 and training steps stay finite with float32 weights; without
+    native bfloat16 it says so and trains in float32 (the full renderer with its
+    discriminator: tests/test_train_options.py)."""
+    from ram_avatar.training import distributed as D
+    from ram_avatar.training.trainer import Trainer
+
+    dist = D.DistributedContext("cpu")
+    assert D.Precision(True, torch.device("cpu"), dist, 1.0).dtype is None  # amp: CUDA only
+    assert get_preset("cpu-256").optim.cpu_bf16 and get_preset("cpu-256-v1").optim.cpu_bf16
+    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: True)
+    p = D.Precision(True, torch.device("cpu"), dist, 1.0, cpu_bf16=True)
+    assert p.dtype == torch.bfloat16 and not p.scale_loss
+    with p.autocast():
+        y = torch.nn.functional.conv2d(torch.rand(1, 3, 8, 8), torch.rand(4, 3, 3, 3))
+    assert y.dtype == torch.bfloat16
+    cfg = tiny_config(seed=1)
+    cfg = replace(cfg, optim=replace(cfg.optim, cpu_bf16=True))
+    trainer = Trainer(SyntheticAvatar(4), SyntheticAvatar(2, offset=4), tmp_path / "run", cfg,
+                      dist, show_progress=False)
+    trainer.setup()
+    assert trainer.precision.dtype == torch.bfloat16
+    batches = iter(trainer.loader)
+    values = [trainer.train_iteration(next(batches)) for _ in range(3)]
+    assert all(math.isfinite(x) for v in values for x in v.values())
+    assert all(p.dtype == torch.float32 for p in trainer.model.renderer.parameters())
+    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("INFO"):
+        assert D.Precision(True, torch.device("cpu"), dist, 1.0, cpu_bf16=True).dtype is None
+    assert "no native bfloat16" in caplog.text

@@ -64,8 +64,8 @@ def _ancestor_steps(parents: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.
     Nodes are the bones plus an identity node ``n = len(parents)`` above the root. Step k
     gathers, for every node, its 2^k-th ancestor (``n`` past the root), so that
     ``X <- X[:, steps[k]] @ X`` for k = 0, 1, ... turns each node's transform relative to its
-    parent into its transform relative to the identity node. Returns one (n + 1,) int64 tensor
-    per step; ``steps[0]`` is the parent of every node.
+    parent into its transform relative to the identity node. Returns ((n,) int64 parent of
+    every bone, the root its own; one (n + 1,) int64 tensor per step).
     """
     n = len(parents)
     up = [p if p >= 0 else n for p in parents] + [n]
@@ -97,7 +97,8 @@ def anny_forward_kinematics(model, rotations: torch.Tensor,
     bones (5 for Anny's 17 levels) instead of one per level.
 
     Anny builds every 4x4 through ``roma.Rigid`` objects and products as broadcast sums; on the
-    live fit's batch of 1 that per-call overhead made it about 4x slower than this form.
+    live fit's batch of 1 that per-call overhead made it 2.4-2.9x slower than this form
+    (1.13-1.34 against 0.47 ms for one pose, on the 2-core development machine).
 
     Args:
         model: the ``anny`` rigged model (``local-ref`` parameterisation).

@@ -104,6 +104,10 @@ class OptimConfig:
             0.66 -> 0.51, below the 0.6 target of issue 10).
         amp: mixed precision on CUDA only: bfloat16 autocast where the GPU supports it, else
             float16 autocast + GradScaler (training.distributed).
+        cpu_bf16: bfloat16 autocast on a CPU whose oneDNN has native bfloat16 (AMX /
+            AVX512-BF16; float32 elsewhere). On in the CPU presets: on taiji (``cpu-256``, 600
+            steps, 1 thread) it trained 23 % more steps per second (0.717 -> 0.885) at the same
+            held-out quality (masked PSNR 15.67 / 15.66 dB, SSIM 0.422 / 0.421).
         zero_init_residual: a new run starts the generator's ToRGB convolutions at zero
             (:meth:`AvatarRenderer.zero_init_residual`): with ``model.texture_rgb_skip`` the
             untrained renderer draws exactly the baked texture at the driven pose (a residual
@@ -120,6 +124,7 @@ class OptimConfig:
     ema_decay: float = 0.0
     ema_warmup: bool = False
     amp: bool = True
+    cpu_bf16: bool = False
     zero_init_residual: bool = False
 
     def __post_init__(self) -> None:
@@ -470,7 +475,7 @@ def _cpu_256_v1() -> TrainConfig:
     return TrainConfig(
         preset="cpu-256-v1", max_steps=5000,
         model=RendererConfig(**_CPU_256_SIZES),
-        optim=OptimConfig(texture_lr_mult=10.0, background_lr_mult=30.0),
+        optim=OptimConfig(texture_lr_mult=10.0, background_lr_mult=30.0, cpu_bf16=True),
         log=copy.deepcopy(_CPU_LOG),
         data=DataConfig(batch_size=2),
     )
@@ -489,7 +494,7 @@ def _cpu_256() -> TrainConfig:
         # issue 10, round 2: the baked colours are learned (lr 1e-2), the first render is the
         # baked texture (zero residual)
         optim=OptimConfig(texture_lr_mult=10.0, background_lr_mult=30.0, ema_decay=0.999,
-                          rgb_texture_lr_mult=10.0, zero_init_residual=True),
+                          rgb_texture_lr_mult=10.0, zero_init_residual=True, cpu_bf16=True),
         loss=LossConfig(vgg_weight=0.03, hand_weight=0.1),
         # issue 10, round 2: no discriminator before step 2000 (its weight is still 1e-3 there)
         gan=GanConfig(weight_max=0.02, disc_base_channels=8, disc_max_channels=64,

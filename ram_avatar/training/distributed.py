@@ -5,16 +5,18 @@
 ``torch.nn.parallel.DistributedDataParallel`` and offers the collectives the trainer needs
 (OR of a flag over ranks, gradient averaging of modules outside DDP, all-gather, barrier).
 
-:class:`Precision` is the AMP policy (CUDA only): bfloat16 autocast where the GPU supports it
-(float32's range: no loss scaling), else float16 autocast + ``torch.amp.GradScaler``; plain
-float32 on CPU. :meth:`Precision.backward_step` is the one backward / gradient-averaging /
-clipping / optimiser step used for the renderer and the discriminator.
+:class:`Precision` is the AMP policy: on CUDA bfloat16 autocast where the GPU supports it
+(float32's range: no loss scaling), else float16 autocast + ``torch.amp.GradScaler``; on CPU
+plain float32 unless ``optim.cpu_bf16`` asks for bfloat16 autocast (native bfloat16 CPUs
+only). :meth:`Precision.backward_step` is the one backward / gradient-averaging / clipping /
+optimiser step used for the renderer and the discriminator.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import weakref
 from typing import Callable
@@ -23,6 +25,8 @@ import torch
 from torch import nn
 
 from ram_avatar.utils import resolve_device
+
+log = logging.getLogger(__name__)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -141,6 +145,15 @@ class NonFiniteGradients(RuntimeError):
     """Raised by :meth:`Precision.backward_step` when the clipped gradient norm is NaN/Inf."""
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when PyTorch's oneDNN runs bfloat16 natively on this CPU (AMX or AVX512-BF16),
+    where CPU bfloat16 autocast is faster than float32 instead of emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class Precision:
     """Mixed-precision policy of a run (module docstring).
 
@@ -149,6 +162,9 @@ class Precision:
         device: the training device.
         dist: the run's :class:`DistributedContext` (gradient averaging, agreeing on failures).
         grad_clip: max global gradient norm (0 disables clipping).
+        cpu_bf16: on a CPU, bfloat16 autocast where oneDNN runs it natively
+            (:func:`cpu_has_native_bf16`; else float32, said once in the log): ``optim.cpu_bf16``,
+            on in the CPU presets (measured there).
 
     Attributes:
         dtype: autocast dtype (bfloat16 or float16) when AMP is on, else None.
@@ -156,7 +172,7 @@ class Precision:
     """
 
     def __init__(self, enabled: bool, device: torch.device, dist: DistributedContext,
-                 grad_clip: float) -> None:
+                 grad_clip: float, cpu_bf16: bool = False) -> None:
         self.device = device
         self.dist = dist
         self.grad_clip = float(grad_clip)
@@ -164,13 +180,20 @@ class Precision:
         self.dtype = None
         if use_amp:
             self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif cpu_bf16 and device.type == "cpu":
+            if cpu_has_native_bf16():
+                self.dtype = torch.bfloat16
+            else:
+                log.info("optim.cpu_bf16: this CPU has no native bfloat16 (AMX / AVX512-BF16); "
+                         "training in float32")
         self.scale_loss = self.dtype == torch.float16  # bf16 has float32's range
 
     def autocast(self):
-        """Context manager: autocast to :attr:`dtype` on CUDA, nothing otherwise."""
+        """Context manager: autocast to :attr:`dtype` on the training device, nothing when
+        AMP is off."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def scaler(self):
         """A GradScaler on CUDA (disabled unless float16 AMP), None on CPU (checkpoints store

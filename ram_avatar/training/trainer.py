@@ -10,9 +10,10 @@ nerfstudio's trainer: :class:`Trainer` with ``setup`` / ``train_iteration`` / ``
 
 Everything in the renderer, including the dual attention (which the released trainer never
 gives to its optimiser), is optimised by one Adam with global gradient-norm clipping; the
-discriminator has its own Adam. Optional EMA of the renderer's weights. Mixed precision on CUDA
-only: bfloat16 autocast where the GPU supports it (no loss scaling needed), else float16
-autocast + GradScaler.
+discriminator has its own Adam. Optional EMA of the renderer's weights. Mixed precision on CUDA:
+bfloat16 autocast where the GPU supports it (no loss scaling needed), else float16
+autocast + GradScaler; on a CPU with native bfloat16, bfloat16 autocast (``optim.cpu_bf16``,
+on in the CPU presets).
 
 Multi-GPU: run under ``torchrun --nproc_per_node N``. When ``WORLD_SIZE > 1`` the trainer joins
 the process group (NCCL on CUDA, gloo on CPU), wraps the renderer in
@@ -262,7 +263,7 @@ class Trainer:
             save_config(config, self.run_dir / "config.yaml")
         _seed_everything(config.seed)
         self.precision = Precision(config.optim.amp, self.device, self.dist,
-                                   config.optim.grad_clip)
+                                   config.optim.grad_clip, config.optim.cpu_bf16)
         self.model = model = AvatarTrainingModel(config, self.device, self.train_set,
                                                  self.precision.autocast)
         optimizer = torch.optim.Adam(model.param_groups(), lr=config.optim.lr,
