@@ -7,7 +7,12 @@ the stages. :class:`LivePipeline` runs the same stage functions
 frame n is rendered, frame n+1 is fitted and frame n+2 tracked: throughput approaches
 1 / the slowest stage. MediaPipe, torch, ONNX Runtime and OpenVINO release the GIL in their
 kernels, so threads overlap (on a CPU the stages then share the cores, and each stage gets
-slower than alone: the gain is largest when the cores are not all busy).
+slower than alone: the gain is largest when the cores are not all busy). MediaPipe hands each
+output stream back through a Python callback, which waits for the GIL: beside a busy Python
+thread a Holistic frame took 96-124 ms instead of 65-72. Running the tracker in a child process
+removes that wait, but on 2 cores the pipeline is CPU-bound and the gain stayed within the
+host's noise (7 alternating ``bench live`` pairs: the child process ahead in 5, median pair
+difference +0.18 fps, p95 522 ms both), so the stages stay threads of one process.
 
 With ``split_pose=True`` the pose stage runs as two (``stage_fit`` | ``stage_maps``, four
 stages in all). With the OpenVINO renderer the pose stage is the slowest of the three, but on
