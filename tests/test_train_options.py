@@ -39,14 +39,15 @@ def _config(overrides: list[str]):
     return apply_overrides(cfg, overrides)
 
 
-def _scalars(monkeypatch) -> dict:
+def _scalars(monkeypatch, values: bool = False) -> dict:
+    """The tags the trainer logs, each with its steps (or its values with ``values``)."""
     import torch.utils.tensorboard as tb
 
     scalars: dict[str, list] = {}
 
     class Writer(tb.SummaryWriter):
         def add_scalar(self, tag, value, step=None, *a, **k):
-            scalars.setdefault(tag, []).append(int(step))
+            scalars.setdefault(tag, []).append(float(value) if values else int(step))
 
     monkeypatch.setattr(tb, "SummaryWriter", Writer)
     return scalars
@@ -80,14 +81,7 @@ def test_cpu_bf16_trains_the_full_renderer_with_its_discriminator(items, tmp_pat
 
     monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: True)  # bf16 autocast runs anywhere
     train_set, val_set, texture = items
-    scalars: dict[str, list] = {}
-    import torch.utils.tensorboard as tb
-
-    class Writer(tb.SummaryWriter):
-        def add_scalar(self, tag, value, step=None, *a, **k):
-            scalars.setdefault(tag, []).append(float(value))
-
-    monkeypatch.setattr(tb, "SummaryWriter", Writer)
+    scalars = _scalars(monkeypatch, values=True)
     cfg = _config(["optim.cpu_bf16=true", "gan.start_step=0", "gan.r1_interval=2"])
     s = train(train_set, val_set, tmp_path / "run", cfg, steps=4, device="cpu",
               show_progress=False, init_texture=texture)

@@ -436,7 +436,7 @@ def test_ablated_training_needs_fewer_extras(tmp_path):
     assert not aux_checkpoint_path(latest_checkpoint(tmp_path / "r")).exists()
 
 
-def test_cpu_bf16_autocast_is_opt_in_and_trains(tmp_path, monkeypatch, caplog):
+def test_cpu_bf16_autocast_policy_and_training(tmp_path, monkeypatch, caplog):
     """optim.cpu_bf16 (on in the CPU presets): on a CPU with native bfloat16 the renderer's
     convolutions run in bfloat16 and training steps stay finite with float32 weights; without
     native bfloat16 it says so and trains in float32 (the full renderer with its

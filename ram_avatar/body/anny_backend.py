@@ -319,14 +319,14 @@ class AnnyBodyModel(BodyModel):
         coeffs = m._get_phenotype_blendshape_coefficients(pheno, local, facial)
         rest = m.get_rest_model(coeffs)
         if key is not None:
-            self._rest_cache = (key, rest)
+            self._rest_cache = (key, rest, None)  # the landmark basis, on first use
         return rest
 
     def _landmark_basis(self, rest: dict) -> torch.Tensor:
         """(1 or B, Kr, nb, 3): the rest vertices blended by each regressed landmark's
         per-bone skinning weights (``landmark_skin``); kept with the cached rest model."""
         cached = getattr(self, "_rest_cache", None)
-        if cached is not None and cached[1] is rest and len(cached) > 2:
+        if cached is not None and cached[1] is rest and cached[2] is not None:
             return cached[2]
         Kr, nb = self.num_regressed, int(self.anny.bone_count)
         A = torch.stack([(self.landmark_skin @ rv).reshape(Kr, nb, 3)
