@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ram_avatar.errors import RamAvatarError
-from ram_avatar.models.neural_texture import NeuralTexture, uv_to_grid
+from ram_avatar.models.neural_texture import NeuralTexture
 from ram_avatar.models.styleunet import _LRELU_GAIN, StyledConv, StyleUNet, ToRGB, _up2
 from ram_avatar.utils import atomic_path, sha256_file
 
@@ -103,14 +103,17 @@ class FrozenTexture(nn.Module):
         """``table (S*S, c)`` sampled at the K pixels on the body: their flat indices ``(K,)``
         into ``B*H*W`` and the bilinear samples ``(K, c)``, the mask folded in."""
         n = self.size
-        grid = uv_to_grid(uv).reshape(-1, 2)                                  # (B*H*W, 2)
         m = body_mask.reshape(-1)
         # only the pixels on the body are sampled (a zero mask zeroes all four weights)
         on = torch.nonzero(m).reshape(-1)                                     # (K,)
-        grid, m = grid[on], m[on]
-        # grid_sample's unnormalisation (align_corners=False) and border clamp, in texels
-        x = (((grid[:, 0] + 1.0) * n - 1.0) * 0.5).clamp(0, n - 1)           # (K,)
-        y = (((grid[:, 1] + 1.0) * n - 1.0) * 0.5).clamp(0, n - 1)
+        m = m[on]
+        # grid_sample's unnormalisation (align_corners=False) of the grid x = 2u - 1,
+        # y = 1 - 2v (uv_to_grid) is x_texel = u n - 1/2, y_texel = (1 - v) n - 1/2; u and v
+        # are gathered from their own channels (no grid image, no channels-last transpose)
+        u = uv[:, 0].reshape(-1)[on]                                          # (K,)
+        v = uv[:, 1].reshape(-1)[on]
+        x = (u * n - 0.5).clamp(0, n - 1)                                     # border clamp
+        y = ((1.0 - v) * n - 0.5).clamp(0, n - 1)
         x0, y0 = x.floor(), y.floor()
         wx, wy = x - x0, y - y0
         xi, yi = x0.long(), y0.long()
