@@ -218,10 +218,19 @@ def test_gauss_newton_jacobian_matches_autograd(live_subject, anny_body):  # noq
     assert J_ref.abs().max() > 0.1
     assert (J - J_ref).abs().max() < 1e-3 * J_ref.abs().max()
     # the prior / limit / temporal gradient too
-    gn.temporal, gn.temporal_transl, gn._x_pred = 0.01, 10.0, x + 0.05
+    gn._set_temporal(0.01, 10.0, root_weight=3.0)
+    gn._x_pred = x + 0.05
     x_req = x.clone().requires_grad_(True)
     (g_ref,) = torch.autograd.grad(gn._prior_energy(x_req), x_req)
-    assert torch.allclose(gn._prior_grad_hess(x)[0], g_ref, atol=1e-5)
+    g, H = gn._prior_grad_hess(x)
+    assert torch.allclose(g, g_ref, atol=1e-5)
+    assert g_ref[:3].abs().min() > 0  # the temporal term reaches the translation
+    # its Hessian: the exact one of the quadratic terms, block diagonal over the joints (the
+    # limits' Gauss-Newton part is only checked where no joint is past its limit)
+    H_ref = torch.autograd.functional.hessian(gn._prior_energy, x)
+    beyond = (x[6:].reshape(-1, 3).norm(dim=-1) > gn._lim).repeat_interleave(3)
+    keep = torch.cat([torch.ones(6, dtype=torch.bool), ~beyond])
+    assert keep.sum() > 100 and torch.allclose(H[keep][:, keep], H_ref[keep][:, keep], atol=1e-4)
 
 
 def test_live_fit_gauss_newton_beats_adam(live_subject, anny_body):  # noqa: F811

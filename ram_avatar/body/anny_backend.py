@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -82,8 +83,54 @@ def _ancestor_steps(parents: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.
     return torch.tensor([p if p >= 0 else c for c, p in enumerate(parents)]), steps
 
 
-def anny_forward_kinematics(model, rotations: torch.Tensor,
-                            rest_bone_poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class AnnyRestChain(NamedTuple):
+    """The shape-only part of :func:`anny_forward_kinematics` (:func:`anny_rest_chain`).
+
+    Attributes:
+        steps: pointer-jumping index tensors (:func:`_ancestor_steps`), on the device.
+        upt: (1 or B, nb, 3, 3) ``U_p^T``, the parent's reference orientation transposed.
+        u: (1 or B, nb, 3, 3) or (nb, 3, 3) reference orientations ``U_c``.
+        k_t: (1 or B, nb, 3) translations ``U_p^T A_p (h_c - h_p)`` of ``K_c`` (root 0).
+        q: (1 or B, nb, 3, 3) rest rotations ``Q_c``; h: (1 or B, nb, 3) rest heads ``h_c``.
+    """
+
+    steps: list
+    upt: torch.Tensor
+    u: torch.Tensor
+    k_t: torch.Tensor
+    q: torch.Tensor
+    h: torch.Tensor
+
+
+def anny_rest_chain(model, rest_bone_poses: torch.Tensor,
+                    dtype: torch.dtype | None = None) -> AnnyRestChain:
+    """The terms of :func:`anny_forward_kinematics` that depend on the shape only (its
+    ``K_c`` without the rotation, the rest poses, the tree's pointer-jumping steps), from
+    ``rest_bone_poses (1 or B, nb, 4, 4)``, in ``dtype`` (default the rest poses').
+
+    Raises:
+        ValueError: a model in another pose parameterisation than ``local-ref``.
+    """
+    if getattr(model, "pose_parameterization", None) != "local-ref":
+        raise ValueError("anny_forward_kinematics implements the local-ref parameterisation, "
+                         f"not {getattr(model, 'pose_parameterization', None)!r}")
+    dev, dt = rest_bone_poses.device, dtype or rest_bone_poses.dtype
+    parent, steps = _ancestor_steps(tuple(int(p) for p in model.bone_parents))
+    parent = parent.to(dev)
+    Q, h = rest_bone_poses[..., :3, :3].to(dt), rest_bone_poses[..., :3, 3].to(dt)
+    U = model.reference_bone_orientations
+    U = Q if U is None else U.to(dev, dt)
+    A = U[..., 1:, :, :] @ Q[..., 1:, :, :].transpose(-1, -2)
+    A = torch.cat([torch.eye(3, dtype=dt, device=dev).expand_as(A[..., :1, :, :]), A], -3)
+    Upt = U[..., parent, :, :].transpose(-1, -2)
+    k_t = (Upt @ A[..., parent, :, :] @ (h - h[..., parent, :])[..., None])[..., 0]
+    k_t[..., 0, :] = 0.0
+    return AnnyRestChain([a.to(dev) for a in steps], Upt, U, k_t, Q, h)
+
+
+def anny_forward_kinematics(model, rotations: torch.Tensor, rest_bone_poses: torch.Tensor,
+                            chain: AnnyRestChain | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Anny's forward kinematics for pure bone rotations, in few batched operations.
 
     The same result as ``model.get_bone_transforms(D, rest_bone_poses)`` (``anny.utils.
@@ -104,40 +151,31 @@ def anny_forward_kinematics(model, rotations: torch.Tensor,
         model: the ``anny`` rigged model (``local-ref`` parameterisation).
         rotations: (B, nb, 3, 3) bone rotations ``R_c`` (identity = rest).
         rest_bone_poses: (1 or B, nb, 4, 4) rest bone poses of the shape.
+        chain: the shape's :func:`anny_rest_chain` of ``rest_bone_poses``, when the caller
+            keeps it (a fixed shape: the live fit), else computed here.
     Returns:
         (skinning transforms T (B, nb, 4, 4), posed bone poses W (B, nb, 4, 4)), metres.
     Raises:
         ValueError: a model in another pose parameterisation.
     """
-    if getattr(model, "pose_parameterization", None) != "local-ref":
-        raise ValueError("anny_forward_kinematics implements the local-ref parameterisation, "
-                         f"not {getattr(model, 'pose_parameterization', None)!r}")
+    if chain is None:
+        chain = anny_rest_chain(model, rest_bone_poses, rotations.dtype)
     dev, dt = rotations.device, rotations.dtype
-    parent, steps = _ancestor_steps(tuple(int(p) for p in model.bone_parents))
-    parent = parent.to(dev)
-    Q, h = rest_bone_poses[..., :3, :3].to(dt), rest_bone_poses[..., :3, 3].to(dt)
-    U = model.reference_bone_orientations
-    U = Q if U is None else U.to(dev, dt)
-    A = U[..., 1:, :, :] @ Q[..., 1:, :, :].transpose(-1, -2)
-    A = torch.cat([torch.eye(3, dtype=dt, device=dev).expand_as(A[..., :1, :, :]), A], -3)
-    Upt = U[..., parent, :, :].transpose(-1, -2)
-    k_t = (Upt @ A[..., parent, :, :] @ (h - h[..., parent, :])[..., None])[..., 0]
-    k_t[..., 0, :] = 0.0
     B, nb = rotations.shape[:2]
     # K_c for every bone plus an identity node at index nb, the root's "parent"
     X = torch.zeros(B, nb + 1, 4, 4, dtype=dt, device=dev)
-    X[:, :nb, :3, :3] = Upt @ rotations @ U
-    X[:, :nb, :3, 3] = k_t
+    X[:, :nb, :3, :3] = chain.upt @ rotations @ chain.u
+    X[:, :nb, :3, 3] = chain.k_t
     X[:, :, 3, 3] = 1.0
     X[:, nb, :3, :3] = torch.eye(3, dtype=dt, device=dev)
     # pointer jumping: after step k, X_c is the product of the 2^k transforms above and at c
-    for anc in steps:
-        X = X[:, anc.to(dev)] @ X
+    for anc in chain.steps:
+        X = X[:, anc] @ X
     W = X[:, :nb]
     T = torch.zeros_like(W)
-    rot = W[..., :3, :3] @ Q.transpose(-1, -2)
+    rot = W[..., :3, :3] @ chain.q.transpose(-1, -2)
     T[..., :3, :3] = rot
-    T[..., :3, 3] = W[..., :3, 3] - (rot @ h[..., None])[..., 0]
+    T[..., :3, 3] = W[..., :3, 3] - (rot @ chain.h[..., None])[..., 0]
     T[..., 3, 3] = 1.0
     return T, W
 

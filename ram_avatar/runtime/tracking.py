@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ram_avatar.body.anny_backend import anny_forward_kinematics
+from ram_avatar.body.anny_backend import anny_forward_kinematics, anny_rest_chain
 from ram_avatar.body.base import BodyModel, BodyOutput, BodyParams, rotvec_to_rotmat
 from ram_avatar.capture.fitting import FitConfig, _Targets, fit_sequence
 from ram_avatar.capture.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, Keypoints2D,
@@ -499,6 +499,21 @@ class GaussNewtonFit:
         knees = getattr(body, "knee_joints", None) or []
         self.knees = torch.tensor(knees, dtype=torch.long, device=dev)
         self.n = 6 + 3 * self.nj
+        # constants of the per-frame evaluation: the shape's kinematic chain, identity
+        # rotations of the bones that are not fitted, the prior's per-joint weights and limits
+        self.chain = anny_rest_chain(m, self.rest_bone_poses, torch.float32)
+        self._eye_nb = torch.eye(3, device=dev).expand(nb, 3, 3).contiguous()
+        w = torch.full((self.nj,), fit.w_hand_prior, device=dev)
+        w[:self.nj_body] = fit.w_pose_prior
+        lim = torch.full((self.nj,), fit.hand_angle_limit, device=dev)
+        lim[:self.nj_body] = fit.body_angle_limit
+        self._w_prior, self._lim = w, lim
+        # (row, col) of the 3x3 diagonal blocks of the pose parameters in the (N, N) Hessian
+        b = 6 + 3 * torch.arange(self.nj, device=dev)
+        a = torch.arange(3, device=dev)
+        self._block_r = (b[:, None, None] + a[None, :, None]).expand(-1, 3, 3).reshape(-1)
+        self._block_c = (b[:, None, None] + a[None, None, :]).expand(-1, 3, 3).reshape(-1)
+        self._wt = torch.zeros(self.n, device=dev)  # temporal weights, set by fit()
         # per-frame data (set by fit())
         self._xy = self._c = self._K = self._h = self._x_pred = None
         self.temporal = self.temporal_transl = 0.0
@@ -525,15 +540,16 @@ class GaussNewtonFit:
     # -- model ------------------------------------------------------------------------------
     def _evaluate(self, x: torch.Tensor) -> _FitState:
         """Landmarks (forward kinematics, no autograd graph) and residuals at parameters x."""
-        rot = x.new_zeros(self.nb, 3).index_copy(0, self.posed, x[6:].reshape(self.nj, 3))
-        # Anny's forward kinematics, as AnnyBodyModel does, on the rest pose cached for the shape
-        skin_T, W = anny_forward_kinematics(self.anny, rotvec_to_rotmat(rot)[None],
-                                            self.rest_bone_poses)
+        # the fitted bones' rotations and the global one in one call; the others stay identity
+        Rall = rotvec_to_rotmat(torch.cat([x[6:], x[3:6]]).reshape(self.nj + 1, 3))
+        R = self._eye_nb.index_copy(0, self.posed, Rall[:-1])
+        # Anny's forward kinematics, as AnnyBodyModel does, on the chain cached for the shape
+        skin_T, W = anny_forward_kinematics(self.anny, R[None], self.rest_bone_poses, self.chain)
         T, W = skin_T[0], W[0]
         y = torch.einsum("jab,kjb->kja", T[:, :3, :3], self.A) + T[None, :, :3, 3] * self.s[..., None]
         reg = y.sum(1)                                                            # (Kr, 3)
         lm = torch.where(self.is_head[:, None], W[self.bone, :3, 3], reg[self.row])
-        Rg = rotvec_to_rotmat(x[3:6])
+        Rg = Rall[-1]
         lm_world = lm @ Rg.T + x[:3]
         Z = lm_world[:, 2].clamp(min=1e-3)
         K = self._K
@@ -551,38 +567,37 @@ class GaussNewtonFit:
     def _prior_energy(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         pose = x[6:].reshape(self.nj, 3)
-        bp, hp = pose[:self.nj_body], pose[self.nj_body:]
-        e = cfg.w_pose_prior * (bp ** 2).sum() + cfg.w_hand_prior * (hp ** 2).sum()
-        e = e + cfg.w_limit * ((torch.relu(bp.norm(dim=-1) - cfg.body_angle_limit) ** 2).sum()
-                               + (torch.relu(hp.norm(dim=-1) - cfg.hand_angle_limit) ** 2).sum())
+        sq = (pose * pose).sum(-1)                                                # (P,)
+        e = (self._w_prior * sq).sum() + cfg.w_limit * (torch.relu(sq.sqrt() - self._lim) ** 2).sum()
         if self.knees.numel():
-            k = bp[self.knees]
+            k = pose[self.knees]
             e = e + cfg.w_limit * ((torch.relu(-k[:, 0]) ** 2).sum() + (k[:, 1:] ** 2).sum())
         d = x - self._x_pred
-        rw = self._root_weight
-        e = e + self.temporal * ((d[6:] * d[6:]).sum() + rw * (d[3:6] * d[3:6]).sum()) \
-            + rw * self.temporal_transl * (d[:3] * d[:3]).sum()
-        return e
+        return e + (self._wt * d * d).sum()
+
+    def _set_temporal(self, temporal: float, temporal_transl: float, root_weight: float) -> None:
+        """The per-parameter weights ``_wt (N,)`` of the temporal term of :meth:`_prior_energy`:
+        ``temporal`` on the rotations, ``root_weight`` times it on the global orientation and
+        ``root_weight * temporal_transl`` on the translation."""
+        self.temporal, self.temporal_transl = float(temporal), float(temporal_transl)
+        self._root_weight = float(root_weight)
+        wt = torch.full((self.n,), self.temporal, device=self.device)
+        wt[3:6] = self._root_weight * self.temporal
+        wt[:3] = self._root_weight * self.temporal_transl
+        self._wt = wt
 
     def _prior_grad_hess(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient (N,) and Gauss-Newton Hessian (N, N) of :meth:`_prior_energy`."""
         cfg = self.cfg
-        n, nbj = self.n, self.nj_body
-        g = x.new_zeros(n)
-        H = x.new_zeros(n, n)
         pose = x[6:].reshape(self.nj, 3)
-        w = torch.full((self.nj, 1), cfg.w_hand_prior, device=x.device, dtype=x.dtype)
-        w[:nbj] = cfg.w_pose_prior
-        gp = 2 * w * pose                                                         # (P, 3)
-        Hp = (2 * w)[..., None] * torch.eye(3, device=x.device, dtype=x.dtype)    # (P, 3, 3)
-        lim = torch.full((self.nj,), cfg.hand_angle_limit, device=x.device, dtype=x.dtype)
-        lim[:nbj] = cfg.body_angle_limit
+        w2 = (2 * self._w_prior)[:, None]                                         # (P, 1)
         norm = pose.norm(dim=-1)
-        over = torch.relu(norm - lim)
+        over = torch.relu(norm - self._lim)
         u = pose / norm.clamp(min=1e-8)[:, None]
-        act = (over > 0).to(x.dtype)
-        gp = gp + 2 * cfg.w_limit * over[:, None] * u
-        Hp = Hp + 2 * cfg.w_limit * act[:, None, None] * (u[:, :, None] * u[:, None, :])
+        act2 = (2 * cfg.w_limit) * (over > 0).to(x.dtype)
+        gp = w2 * pose + (2 * cfg.w_limit) * over[:, None] * u                    # (P, 3)
+        Hp = act2[:, None, None] * (u[:, :, None] * u[:, None, :])                # (P, 3, 3)
+        Hp.diagonal(dim1=1, dim2=2).add_(w2)
         if self.knees.numel():
             k = pose[self.knees]
             neg = (k[:, 0] < 0).to(x.dtype)
@@ -591,17 +606,11 @@ class GaussNewtonFit:
             hk = torch.stack([2 * neg, two, two], -1) * cfg.w_limit
             gp = gp.index_add(0, self.knees, gk)
             Hp = Hp.index_add(0, self.knees, torch.diag_embed(hk))
-        g[6:] = gp.reshape(-1)
-        idx = torch.arange(self.nj, device=x.device)
-        Hb = x.new_zeros(self.nj, 3, self.nj, 3)
-        Hb[idx, :, idx, :] = Hp                                                   # block diagonal
-        H[6:, 6:] = Hb.reshape(3 * self.nj, 3 * self.nj)
-        rw = self._root_weight
-        wt = torch.full((n,), self.temporal, device=x.device, dtype=x.dtype)
-        wt[3:6] = rw * self.temporal
-        wt[:3] = rw * self.temporal_transl
-        g += 2 * wt * (x - self._x_pred)
-        H += torch.diag(2 * wt)
+        g = 2 * self._wt * (x - self._x_pred)
+        g[6:] += gp.reshape(-1)
+        H = x.new_zeros(self.n, self.n)
+        H[self._block_r, self._block_c] = Hp.reshape(-1)                          # block diagonal
+        H.diagonal().add_(2 * self._wt)
         return g, H
 
     def _jacobian(self, st: _FitState) -> torch.Tensor:
@@ -615,8 +624,8 @@ class GaussNewtonFit:
         v_head = (heads[self.bone][:, None] - hP[None]) * self.descP[:, self.bone].T[..., None]
         v = torch.where(self.is_head[:, None, None], v_head, v_reg)                # (L, P, 3)
         # d lm_model / d w_c = -[v]_x M_c, chained with the left Jacobian of each bone's rotvec
-        pose = x[6:].reshape(self.nj, 3)
-        MJ = M @ _left_jacobian(pose)                                             # (P, 3, 3)
+        LJ = _left_jacobian(torch.cat([x[6:], x[3:6]]).reshape(self.nj + 1, 3))    # (P+1, 3, 3)
+        MJ = M @ LJ[:-1]                                                          # (P, 3, 3)
         Jm = -torch.einsum("lcab,cbd->lcad", _skew(v), MJ)                        # (L, P, 3, 3)
         K, Z, X = self._K, st.Z, st.lm_world
         zero = torch.zeros_like(Z)
@@ -625,7 +634,7 @@ class GaussNewtonFit:
         proj = proj / self._h                                                     # (L, 2, 3)
         PR = proj @ Rg                                                            # (L, 2, 3)
         J_pose = torch.einsum("lia,lcad->licd", PR, Jm).reshape(len(X), 2, -1)
-        J_go = proj @ (-_skew(X - x[:3])) @ _left_jacobian(x[3:6])                # (L, 2, 3)
+        J_go = proj @ (-_skew(X - x[:3])) @ LJ[-1]                                # (L, 2, 3)
         return torch.cat([proj, J_go, J_pose], -1)
 
     # -- fit --------------------------------------------------------------------------------
@@ -665,10 +674,9 @@ class GaussNewtonFit:
         self._xy = torch.cat([tg.pose_xy[0], tg.hand_xy[0].reshape(-1, 2)])          # (L, 2)
         self._c = torch.cat([tg.pose_c[0], tg.hand_c[0].reshape(-1)])               # (L,)
         self._h, self._K = tg.h[0], K
-        self.temporal, self.temporal_transl = float(temporal), float(temporal_transl)
+        self._set_temporal(temporal, temporal_transl, root_weight)
         x = self.pack(init)
         self._x_pred = x.clone()
-        self._root_weight = float(root_weight)
         keep = None
         if frozen is not None and bool(frozen.any()):
             keep = frozen.to(self.device, torch.bool)
