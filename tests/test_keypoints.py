@@ -256,3 +256,13 @@ def test_masks_of_everyone_are_kept_for_the_sampled_frames():
         # the same person: the two segmentations agree on most of the upper body
         both = (m > 127) & (masks[t] > 127)
         assert both.sum() > 0.5 * (masks[t] > 127).sum()
+
+
+def test_masks_are_the_same_whatever_frame_count_is_announced(taiji):
+    """With ``total`` the masks are written into one preallocated (T, H, W) array (no second
+    copy from stacking a list); a count that is too small or too large changes nothing."""
+    frames, _, masks = taiji
+    for total in (N_FRAMES, N_FRAMES - 7, N_FRAMES + 5):
+        _, m = detect_keypoints(iter(frames), total=total, hand_max_torso_fraction=None)
+        assert m.shape == (N_FRAMES, H, W) and m.dtype == np.uint8, total
+        assert np.array_equal(m, masks), total

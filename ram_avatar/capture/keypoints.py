@@ -137,7 +137,11 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
     holistic_api = mp.solutions.holistic
     seg_api = mp.solutions.selfie_segmentation
     rows: dict[str, list] = {name: [] for name in _ARRAYS}
-    masks: list[np.ndarray] = []
+    # the person masks are the capture's largest array (T x H x W bytes: 5 GB for 2,500 frames
+    # of 1080p): with a known frame count they are written into one array, not stacked from a
+    # list at the end (which held them twice)
+    masks: list[np.ndarray] | np.ndarray = []
+    num = 0
     size: tuple[int, int] | None = None
     n_pose = 0
     t_holistic = t_seg = 0.0
@@ -154,6 +158,8 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
                                  f"{frame.shape} {frame.dtype}")
             if size is None:
                 size = frame.shape[:2]
+                if total:
+                    masks = np.zeros((int(total),) + size, np.uint8)
             elif frame.shape[:2] != size:
                 raise ValueError(f"frame {index} is {frame.shape[:2]}, the first frame was {size}")
             height, width = size
@@ -180,14 +186,19 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
             for name, arr in parts.items():
                 rows[name].append(arr)
             n_pose += parts["pose"] is not None
-            if seg is None:
-                masks.append(np.zeros(size, np.uint8))
-            else:
+            m = np.zeros(size, np.uint8)
+            if seg is not None:
                 seg = np.nan_to_num(np.asarray(seg, np.float32), nan=0.0)
-                masks.append((np.clip(seg, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+                m = (np.clip(seg, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            if isinstance(masks, np.ndarray) and index < len(masks):
+                masks[index] = m
+            else:  # unknown count, or more frames than announced
+                if isinstance(masks, np.ndarray):
+                    masks = list(masks)
+                masks.append(m)
+            num = index + 1
             bar.update(task, advance=1, info=f"person in {n_pose}/{index + 1}")
 
-    num = len(masks)
     if num == 0:
         raise ValueError("detect_keypoints got no frames")
     log.info("keypoints: %d frames, %.1f ms/frame (holistic %.1f, everyone's masks %.1f), "
@@ -204,7 +215,7 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
     kp = Keypoints2D(**data)
     if hand_max_torso_fraction is not None:
         kp = filter_hands_by_pose_wrist(kp, hand_max_torso_fraction)
-    return kp, np.stack(masks)
+    return kp, (masks[:num] if isinstance(masks, np.ndarray) else np.stack(masks))
 
 
 def find_small_person(frames: Sequence[np.ndarray], grid: tuple[int, int] = (3, 5)

@@ -111,7 +111,7 @@ class FittedSequence:
         arrays["face_local"] = self.face_local.astype(np.float32)
         if masks is not None:
             with atomic_path(root / MASKS) as tmp:
-                np.savez_compressed(tmp, masks=masks.astype(np.uint8))
+                np.savez_compressed(tmp, masks=np.asarray(masks, dtype=np.uint8))  # no copy
         with atomic_path(root / FITTED) as tmp:
             np.savez(tmp, **arrays)
         manifest = dict(self.manifest)
