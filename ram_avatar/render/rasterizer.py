@@ -609,12 +609,15 @@ class _GLContext:
             self.fbos[(H, W)] = fbo
         return fbo
 
-    def upload(self, data: bytes) -> None:
-        if self.vbo is None or self.vbo.size < len(data):
+    def upload(self, data) -> None:
+        """Write ``data`` (bytes, or a C-contiguous array: the buffer protocol) to the vertex
+        buffer, growing it when needed."""
+        nbytes = data.nbytes if isinstance(data, np.ndarray) else len(data)
+        if self.vbo is None or self.vbo.size < nbytes:
             if self.vbo is not None:
                 self.vao.release()
                 self.vbo.release()
-            self.vbo = self.ctx.buffer(reserve=max(len(data), 1 << 16), dynamic=True)
+            self.vbo = self.ctx.buffer(reserve=max(nbytes, 1 << 16), dynamic=True)
             self.vbo_generation += 1
             self.vao = self.ctx.vertex_array(self.prog, [(self.vbo, "3f", "in_pos")])
         self.vbo.write(data)
@@ -732,26 +735,31 @@ class _GLState:
         f_np = faces.cpu().numpy()
         K_np = K.cpu().numpy()
         F = f_np.shape[0]
+        corner_index = f_np.reshape(-1).astype(np.intp, copy=False)
         fbo.use()
         ctx.viewport = (0, 0, W, H)
         ctx.enable(moderngl.DEPTH_TEST)
         ctx.disable(moderngl.CULL_FACE | moderngl.BLEND)
         ctx.depth_func = "<"
         for b in range(v_np.shape[0]):
-            corners = v_np[b][f_np]  # (F,3,3) non-indexed: keeps gl_PrimitiveID == face index
+            # (F,3,3) non-indexed: keeps gl_PrimitiveID == face index (np.take: one pass, about
+            # 8x faster than fancy indexing for the 82k corners of Anny)
+            corners = np.take(v_np[b], corner_index, axis=0).reshape(F, 3, 3)
             z = corners[..., 2]
-            culled = ~(z > NEAR).all(axis=1)
-            if culled.any():
+            if bool((v_np[b][:, 2] > NEAR).all()):  # the usual case: nothing to cull
+                zmax = float(z.max()) if F else 1.0
+            else:
+                culled = ~(z > NEAR).all(axis=1)
                 # Degenerate and behind the camera: never rasterized, face numbering kept.
                 corners[culled] = (0.0, 0.0, -1.0)
-            zmax = float(z[~culled].max()) if (~culled).any() else 1.0
+                zmax = float(z[~culled].max()) if (~culled).any() else 1.0
             far = 2.0 * zmax + 1.0
             prog["proj"].write(
                 _gl_projection(K_np[b], H, W, 0.5 * NEAR, far).T.astype("f4").tobytes())
             prog["inv_far"].value = 1.0 / far
             fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
             if F:
-                gl.upload(np.ascontiguousarray(corners, dtype=np.float32).tobytes())
+                gl.upload(corners)  # float32, contiguous: written without a bytes copy
                 vao_fn().render(moderngl.TRIANGLES, vertices=3 * F)
             yield b
 
