@@ -46,6 +46,16 @@ def test_capture_outputs(subject, capsys):
 
     ov = probe_video(seq_dir / "overlay.mp4")
     assert ov.frame_count == 60 and (ov.width, ov.height) == (1280, 720)
+    # the overlay shows the mesh: blue-tinted inside the person, the room's corners untouched
+    from ram_avatar.io.video import read_frames
+
+    over = read_frames(seq_dir / "overlay.mp4", 0, 1)[0].astype(np.float32)
+    s0 = json.loads((seq_dir / "manifest.json").read_text())["source"]["start"]     # 100
+    src = read_frames(seq_dir / "source.mp4", s0, s0 + 1)[0].astype(np.float32)
+    person = np.load(seq_dir / "masks.npz")["masks"][0] > 200
+    blue_gain = (over[..., 2] - over[..., 0]) - (src[..., 2] - src[..., 0])
+    assert person.mean() > 0.05 and np.median(blue_gain[person]) > 15
+    assert np.abs(over[:100, :100] - src[:100, :100]).mean() < 3    # video coding noise only
     fitted = np.load(seq_dir / "fitted.npz")
     assert fitted["body_pose"].shape == (60, 35, 3) and fitted["betas"].shape == (1, 6)
     assert fitted["left_hand_pose"].shape == (60, 15, 3) and fitted["transl"].shape == (60, 3)
