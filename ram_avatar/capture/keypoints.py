@@ -90,6 +90,33 @@ def landmarks_to_pixels(landmark_list, count: int, width: int, height: int, thir
 PERSON_MASK_SOURCE = "mediapipe_holistic_segmentation"
 
 
+class _MaskStore:
+    """The person masks of :func:`detect_keypoints`, the capture's largest array (T x H x W
+    bytes: 5 GB for 2,500 frames of 1080p). With a known frame count they are written into
+    one preallocated array, not stacked from a list at the end (which held them twice); an
+    unknown count, or more frames than announced, falls back to the list."""
+
+    def __init__(self, total: int | None):
+        self.total = int(total) if total else 0
+        self.block: np.ndarray | None = None
+        self.extra: list[np.ndarray] = []
+
+    def add(self, index: int, mask: np.ndarray) -> None:
+        if self.block is None and self.total:
+            self.block = np.zeros((self.total,) + mask.shape, np.uint8)
+        if self.block is not None and index < len(self.block):
+            self.block[index] = mask
+        else:
+            self.extra.append(mask)
+
+    def array(self, num: int) -> np.ndarray:
+        """(num, H, W) uint8 of the ``num`` frames added."""
+        if not self.extra:
+            return self.block[:num]
+        head = [] if self.block is None else list(self.block)
+        return np.stack(head + self.extra)
+
+
 def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
                      progress_desc: str = "keypoints",
                      hand_max_torso_fraction: float | None = 0.5,
@@ -137,10 +164,7 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
     holistic_api = mp.solutions.holistic
     seg_api = mp.solutions.selfie_segmentation
     rows: dict[str, list] = {name: [] for name in _ARRAYS}
-    # the person masks are the capture's largest array (T x H x W bytes: 5 GB for 2,500 frames
-    # of 1080p): with a known frame count they are written into one array, not stacked from a
-    # list at the end (which held them twice)
-    masks: list[np.ndarray] | np.ndarray = []
+    masks = _MaskStore(total)
     num = 0
     size: tuple[int, int] | None = None
     n_pose = 0
@@ -158,8 +182,6 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
                                  f"{frame.shape} {frame.dtype}")
             if size is None:
                 size = frame.shape[:2]
-                if total:
-                    masks = np.zeros((int(total),) + size, np.uint8)
             elif frame.shape[:2] != size:
                 raise ValueError(f"frame {index} is {frame.shape[:2]}, the first frame was {size}")
             height, width = size
@@ -186,16 +208,9 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
             for name, arr in parts.items():
                 rows[name].append(arr)
             n_pose += parts["pose"] is not None
-            m = np.zeros(size, np.uint8)
-            if seg is not None:
-                seg = np.nan_to_num(np.asarray(seg, np.float32), nan=0.0)
-                m = (np.clip(seg, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-            if isinstance(masks, np.ndarray) and index < len(masks):
-                masks[index] = m
-            else:  # unknown count, or more frames than announced
-                if isinstance(masks, np.ndarray):
-                    masks = list(masks)
-                masks.append(m)
+            masks.add(index, np.zeros(size, np.uint8) if seg is None else
+                      (np.clip(np.nan_to_num(np.asarray(seg, np.float32), nan=0.0), 0.0, 1.0)
+                       * 255.0 + 0.5).astype(np.uint8))
             num = index + 1
             bar.update(task, advance=1, info=f"person in {n_pose}/{index + 1}")
 
@@ -215,7 +230,7 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
     kp = Keypoints2D(**data)
     if hand_max_torso_fraction is not None:
         kp = filter_hands_by_pose_wrist(kp, hand_max_torso_fraction)
-    return kp, (masks[:num] if isinstance(masks, np.ndarray) else np.stack(masks))
+    return kp, masks.array(num)
 
 
 def find_small_person(frames: Sequence[np.ndarray], grid: tuple[int, int] = (3, 5)

@@ -96,6 +96,9 @@ def render_sequence_maps(seq: FittedSequence, indices: np.ndarray, size: int, bo
         uint8 0..255, ``face`` (N,3,S,S) uint8 0..255; optionally ``uv_expanded`` (N,2,S,S)
         float16, ``body_mask_expanded`` (N,1,S,S) uint8, ``canon`` / ``canon_expanded``
         (N,3,S,S) float16, ``hand_boxes`` (N,2,4) float32.
+
+    Raises:
+        ValueError: no ``indices``.
     """
     body = body or load_body_model(seq.manifest["body_model"]["name"],
                                    model_path=seq.manifest["body_model"].get("model_path"))
@@ -197,7 +200,6 @@ class SubjectDataset(Dataset):
         self.size = size
         crop = seq.manifest["crop"]
         start = seq.manifest["source"]["start"]
-        wanted = set(self.indices.tolist())
         # the crops are written straight into their arrays, and the capture's full-size masks
         # (T x H x W bytes, 5 GB for 2,500 frames of 1080p) are released before the maps are
         # rendered: a long video's dataset used to hold them, the crops twice and the maps
@@ -210,7 +212,7 @@ class SubjectDataset(Dataset):
         masks_out = np.zeros((n, size, size), np.uint8)
         masks = seq.load_masks()
         for t, frame in enumerate(iter_frames(seq.source_video(), start, start + seq.num_frames)):
-            if t in wanted:
+            if t in rows_of:
                 images[rows_of[t]] = crop_resize(frame, crop, size)
                 masks_out[rows_of[t]] = crop_resize(masks[t], crop, size)
         del masks

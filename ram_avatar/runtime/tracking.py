@@ -567,8 +567,8 @@ class GaussNewtonFit:
     def _prior_energy(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         pose = x[6:].reshape(self.nj, 3)
-        sq = (pose * pose).sum(-1)                                                # (P,)
-        e = (self._w_prior * sq).sum() + cfg.w_limit * (torch.relu(sq.sqrt() - self._lim) ** 2).sum()
+        e = ((self._w_prior * (pose * pose).sum(-1)).sum()
+             + cfg.w_limit * (torch.relu(pose.norm(dim=-1) - self._lim) ** 2).sum())
         if self.knees.numel():
             k = pose[self.knees]
             e = e + cfg.w_limit * ((torch.relu(-k[:, 0]) ** 2).sum() + (k[:, 1:] ** 2).sum())
