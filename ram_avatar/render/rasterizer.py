@@ -742,8 +742,8 @@ class _GLState:
         ctx.disable(moderngl.CULL_FACE | moderngl.BLEND)
         ctx.depth_func = "<"
         for b in range(v_np.shape[0]):
-            # (F,3,3) non-indexed: keeps gl_PrimitiveID == face index (np.take: one pass, about
-            # 8x faster than fancy indexing for the 82k corners of Anny)
+            # (F,3,3) non-indexed: keeps gl_PrimitiveID == face index (np.take: about 3.7x
+            # faster than fancy indexing for the 82k corners of Anny, 1.79 -> 0.48 ms)
             corners = np.take(v_np[b], corner_index, axis=0).reshape(F, 3, 3)
             z = corners[..., 2]
             if bool((v_np[b][:, 2] > NEAR).all()):  # the usual case: nothing to cull
