@@ -211,6 +211,7 @@ def _driven_variants(subject_dir: Path, source, seq, engine: RendererBackend, ca
     bm = seq.manifest["body_model"]
     body = load_body_model(bm["name"], model_path=bm.get("model_path"), device=dev)
     tracked = track_video(source, body, camera=camera, device=dev)
+    tracked.masks.close()  # a driving video's masks are not used
     drv = tracked.params
     if driver is not None:
         drv.betas = load_driver_betas(driver, body)
@@ -456,9 +457,8 @@ def _captured_crops(seq, wanted: set[int], S: int) -> tuple[dict, dict]:
     for t, frame in enumerate(iter_frames(seq.source_video(), s0, s0 + max(wanted) + 1)):
         if t in wanted:
             crops[t] = crop_resize(frame, crop, S)
-    person_all = seq.load_masks()
-    captured_person = {t: crop_resize(person_all[t], crop, S) > 127 for t in sorted(wanted)}
-    del person_all
+    with seq.load_masks() as person_all:
+        captured_person = {t: crop_resize(person_all[t], crop, S) > 127 for t in sorted(wanted)}
     return crops, captured_person
 
 

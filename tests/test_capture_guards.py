@@ -6,6 +6,7 @@ patched ``track_video``; the guards themselves run unpatched.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -18,6 +19,7 @@ from ram_avatar.capture import pipeline
 from ram_avatar.capture.fitting import FitConfig
 from ram_avatar.cli import main
 from ram_avatar.errors import CaptureError, DiskFullError
+from ram_avatar.io.masks import PersonMaskWriter
 
 FAST_FIT = FitConfig(iters_global=20, iters_body=40, iters_hands=0)
 
@@ -27,11 +29,19 @@ def tracked(taiji_video, anny_body):
     return pipeline.track_video(taiji_video, anny_body, 0, 4, fit_config=FAST_FIT)
 
 
+def _tracked_copy(tracked):
+    """The tracked frames with their own temporary masks file (capture closes, i.e. removes, it)."""
+    w = PersonMaskWriter()
+    for m in tracked.masks:
+        w.add(m)
+    return dataclasses.replace(tracked, masks=w.close())
+
+
 @pytest.fixture
 def fake_tracking(monkeypatch, tracked, anny_body):
     """capture() without the minutes of tracking: reuse the module's tracked frames."""
     monkeypatch.setattr(pipeline, "load_body_model", lambda *a, **k: anny_body)
-    monkeypatch.setattr(pipeline, "track_video", lambda *a, **k: tracked)
+    monkeypatch.setattr(pipeline, "track_video", lambda *a, **k: _tracked_copy(tracked))
 
 
 def _fake_subject(d, name="someone_else.mp4"):

@@ -14,6 +14,7 @@ from ram_avatar.capture.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, POSE_LEF
                                           filter_hands_by_pose_wrist, longest_run)
 from ram_avatar.capture.video import VideoWriter, iter_frames, read_frames
 from ram_avatar.errors import NoPersonError, SequenceFormatError
+from ram_avatar.io.masks import PersonMasks
 
 TAIJI = Path(__file__).resolve().parents[1] / "examples" / "taiji.mp4"
 N_FRAMES = 20
@@ -25,7 +26,9 @@ def taiji():
     """Raw Holistic output (no hand filtering) and masks on the first 20 frames of taiji.mp4."""
     frames = read_frames(TAIJI, 0, N_FRAMES)
     kp, masks = detect_keypoints(iter(frames), total=None, hand_max_torso_fraction=None)
-    return frames, kp, masks
+    assert isinstance(masks, PersonMasks) and masks.chunk > 0  # written frame by frame (io.masks)
+    with masks:  # removes the temporary file
+        return frames, kp, np.asarray(masks)
 
 
 def _torso(kp: Keypoints2D) -> np.ndarray:
@@ -259,8 +262,8 @@ def test_masks_of_everyone_are_kept_for_the_sampled_frames():
 
 
 def test_masks_are_the_same_whatever_frame_count_is_announced(taiji):
-    """With ``total`` the masks are written into one preallocated (T, H, W) array (no second
-    copy from stacking a list); a count that is too small or too large changes nothing."""
+    """``total`` only sizes the progress bar: the masks are written to their file frame by frame
+    (io.masks), so a count that is too small or too large changes nothing."""
     frames, _, masks = taiji
     for total in (N_FRAMES, N_FRAMES - 7, N_FRAMES + 5):
         _, m = detect_keypoints(iter(frames), total=total, hand_max_torso_fraction=None)

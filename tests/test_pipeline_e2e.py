@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ram_avatar.cli import main
+from ram_avatar.io.masks import PersonMasks
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,9 @@ def test_capture_outputs(subject, capsys):
     over = read_frames(seq_dir / "overlay.mp4", 0, 1)[0].astype(np.float32)
     s0 = json.loads((seq_dir / "manifest.json").read_text())["source"]["start"]     # 100
     src = read_frames(seq_dir / "source.mp4", s0, s0 + 1)[0].astype(np.float32)
-    person = np.load(seq_dir / "masks.npz")["masks"][0] > 200
+    with PersonMasks(seq_dir / "masks.npz") as masks:
+        assert masks.chunk > 0  # written in chunks, frame by frame (io.masks)
+        person = masks[0] > 200
     blue_gain = (over[..., 2] - over[..., 0]) - (src[..., 2] - src[..., 0])
     assert person.mean() > 0.05 and np.median(blue_gain[person]) > 15
     assert np.abs(over[:100, :100] - src[:100, :100]).mean() < 3    # video coding noise only

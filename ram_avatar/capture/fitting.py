@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ram_avatar.body.base import BODY_LANDMARKS, HEAD_LANDMARKS, BodyModel, BodyParams
 from ram_avatar.capture.keypoints import Keypoints2D
+from ram_avatar.io.masks import PersonMasks
 from ram_avatar.utils import progress
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class SilhouetteTargets:
                  valid: np.ndarray, max_side: int = 480, points: int = 256, device="cpu"):
         import cv2
 
-        masks = np.asarray(masks)
+        masks = masks if isinstance(masks, PersonMasks) else np.asarray(masks)
         if masks.ndim != 3:
             raise ValueError(f"masks must be (T, H, W), got shape {masks.shape}")
         T, H, W = masks.shape

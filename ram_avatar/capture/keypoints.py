@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import fields
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from ram_avatar.errors import NoPersonError
+from ram_avatar.io.masks import PersonMasks, PersonMaskWriter
 from ram_avatar.io.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, POSE_LEFT_HIP,  # noqa: F401
                                      POSE_LEFT_SHOULDER, POSE_LEFT_WRIST, POSE_RIGHT_HIP,
                                      POSE_RIGHT_SHOULDER, POSE_RIGHT_WRIST, Keypoints2D,
@@ -90,38 +92,12 @@ def landmarks_to_pixels(landmark_list, count: int, width: int, height: int, thir
 PERSON_MASK_SOURCE = "mediapipe_holistic_segmentation"
 
 
-class _MaskStore:
-    """The person masks of :func:`detect_keypoints`, the capture's largest array (T x H x W
-    bytes: 5 GB for 2,500 frames of 1080p). With a known frame count they are written into
-    one preallocated array, not stacked from a list at the end (which held them twice); an
-    unknown count, or more frames than announced, falls back to the list."""
-
-    def __init__(self, total: int | None):
-        self.total = int(total) if total else 0
-        self.block: np.ndarray | None = None
-        self.extra: list[np.ndarray] = []
-
-    def add(self, index: int, mask: np.ndarray) -> None:
-        if self.block is None and self.total:
-            self.block = np.zeros((self.total,) + mask.shape, np.uint8)
-        if self.block is not None and index < len(self.block):
-            self.block[index] = mask
-        else:
-            self.extra.append(mask)
-
-    def array(self, num: int) -> np.ndarray:
-        """(num, H, W) uint8 of the ``num`` frames added."""
-        if not self.extra:
-            return self.block[:num]
-        head = [] if self.block is None else list(self.block)
-        return np.stack(head + self.extra)
-
-
 def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
                      progress_desc: str = "keypoints",
                      hand_max_torso_fraction: float | None = 0.5,
                      everyone: dict[int, np.ndarray] | None = None, everyone_every: int = 1,
-                     ) -> tuple[Keypoints2D, np.ndarray]:
+                     masks_path: str | Path | None = None,
+                     ) -> tuple[Keypoints2D, PersonMasks]:
     """Run MediaPipe Holistic (with its segmentation) on a sequence of frames.
 
     Holistic runs in tracking mode (static_image_mode=False, smooth_landmarks=True,
@@ -151,10 +127,14 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
         everyone: when given, filled with {frame index: (H, W) uint8 Selfie Segmentation mask}
             of every ``everyone_every``-th frame (everyone in view, 0..255).
         everyone_every: the stride of those frames (>= 1).
+        masks_path: where the person masks are written, frame by frame
+            (:class:`~ram_avatar.io.masks.PersonMaskWriter`: a long video's masks do not fit
+            in memory); None: a temporary file, removed when the returned masks are closed.
 
     Returns:
-        (keypoints, masks): :class:`Keypoints2D` with T frames, and person masks (T, H, W)
-        uint8, 0 = background .. 255 = person (segmentation probability times 255).
+        (keypoints, masks): :class:`Keypoints2D` with T frames, and the person masks (T, H, W)
+        uint8, 0 = background .. 255 = person (segmentation probability times 255), as a
+        :class:`~ram_avatar.io.masks.PersonMasks` reader of ``masks_path``.
 
     Raises:
         ValueError: no frames, or a frame that is not (H, W, 3) uint8 of the first frame's size.
@@ -164,12 +144,12 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
     holistic_api = mp.solutions.holistic
     seg_api = mp.solutions.selfie_segmentation
     rows: dict[str, list] = {name: [] for name in _ARRAYS}
-    masks = _MaskStore(total)
+    masks = PersonMaskWriter(masks_path)
     num = 0
     size: tuple[int, int] | None = None
     n_pose = 0
     t_holistic = t_seg = 0.0
-    with holistic_api.Holistic(static_image_mode=False, model_complexity=1, smooth_landmarks=True,
+    with masks, holistic_api.Holistic(static_image_mode=False, model_complexity=1, smooth_landmarks=True,
                                refine_face_landmarks=True, enable_segmentation=True,
                                smooth_segmentation=True) as holistic, \
             seg_api.SelfieSegmentation(model_selection=0) as segmenter, \
@@ -208,13 +188,14 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
             for name, arr in parts.items():
                 rows[name].append(arr)
             n_pose += parts["pose"] is not None
-            masks.add(index, np.zeros(size, np.uint8) if seg is None else
+            masks.add(np.zeros(size, np.uint8) if seg is None else
                       (np.clip(np.nan_to_num(np.asarray(seg, np.float32), nan=0.0), 0.0, 1.0)
                        * 255.0 + 0.5).astype(np.uint8))
             num = index + 1
             bar.update(task, advance=1, info=f"person in {n_pose}/{index + 1}")
 
     if num == 0:
+        masks.abort()
         raise ValueError("detect_keypoints got no frames")
     log.info("keypoints: %d frames, %.1f ms/frame (holistic %.1f, everyone's masks %.1f), "
              "person in %d", num, 1000 * (t_holistic + t_seg) / num, 1000 * t_holistic / num,
@@ -230,7 +211,7 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
     kp = Keypoints2D(**data)
     if hand_max_torso_fraction is not None:
         kp = filter_hands_by_pose_wrist(kp, hand_max_torso_fraction)
-    return kp, masks.array(num)
+    return kp, masks.close()
 
 
 def find_small_person(frames: Sequence[np.ndarray], grid: tuple[int, int] = (3, 5)

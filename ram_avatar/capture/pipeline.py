@@ -36,6 +36,7 @@ from ram_avatar.errors import CaptureError, DiskFullError, NoPersonError, VideoE
 from ram_avatar.io.camera import camera_for_video, undistort_points
 from ram_avatar.io.disk import fmt_bytes, free_bytes, is_disk_full
 from ram_avatar.io.lock import FolderLock
+from ram_avatar.io.masks import PersonMasks
 from ram_avatar.io.sequence import OVERLAY, SOURCE, FittedSequence
 from ram_avatar.render.conditioning import face_to_head_local, fill_invalid
 from ram_avatar.render.texture_bake import bake_capture_texture
@@ -269,7 +270,7 @@ class Tracked:
     camera: dict            # K, dist, source (+ fov_deg / focal estimate)
     keypoints: Keypoints2D  # as detected (distorted pixels)
     keypoints_fit: Keypoints2D  # undistorted, what the body was fitted to
-    masks: np.ndarray       # (T, H, W) uint8, the tracked person
+    masks: PersonMasks      # (T, H, W) uint8, the tracked person (a temporary file: close it)
     params: BodyParams
     errors: dict            # per-frame reprojection errors (fitting.reprojection_errors)
     face_local: np.ndarray  # (T, 478, 3) head-local face mesh (invalid frames filled)
@@ -281,6 +282,10 @@ def track_video(video: str | Path, body: BodyModel, start: int = 0, end: int | N
                 camera: str | Path | None = None, device="cpu", fit_config: FitConfig | None = None,
                 estimate_focal: bool = False, min_person_fraction: float = 0.5) -> Tracked:
     """Decode, detect keypoints and masks, fit ``body`` to every frame of ``video[start:end]``.
+
+    The person masks are written to a temporary file as they are made (a long video's do not
+    fit in memory) and read back frame by frame: close ``Tracked.masks`` when done, which
+    removes the file.
 
     Raises:
         VideoError: missing/corrupt video or an empty frame range.
@@ -294,45 +299,49 @@ def track_video(video: str | Path, body: BodyModel, start: int = 0, end: int | N
         raise VideoError(f"empty frame range [{start}, {end}) for {video} with {info.frame_count} frames; "
                          "check --start/--end")
     cam = camera_for_video(info.width, info.height, camera)
-    timings = {}
     everyone: dict[int, np.ndarray] = {}
     kp, masks = detect_keypoints(iter_frames(video, start, end), total=end - start,
                                  everyone=everyone, everyone_every=max(1, (end - start) // 100))
-    try:
-        check_person_found(kp, min_person_fraction, first_frame=start)
-    except NoPersonError:
-        if detected_height(kp, info.height) >= LARGE_PERSON:
-            # where a person was found they were large: the others lack one because the person
-            # left the frame (or was hidden), not because they are too small
+    timings = {}
+    try:  # the masks' temporary file goes with a failure
+        try:
+            check_person_found(kp, min_person_fraction, first_frame=start)
+        except NoPersonError:
+            if detected_height(kp, info.height) >= LARGE_PERSON:
+                # where a person was found they were large: the others lack one because the person
+                # left the frame (or was hidden), not because they are too small
+                raise
+            # a person far from the camera is missed by the whole-frame detector: look closer
+            picks = set(np.linspace(0, end - start - 1, min(3, end - start)).astype(int).tolist())
+            sample = [f for i, f in enumerate(iter_frames(video, start, start + max(picks) + 1)) if i in picks]
+            small = find_small_person(sample)
+            if small is not None:
+                raise too_small_error(small, int(kp.pose_valid.sum()), kp.num_frames, info.width,
+                                      info.height) from None
             raise
-        # a person far from the camera is missed by the whole-frame detector: look closer
-        picks = set(np.linspace(0, end - start - 1, min(3, end - start)).astype(int).tolist())
-        sample = [f for i, f in enumerate(iter_frames(video, start, start + max(picks) + 1)) if i in picks]
-        small = find_small_person(sample)
-        if small is not None:
-            raise too_small_error(small, int(kp.pose_valid.sum()), kp.num_frames, info.width,
-                                  info.height) from None
-        raise
-    timings["keypoints_s"] = time.time() - t0
-    kp_fit = undistort_keypoints(kp, cam["K"], cam["dist"])
-    if estimate_focal and camera is None:
-        from ram_avatar.capture.focal import estimate_focal_for_capture
+        timings["keypoints_s"] = time.time() - t0
+        kp_fit = undistort_keypoints(kp, cam["K"], cam["dist"])
+        if estimate_focal and camera is None:
+            from ram_avatar.capture.focal import estimate_focal_for_capture
 
-        K, entry = estimate_focal_for_capture(body, kp_fit, info.width, info.height, device)
-        cam = {**cam, "K": np.asarray(K), "source": "estimated_focal", "focal_estimate": entry}
-    t1 = time.time()
-    params = fit_sequence(body, kp_fit, cam["K"], fit_config, device=device, masks=masks,
-                          dist=np.asarray(cam["dist"]))
-    timings["fit_s"] = time.time() - t1
-    Kt = torch.as_tensor(cam["K"], dtype=torch.float32, device=device)
-    errors = reprojection_errors(body, params, kp_fit, Kt)
-    with torch.no_grad():
-        head_T = body(params.to(device), return_vertices=False).head_transform.cpu().numpy()
-    face_local = face_to_head_local(kp_fit.face, head_T, cam["K"])
-    face_local = fill_invalid(face_local, kp.face_valid) if kp.face_valid.any() else np.zeros_like(face_local)
-    return Tracked(info=info, start=start, end=end, camera=cam, keypoints=kp, keypoints_fit=kp_fit,
-                   masks=masks, params=params, errors=errors, face_local=face_local,
-                   timings=timings, everyone=everyone)
+            K, entry = estimate_focal_for_capture(body, kp_fit, info.width, info.height, device)
+            cam = {**cam, "K": np.asarray(K), "source": "estimated_focal", "focal_estimate": entry}
+        t1 = time.time()
+        params = fit_sequence(body, kp_fit, cam["K"], fit_config, device=device, masks=masks,
+                              dist=np.asarray(cam["dist"]))
+        timings["fit_s"] = time.time() - t1
+        Kt = torch.as_tensor(cam["K"], dtype=torch.float32, device=device)
+        errors = reprojection_errors(body, params, kp_fit, Kt)
+        with torch.no_grad():
+            head_T = body(params.to(device), return_vertices=False).head_transform.cpu().numpy()
+        face_local = face_to_head_local(kp_fit.face, head_T, cam["K"])
+        face_local = fill_invalid(face_local, kp.face_valid) if kp.face_valid.any() else np.zeros_like(face_local)
+        return Tracked(info=info, start=start, end=end, camera=cam, keypoints=kp, keypoints_fit=kp_fit,
+                       masks=masks, params=params, errors=errors, face_local=face_local,
+                       timings=timings, everyone=everyone)
+    except BaseException:
+        masks.close()
+        raise
 
 
 def _resolve_body_model(body_model: str, model_path, dev: torch.device) -> tuple:
@@ -432,7 +441,7 @@ def _discard_partial_capture(tmp: Path | None, subject_dir: Path, created: bool)
 
 
 def _disk_full_error(e: BaseException, subject_dir: Path, final: Path, video: Path, written: int,
-                     masks: np.ndarray, overlay: bool) -> DiskFullError:
+                     masks: PersonMasks, overlay: bool) -> DiskFullError:
     """The :class:`DiskFullError` of a capture whose writing filled the disk (sizes, what is left)."""
     src = video.stat().st_size
     need = max(written, masks.size // 20) + src * (2 if overlay else 1)
@@ -493,30 +502,31 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
     dev = resolve_device(device)
     body, model_path = _resolve_body_model(body_model, model_path, dev)
     tr = track_video(video, body, start, end, camera, dev, fit_config, estimate_focal, min_person_fraction)
-    kp, errors = tr.keypoints, tr.errors
-    valid = kp.pose_valid & (np.nan_to_num(errors["body"], nan=1.0) < MAX_VALID_BODY_ERROR)
-    _check_valid_fraction(valid, kp, errors, min_valid_fraction, tr.info)
-    others = _warn_other_people(tr.everyone, kp, video)
-    manifest = _capture_manifest(video, tr, valid, body, model_path, fit_config, others)
-    seq = FittedSequence(params=tr.params, keypoints=kp, valid=valid, face_local=tr.face_local,
-                         manifest=manifest)
+    with tr.masks:  # their temporary file is removed at the end
+        kp, errors = tr.keypoints, tr.errors
+        valid = kp.pose_valid & (np.nan_to_num(errors["body"], nan=1.0) < MAX_VALID_BODY_ERROR)
+        _check_valid_fraction(valid, kp, errors, min_valid_fraction, tr.info)
+        others = _warn_other_people(tr.everyone, kp, video)
+        manifest = _capture_manifest(video, tr, valid, body, model_path, fit_config, others)
+        seq = FittedSequence(params=tr.params, keypoints=kp, valid=valid, face_local=tr.face_local,
+                             manifest=manifest)
 
-    created = not subject_dir.exists()
-    final = subject_dir / "sequence"
-    tmp = None
-    try:
-        with FolderLock(subject_dir, what="subject", name=".capture.lock"):
-            remove_stale_temporaries(subject_dir)
-            parts = check_output_folder(subject_dir, overwrite)  # again, under the lock
-            tmp = Path(tempfile.mkdtemp(prefix=".sequence.", dir=subject_dir))
-            _write_sequence_files(tmp, seq, tr, video, body, overlay, t0)
-            _replace_subject(subject_dir, parts, overwrite)
-            tmp.rename(final)
-    except BaseException as e:
-        written = _discard_partial_capture(tmp, subject_dir, created)
-        if is_disk_full(e):
-            raise _disk_full_error(e, subject_dir, final, video, written, tr.masks, overlay) from None
-        raise
+        created = not subject_dir.exists()
+        final = subject_dir / "sequence"
+        tmp = None
+        try:
+            with FolderLock(subject_dir, what="subject", name=".capture.lock"):
+                remove_stale_temporaries(subject_dir)
+                parts = check_output_folder(subject_dir, overwrite)  # again, under the lock
+                tmp = Path(tempfile.mkdtemp(prefix=".sequence.", dir=subject_dir))
+                _write_sequence_files(tmp, seq, tr, video, body, overlay, t0)
+                _replace_subject(subject_dir, parts, overwrite)
+                tmp.rename(final)
+        except BaseException as e:
+            written = _discard_partial_capture(tmp, subject_dir, created)
+            if is_disk_full(e):
+                raise _disk_full_error(e, subject_dir, final, video, written, tr.masks, overlay) from None
+            raise
     seq.root = final
     log.info("captured %d frames (%d valid), body reprojection median %.4f of bbox height, in %.0f s",
              seq.num_frames, valid.sum(), manifest["reprojection_error"]["body"]["median"] or float("nan"),

@@ -238,6 +238,7 @@ def _tracked_driver(source: str | Path, body, device, cache: bool = True):
                 log.info("driving video %s: tracked parameters from the cache %s", source, path)
                 return BodyParams.from_numpy({k: z[k] for k in z.files if k != "fps"}), float(z["fps"])
     tracked = track_video(source, body, device=device)
+    tracked.masks.close()  # a driving video's masks are not used
     params, fps = tracked.params.to("cpu"), float(tracked.info.fps)
     if path is not None:
         with atomic_path(path) as tmp:

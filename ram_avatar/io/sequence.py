@@ -10,7 +10,9 @@ Layout of ``<subject>/sequence/``::
                       expression (T, n_expr), transl (T, 3)
                     plus keypoints ``kp_*`` (see capture.keypoints.Keypoints2D), ``valid`` (T,),
                     ``face_local`` (T, 478, 3) face-mesh landmarks in head-local metres
-    masks.npz       ``masks`` (T, H, W) uint8 person masks 0..255
+    masks.npz       (T, H, W) uint8 person masks 0..255, in chunks of frames (io.masks; older
+                    captures: one ``masks`` array), read frame by frame through
+                    :class:`~ram_avatar.io.masks.PersonMasks`
     source.mp4      copy of the captured video (the subject folder is self-contained)
     overlay.mp4     fitted mesh drawn over the frames, for judging the fit
 
@@ -29,6 +31,7 @@ import numpy as np
 
 from ram_avatar.body.base import PARAM_NAMES, BodyParams
 from ram_avatar.io.keypoints import Keypoints2D
+from ram_avatar.io.masks import PersonMasks, write_person_masks
 from ram_avatar.errors import SequenceFormatError
 from ram_avatar.utils import atomic_path, atomic_write_text
 
@@ -84,25 +87,29 @@ class FittedSequence:
         assert self.root is not None
         return self.root / SOURCE
 
-    def load_masks(self) -> np.ndarray:
-        """(T, H, W) uint8 person masks.
+    def load_masks(self) -> PersonMasks:
+        """The (T, H, W) uint8 person masks, read frame by frame on access (a long video's
+        masks do not fit in memory: :mod:`ram_avatar.io.masks`). Close it when done.
 
         Raises:
-            SequenceFormatError: masks.npz missing or of the wrong shape.
+            SequenceFormatError: masks.npz missing, unreadable or of the wrong shape.
         """
         assert self.root is not None
         path = self.root / MASKS
         try:
-            masks = np.load(path)["masks"]
+            masks = PersonMasks(path)
+            shape = masks.shape
         except Exception as e:  # noqa: BLE001
             raise SequenceFormatError(f"cannot read person masks {path}: {e}; re-run ram-avatar capture") from e
         W, H = self.size
-        if masks.shape != (self.num_frames, H, W):
-            raise SequenceFormatError(f"{path}: masks have shape {masks.shape}, expected {(self.num_frames, H, W)}")
+        if shape != (self.num_frames, H, W):
+            masks.close()
+            raise SequenceFormatError(f"{path}: masks have shape {shape}, expected {(self.num_frames, H, W)}")
         return masks
 
     def save(self, root: str | Path, masks: np.ndarray | None = None) -> None:
-        """Write fitted.npz, manifest.json (and masks.npz when given) atomically into ``root``."""
+        """Write fitted.npz, manifest.json (and masks.npz when given: a (T, H, W) uint8 array or
+        a :class:`~ram_avatar.io.masks.PersonMasks`, written in chunks) atomically into ``root``."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         arrays = {k: v.astype(np.float32) for k, v in self.params.as_numpy().items()}
@@ -111,7 +118,7 @@ class FittedSequence:
         arrays["face_local"] = self.face_local.astype(np.float32)
         if masks is not None:
             with atomic_path(root / MASKS) as tmp:
-                np.savez_compressed(tmp, masks=np.asarray(masks, dtype=np.uint8))  # no copy
+                write_person_masks(tmp, masks)
         with atomic_path(root / FITTED) as tmp:
             np.savez(tmp, **arrays)
         manifest = dict(self.manifest)

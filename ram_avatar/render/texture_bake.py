@@ -581,9 +581,8 @@ def bake_texture(seq, frames=None, size: int = 1024, backend: str = "auto",
     if body is None:
         bm = seq.manifest["body_model"]
         body = load_body_model(bm["name"], model_path=bm.get("model_path"))
-    masks_all = seq.load_masks()
-    masks = masks_all[used]
-    del masks_all
+    with seq.load_masks() as masks_all:  # only the frames used are read
+        masks = masks_all[used]
     with torch.no_grad():
         verts = torch.cat([body(seq.params.index(torch.as_tensor(used[c:c + 16])).to(body.device))
                            .vertices.cpu() for c in range(0, len(used), 16)])
