@@ -39,3 +39,34 @@ def test_dataset_crops_and_chunked_maps(live_subject):  # noqa: F811
     assert one["body_mask"].float().mean() > 0.05
     with pytest.raises(ValueError, match="no frames"):
         render_sequence_maps(seq, np.array([], np.int64), 64, body=ds.body)
+
+
+def test_maps_beyond_the_memory_budget_are_drawn_when_read(live_subject):  # noqa: F811
+    """A dataset whose maps do not fit its budget keeps the first frames' maps and draws the
+    others on demand: every item (temporal previous-frame maps included) equals the item of a
+    dataset that keeps them all; render_sequence_maps' max_bytes keeps the rows that fit."""
+    from ram_avatar.io.sequence import load_sequence
+    from ram_avatar.render.sequence import SubjectDataset, render_sequence_maps
+
+    seq = load_sequence(live_subject)
+    idx = np.array([2, 5, 3, 7, 6])
+    extras = ("expanded", "canonical", "temporal", "hand_boxes")
+    full = SubjectDataset(seq, idx, 64, extras=extras)
+    per_frame = sum(v[0].nbytes for v in full.maps.values())
+    assert full.cached_rows == len(full.map_frames) > len(idx)  # previous frames 1 and 4 too
+    small = SubjectDataset(seq, idx, 64, extras=extras, body=full.body,
+                           map_cache_bytes=2 * per_frame + per_frame // 2)
+    assert small.cached_rows == 2 and len(small.maps["uv"]) == 2
+    for i in range(len(idx)):
+        a, b = full[i], small[i]
+        assert set(a) == set(b) >= {"uv", "canon", "prev_uv", "prev_body_mask", "hand_boxes"}
+        for k in a:
+            if torch.is_tensor(a[k]):
+                assert torch.equal(a[k], b[k]), (i, k)
+            else:
+                assert a[k] == b[k], (i, k)
+    whole = render_sequence_maps(seq, idx, 64, body=full.body)
+    plain = sum(v[0].nbytes for v in whole.values())
+    part = render_sequence_maps(seq, idx, 64, body=full.body, max_bytes=3 * plain, chunk=2)
+    for k in whole:  # the first rows that fit, the same values
+        assert len(part[k]) == 3 and torch.equal(part[k], whole[k][:3]), k

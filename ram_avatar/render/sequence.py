@@ -20,8 +20,10 @@ Each item of :class:`SubjectDataset` is the dict of docs/INTERFACES.md:
 ``uv (2,S,S)``, ``body_mask (1,S,S)``, ``hand (5,S,S)``, ``face (3,S,S)`` conditioning maps
 (render.conditioning), ``image (3,S,S)`` in [0, 1], ``person_mask (1,S,S)`` in [0, 1] and
 ``frame_index``. Frames are cropped with the subject's fixed square crop (manifest ``crop``)
-and resized to S; maps are rendered with the matching intrinsics. Everything is rendered once
-and kept in memory in compact dtypes (uint8 / float16), about 15 bytes per pixel per frame.
+and resized to S; maps are rendered with the matching intrinsics. The frames and masks are
+kept in memory; the maps are rendered once and kept in compact dtypes (uint8 / float16, 15-30
+bytes per pixel per frame) up to a memory budget, and the maps of frames beyond it are drawn
+when read (a long video's maps do not fit in memory).
 
 Optional keys (full renderer, temporal discriminator, hand loss), only with ``extras``:
 
@@ -42,6 +44,7 @@ Optional keys (full renderer, temporal discriminator, hand loss), only with ``ex
 from __future__ import annotations
 
 import logging
+import os
 
 import cv2
 import numpy as np
@@ -57,8 +60,8 @@ from ram_avatar.utils import progress
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXTRAS", "SubjectDataset", "add_previous_maps", "crop_resize", "map_render_options",
-           "maps_to_float", "render_sequence_maps"]
+__all__ = ["EXTRAS", "SequenceMapDrawer", "SubjectDataset", "add_previous_maps", "crop_resize",
+           "default_map_cache_bytes", "map_render_options", "maps_to_float", "render_sequence_maps"]
 
 
 def crop_resize(img: np.ndarray, crop: list[float], size: int, interpolation=cv2.INTER_AREA) -> np.ndarray:
@@ -82,7 +85,8 @@ def render_sequence_maps(seq: FittedSequence, indices: np.ndarray, size: int, bo
                          params=None, face_local=None, face_valid=None, backend: str = "auto",
                          chunk: int = 16, desc: str = "conditioning maps",
                          expand_offset: float | None = None, canonical: bool = False,
-                         boxes: bool = False) -> dict[str, torch.Tensor]:
+                         boxes: bool = False, max_bytes: int | None = None
+                         ) -> dict[str, torch.Tensor]:
     """Conditioning maps for frames ``indices`` of ``seq`` (or for ``params`` when given,
     e.g. retargeted driving poses), in the subject's training crop at ``size``.
 
@@ -90,6 +94,8 @@ def render_sequence_maps(seq: FittedSequence, indices: np.ndarray, size: int, bo
         expand_offset: also render the expanded-mesh maps (metres along the normals).
         canonical: also render the canonical-position maps.
         boxes: also return the hand boxes.
+        max_bytes: render only the first frames whose maps fit in this many bytes (at least
+            one; measured on the first chunk): the maps then have fewer rows than ``indices``.
 
     Returns:
         dict ``uv`` (N,2,S,S) float16, ``body_mask`` (N,1,S,S) uint8 0/1, ``hand`` (N,5,S,S)
@@ -100,38 +106,78 @@ def render_sequence_maps(seq: FittedSequence, indices: np.ndarray, size: int, bo
     Raises:
         ValueError: no ``indices``.
     """
-    body = body or load_body_model(seq.manifest["body_model"]["name"],
-                                   model_path=seq.manifest["body_model"].get("model_path"))
-    params = seq.params if params is None else params
-    face_local = seq.face_local if face_local is None else face_local
-    face_valid = np.ones(len(face_local), bool) if face_valid is None else face_valid
-    K = crop_intrinsics(seq.K, seq.manifest["crop"], size)
-    cond = ConditioningRenderer(body, backend=backend)
-    keys = ["uv", "body_mask", "hand", "face"]
-    if expand_offset is not None:
-        keys += ["uv_expanded", "body_mask_expanded"] + (["canon_expanded"] if canonical else [])
-    if canonical:
-        keys.append("canon")
-    if boxes:
-        keys.append("hand_boxes")
+    drawer = SequenceMapDrawer(seq, size, body, params, face_local, face_valid, backend,
+                               expand_offset, canonical, boxes)
     n = len(indices)
     if n == 0:
         raise ValueError("render_sequence_maps: no frames to render")
+    keep = n
     out: dict[str, torch.Tensor] = {}  # filled chunk by chunk (no list of chunks + cat copy)
     with progress() as bar:
         task = bar.add_task(desc, total=n, info="")
         for c in range(0, n, chunk):
-            idx = torch.as_tensor(indices[c:c + chunk])
-            m = cond.render(params.index(idx), face_local[idx.numpy()], K, size,
-                            face_valid[idx.numpy()], expand_offset=expand_offset,
-                            canonical=canonical)
-            for k in keys:  # compact storage dtypes of the input contract (models.inputs)
-                v = contract.to_storage(k, m[k])
+            if c >= keep:
+                break
+            idx = indices[c:c + chunk]
+            m = drawer.draw(idx)
+            if not out and max_bytes is not None:  # rows that fit in max_bytes (at least one)
+                per_frame = sum(v.nbytes for v in m.values()) / len(idx)
+                keep = int(min(n, max(1, max_bytes // max(per_frame, 1))))
+                bar.update(task, total=keep)
+            for k, v in m.items():
                 if k not in out:
-                    out[k] = v.new_empty((n,) + tuple(v.shape[1:]))
-                out[k][c:c + len(idx)] = v
-            bar.advance(task, len(idx))
+                    out[k] = v.new_empty((keep,) + tuple(v.shape[1:]))
+                out[k][c:c + len(idx)] = v[:keep - c]
+            bar.advance(task, min(len(idx), keep - c))
     return out
+
+
+class SequenceMapDrawer:
+    """Draws the compact maps of frames of a sequence (or of given poses) in the subject's
+    training crop: the per-chunk step of :func:`render_sequence_maps` (same arguments), kept
+    open so a :class:`SubjectDataset` can draw the frames it does not keep in memory on demand.
+
+    ``draw(frame_indices (n,)) -> dict`` of ``(n, C, S, S)`` compact maps (and ``hand_boxes``
+    with ``boxes``), the dtypes of :func:`render_sequence_maps`.
+    """
+
+    def __init__(self, seq: FittedSequence, size: int, body=None, params=None, face_local=None,
+                 face_valid=None, backend: str = "auto", expand_offset: float | None = None,
+                 canonical: bool = False, boxes: bool = False):
+        self.body = body or load_body_model(seq.manifest["body_model"]["name"],
+                                            model_path=seq.manifest["body_model"].get("model_path"))
+        self.params = seq.params if params is None else params
+        self.face_local = seq.face_local if face_local is None else face_local
+        self.face_valid = (np.ones(len(self.face_local), bool) if face_valid is None
+                           else np.asarray(face_valid, bool))
+        self.K = crop_intrinsics(seq.K, seq.manifest["crop"], size)
+        self.size, self.expand_offset, self.canonical = size, expand_offset, canonical
+        self.cond = ConditioningRenderer(self.body, backend=backend)
+        keys = ["uv", "body_mask", "hand", "face"]
+        if expand_offset is not None:
+            keys += ["uv_expanded", "body_mask_expanded"] + (["canon_expanded"] if canonical else [])
+        if canonical:
+            keys.append("canon")
+        if boxes:
+            keys.append("hand_boxes")
+        self.keys = keys
+
+    def draw(self, indices) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, np.int64)
+        m = self.cond.render(self.params.index(torch.as_tensor(idx)), self.face_local[idx], self.K,
+                             self.size, self.face_valid[idx], expand_offset=self.expand_offset,
+                             canonical=self.canonical)
+        # compact storage dtypes of the input contract (models.inputs)
+        return {k: contract.to_storage(k, m[k]) for k in self.keys}
+
+
+def default_map_cache_bytes() -> int:
+    """A quarter of the machine's physical memory (bytes): :class:`SubjectDataset`'s default
+    budget for the conditioning maps it keeps (4 GiB where the size cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
 
 
 def maps_to_float(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -181,6 +227,12 @@ class SubjectDataset(Dataset):
         expand_offset: metres of the expanded mesh (``RendererConfig.expand_offset``).
         params: BodyParams of all T frames to render the maps from (e.g. a run's refined
             poses, training.pose_refine); None = the sequence's fitted parameters.
+        map_cache_bytes: the maps of the first frames are rendered once and kept in memory up
+            to this many bytes; the other frames' maps are drawn when an item is read (the
+            same maps, about 30 ms per frame at 256^2 on a CPU). None: a quarter of the
+            machine's memory (:func:`default_map_cache_bytes`). A long video's maps do not
+            fit: 2 MB per frame at 256^2 with the full renderer's extras, 19 GB for the 9,000
+            frames of five minutes, 16x that at 1024^2.
 
     Attributes used by pose refinement: ``body`` (the body model), ``params`` (the sequence's
     fitted BodyParams, all T frames), ``K_crop`` (3,3) intrinsics of the S x S crop, ``backend``.
@@ -190,7 +242,8 @@ class SubjectDataset(Dataset):
     """
 
     def __init__(self, seq: FittedSequence, indices: np.ndarray, size: int, backend: str = "auto",
-                 body=None, extras=(), expand_offset: float = 0.01, params=None):
+                 body=None, extras=(), expand_offset: float = 0.01, params=None,
+                 map_cache_bytes: int | None = None):
         unknown = sorted(set(extras) - set(EXTRAS))
         if unknown:
             raise ValueError(f"unknown dataset extras {unknown}; known: {EXTRAS}")
@@ -210,12 +263,11 @@ class SubjectDataset(Dataset):
         n = len(self.indices)
         images = np.zeros((n, size, size, 3), np.uint8)
         masks_out = np.zeros((n, size, size), np.uint8)
-        masks = seq.load_masks()
-        for t, frame in enumerate(iter_frames(seq.source_video(), start, start + seq.num_frames)):
-            if t in rows_of:
-                images[rows_of[t]] = crop_resize(frame, crop, size)
-                masks_out[rows_of[t]] = crop_resize(masks[t], crop, size)
-        del masks
+        with seq.load_masks() as masks:  # read frame by frame (io.masks)
+            for t, frame in enumerate(iter_frames(seq.source_video(), start, start + seq.num_frames)):
+                if t in rows_of:
+                    images[rows_of[t]] = crop_resize(frame, crop, size)
+                    masks_out[rows_of[t]] = crop_resize(masks[t], crop, size)
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         self.masks = torch.from_numpy(masks_out)[:, None]
         del images
@@ -239,20 +291,41 @@ class SubjectDataset(Dataset):
         self.params = seq.params if params is None else params
         self.K_crop = crop_intrinsics(seq.K, crop, size)
         self.backend = backend
-        self.maps = render_sequence_maps(
-            seq, np.asarray(map_frames, dtype=np.int64), size, body=self.body, backend=backend,
-            params=self.params, expand_offset=expand_offset if "expanded" in self.extras else None,
-            canonical="canonical" in self.extras, boxes="hand_boxes" in self.extras)
+        self.map_frames = np.asarray(map_frames, dtype=np.int64)
+        budget = default_map_cache_bytes() if map_cache_bytes is None else int(map_cache_bytes)
+        opts = dict(expand_offset=expand_offset if "expanded" in self.extras else None,
+                    canonical="canonical" in self.extras, boxes="hand_boxes" in self.extras)
+        self.maps = render_sequence_maps(seq, self.map_frames, size, body=self.body,
+                                         backend=backend, params=self.params,
+                                         max_bytes=budget, **opts)
+        #: rows of ``map_frames`` whose maps are kept in ``maps``; the others are drawn on demand
+        self.cached_rows = len(self.maps["uv"])
+        self._drawer = None
+        if self.cached_rows < len(self.map_frames):
+            self._drawer = SequenceMapDrawer(seq, size, self.body, self.params, backend=backend, **opts)
+            per = sum(v[0].nbytes for v in self.maps.values())
+            log.info("conditioning maps: %d of %d frames kept in memory (%.1f GB at %.1f MB per "
+                     "frame), the others drawn when read", self.cached_rows, len(self.map_frames),
+                     self.cached_rows * per / 1e9, per / 1e6)
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _maps_at(self, row: int) -> dict:
-        return {k: v[0] for k, v in maps_to_float({k: m[row:row + 1]
-                                                   for k, m in self.maps.items()}).items()}
+    def _compact_rows(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        """Compact maps (len(rows), ...) of rows of :attr:`map_frames`, from memory or drawn."""
+        lazy = [r for r in rows if r >= self.cached_rows]
+        drawn = self._drawer.draw(self.map_frames[lazy]) if lazy else None
+        out = {}
+        for k, m in self.maps.items():
+            parts = [m[r:r + 1] if r < self.cached_rows else drawn[k][lazy.index(r)][None]
+                     for r in rows]
+            out[k] = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return out
 
     def __getitem__(self, i: int) -> dict:
-        item = self._maps_at(i)
+        r = None if self.prev_row is None else int(self.prev_row[i])
+        compact = self._compact_rows([i] if r is None else [i, r])
+        item = {k: v[0] for k, v in maps_to_float(compact).items()}
         item["image"] = self.images[i].float() / 255.0
         # a segmentation can miss limbs (the Selfie model of older captures missed legs and
         # feet): the fitted body's silhouette completes it
@@ -260,11 +333,10 @@ class SubjectDataset(Dataset):
         item["frame_index"] = int(self.indices[i])
         if "hand_boxes" in item:
             item["hand_valid"] = torch.ones(2, dtype=torch.bool)
-        if self.prev_row is not None:
-            r = int(self.prev_row[i])
+        if r is not None:
             for spec in contract.INPUTS.values():
-                if spec.previous_of is not None and spec.previous_of in self.maps:
-                    item[spec.name] = contract.to_float(spec.previous_of, self.maps[spec.previous_of][r])
+                if spec.previous_of is not None and spec.previous_of in compact:
+                    item[spec.name] = contract.to_float(spec.previous_of, compact[spec.previous_of][-1])
         if self.prev_pos is not None:
             item["image_prev"] = self.images[int(self.prev_pos[i])].float() / 255.0
             item["image_next"] = self.images[int(self.next_pos[i])].float() / 255.0
