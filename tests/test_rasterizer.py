@@ -633,3 +633,20 @@ def test_nvdiffrast_state_is_checked_again_after_fork(emulated_nvdiffrast):
     assert state.available() == NV_OK
     if not NV_OK:
         assert state.error and R.auto_backend() in ("moderngl", "torch")
+
+
+@pytest.mark.skipif(not R.moderngl_available(), reason="moderngl / EGL unavailable")
+def test_moderngl_keeps_framebuffers_of_the_last_sizes_only():
+    """A caller whose image size changes every call (the texture bake draws each frame's depth
+    in the box of its projection) does not pile up one framebuffer per size (40 MB each at
+    4K); the sizes in use stay cached and the draws stay right."""
+    V, F, K = _tiny()
+    ref = R.rasterize(V, F, K, (8, 8), backend="moderngl")
+    gl = R._GL._init()
+    for n in range(1, 11):
+        R.rasterize(V, F, K, (8 + n, 8 + 2 * n), backend="moderngl")
+        assert len(gl.fbos) <= gl.MAX_FBOS
+    assert (18, 28) in gl.fbos and (8, 8) not in gl.fbos
+    again = R.rasterize(V, F, K, (8, 8), backend="moderngl")
+    assert torch.equal(again.face_id, ref.face_id) and torch.allclose(again.depth, ref.depth)
+    assert ref.face_id.max() >= 0

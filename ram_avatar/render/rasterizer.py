@@ -52,6 +52,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
@@ -532,13 +533,31 @@ def _gl_projection(K: np.ndarray, H: int, W: int, near: float, far: float) -> np
     return P
 
 
+def _release_fbo(fbo) -> None:
+    """Release a framebuffer and its attachments."""
+    for att in (*fbo.color_attachments, fbo.depth_attachment):
+        if att is not None:
+            att.release()
+    fbo.release()
+
+
 class _GLContext:
-    """One thread's EGL context with its program, per-size framebuffers and vertex buffer."""
+    """One thread's EGL context with its program, per-size framebuffers and vertex buffer.
+
+    The framebuffers of the :data:`MAX_FBOS` sizes used last are kept (least recently used
+    first out): a stream of one size (training maps, the live app) reuses its own, and a
+    caller whose size changes every call (the texture bake draws each frame's depth in the
+    box of its projection) no longer keeps one per size: at 4K those were about 40 MB each,
+    5 GB over a bake of 120 frames.
+    """
+
+    #: framebuffer sizes kept per context
+    MAX_FBOS = 4
 
     def __init__(self, ctx, prog):
         self.ctx = ctx
         self.prog = prog
-        self.fbos: dict[tuple, object] = {}
+        self.fbos: OrderedDict[tuple, object] = OrderedDict()
         self.vbo = None
         self.vao = None
         self.vbo_generation = 0  # counts position-buffer reallocations (vertex arrays follow)
@@ -552,15 +571,24 @@ class _GLContext:
         self.attr_vao = None
         self.attr_vao_for = None
 
+    def _cached_fbo(self, key: tuple, make):
+        """The framebuffer of ``key`` (made by ``make()`` when missing), most recently used
+        now; the least recently used beyond :data:`MAX_FBOS` are released."""
+        fbo = self.fbos.get(key)
+        if fbo is None:
+            fbo = self.fbos[key] = make()
+            while len(self.fbos) > self.MAX_FBOS:
+                _release_fbo(self.fbos.popitem(last=False)[1])
+        else:
+            self.fbos.move_to_end(key)
+        return fbo
+
     def attr_fbo(self, H: int, W: int):
         """Framebuffer of the attribute program: one RGBA float colour and a depth buffer."""
-        fbo = self.fbos.get((H, W, "attr"))
-        if fbo is None:
-            ctx = self.ctx
-            fbo = ctx.framebuffer(color_attachments=[ctx.texture((W, H), 4, dtype="f4")],
-                                  depth_attachment=ctx.depth_texture((W, H)))
-            self.fbos[(H, W, "attr")] = fbo
-        return fbo
+        ctx = self.ctx
+        return self._cached_fbo((H, W, "attr"), lambda: ctx.framebuffer(
+            color_attachments=[ctx.texture((W, H), 4, dtype="f4")],
+            depth_attachment=ctx.depth_texture((W, H))))
 
     def attr_program(self):
         """The attribute program (:data:`_ATTR_VERTEX_SHADER`), built on first use."""
@@ -599,15 +627,11 @@ class _GLContext:
         return self.attr_vao
 
     def fbo(self, H: int, W: int):
-        fbo = self.fbos.get((H, W))
-        if fbo is None:
-            ctx = self.ctx
-            color = ctx.texture((W, H), 4, dtype="f4")
-            face = ctx.texture((W, H), 1, dtype="i4")
-            depth = ctx.depth_texture((W, H))
-            fbo = ctx.framebuffer(color_attachments=[color, face], depth_attachment=depth)
-            self.fbos[(H, W)] = fbo
-        return fbo
+        """Framebuffer of the main program: RGBA float colour, int face id and depth."""
+        ctx = self.ctx
+        return self._cached_fbo((H, W), lambda: ctx.framebuffer(
+            color_attachments=[ctx.texture((W, H), 4, dtype="f4"), ctx.texture((W, H), 1, dtype="i4")],
+            depth_attachment=ctx.depth_texture((W, H))))
 
     def upload(self, data) -> None:
         """Write ``data`` (bytes, or a C-contiguous array: the buffer protocol) to the vertex
@@ -626,10 +650,7 @@ class _GLContext:
         """Free the GL objects and the context (call from the owning thread)."""
         with self.ctx:
             for fbo in self.fbos.values():
-                for att in (*fbo.color_attachments, fbo.depth_attachment):
-                    if att is not None:
-                        att.release()
-                fbo.release()
+                _release_fbo(fbo)
             if self.vbo is not None:
                 self.vao.release()
                 self.vbo.release()
@@ -638,7 +659,7 @@ class _GLContext:
                     obj.release()
             self.prog.release()
         self.ctx.release()
-        self.fbos, self.vbo, self.vao = {}, None, None
+        self.fbos, self.vbo, self.vao = OrderedDict(), None, None
         self.attr_prog = self.attr_vbo = self.attr_vao = self.attr_data = self.attr_vao_for = None
         self.attr_src = self.attr_src_version = None
 
