@@ -77,3 +77,20 @@ def test_sideways_phone_clip_decodes_like_the_upright_clip(tmp_path, taiji_video
     assert err < 3.0, err                                         # same picture (codec noise)
     # frame ranges work on rotated clips too
     assert np.array_equal(read_frames(path, 2, 3)[0], got[2])
+
+
+def test_display_matrix_is_read_once_per_stream(tmp_path, monkeypatch):
+    """iter_frames reads the display matrix from the first frame only: reading a frame's side
+    data in PyAV keeps that frame alive until the cyclic garbage collector runs (decoding a
+    4K clip grew to 2 GB), and every frame still comes out rotated the same way."""
+    from ram_avatar.io import video as V
+
+    frames = [np.roll(_pattern(), 3 * i, axis=1) for i in range(6)]
+    path = _encode(tmp_path / "r.mp4", frames, rotation=90, lossless=True)
+    calls = []
+    real = V._frame_orientation
+    monkeypatch.setattr(V, "_frame_orientation", lambda f: calls.append(1) or real(f))
+    out = list(iter_frames(path, 2, 6))
+    assert len(calls) == 1 and len(out) == 4
+    for f, src in zip(out, frames[2:]):
+        assert f.shape == (64, 32, 3) and np.abs(f.astype(int) - np.rot90(src, 1)).mean() < 2.0

@@ -121,10 +121,11 @@ def _frame_orientation(frame: av.VideoFrame) -> tuple[int, bool]:
     return _display_orientation(np.frombuffer(raw[:36], dtype=np.int32))
 
 
-def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """Decoded frame -> upright (H, W, 3) uint8 RGB (display matrix applied)."""
+def _to_rgb(frame: av.VideoFrame, orientation: tuple[int, bool]) -> np.ndarray:
+    """Decoded frame -> upright (H, W, 3) uint8 RGB, ``orientation`` the stream's (k, mirror)
+    of :func:`_frame_orientation`."""
     rgb = frame.to_ndarray(format="rgb24")
-    k, mirror = _frame_orientation(frame)
+    k, mirror = orientation
     if k:
         rgb = np.rot90(rgb, k)
     if mirror:
@@ -280,6 +281,10 @@ def iter_frames(path: str | os.PathLike, start: int = 0, end: int | None = None
         of_total = f" of {header_count}" if header_count else ""
         index = 0  # index of the next frame the decoder will return
         failure: str | None = None
+        # the display matrix is read from the first frame only: reading a frame's side data
+        # in PyAV keeps that frame's buffers alive until the cyclic garbage collector runs,
+        # 1 GB of 1080p frames (2 GB at 4K over 150 frames) when read for every frame
+        orientation: tuple[int, bool] | None = None
         packets = container.demux(stream)
         while failure is None:
             try:
@@ -300,8 +305,10 @@ def iter_frames(path: str | os.PathLike, start: int = 0, end: int | None = None
                 failure = f"the decoder reported: {e}"
                 break
             for frame in frames:
+                if orientation is None:
+                    orientation = _frame_orientation(frame)
                 if index >= start:
-                    yield _to_rgb(frame)
+                    yield _to_rgb(frame, orientation)
                 index += 1
                 if end is not None and index >= end:
                     return
@@ -312,8 +319,10 @@ def iter_frames(path: str | os.PathLike, start: int = 0, end: int | None = None
             except av.error.FFmpegError:
                 buffered = []
             for frame in buffered:
+                if orientation is None:
+                    orientation = _frame_orientation(frame)
                 if index >= start:
-                    yield _to_rgb(frame)
+                    yield _to_rgb(frame, orientation)
                 index += 1
                 if end is not None and index >= end:
                     return
