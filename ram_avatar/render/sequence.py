@@ -229,7 +229,8 @@ class SubjectDataset(Dataset):
             poses, training.pose_refine); None = the sequence's fitted parameters.
         map_cache_bytes: the maps of the first frames are rendered once and kept in memory up
             to this many bytes; the other frames' maps are drawn when an item is read (the
-            same maps, about 30 ms per frame at 256^2 on a CPU). None: a quarter of the
+            same maps; an item and its previous frame took 70 ms at 256^2 on a 2-core CPU,
+            against 2.4 ms from memory). None: a quarter of the
             machine's memory (:func:`default_map_cache_bytes`). A long video's maps do not
             fit: 2 MB per frame at 256^2 with the full renderer's extras, 19 GB for the 9,000
             frames of five minutes, 16x that at 1024^2.
