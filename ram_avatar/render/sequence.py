@@ -232,8 +232,8 @@ class SubjectDataset(Dataset):
             same maps; an item and its previous frame took 70 ms at 256^2 on a 2-core CPU,
             against 2.4 ms from memory). None: a quarter of the
             machine's memory (:func:`default_map_cache_bytes`). A long video's maps do not
-            fit: 2 MB per frame at 256^2 with the full renderer's extras, 19 GB for the 9,000
-            frames of five minutes, 16x that at 1024^2.
+            fit: 1.18 MB per frame at 256^2 with cpu-256's extras, 10.6 GB for the 9,000
+            frames of five minutes at 30 fps, 16x that at 1024^2.
 
     Attributes used by pose refinement: ``body`` (the body model), ``params`` (the sequence's
     fitted BodyParams, all T frames), ``K_crop`` (3,3) intrinsics of the S x S crop, ``backend``.
