@@ -18,11 +18,11 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ram_avatar.errors import NoPersonError
-from ram_avatar.io.masks import PersonMasks, PersonMaskWriter
 from ram_avatar.io.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, POSE_LEFT_HIP,  # noqa: F401
                                      POSE_LEFT_SHOULDER, POSE_LEFT_WRIST, POSE_RIGHT_HIP,
                                      POSE_RIGHT_SHOULDER, POSE_RIGHT_WRIST, Keypoints2D,
                                      _ARRAYS)
+from ram_avatar.io.masks import PersonMasks, PersonMaskWriter
 from ram_avatar.utils import progress
 
 log = logging.getLogger(__name__)
@@ -149,9 +149,10 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
     size: tuple[int, int] | None = None
     n_pose = 0
     t_holistic = t_seg = 0.0
-    with masks, holistic_api.Holistic(static_image_mode=False, model_complexity=1, smooth_landmarks=True,
-                               refine_face_landmarks=True, enable_segmentation=True,
-                               smooth_segmentation=True) as holistic, \
+    with masks, \
+            holistic_api.Holistic(static_image_mode=False, model_complexity=1,
+                                  smooth_landmarks=True, refine_face_landmarks=True,
+                                  enable_segmentation=True, smooth_segmentation=True) as holistic, \
             seg_api.SelfieSegmentation(model_selection=0) as segmenter, \
             progress() as bar:
         task = bar.add_task(progress_desc, total=total, info="")

@@ -107,7 +107,7 @@ class FittedSequence:
             raise SequenceFormatError(f"{path}: masks have shape {shape}, expected {(self.num_frames, H, W)}")
         return masks
 
-    def save(self, root: str | Path, masks: np.ndarray | None = None) -> None:
+    def save(self, root: str | Path, masks: np.ndarray | PersonMasks | None = None) -> None:
         """Write fitted.npz, manifest.json (and masks.npz when given: a (T, H, W) uint8 array or
         a :class:`~ram_avatar.io.masks.PersonMasks`, written in chunks) atomically into ``root``."""
         root = Path(root)

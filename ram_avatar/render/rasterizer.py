@@ -547,8 +547,8 @@ class _GLContext:
     The framebuffers of the :data:`MAX_FBOS` sizes used last are kept (least recently used
     first out): a stream of one size (training maps, the live app) reuses its own, and a
     caller whose size changes every call (the texture bake draws each frame's depth in the
-    box of its projection) no longer keeps one per size: at 4K those were about 40 MB each,
-    5 GB over a bake of 120 frames.
+    box of its projection) no longer keeps one per size: the rasterise calls of a 4K bake of
+    30 frames added 0.84 GB of RSS, 0.38-0.48 GB with the cache bounded.
     """
 
     #: framebuffer sizes kept per context
