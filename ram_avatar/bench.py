@@ -6,7 +6,17 @@ into memory first (a camera delivers decoded frames), then fed one by one to
 The first ``warmup`` frames (the first one gets the full body fit; graph and EGL warm-up) are
 not timed. Reported per resolution: frames per second of the sequential pipeline, end-to-end
 latency (mean / median / p90 / max, ms) and the mean of every stage (track, fit, retarget,
-align, maps, render).
+align, maps, render), and the process's CPU time per timed frame (``cpu_ms_per_frame``, all
+its threads: MediaPipe's, ONNX Runtime's and OpenVINO's included), with the share of the
+machine's cores it used (``cpu_utilisation``). On a CPU-bound pipeline ``fps`` cannot exceed
+``1000 * cores / cpu_ms_per_frame``.
+
+The same code runs at very different speeds on the shared development hosts: MediaPipe
+Holistic alone took 26-29 ms per taiji frame on 2026-12-03 and about 58 ms on the day before,
+on the same CPU model, code and video. So every report also times a fixed single-thread
+workload before and after the run (:func:`host_speed_ms`, ``machine.reference_ms``): reports
+whose reference times differ were taken on hosts of different speed and their rates are not
+comparable.
 
 Resolutions other than the subject's own renderer are timed with a **randomly initialised
 renderer** of the same architecture (``cpu-256`` channel sizes at that resolution), exported
@@ -125,6 +135,29 @@ def _load_frames(source: Path, start: int, count: int) -> list[np.ndarray]:
     return frames
 
 
+def host_speed_ms(repeats: int = 9) -> float:
+    """Median wall time (ms) of a fixed pure-Python workload (a sum of 300,000 integer
+    products on one thread). It does not measure the live runtime; it measures the host, so
+    that reports of ``bench live`` taken on different days can be compared (module
+    docstring). Pure Python, because the speed of a library kernel depends on what else the
+    process has loaded: a torch convolution took 3.5 ms before ``import onnxruntime`` and
+    1.9 ms after it, in one process on a quiet host (2026-12-03). On the 2-core development
+    machine this workload took 10.5-10.7 ms on a quiet host (2026-12-03).
+    """
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sum(i * i for i in range(300_000))
+        times.append(1000.0 * (time.perf_counter() - t0))
+    return round(float(np.median(times)), 2)
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system, s) of this process, all threads."""
+    t = os.times()
+    return t.user + t.system
+
+
 def _summary(values: list[float]) -> dict:
     a = np.asarray(values, float)
     return {"mean": round(float(a.mean()), 1), "median": round(float(np.median(a)), 1),
@@ -169,10 +202,11 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
             (the live app's form): as one stage (three).
     Returns:
         JSON-able dict: machine info and, per resolution, ``fps``, ``latency_ms`` (end to
-        end), ``stages_ms`` (means), ``renderer`` (``subject`` or ``random-init (timing
-        only)``), providers, frames with a person, the rasterizer of the maps
-        (``raster_backend``) and the per-frame fit (``fit_method``: ``gauss-newton`` or
-        ``adam``).
+        end), ``stages_ms`` (means), ``cpu_ms_per_frame`` and ``cpu_utilisation`` (module
+        docstring), ``renderer`` (``subject`` or ``random-init (timing only)``), providers,
+        frames with a person, the rasterizer of the maps (``raster_backend``) and the
+        per-frame fit (``fit_method``: ``gauss-newton`` or ``adam``); ``machine.reference_ms``:
+        :func:`host_speed_ms` before and after the run.
     Raises:
         RamAvatarError: bad subject, backend or source.
     """
@@ -204,7 +238,8 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
         "machine": {"platform": platform.platform(), "processor": platform.machine(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-                    "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None},
+                    "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+                    "reference_ms": {"before": host_speed_ms()}},
         "results": {},
     }
     if dev.type == "cpu":
@@ -236,6 +271,7 @@ def bench_live(subject_dir: str | Path, resolution: int | None = None, device: s
                 entry["error"] = str(e)
             report["results"][str(R)] = entry
             log.info("bench live %s: %s", R, {k: entry.get(k) for k in ("fps", "renderer", "error")})
+    report["machine"]["reference_ms"]["after"] = host_speed_ms()
     return report
 
 
@@ -250,6 +286,7 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
     stats: list[dict] = []
     person = 0
     wall = None
+    cpu = None   # CPU seconds of the process over the timed frames
     shape: list = []  # (H, W, C) of the last output frame
     done: list[dict] = []  # stats of the pipelined frames, in finishing order
 
@@ -273,20 +310,25 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
                     if i == warmup:
                         while len(done) < warmup:  # warm-up frames out of the timing
                             time.sleep(0.001)
-                        t_start = time.perf_counter()
+                        t_start, cpu_start = time.perf_counter(), _cpu_seconds()
                     pipe.submit(frame)
                 while len(done) < len(video) and pipe.running:
                     time.sleep(0.001)
                 wall = time.perf_counter() - (t_start or 0.0)
+                cpu = _cpu_seconds() - cpu_start if t_start is not None else None
             stats = [st for st in done if st.get("seq", 0) > warmup and "error" not in st]
             person = sum(bool(st["person"]) for st in stats)
         else:
             for i, frame in enumerate(video):
+                if i == warmup:
+                    cpu_start = _cpu_seconds()
                 img, st = rt.process(frame)
                 shape[:] = list(np.shape(img))
                 if i >= warmup:
                     stats.append(st)
                     person += bool(st["person"])
+        if not pipelined:
+            cpu = _cpu_seconds() - cpu_start if len(video) > warmup else None
     finally:
         rt.close()
     raster = rt.cond.backend
@@ -297,6 +339,7 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
     total = [s["total"] for s in stats]
     if wall is None:
         wall = sum(total) / 1000.0
+    n_done = max(len(video) - warmup, 1)   # the CPU time covers every timed frame
     latency = [s.get("latency", s["total"]) for s in stats]
     lat = _summary(latency)
     lat["p95"] = round(float(np.percentile(latency, 95)), 1)
@@ -306,6 +349,9 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
         "fps": round(len(stats) / wall, 2),
         "latency_ms": lat,
         "stages_ms": {k: round(float(np.mean([s[k] for s in stats])), 1) for k in STAGES},
+        "cpu_ms_per_frame": None if cpu is None else round(1000.0 * cpu / n_done, 1),
+        "cpu_utilisation": None if cpu is None or wall <= 0 else
+        round(cpu / (wall * (os.cpu_count() or 1)), 3),
         "frames_with_person": person, "timed_frames": len(stats), "output_shape": shape,
         "mda": rt.mda_enabled, "raster_backend": raster, "fit_method": rt.fitter.method,
     }
