@@ -3,19 +3,25 @@
 The crop test drives the body fit of :class:`ram_avatar.runtime.tracking.BodyTracker` from the
 full frame and from its head-to-waist crop (top 55%) of examples/taiji.mp4 and compares the
 arms: shoulder-centred elbow and wrist positions of the fitted body (mean shape), crop vs
-full frame, 14 frames (104..131, every 2nd; MediaPipe ~0.3 s/frame here), first 2 frames
-(initial fits) left out. Measured (2026-12-02, this machine):
+full frame, 14 frames (104..131, every 2nd), first 2 frames (initial fits) left out.
 
-* ``stand``: median 6.1 cm in 3D, 1.0 cm in the image plane (camera x, y);
-* ``sit``:   median 5.3 cm in 3D, 0.9 cm in the image plane.
+Measured with this fit (2026-12-03; ``/work/exp/s26/crop.py``, the same comparison over
+longer clips):
 
-The 3D error is mostly depth, which one monocular frame does not determine. On other clips
-of the same video (frames 100..131 with the avatar's own shape) we measured up to 16 cm 3D /
-7.5 cm image plane, with MediaPipe's own 2D disagreement between crop and full frame at
-~3 cm median and up to 20 cm on single frames. The tolerances (3D median <= 10 cm, image
-plane median <= 4 cm) are the test's measurement with headroom for MediaPipe run-to-run
-variation; the issue's 5 cm median is met on this clip, not everywhere. The legs of the
-crop are held exactly (zero jitter) at the chosen pose.
+* this clip, ``stand``: median 2.9 cm in 3D, 0.9 cm in the image plane (camera x, y);
+  ``sit``: 4.5 cm in 3D, 0.9 cm in the image plane (the seated legs tilt the pelvis);
+* all 412 frames of taiji, ``stand``: median 3.5 cm in 3D (p90 13.0), 0.9 cm in the image
+  plane;
+* all 219 frames of basketball_drive.mp4 (its top 55% cuts at the waist, and the dribbling
+  hand is below the cut in half of the frames), ``stand``: median 5.7 cm in 3D, 2.4 cm in the
+  image plane; 5.2 / 2.1 cm for the elbows and wrists that lie inside the crop. There the
+  crop's fit puts the body 17% farther from the camera (median shoulder depth ratio 1.17):
+  without the crouched legs, one frame's scale comes from the upper body alone.
+
+The 3D error is mostly depth, which one monocular frame does not determine (MediaPipe's own
+2D elbows and wrists agree within 0.9 cm between crop and full frame on basketball). The
+tolerances: the issue's 5 cm median in 3D for ``stand``, 6 cm for ``sit``, and 2 cm in the
+image plane. The legs of the crop are held exactly (zero jitter) at the chosen pose.
 """
 
 from __future__ import annotations
@@ -183,8 +189,8 @@ def test_head_to_waist_crop_drives_the_arms_and_holds_the_legs(anny, mode):
     e3, exy = _arm_errors([a[0] for a, _ in pairs[2:]], [b[0] for _, b in pairs[2:]])
     print(f"{mode}: arms crop vs full, median 3D {np.median(e3):.1f} cm, image plane "
           f"{np.median(exy):.1f} cm")
-    assert np.median(exy) <= 4.0
-    assert np.median(e3) <= 10.0
+    assert np.median(exy) <= 2.0
+    assert np.median(e3) <= (5.0 if mode == "stand" else 6.0)
 
 
 def test_runtime_holds_then_eases_to_rest(live_subject):  # noqa: F811
