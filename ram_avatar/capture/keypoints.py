@@ -92,6 +92,12 @@ def landmarks_to_pixels(landmark_list, count: int, width: int, height: int, thir
 PERSON_MASK_SOURCE = "mediapipe_holistic_segmentation"
 
 
+def _probability_to_uint8(prob) -> np.ndarray:
+    """A MediaPipe segmentation mask ``(H, W)`` float probability (NaN as 0) -> uint8 0..255."""
+    p = np.clip(np.nan_to_num(np.asarray(prob, np.float32), nan=0.0), 0.0, 1.0)
+    return (p * 255.0 + 0.5).astype(np.uint8)
+
+
 def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
                      progress_desc: str = "keypoints",
                      hand_max_torso_fraction: float | None = 0.5,
@@ -172,9 +178,7 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
             result = holistic.process(frame)
             t1 = time.perf_counter()
             if everyone is not None and index % max(1, everyone_every) == 0:
-                scene = segmenter.process(frame).segmentation_mask                # (H, W) float
-                everyone[index] = (np.clip(np.nan_to_num(np.asarray(scene, np.float32)), 0.0, 1.0)
-                                   * 255.0 + 0.5).astype(np.uint8)
+                everyone[index] = _probability_to_uint8(segmenter.process(frame).segmentation_mask)
             seg = result.segmentation_mask                                        # (H, W) or None
             t_holistic += t1 - t0
             t_seg += time.perf_counter() - t1
@@ -189,9 +193,7 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
             for name, arr in parts.items():
                 rows[name].append(arr)
             n_pose += parts["pose"] is not None
-            masks.add(np.zeros(size, np.uint8) if seg is None else
-                      (np.clip(np.nan_to_num(np.asarray(seg, np.float32), nan=0.0), 0.0, 1.0)
-                       * 255.0 + 0.5).astype(np.uint8))
+            masks.add(np.zeros(size, np.uint8) if seg is None else _probability_to_uint8(seg))
             num = index + 1
             bar.update(task, advance=1, info=f"person in {n_pose}/{index + 1}")
 
