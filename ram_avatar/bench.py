@@ -12,8 +12,8 @@ machine's cores it used (``cpu_utilisation``). On a CPU-bound pipeline ``fps`` c
 ``1000 * cores / cpu_ms_per_frame``.
 
 The same code runs at very different speeds on the shared development hosts: MediaPipe
-Holistic alone took 26-29 ms per taiji frame on 2026-12-03 and about 58 ms on the day before,
-on the same CPU model, code and video. So every report also times a fixed single-thread
+Holistic alone took 26-29 ms per taiji frame on a quiet host on 2026-12-03, where earlier
+sessions measured 58-86 ms per frame on the same CPU model and video. So every report also times a fixed single-thread
 workload before and after the run (:func:`host_speed_ms`, ``machine.reference_ms``): reports
 whose reference times differ were taken on hosts of different speed and their rates are not
 comparable.
