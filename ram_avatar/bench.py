@@ -13,8 +13,8 @@ machine's cores it used (``cpu_utilisation``). On a CPU-bound pipeline ``fps`` c
 
 The same code runs at very different speeds on the shared development hosts: MediaPipe
 Holistic alone took 26-29 ms per taiji frame on a quiet host on 2026-12-03, where earlier
-sessions measured 58-86 ms per frame on the same CPU model and video. So every report also times a fixed single-thread
-workload before and after the run (:func:`host_speed_ms`, ``machine.reference_ms``): reports
+sessions measured 58-86 ms per frame on the same CPU model and video. So every report also
+times a fixed single-thread workload before and after the run (:func:`host_speed_ms`, ``machine.reference_ms``): reports
 whose reference times differ were taken on hosts of different speed and their rates are not
 comparable.
 
@@ -142,7 +142,7 @@ def host_speed_ms(repeats: int = 9) -> float:
     docstring). Pure Python, because the speed of a library kernel depends on what else the
     process has loaded: a torch convolution took 3.5 ms before ``import onnxruntime`` and
     1.9 ms after it, in one process on a quiet host (2026-12-03). On the 2-core development
-    machine this workload took 10.5-10.7 ms on a quiet host (2026-12-03).
+    machine this workload took 10.1-10.9 ms on a quiet host (2026-12-03; once 12.5 ms).
     """
     times = []
     for _ in range(repeats):
@@ -286,7 +286,7 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
     stats: list[dict] = []
     person = 0
     wall = None
-    cpu = None   # CPU seconds of the process over the timed frames
+    cpu_start = None   # CPU seconds of the process when the timed frames start
     shape: list = []  # (H, W, C) of the last output frame
     done: list[dict] = []  # stats of the pipelined frames, in finishing order
 
@@ -315,7 +315,6 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
                 while len(done) < len(video) and pipe.running:
                     time.sleep(0.001)
                 wall = time.perf_counter() - (t_start or 0.0)
-                cpu = _cpu_seconds() - cpu_start if t_start is not None else None
             stats = [st for st in done if st.get("seq", 0) > warmup and "error" not in st]
             person = sum(bool(st["person"]) for st in stats)
         else:
@@ -327,8 +326,7 @@ def _run(subject_dir: Path, backend: str, dev: torch.device, engine, video, warm
                 if i >= warmup:
                     stats.append(st)
                     person += bool(st["person"])
-        if not pipelined:
-            cpu = _cpu_seconds() - cpu_start if len(video) > warmup else None
+        cpu = None if cpu_start is None else _cpu_seconds() - cpu_start
     finally:
         rt.close()
     raster = rt.cond.backend

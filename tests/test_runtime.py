@@ -142,7 +142,8 @@ def test_bench_live_smoke(live_subject):  # noqa: F811
     assert set(r["stages_ms"]) == set(STAGES)
     assert r["output_shape"] == [256, 256, 3] and rep["output"] is None
     # the process's CPU time over the timed frames, and the host's reference time around the run
-    assert r["cpu_ms_per_frame"] > 0 and 0 < r["cpu_utilisation"] <= 1.0
+    # (os.times counts in 10 ms ticks: over two short frames that may add a few % of the cores)
+    assert r["cpu_ms_per_frame"] > 0 and 0 < r["cpu_utilisation"] <= 1.05
     assert rep["machine"]["reference_ms"]["before"] > 0 and rep["machine"]["reference_ms"]["after"] > 0
     json.dumps(rep)
 
