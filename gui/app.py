@@ -54,6 +54,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from gui import gc_guard
 from gui.settings import save_settings
 from gui.sources import check_source, list_cameras, open_source
 from gui.worker import DEFAULT_KEY, LiveWorker, virtual_camera_available
@@ -191,6 +192,8 @@ class LiveWindow(QMainWindow):
         self.worker.recording_changed.connect(self._on_recording_changed)
         self.worker.virtual_camera_changed.connect(self._on_vcam_changed)
         self.worker.finished.connect(self.thread.quit)
+        gc_guard.acquire()      # no cyclic collection on the worker's threads (gui.gc_guard)
+        self._gc_held = True
         self.thread.start()
         if source is not None and str(source) != "":
             self.start_source(source)
@@ -584,10 +587,30 @@ class LiveWindow(QMainWindow):
 
     # -- shutdown -----------------------------------------------------------------------------
     def shutdown(self, timeout_ms: int = 10000) -> bool:
-        """Stop the worker and wait for its thread; True when it ended in time."""
+        """Stop the worker and wait for its thread; True when it ended in time.
+
+        Once the thread has ended, automatic garbage collection is handed back
+        (:func:`gui.gc_guard.release`); it stays on the GUI thread while the thread runs.
+        """
         self.worker.stop()
         self.thread.quit()
-        return bool(self.thread.wait(timeout_ms))
+        ended = bool(self.thread.wait(timeout_ms))
+        if ended and self._gc_held:
+            self._gc_held = False
+            gc_guard.release()
+        return ended
+
+    def dispose(self, timeout_ms: int = 10000) -> bool:
+        """Shut down, close and delete the window's C++ side now, on the GUI thread.
+
+        Use it where the window is not the application's last act (tests, scripted runs): a
+        window left to Python's collector may otherwise be destroyed on another thread
+        (:mod:`gui.gc_guard`). Returns what :meth:`shutdown` returned.
+        """
+        ended = self.shutdown(timeout_ms)
+        self.close()
+        gc_guard.delete_now(self)
+        return ended
 
     def closeEvent(self, event):  # noqa: N802 (Qt API)
         self.save_settings()
@@ -718,9 +741,12 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "auto", device:
     win.save_settings()
     win.shutdown()
     n = sums.pop("_n", 0.0)
-    return {"frames": result["frames"], "completed": bool(result["completed"]),
-            "output_size": result.get("output_size"), "output_channels": result.get("output_channels"),
-            "fps": round(float(win.worker.fps), 2),
-            "latency_ms_mean": {k: round(v / n, 1) for k, v in sums.items()} if n else {},
-            "screenshot": str(screenshot) if screenshot else None,
-            "messages": [m for _, m in win.messages[-5:]]}
+    summary = {"frames": result["frames"], "completed": bool(result["completed"]),
+               "output_size": result.get("output_size"),
+               "output_channels": result.get("output_channels"),
+               "fps": round(float(win.worker.fps), 2),
+               "latency_ms_mean": {k: round(v / n, 1) for k, v in sums.items()} if n else {},
+               "screenshot": str(screenshot) if screenshot else None,
+               "messages": [m for _, m in win.messages[-5:]]}
+    win.dispose()   # deleted here, on the GUI thread, not by a later collection elsewhere
+    return summary

@@ -96,9 +96,7 @@ def _window(qapp, **kw):
 
 
 def _close(qapp, win):
-    assert win.shutdown(20000)
-    win.close()
-    win.deleteLater()
+    assert win.dispose(20000), "the worker thread did not stop"   # deleted on this thread
     qapp.processEvents()
 
 

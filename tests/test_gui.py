@@ -67,9 +67,7 @@ def _window(qapp, subject, **kw):
 
 
 def _close(qapp, win) -> None:
-    assert win.shutdown(20000), "the worker thread did not stop"
-    win.close()
-    win.deleteLater()
+    assert win.dispose(20000), "the worker thread did not stop"   # deleted on this thread
     qapp.processEvents()
 
 

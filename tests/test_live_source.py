@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -95,9 +96,57 @@ def test_no_person_in_view_is_shown():
         _wait(app, lambda: win.frames_shown > 10, 30)
         assert len(win.messages) == n                                      # no flicker
     finally:
-        win.shutdown(10000)
-        win.close()
+        win.dispose(10000)
         app.processEvents()
+
+
+class _Marker:
+    """Records the thread that finalises it; kept in a reference cycle, so only the cyclic
+    collector frees it."""
+
+    freed_on: list = []
+
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        _Marker.freed_on.append(threading.get_ident())
+
+
+def test_garbage_is_collected_on_the_gui_thread_while_the_worker_runs():
+    """CI crashed when a collection on the worker thread destroyed an earlier test's window
+    (gui.gc_guard): while a window's worker runs, automatic collection is off and the GUI
+    thread's timer collects; ``dispose`` deletes the window's C++ side at once, on this
+    thread, and hands automatic collection back."""
+    import gc
+
+    import shiboken6
+    from PySide6.QtWidgets import QApplication
+
+    from gui import gc_guard
+    from gui.app import LiveWindow
+
+    app = QApplication.instance() or QApplication([])
+    assert gc.isenabled() and gc_guard.active() == 0
+    win = LiveWindow("unused", source="cam", runtime_factory=_Runtime,
+                     source_factory=lambda spec: _Frames())
+    win.show()
+    try:
+        _wait(app, lambda: win.frames_shown > 3, 30)
+        assert not gc.isenabled() and gc_guard.active() == 1
+        _Marker.freed_on.clear()
+        _Marker()
+        # past generation 0's threshold (the count is allocations less deallocations: kept)
+        junk = [[i] for i in range(3 * gc.get_threshold()[0])]
+        _wait(app, lambda: _Marker.freed_on, 10)   # the GUI timer collects within ~1 s
+        del junk
+        assert _Marker.freed_on == [threading.get_ident()]
+    finally:
+        assert win.dispose(10000)
+    assert not shiboken6.isValid(win)               # the C++ window is gone already
+    assert gc.isenabled() and gc_guard.active() == 0
+    with pytest.raises(RuntimeError, match="without a matching acquire"):
+        gc_guard.release()
 
 
 def test_banner_marks_the_displayed_frame_only():
