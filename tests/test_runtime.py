@@ -216,7 +216,7 @@ def test_gauss_newton_jacobian_matches_autograd(live_subject, anny_body):  # noq
     K = torch.as_tensor(seq.K, dtype=torch.float32)
     gn.fit(seq.keypoints.subset(slice(5, 6)), K, p, iters=0)  # sets the frame's targets only
     x = gn.pack(p)
-    J = gn._jacobian(gn._evaluate(x))                                    # (75, 2, 201)
+    J, _ = gn._jacobian(gn._evaluate(x))                                  # (75, 2, 201)
     J_ref = torch.autograd.functional.jacobian(lambda v: gn._evaluate(v).r, x)
     assert J.shape == J_ref.shape == (75, 2, 6 + 3 * (anny_body.num_body_joints + 30))
     assert J_ref.abs().max() > 0.1
@@ -235,6 +235,19 @@ def test_gauss_newton_jacobian_matches_autograd(live_subject, anny_body):  # noq
     beyond = (x[6:].reshape(-1, 3).norm(dim=-1) > gn._lim).repeat_interleave(3)
     keep = torch.cat([torch.ones(6, dtype=torch.bool), ~beyond])
     assert keep.sum() > 100 and torch.allclose(H[keep][:, keep], H_ref[keep][:, keep], atol=1e-4)
+    # the torso prior's rows (frames without hips): analytic equals autograd; its second
+    # residual (the torso turned > 60 deg from the body's image "down") tested active too
+    gn._lean_w, gn._lean_target = 10.0, 0.1
+    for down in ([0.0, 1.0, 0.0], [0.0, -1.0, 0.0]):
+        gn._down = torch.tensor(down)
+        _, J_t = gn._jacobian(gn._evaluate(x))
+        ref = torch.autograd.functional.jacobian(lambda v: gn._torso_residuals(gn._evaluate(v).lm_world), x)
+        assert J_t.shape == ref.shape == (2, gn.n) and ref[0].abs().max() > 0.05
+        assert (J_t - ref).abs().max() < 1e-3 * ref.abs().max()
+        r_t = gn._torso_residuals(gn._evaluate(x).lm_world)
+        assert (r_t[1] > 0) == (down[1] < 0)           # upright torso: only the flipped "down" is violated
+        e_t = gn._evaluate(x).prior - gn._prior_energy(x)             # the terms are in the energy
+        assert torch.allclose(e_t, 10.0 * (r_t ** 2).sum())
 
 
 def test_live_fit_gauss_newton_beats_adam(live_subject, anny_body):  # noqa: F811

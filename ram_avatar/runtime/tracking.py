@@ -54,6 +54,7 @@ __all__ = ["HolisticTracker", "PersonLock", "BodyTracker", "FixedShapeBody", "Li
 
 #: MediaPipe pose landmarks of the hips, and of the legs below them (knees, ankles, heels, toes)
 HIP_LANDMARKS = (23, 24)
+TORSO_LANDMARKS = (11, 12, 23, 24)   # shoulders, hips
 LEG_LANDMARKS = (25, 26, 27, 28, 29, 30, 31, 32)
 #: what the lower body does when the legs are not seen (``--lower-body``)
 LOWER_BODY_MODES = ("stand", "sit")
@@ -518,6 +519,8 @@ class GaussNewtonFit:
         self._xy = self._c = self._K = self._h = self._x_pred = None
         self.temporal = self.temporal_transl = 0.0
         self._root_weight = 1.0
+        self._lean_w, self._lean_target = 0.0, 0.0   # torso lean prior, set by fit()
+        self._down = torch.tensor([0.0, 1.0, 0.0], device=self.device)
 
     # -- parameters -----------------------------------------------------------------------
     def pack(self, p: BodyParams) -> torch.Tensor:
@@ -556,7 +559,58 @@ class GaussNewtonFit:
         f, c = torch.stack([K[0, 0], K[1, 1]]), torch.stack([K[0, 2], K[1, 2]])
         uv = lm_world[:, :2] / Z[:, None] * f + c                                # fitting.project
         r = (uv - self._xy) / self._h
-        return _FitState(x, self._prior_energy(x), lm_world, W, y, Rg, r, Z)
+        prior = self._prior_energy(x)
+        if self._lean_w > 0:
+            prior = prior + self._lean_w * (self._torso_residuals(lm_world) ** 2).sum()
+        return _FitState(x, prior, lm_world, W, y, Rg, r, Z)
+
+    def _body_down(self, xy: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """(3,) unit camera-frame direction, in the image plane, from the head to the hips as
+        the 2D landmarks show it: perpendicular to the shoulder line (11 -> 12), on the side
+        away from the nose (0); the image's +y when the shoulders or the nose are not seen."""
+        down = torch.tensor([0.0, 1.0, 0.0], device=self.device)
+        if bool((c[[0, 11, 12]] > 0).all()):
+            sl = xy[12] - xy[11]
+            perp = torch.stack([-sl[1], sl[0]])
+            if float(perp @ (0.5 * (xy[11] + xy[12]) - xy[0])) < 0:
+                perp = -perp
+            if float(perp.norm()) > 1e-6:
+                down = torch.cat([perp / perp.norm(), perp.new_zeros(1)])
+        return down
+
+    @staticmethod
+    def _lean(lm_world: torch.Tensor) -> torch.Tensor:
+        """Torso lean along the camera axis: the z component (camera frame) of the unit vector
+        from the shoulder midpoint to the hip midpoint (pose landmarks 11, 12 / 23, 24); 0 =
+        the torso in the image plane, > 0 = the top of the torso towards the camera."""
+        u = 0.5 * (lm_world[23] + lm_world[24]) - 0.5 * (lm_world[11] + lm_world[12])
+        return u[2] / u.norm().clamp(min=1e-6)
+
+    def _torso_residuals(self, lm_world: torch.Tensor) -> torch.Tensor:
+        """(2,) residuals of the torso prior: the lean's distance to its target, and how far
+        the torso turns more than 60 deg away from the image's "down" of the body
+        (``self._down``, perpendicular to the 2D shoulder line, away from the nose) -- 0
+        inside that cone. The second keeps the lean term's mirror solution (a torso turned
+        over, hips above the shoulders, with the same lean) out of reach."""
+        u = 0.5 * (lm_world[23] + lm_world[24]) - 0.5 * (lm_world[11] + lm_world[12])
+        u = u / u.norm().clamp(min=1e-6)
+        return torch.stack([u[2] - self._lean_target, torch.relu(0.5 - u @ self._down)])
+
+    def _torso_rows(self, st: _FitState, d_lm: torch.Tensor) -> torch.Tensor:
+        """(2, N) Jacobian of :meth:`_torso_residuals` given ``d_lm (4, 3, N)``, the Jacobian
+        of the camera-frame landmarks 11, 12, 23, 24."""
+        X = st.lm_world
+        u = 0.5 * (X[23] + X[24]) - 0.5 * (X[11] + X[12])
+        n = u.norm().clamp(min=1e-6)
+        uh = u / n
+        du = 0.5 * (d_lm[2] + d_lm[3]) - 0.5 * (d_lm[0] + d_lm[1])                 # (3, N)
+        ez = torch.zeros_like(u)
+        ez[2] = 1.0
+        rows = []
+        for axis, sign, active in ((ez, 1.0, True), (self._down, -1.0, bool(uh @ self._down < 0.5))):
+            g = (axis - (uh @ axis) * uh) / n                                      # d (uh . axis) / d u
+            rows.append(sign * (g @ du) if active else torch.zeros_like(du[0]))
+        return torch.stack(rows)
 
     def _energy(self, st: _FitState, sigma: float) -> torch.Tensor:
         """Total energy of a state with Geman-McClure scale ``sigma``."""
@@ -614,7 +668,9 @@ class GaussNewtonFit:
         return g, H
 
     def _jacobian(self, st: _FitState) -> torch.Tensor:
-        """(L, 2, N) Jacobian of the normalised residuals ``st.r`` w.r.t. the parameters."""
+        """(L, 2, N) Jacobian of the normalised residuals ``st.r`` w.r.t. the parameters, and
+        the (2, N) Jacobian of the torso prior's residuals (:meth:`_torso_rows`) when the
+        prior is on (``_lean_w > 0``), else None."""
         x, W, Rg = st.x, st.W, st.Rg
         heads = W[:, :3, 3]                                                       # (nb, 3)
         hP = heads[self.posed]                                                    # (P, 3)
@@ -635,7 +691,15 @@ class GaussNewtonFit:
         PR = proj @ Rg                                                            # (L, 2, 3)
         J_pose = torch.einsum("lia,lcad->licd", PR, Jm).reshape(len(X), 2, -1)
         J_go = proj @ (-_skew(X - x[:3])) @ LJ[-1]                                # (L, 2, 3)
-        return torch.cat([proj, J_go, J_pose], -1)
+        J = torch.cat([proj, J_go, J_pose], -1)
+        if self._lean_w <= 0:
+            return J, None
+        # the camera-frame Jacobian of the torso landmarks, for the lean prior
+        sel = torch.tensor(TORSO_LANDMARKS, device=self.device)
+        eye = torch.eye(3, device=self.device).expand(len(sel), 3, 3)
+        J3_go = -_skew(X[sel] - x[:3]) @ LJ[-1]                                    # (4, 3, 3)
+        J3_pose = torch.einsum("ab,lcbd->lacd", Rg, Jm[sel]).reshape(len(sel), 3, -1)
+        return J, self._torso_rows(st, torch.cat([eye, J3_go, J3_pose], -1))
 
     # -- fit --------------------------------------------------------------------------------
     def fit(self, kp: Keypoints2D, K: torch.Tensor, init: BodyParams, iters: int,
@@ -643,7 +707,8 @@ class GaussNewtonFit:
             tol: float = 1e-5,
             sigma_schedule: tuple[float, ...] = (),
             frozen: torch.Tensor | None = None,
-            root_weight: float = 1.0) -> tuple[BodyParams, BodyOutput, int]:
+            root_weight: float = 1.0, lean: tuple[float, float] | None = None,
+            pose_weight: np.ndarray | None = None) -> tuple[BodyParams, BodyOutput, int]:
         """Levenberg-Marquardt from ``init`` on one frame's keypoints.
 
         Args:
@@ -665,6 +730,15 @@ class GaussNewtonFit:
                 identity), e.g. the legs of a partial view (:class:`BodyTracker`).
             root_weight: multiplier of both temporal weights on the root (translation and
                 global orientation); > 1 steadies the pelvis when the hips are not seen.
+            lean: ``(weight, target)``: the torso prior for frames without hips, ``weight``
+                times the squares of :meth:`_torso_residuals`: ``lean - target``, with
+                ``lean`` the camera-axis component of the unit vector from the shoulder
+                midpoint to the hip midpoint (:meth:`_lean`; 0 = torso in the image plane),
+                and a hinge that keeps the torso within 60 deg of the body's "down" in the
+                image (the lean's mirror solution, a torso turned over, is otherwise as
+                good); Gauss-Newton terms with the analytic Jacobian. None = no prior.
+            pose_weight: (33,) multipliers of the pose landmarks' confidences, applied after
+                the visibility threshold (a landmark faded out gradually); None = all 1.
         Returns:
             (fitted BodyParams on the fit's device with this fit's betas, BodyOutput of it
             without vertices, number of body-model evaluations).
@@ -672,9 +746,15 @@ class GaussNewtonFit:
         cfg = self.cfg
         tg = _Targets(kp, self.body, cfg, self.device)
         self._xy = torch.cat([tg.pose_xy[0], tg.hand_xy[0].reshape(-1, 2)])          # (L, 2)
-        self._c = torch.cat([tg.pose_c[0], tg.hand_c[0].reshape(-1)])               # (L,)
+        pose_c = tg.pose_c[0]
+        if pose_weight is not None:
+            pose_c = pose_c * torch.as_tensor(np.asarray(pose_weight), dtype=pose_c.dtype,
+                                              device=pose_c.device)
+        self._c = torch.cat([pose_c, tg.hand_c[0].reshape(-1)])                    # (L,)
         self._h, self._K = tg.h[0], K
         self._set_temporal(temporal, temporal_transl, root_weight)
+        self._lean_w, self._lean_target = (0.0, 0.0) if lean is None else (float(lean[0]), float(lean[1]))
+        self._down = self._body_down(self._xy[:33], self._c[:33])
         x = self.pack(init)
         self._x_pred = x.clone()
         keep = None
@@ -686,7 +766,7 @@ class GaussNewtonFit:
             sigma = cfg.sigma * (sigma_schedule[k] if k < len(sigma_schedule) else 1.0)
             s2 = sigma * sigma
             e0 = self._energy(st, sigma)
-            J = self._jacobian(st)                                                # (L, 2, N)
+            J, J_lean = self._jacobian(st)                                        # (L, 2, N)
             r2 = (st.r * st.r).sum(-1)
             a = self._c * s2 / (r2 + s2) ** 2                                      # IRLS weights
             Jw = J * a.sqrt()[:, None, None]
@@ -694,6 +774,10 @@ class GaussNewtonFit:
             gp, Hp = self._prior_grad_hess(st.x)
             g = 2 * Jf.T @ rf + gp
             H = 2 * Jf.T @ Jf + Hp
+            if J_lean is not None:  # torso prior (Gauss-Newton terms of its two residuals)
+                rt = self._torso_residuals(st.lm_world)
+                g = g + 2 * self._lean_w * (rt @ J_lean)
+                H = H + 2 * self._lean_w * (J_lean.T @ J_lean)
             if keep is not None:  # held parameters: identity rows / columns, zero gradient
                 g = torch.where(keep, torch.zeros_like(g), g)
                 H = H.masked_fill(keep[:, None] | keep[None, :], 0.0)
@@ -763,6 +847,20 @@ class LiveFitConfig:
         partial_root_weight: multiplier of the temporal weights on the root (translation and
             global orientation) while the hips are not seen: the pelvis then has no landmark
             of its own and would otherwise sway with every shoulder movement.
+        hip_edge_margin: hips seen within this many shoulder-to-hip lengths (in the image)
+            of the frame's lower edge fade out of the fit (weight ``gap / margin``, 0 at the
+            edge) while the lean prior fades in: MediaPipe places the hips of a cropped view
+            too high near its edge (on taiji's head-to-waist crop the 2D torso is 0.91 of the
+            full frame's), which the fit explained by leaning the torso back 24 deg. A fade,
+            not a switch: hips crossing the margin do not jolt the torso.
+        lean_prior: weight of the torso lean prior while the hips are not seen (0 = off):
+            ``lean_prior * (lean - lean_ref)^2`` on the camera-axis component of the unit
+            shoulder-to-hip vector (:meth:`GaussNewtonFit.fit`, ``lean``). Nothing else in a
+            frame without hips fixes the torso's pitch: without it the torso rocks towards
+            and away from the camera by tens of degrees (taiji, top 42 %: -67..+46 deg, p10..p90).
+        lean_memory: ``lean_ref`` is a running mean, ``lean_ref <- m lean_ref + (1 - m) lean``,
+            of the fitted lean over frames whose hips are seen (clear of the edge); 0 (upright
+            to the camera) until then, as for a desk webcam that never sees the hips.
         partial_floor: while the legs are held, upper-body landmarks inside the frame get at
             least this confidence (MediaPipe lowers the visibility of arms in a cropped view
             although it still places them; 0 = off, the default).
@@ -790,6 +888,9 @@ class LiveFitConfig:
     legs_return_after: int = 3
     partial_root_weight: float = 10.0
     partial_floor: float = 0.0
+    hip_edge_margin: float = 0.5
+    lean_prior: float = 10.0
+    lean_memory: float = 0.9
     jump_scale: float = 1.5
     jump_refuse: int = 5
 
@@ -868,9 +969,12 @@ class BodyTracker:
     ``stand_pose`` given, e.g. the avatar's straightest-legged training frame, else straight
     legs) or ``sit`` (:func:`seated_leg_pose`) -- exactly, so they do not jitter, while the
     arms, hands and head keep following. When the hips are not seen either, their landmarks
-    are left out too and the root's temporal weights are raised
-    (``config.partial_root_weight``) so the pelvis stays steady. The legs follow the tracking
-    again after ``config.legs_return_after`` frames in a row with knees and ankles in view.
+    are left out too (also when they lie within ``config.hip_edge_margin`` torso lengths of
+    the frame's lower edge, where MediaPipe misplaces them), the root's temporal weights are
+    raised (``config.partial_root_weight``) so the pelvis stays steady, and a lean prior
+    (``config.lean_prior``) holds the torso's pitch to the camera at the lean of the last
+    frames that showed the hips (upright when none did), which nothing in the frame fixes.
+    The legs follow the tracking again after ``config.legs_return_after`` frames in a row with knees and ankles in view.
     A sudden jump of the tracked person is refused by an :class:`IdentityGate`.
 
     Args:
@@ -921,6 +1025,7 @@ class BodyTracker:
         self.gate = IdentityGate(self.config.jump_scale, self.config.jump_refuse)
         self._legs_seen_run = 0
         self.legs_held = False
+        self._lean_ref = 0.0
         self.view: dict = {}
 
     @property
@@ -956,6 +1061,7 @@ class BodyTracker:
         self.gate.reset()
         self._legs_seen_run = 0
         self.legs_held = False
+        self._lean_ref = 0.0
 
     def _predict(self) -> BodyParams:
         """Warm start: previous fit + ``extrapolate`` x its last change (axis-angle deltas are
@@ -1007,11 +1113,20 @@ class BodyTracker:
         seen = landmarks_seen(kp, frame_size, c.min_visibility, c.frame_margin)
         legs_seen = bool(seen[[25, 26, 27, 28]].all())
         hips_seen = bool(seen[list(HIP_LANDMARKS)].all())
+        # how far the hips can be trusted: 0 at the frame's lower edge (MediaPipe places them
+        # too high there), 1 from hip_edge_margin torso lengths above it; a linear fade, so a
+        # hip moving across the margin does not switch the fit from one frame to the next
+        hip_w = 1.0 if hips_seen else 0.0
+        if hips_seen and c.hip_edge_margin > 0:
+            P = kp.pose[0, :, :2]
+            torso = max(float(np.linalg.norm(0.5 * (P[11] + P[12]) - 0.5 * (P[23] + P[24]))), 1.0)
+            gap = (frame_size[1] - float(P[list(HIP_LANDMARKS), 1].max())) / torso
+            hip_w = float(np.clip(gap / c.hip_edge_margin, 0.0, 1.0))
         self._legs_seen_run = self._legs_seen_run + 1 if legs_seen else 0
         hold = bool(self.leg_joints) and (not legs_seen or (
             self.legs_held and self._legs_seen_run < c.legs_return_after))
         self.legs_held = hold
-        self.view.update(legs_seen=legs_seen, hips_seen=hips_seen, legs_held=hold)
+        self.view.update(legs_seen=legs_seen, hips_seen=hips_seen, hip_weight=hip_w, legs_held=hold)
         if hold:
             kp = kp.subset(slice(None))
             pose = kp.pose.copy()
@@ -1023,6 +1138,8 @@ class BodyTracker:
                 pose[0, up, 2] = np.maximum(pose[0, up, 2], c.partial_floor)
             if not hips_seen:
                 pose[0, list(HIP_LANDMARKS), 2] = 0.0
+            elif hip_w < 1.0 and self.prev is not None and self._gn is None:
+                pose[0, list(HIP_LANDMARKS), 2] *= hip_w   # (Adam: through the threshold)
             kp.pose = pose
         init = None if self.prev is None else self._predict()
         self.last_was_init = init is None
@@ -1030,6 +1147,12 @@ class BodyTracker:
             init = self._with_legs(init)
         if init is not None and self._gn is not None:
             Kt = torch.as_tensor(np.asarray(K), dtype=torch.float32, device=self.device)
+            # hips near the edge fade out (a first frame's full fit keeps them: it has no lean
+            # prior, and nothing else gives it the body's scale)
+            pose_w = None
+            if hold and hips_seen and hip_w < 1.0:
+                pose_w = np.ones(33)
+                pose_w[list(HIP_LANDMARKS)] = hip_w
             frozen = None
             if hold:
                 frozen = torch.zeros(self._gn.n, dtype=torch.bool, device=self.device)
@@ -1044,7 +1167,9 @@ class BodyTracker:
                         kp, Kt, init.to(self.device), c.gn_iters, temporal=c.temporal,
                         temporal_transl=c.temporal_transl, damping=c.damping,
                         sigma_schedule=tuple(c.sigma_schedule), frozen=frozen,
-                        root_weight=c.partial_root_weight if hold and not hips_seen else 1.0)
+                        root_weight=c.partial_root_weight if hold and not hips_seen else 1.0,
+                        lean=((1.0 - hip_w) * c.lean_prior, self._lean_ref)
+                        if c.lean_prior > 0 and hold and hip_w < 1.0 else None, pose_weight=pose_w)
             finally:
                 torch.set_num_threads(threads)
             p = p.to("cpu")
@@ -1060,4 +1185,8 @@ class BodyTracker:
                 self.last_output = None
         p = replace(p, betas=self.betas.clone())
         self.prev2, self.prev = (None if init is None else self.prev), p
+        if hip_w >= 1.0 and self.last_output is not None and init is not None:
+            # the lean to hold when the hips go out of view (running mean over clear views)
+            lean = float(GaussNewtonFit._lean(self.last_output.pose_landmarks[0]))
+            self._lean_ref = c.lean_memory * self._lean_ref + (1 - c.lean_memory) * lean
         return p
