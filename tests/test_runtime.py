@@ -238,16 +238,20 @@ def test_gauss_newton_jacobian_matches_autograd(live_subject, anny_body):  # noq
     # the torso prior's rows (frames without hips): analytic equals autograd; its second
     # residual (the torso turned > 60 deg from the body's image "down") tested active too
     gn._lean_w, gn._lean_target = 10.0, 0.1
+    gn._up_target, gn._up_w = torch.tensor([0.0, -0.96, 0.28]), 30.0   # the pelvis: its up to hold
     for down in ([0.0, 1.0, 0.0], [0.0, -1.0, 0.0]):
         gn._down = torch.tensor(down)
         _, J_t = gn._jacobian(gn._evaluate(x))
-        ref = torch.autograd.functional.jacobian(lambda v: gn._torso_residuals(gn._evaluate(v).lm_world), x)
-        assert J_t.shape == ref.shape == (2, gn.n) and ref[0].abs().max() > 0.05
+        ref = torch.autograd.functional.jacobian(
+            lambda v: (lambda st: gn._torso_residuals(st.lm_world, st.Rg))(gn._evaluate(v)), x)
+        assert J_t.shape == ref.shape == (5, gn.n) and ref[0].abs().max() > 0.05
+        assert ref[2:, 3:6].abs().max() > 0.1                # the pelvis rows reach the orientation
         assert (J_t - ref).abs().max() < 1e-3 * ref.abs().max()
-        r_t = gn._torso_residuals(gn._evaluate(x).lm_world)
+        st = gn._evaluate(x)
+        r_t = gn._torso_residuals(st.lm_world, st.Rg)
         assert (r_t[1] > 0) == (down[1] < 0)           # upright torso: only the flipped "down" is violated
         e_t = gn._evaluate(x).prior - gn._prior_energy(x)             # the terms are in the energy
-        assert torch.allclose(e_t, 10.0 * (r_t ** 2).sum())
+        assert torch.allclose(e_t, 10.0 * (r_t[:2] ** 2).sum() + 30.0 * (r_t[2:] ** 2).sum())
 
 
 def test_live_fit_gauss_newton_beats_adam(live_subject, anny_body):  # noqa: F811

@@ -519,8 +519,14 @@ class GaussNewtonFit:
         self._xy = self._c = self._K = self._h = self._x_pred = None
         self.temporal = self.temporal_transl = 0.0
         self._root_weight = 1.0
-        self._lean_w, self._lean_target = 0.0, 0.0   # torso lean prior, set by fit()
+        self._lean_w, self._lean_target = 0.0, 0.0   # torso prior, set by fit()
+        self._up_w = 0.0
         self._down = torch.tensor([0.0, 1.0, 0.0], device=self.device)
+        # the body's "up" in its model frame: the global orientation ``upright_orient`` turns
+        # it to the camera's up (-y); the torso prior holds the pelvis' up at ``_up_target``
+        R0 = rotvec_to_rotmat(body.upright_orient.to(dev, torch.float32).reshape(1, 3))[0]
+        self._up_model = R0.T @ torch.tensor([0.0, -1.0, 0.0], device=dev)
+        self._up_target: torch.Tensor | None = None
 
     # -- parameters -----------------------------------------------------------------------
     def pack(self, p: BodyParams) -> torch.Tensor:
@@ -561,7 +567,7 @@ class GaussNewtonFit:
         r = (uv - self._xy) / self._h
         prior = self._prior_energy(x)
         if self._lean_w > 0:
-            prior = prior + self._lean_w * (self._torso_residuals(lm_world) ** 2).sum()
+            prior = prior + (self._torso_weights() * self._torso_residuals(lm_world, Rg) ** 2).sum()
         return _FitState(x, prior, lm_world, W, y, Rg, r, Z)
 
     def _body_down(self, xy: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -586,19 +592,31 @@ class GaussNewtonFit:
         u = 0.5 * (lm_world[23] + lm_world[24]) - 0.5 * (lm_world[11] + lm_world[12])
         return u[2] / u.norm().clamp(min=1e-6)
 
-    def _torso_residuals(self, lm_world: torch.Tensor) -> torch.Tensor:
-        """(2,) residuals of the torso prior: the lean's distance to its target, and how far
-        the torso turns more than 60 deg away from the image's "down" of the body
-        (``self._down``, perpendicular to the 2D shoulder line, away from the nose) -- 0
-        inside that cone. The second keeps the lean term's mirror solution (a torso turned
-        over, hips above the shoulders, with the same lean) out of reach."""
+    def _torso_weights(self) -> torch.Tensor:
+        """(5,) weights of :meth:`_torso_residuals`: the lean's on the lean and the hinge, the
+        pelvis' on its up vector."""
+        w = torch.full((5,), self._lean_w, device=self.device)
+        w[2:] = self._up_w
+        return w
+
+    def _torso_residuals(self, lm_world: torch.Tensor, Rg: torch.Tensor) -> torch.Tensor:
+        """(5,) residuals of the torso prior: the lean's distance to its target; how far the
+        torso turns more than 60 deg away from the image's "down" of the body
+        (``self._down``, perpendicular to the 2D shoulder line, away from the nose; 0 inside
+        that cone), which keeps the lean term's mirror solution (a torso turned over, hips
+        above the shoulders, with the same lean) out of reach; and the pelvis' up vector
+        ``Rg up_model`` minus ``_up_target`` (3; zeros without a target), which keeps the
+        held legs under the body instead of swinging with a pelvis nothing in view fixes
+        (its turn about the up axis stays free)."""
         u = 0.5 * (lm_world[23] + lm_world[24]) - 0.5 * (lm_world[11] + lm_world[12])
         u = u / u.norm().clamp(min=1e-6)
-        return torch.stack([u[2] - self._lean_target, torch.relu(0.5 - u @ self._down)])
+        up = (Rg @ self._up_model - self._up_target) if self._up_target is not None else u.new_zeros(3)
+        return torch.cat([torch.stack([u[2] - self._lean_target, torch.relu(0.5 - u @ self._down)]), up])
 
-    def _torso_rows(self, st: _FitState, d_lm: torch.Tensor) -> torch.Tensor:
-        """(2, N) Jacobian of :meth:`_torso_residuals` given ``d_lm (4, 3, N)``, the Jacobian
-        of the camera-frame landmarks 11, 12, 23, 24."""
+    def _torso_rows(self, st: _FitState, d_lm: torch.Tensor, LJ_go: torch.Tensor) -> torch.Tensor:
+        """(5, N) Jacobian of :meth:`_torso_residuals` given ``d_lm (4, 3, N)``, the Jacobian
+        of the camera-frame landmarks 11, 12, 23, 24, and ``LJ_go (3, 3)``, the left Jacobian
+        of the global orientation."""
         X = st.lm_world
         u = 0.5 * (X[23] + X[24]) - 0.5 * (X[11] + X[12])
         n = u.norm().clamp(min=1e-6)
@@ -610,7 +628,10 @@ class GaussNewtonFit:
         for axis, sign, active in ((ez, 1.0, True), (self._down, -1.0, bool(uh @ self._down < 0.5))):
             g = (axis - (uh @ axis) * uh) / n                                      # d (uh . axis) / d u
             rows.append(sign * (g @ du) if active else torch.zeros_like(du[0]))
-        return torch.stack(rows)
+        J_up = du.new_zeros(3, du.shape[1])
+        if self._up_target is not None:   # d (Rg u) / d omega = -[Rg u]_x LJ(omega)
+            J_up[:, 3:6] = -_skew(st.Rg @ self._up_model) @ LJ_go
+        return torch.cat([torch.stack(rows), J_up])
 
     def _energy(self, st: _FitState, sigma: float) -> torch.Tensor:
         """Total energy of a state with Geman-McClure scale ``sigma``."""
@@ -699,7 +720,7 @@ class GaussNewtonFit:
         eye = torch.eye(3, device=self.device).expand(len(sel), 3, 3)
         J3_go = -_skew(X[sel] - x[:3]) @ LJ[-1]                                    # (4, 3, 3)
         J3_pose = torch.einsum("ab,lcbd->lacd", Rg, Jm[sel]).reshape(len(sel), 3, -1)
-        return J, self._torso_rows(st, torch.cat([eye, J3_go, J3_pose], -1))
+        return J, self._torso_rows(st, torch.cat([eye, J3_go, J3_pose], -1), LJ[-1])
 
     # -- fit --------------------------------------------------------------------------------
     def fit(self, kp: Keypoints2D, K: torch.Tensor, init: BodyParams, iters: int,
@@ -707,7 +728,7 @@ class GaussNewtonFit:
             tol: float = 1e-5,
             sigma_schedule: tuple[float, ...] = (),
             frozen: torch.Tensor | None = None,
-            root_weight: float = 1.0, lean: tuple[float, float] | None = None,
+            root_weight: float = 1.0, lean: tuple | None = None,
             pose_weight: np.ndarray | None = None) -> tuple[BodyParams, BodyOutput, int]:
         """Levenberg-Marquardt from ``init`` on one frame's keypoints.
 
@@ -736,7 +757,9 @@ class GaussNewtonFit:
                 midpoint to the hip midpoint (:meth:`_lean`; 0 = torso in the image plane),
                 and a hinge that keeps the torso within 60 deg of the body's "down" in the
                 image (the lean's mirror solution, a torso turned over, is otherwise as
-                good); Gauss-Newton terms with the analytic Jacobian. None = no prior.
+                good); Gauss-Newton terms with the analytic Jacobian. ``(weight, target,
+                up, up_weight)`` also adds ``up_weight * |R up_model - up|^2``, holding the
+                pelvis' up vector (camera frame, unit (3,)) at ``up``. None = no prior.
             pose_weight: (33,) multipliers of the pose landmarks' confidences, applied after
                 the visibility threshold (a landmark faded out gradually); None = all 1.
         Returns:
@@ -754,6 +777,9 @@ class GaussNewtonFit:
         self._h, self._K = tg.h[0], K
         self._set_temporal(temporal, temporal_transl, root_weight)
         self._lean_w, self._lean_target = (0.0, 0.0) if lean is None else (float(lean[0]), float(lean[1]))
+        self._up_target = (None if lean is None or len(lean) < 4 or lean[2] is None else
+                           torch.as_tensor(lean[2], dtype=torch.float32, device=self.device).reshape(3))
+        self._up_w = 0.0 if self._up_target is None else float(lean[3])
         self._down = self._body_down(self._xy[:33], self._c[:33])
         x = self.pack(init)
         self._x_pred = x.clone()
@@ -775,9 +801,10 @@ class GaussNewtonFit:
             g = 2 * Jf.T @ rf + gp
             H = 2 * Jf.T @ Jf + Hp
             if J_lean is not None:  # torso prior (Gauss-Newton terms of its two residuals)
-                rt = self._torso_residuals(st.lm_world)
-                g = g + 2 * self._lean_w * (rt @ J_lean)
-                H = H + 2 * self._lean_w * (J_lean.T @ J_lean)
+                rt = self._torso_residuals(st.lm_world, st.Rg)
+                wt = self._torso_weights()
+                g = g + 2 * ((wt * rt) @ J_lean)
+                H = H + 2 * (J_lean.T @ (wt[:, None] * J_lean))
             if keep is not None:  # held parameters: identity rows / columns, zero gradient
                 g = torch.where(keep, torch.zeros_like(g), g)
                 H = H.masked_fill(keep[:, None] | keep[None, :], 0.0)
@@ -858,6 +885,12 @@ class LiveFitConfig:
             shoulder-to-hip vector (:meth:`GaussNewtonFit.fit`, ``lean``). Nothing else in a
             frame without hips fixes the torso's pitch: without it the torso rocks towards
             and away from the camera by tens of degrees (taiji, top 42 %: -67..+46 deg, p10..p90).
+        pelvis_prior: with the lean prior, the weight that holds the pelvis' up vector
+            (camera frame) at its running mean over frames with clear hips (the camera's up
+            until then; 0 = off), so
+            the held legs stay under the body: without it the pelvis pitched and rolled with
+            the shoulders and the standing legs kicked forward or sideways (contact sheet of
+            a desk window of taiji, 2026-12-03). Its turn about the up axis stays free.
         lean_memory: ``lean_ref`` is a running mean, ``lean_ref <- m lean_ref + (1 - m) lean``,
             of the fitted lean over frames whose hips are seen (clear of the edge); 0 (upright
             to the camera) until then, as for a desk webcam that never sees the hips.
@@ -891,6 +924,7 @@ class LiveFitConfig:
     hip_edge_margin: float = 0.5
     lean_prior: float = 10.0
     lean_memory: float = 0.9
+    pelvis_prior: float = 100.0
     jump_scale: float = 1.5
     jump_refuse: int = 5
 
@@ -1026,6 +1060,8 @@ class BodyTracker:
         self._legs_seen_run = 0
         self.legs_held = False
         self._lean_ref = 0.0
+        self._up_ref = np.array([0.0, -1.0, 0.0])
+        self._up_ref = np.array([0.0, -1.0, 0.0])   # the pelvis' up (camera frame) to hold
         self.view: dict = {}
 
     @property
@@ -1168,7 +1204,8 @@ class BodyTracker:
                         temporal_transl=c.temporal_transl, damping=c.damping,
                         sigma_schedule=tuple(c.sigma_schedule), frozen=frozen,
                         root_weight=c.partial_root_weight if hold and not hips_seen else 1.0,
-                        lean=((1.0 - hip_w) * c.lean_prior, self._lean_ref)
+                        lean=((1.0 - hip_w) * c.lean_prior, self._lean_ref, self._up_ref,
+                              (1.0 - hip_w) * c.pelvis_prior)
                         if c.lean_prior > 0 and hold and hip_w < 1.0 else None, pose_weight=pose_w)
             finally:
                 torch.set_num_threads(threads)
@@ -1189,4 +1226,8 @@ class BodyTracker:
             # the lean to hold when the hips go out of view (running mean over clear views)
             lean = float(GaussNewtonFit._lean(self.last_output.pose_landmarks[0]))
             self._lean_ref = c.lean_memory * self._lean_ref + (1 - c.lean_memory) * lean
+            up = (rotvec_to_rotmat(p.global_orient.float()).reshape(3, 3)
+                  @ self._gn._up_model.cpu()).numpy()
+            up = c.lean_memory * self._up_ref + (1 - c.lean_memory) * up
+            self._up_ref = up / max(float(np.linalg.norm(up)), 1e-6)
         return p
