@@ -566,7 +566,7 @@ class GaussNewtonFit:
         uv = lm_world[:, :2] / Z[:, None] * f + c                                # fitting.project
         r = (uv - self._xy) / self._h
         prior = self._prior_energy(x)
-        if self._lean_w > 0:
+        if self._lean_w > 0 or self._up_w > 0:
             prior = prior + (self._torso_weights() * self._torso_residuals(lm_world, Rg) ** 2).sum()
         return _FitState(x, prior, lm_world, W, y, Rg, r, Z)
 
@@ -585,11 +585,17 @@ class GaussNewtonFit:
         return down
 
     @staticmethod
+    def _torso_vector(lm: torch.Tensor) -> torch.Tensor:
+        """(..., 3) from the shoulder midpoint to the hip midpoint (pose landmarks 11, 12 /
+        23, 24) of landmarks ``lm (33.., 3)`` or of their Jacobian ``(33.., 3, N)`` rows."""
+        return 0.5 * (lm[23] + lm[24]) - 0.5 * (lm[11] + lm[12])
+
+    @staticmethod
     def _lean(lm_world: torch.Tensor) -> torch.Tensor:
         """Torso lean along the camera axis: the z component (camera frame) of the unit vector
         from the shoulder midpoint to the hip midpoint (pose landmarks 11, 12 / 23, 24); 0 =
         the torso in the image plane, > 0 = the top of the torso towards the camera."""
-        u = 0.5 * (lm_world[23] + lm_world[24]) - 0.5 * (lm_world[11] + lm_world[12])
+        u = GaussNewtonFit._torso_vector(lm_world)
         return u[2] / u.norm().clamp(min=1e-6)
 
     def _torso_weights(self) -> torch.Tensor:
@@ -608,7 +614,7 @@ class GaussNewtonFit:
         ``Rg up_model`` minus ``_up_target`` (3; zeros without a target), which keeps the
         held legs under the body instead of swinging with a pelvis nothing in view fixes
         (its turn about the up axis stays free)."""
-        u = 0.5 * (lm_world[23] + lm_world[24]) - 0.5 * (lm_world[11] + lm_world[12])
+        u = self._torso_vector(lm_world)
         u = u / u.norm().clamp(min=1e-6)
         up = (Rg @ self._up_model - self._up_target) if self._up_target is not None else u.new_zeros(3)
         return torch.cat([torch.stack([u[2] - self._lean_target, torch.relu(0.5 - u @ self._down)]), up])
@@ -617,11 +623,12 @@ class GaussNewtonFit:
         """(5, N) Jacobian of :meth:`_torso_residuals` given ``d_lm (4, 3, N)``, the Jacobian
         of the camera-frame landmarks 11, 12, 23, 24, and ``LJ_go (3, 3)``, the left Jacobian
         of the global orientation."""
-        X = st.lm_world
-        u = 0.5 * (X[23] + X[24]) - 0.5 * (X[11] + X[12])
+        u = self._torso_vector(st.lm_world)
         n = u.norm().clamp(min=1e-6)
         uh = u / n
-        du = 0.5 * (d_lm[2] + d_lm[3]) - 0.5 * (d_lm[0] + d_lm[1])                 # (3, N)
+        dl = torch.zeros(33, *d_lm.shape[1:], dtype=d_lm.dtype, device=d_lm.device)
+        dl[list(TORSO_LANDMARKS)] = d_lm
+        du = self._torso_vector(dl)                                               # (3, N)
         ez = torch.zeros_like(u)
         ez[2] = 1.0
         rows = []
@@ -691,7 +698,7 @@ class GaussNewtonFit:
     def _jacobian(self, st: _FitState) -> torch.Tensor:
         """(L, 2, N) Jacobian of the normalised residuals ``st.r`` w.r.t. the parameters, and
         the (2, N) Jacobian of the torso prior's residuals (:meth:`_torso_rows`) when the
-        prior is on (``_lean_w > 0``), else None."""
+        prior is on (``_lean_w`` or ``_up_w`` > 0), else None."""
         x, W, Rg = st.x, st.W, st.Rg
         heads = W[:, :3, 3]                                                       # (nb, 3)
         hP = heads[self.posed]                                                    # (P, 3)
@@ -713,7 +720,7 @@ class GaussNewtonFit:
         J_pose = torch.einsum("lia,lcad->licd", PR, Jm).reshape(len(X), 2, -1)
         J_go = proj @ (-_skew(X - x[:3])) @ LJ[-1]                                # (L, 2, 3)
         J = torch.cat([proj, J_go, J_pose], -1)
-        if self._lean_w <= 0:
+        if self._lean_w <= 0 and self._up_w <= 0:
             return J, None
         # the camera-frame Jacobian of the torso landmarks, for the lean prior
         sel = torch.tensor(TORSO_LANDMARKS, device=self.device)
@@ -885,7 +892,7 @@ class LiveFitConfig:
             shoulder-to-hip vector (:meth:`GaussNewtonFit.fit`, ``lean``). Nothing else in a
             frame without hips fixes the torso's pitch: without it the torso rocks towards
             and away from the camera by tens of degrees (taiji, top 42 %: -67..+46 deg, p10..p90).
-        pelvis_prior: with the lean prior, the weight that holds the pelvis' up vector
+        pelvis_prior: while the hips are not seen, the weight that holds the pelvis' up vector
             (camera frame) at its running mean over frames with clear hips (the camera's up
             until then; 0 = off), so
             the held legs stay under the body: without it the pelvis pitched and rolled with
@@ -1206,7 +1213,8 @@ class BodyTracker:
                         root_weight=c.partial_root_weight if hold and not hips_seen else 1.0,
                         lean=((1.0 - hip_w) * c.lean_prior, self._lean_ref, self._up_ref,
                               (1.0 - hip_w) * c.pelvis_prior)
-                        if c.lean_prior > 0 and hold and hip_w < 1.0 else None, pose_weight=pose_w)
+                        if (c.lean_prior > 0 or c.pelvis_prior > 0) and hold and hip_w < 1.0
+                        else None, pose_weight=pose_w)
             finally:
                 torch.set_num_threads(threads)
             p = p.to("cpu")
