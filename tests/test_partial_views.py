@@ -230,9 +230,9 @@ def test_head_to_waist_crop_drives_the_arms_and_holds_the_legs(anny, mode):
 def test_torso_stays_upright_without_hips(anny):
     """A desk webcam never sees the hips (the top 42 % of taiji, frames 0..119, every 2nd):
     with the torso prior the torso stays within 20 deg of upright and steady, and the pelvis
-    upright; without it (the control, ``lean_prior=0, pelvis_prior=0``) the torso leans back by tens of
-    degrees and the pelvis tilts (measured: lean median -51 deg, frame-to-frame p95 15 deg,
-    pelvis tilt p90 70 deg; with the prior max |lean| 9.3, p95 2.3, pelvis p90 0.1 deg)."""
+    upright; without it (the control, ``lean_prior=0, pelvis_prior=0``) the torso leans back
+    by tens of degrees and the pelvis tilts (measured: lean median -51 deg, frame-to-frame p95
+    15 deg, pelvis tilt p90 70 deg; with the prior max |lean| 9.3, p95 2.3, pelvis p90 0.1)."""
     from ram_avatar.capture.video import iter_frames
     from ram_avatar.io.camera import default_intrinsics
     from ram_avatar.body.base import rotvec_to_rotmat
