@@ -783,7 +783,8 @@ class GaussNewtonFit:
         self._c = torch.cat([pose_c, tg.hand_c[0].reshape(-1)])                    # (L,)
         self._h, self._K = tg.h[0], K
         self._set_temporal(temporal, temporal_transl, root_weight)
-        self._lean_w, self._lean_target = (0.0, 0.0) if lean is None else (float(lean[0]), float(lean[1]))
+        self._lean_w, self._lean_target = ((0.0, 0.0) if lean is None
+                                           else (float(lean[0]), float(lean[1])))
         self._up_target = (None if lean is None or len(lean) < 4 or lean[2] is None else
                            torch.as_tensor(lean[2], dtype=torch.float32, device=self.device).reshape(3))
         self._up_w = 0.0 if self._up_target is None else float(lean[3])
@@ -1010,13 +1011,14 @@ class BodyTracker:
     ``stand_pose`` given, e.g. the avatar's straightest-legged training frame, else straight
     legs) or ``sit`` (:func:`seated_leg_pose`) -- exactly, so they do not jitter, while the
     arms, hands and head keep following. When the hips are not seen either, their landmarks
-    are left out too (also when they lie within ``config.hip_edge_margin`` torso lengths of
-    the frame's lower edge, where MediaPipe misplaces them), the root's temporal weights are
-    raised (``config.partial_root_weight``) so the pelvis stays steady, and a lean prior
-    (``config.lean_prior``) holds the torso's pitch to the camera at the lean of the last
-    frames that showed the hips (upright when none did), which nothing in the frame fixes.
-    The legs follow the tracking again after ``config.legs_return_after`` frames in a row with knees and ankles in view.
-    A sudden jump of the tracked person is refused by an :class:`IdentityGate`.
+    are left out too (hips within ``config.hip_edge_margin`` torso lengths of the frame's
+    lower edge, where MediaPipe misplaces them, fade out), the root's temporal weights are
+    raised (``config.partial_root_weight``), and a torso prior (``config.lean_prior``,
+    ``config.pelvis_prior``) holds the torso's pitch to the camera and the pelvis' up vector
+    at those of the last frames that showed the hips (upright when none did): nothing in the
+    frame fixes them, and without it the torso rocked and the held legs swung. The legs
+    follow the tracking again after ``config.legs_return_after`` frames in a row with knees
+    and ankles in view. A sudden jump of the tracked person is refused by an :class:`IdentityGate`.
 
     Args:
         body: the avatar's body model.
