@@ -601,7 +601,8 @@ class LiveWindow(QMainWindow):
         return ended
 
     def dispose(self, timeout_ms: int = 10000) -> bool:
-        """Shut down, close and delete the window's C++ side now, on the GUI thread.
+        """Shut down, close (:meth:`closeEvent`: the settings are saved) and delete the
+        window's C++ side now, on the GUI thread.
 
         Use it where the window is not the application's last act (tests, scripted runs): a
         window left to Python's collector may otherwise be destroyed on another thread
@@ -738,7 +739,6 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "auto", device:
     if frames is not None:
         QTimer.singleShot(int(timeout_s * 1000), finish)
     app.exec()
-    win.save_settings()
     win.shutdown()
     n = sums.pop("_n", 0.0)
     summary = {"frames": result["frames"], "completed": bool(result["completed"]),
@@ -748,5 +748,5 @@ def run_live(subject_dir: str | Path, source="0", backend: str = "auto", device:
                "latency_ms_mean": {k: round(v / n, 1) for k, v in sums.items()} if n else {},
                "screenshot": str(screenshot) if screenshot else None,
                "messages": [m for _, m in win.messages[-5:]]}
-    win.dispose()   # deleted here, on the GUI thread, not by a later collection elsewhere
+    win.dispose()   # closed (its settings saved) and deleted here, on the GUI thread
     return summary

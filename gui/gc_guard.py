@@ -65,8 +65,7 @@ def release() -> None:
         raise RuntimeError("gc_guard.release() without a matching acquire()")
     _state["count"] -= 1
     if _state["count"] == 0:
-        timer = _state.pop("timer")
-        _state["timer"] = None
+        timer, _state["timer"] = _state["timer"], None
         if timer is not None:
             timer.stop()
             timer.deleteLater()

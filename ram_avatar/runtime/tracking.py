@@ -47,8 +47,8 @@ from ram_avatar.capture.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, Keypoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HolisticTracker", "PersonLock", "BodyTracker", "FixedShapeBody", "LiveFitConfig",
-           "IdentityGate", "keypoint_box",
+__all__ = ["HolisticTracker", "PersonLock", "BodyTracker", "FixedShapeBody", "TorsoPrior",
+           "LiveFitConfig", "IdentityGate", "keypoint_box", "torso_vector",
            "LOWER_BODY_MODES", "landmarks_seen", "lower_body_joints", "seated_leg_pose",
            "standing_leg_pose"]
 
@@ -81,6 +81,30 @@ def landmarks_seen(kp: Keypoints2D, frame_size: tuple[int, int], min_visibility:
     m = margin * h
     inside = (p[:, 0] >= -m) & (p[:, 0] < w + m) & (p[:, 1] >= -m) & (p[:, 1] < h + m)
     return (p[:, 2] >= min_visibility) & inside & bool(kp.pose_valid[0])
+
+
+def torso_vector(lm):
+    """From the shoulder midpoint to the hip midpoint (MediaPipe pose landmarks 11, 12 / 23,
+    24): ``lm`` (33, D) landmarks (pixels or metres; numpy or torch) gives (D,), and their
+    Jacobian (33, 3, N) gives its (3, N) rows."""
+    return 0.5 * (lm[23] + lm[24]) - 0.5 * (lm[11] + lm[12])
+
+
+class TorsoPrior(NamedTuple):
+    """The torso prior of :meth:`GaussNewtonFit.fit` for frames without hips.
+
+    Attributes:
+        lean_weight: weight of ``(lean - lean)^2`` and of the 60-degree hinge
+            (:meth:`GaussNewtonFit._torso_residuals`).
+        lean: target of the camera-axis component of the unit shoulder-to-hip vector.
+        up_weight: weight of ``|R_pelvis up_model - up|^2``.
+        up: (3,) target of the pelvis' unit up vector, camera frame.
+    """
+
+    lean_weight: float
+    lean: float
+    up_weight: float = 0.0
+    up: tuple[float, float, float] = (0.0, -1.0, 0.0)
 
 
 def _joints_with_prefix(body: BodyModel, prefixes: tuple[str, ...]) -> list[int]:
@@ -519,14 +543,14 @@ class GaussNewtonFit:
         self._xy = self._c = self._K = self._h = self._x_pred = None
         self.temporal = self.temporal_transl = 0.0
         self._root_weight = 1.0
-        self._lean_w, self._lean_target = 0.0, 0.0   # torso prior, set by fit()
-        self._up_w = 0.0
-        self._down = torch.tensor([0.0, 1.0, 0.0], device=self.device)
+        # the torso prior (set by fit() from a TorsoPrior; weights 0 = off)
+        self._lean_w = self._lean_target = self._up_w = 0.0
+        self._up_target = torch.tensor([0.0, -1.0, 0.0], device=dev)
+        self._down = torch.tensor([0.0, 1.0, 0.0], device=dev)
         # the body's "up" in its model frame: the global orientation ``upright_orient`` turns
-        # it to the camera's up (-y); the torso prior holds the pelvis' up at ``_up_target``
+        # it to the camera's up (-y)
         R0 = rotvec_to_rotmat(body.upright_orient.to(dev, torch.float32).reshape(1, 3))[0]
         self._up_model = R0.T @ torch.tensor([0.0, -1.0, 0.0], device=dev)
-        self._up_target: torch.Tensor | None = None
 
     # -- parameters -----------------------------------------------------------------------
     def pack(self, p: BodyParams) -> torch.Tensor:
@@ -585,17 +609,11 @@ class GaussNewtonFit:
         return down
 
     @staticmethod
-    def _torso_vector(lm: torch.Tensor) -> torch.Tensor:
-        """(..., 3) from the shoulder midpoint to the hip midpoint (pose landmarks 11, 12 /
-        23, 24) of landmarks ``lm (33.., 3)`` or of their Jacobian ``(33.., 3, N)`` rows."""
-        return 0.5 * (lm[23] + lm[24]) - 0.5 * (lm[11] + lm[12])
-
-    @staticmethod
     def _lean(lm_world: torch.Tensor) -> torch.Tensor:
         """Torso lean along the camera axis: the z component (camera frame) of the unit vector
         from the shoulder midpoint to the hip midpoint (pose landmarks 11, 12 / 23, 24); 0 =
         the torso in the image plane, > 0 = the top of the torso towards the camera."""
-        u = GaussNewtonFit._torso_vector(lm_world)
+        u = torso_vector(lm_world)
         return u[2] / u.norm().clamp(min=1e-6)
 
     def _torso_weights(self) -> torch.Tensor:
@@ -611,33 +629,32 @@ class GaussNewtonFit:
         (``self._down``, perpendicular to the 2D shoulder line, away from the nose; 0 inside
         that cone), which keeps the lean term's mirror solution (a torso turned over, hips
         above the shoulders, with the same lean) out of reach; and the pelvis' up vector
-        ``Rg up_model`` minus ``_up_target`` (3; zeros without a target), which keeps the
+        ``Rg up_model`` minus ``_up_target`` (3), which keeps the
         held legs under the body instead of swinging with a pelvis nothing in view fixes
         (its turn about the up axis stays free)."""
-        u = self._torso_vector(lm_world)
+        u = torso_vector(lm_world)
         u = u / u.norm().clamp(min=1e-6)
-        up = (Rg @ self._up_model - self._up_target) if self._up_target is not None else u.new_zeros(3)
+        up = Rg @ self._up_model - self._up_target
         return torch.cat([torch.stack([u[2] - self._lean_target, torch.relu(0.5 - u @ self._down)]), up])
 
     def _torso_rows(self, st: _FitState, d_lm: torch.Tensor, LJ_go: torch.Tensor) -> torch.Tensor:
         """(5, N) Jacobian of :meth:`_torso_residuals` given ``d_lm (4, 3, N)``, the Jacobian
         of the camera-frame landmarks 11, 12, 23, 24, and ``LJ_go (3, 3)``, the left Jacobian
         of the global orientation."""
-        u = self._torso_vector(st.lm_world)
+        u = torso_vector(st.lm_world)
         n = u.norm().clamp(min=1e-6)
         uh = u / n
         dl = torch.zeros(33, *d_lm.shape[1:], dtype=d_lm.dtype, device=d_lm.device)
         dl[list(TORSO_LANDMARKS)] = d_lm
-        du = self._torso_vector(dl)                                               # (3, N)
+        du = torso_vector(dl)                                               # (3, N)
         ez = torch.zeros_like(u)
         ez[2] = 1.0
         rows = []
         for axis, sign, active in ((ez, 1.0, True), (self._down, -1.0, bool(uh @ self._down < 0.5))):
             g = (axis - (uh @ axis) * uh) / n                                      # d (uh . axis) / d u
             rows.append(sign * (g @ du) if active else torch.zeros_like(du[0]))
-        J_up = du.new_zeros(3, du.shape[1])
-        if self._up_target is not None:   # d (Rg u) / d omega = -[Rg u]_x LJ(omega)
-            J_up[:, 3:6] = -_skew(st.Rg @ self._up_model) @ LJ_go
+        J_up = du.new_zeros(3, du.shape[1])       # d (Rg u) / d omega = -[Rg u]_x LJ(omega)
+        J_up[:, 3:6] = -_skew(st.Rg @ self._up_model) @ LJ_go
         return torch.cat([torch.stack(rows), J_up])
 
     def _energy(self, st: _FitState, sigma: float) -> torch.Tensor:
@@ -697,7 +714,7 @@ class GaussNewtonFit:
 
     def _jacobian(self, st: _FitState) -> torch.Tensor:
         """(L, 2, N) Jacobian of the normalised residuals ``st.r`` w.r.t. the parameters, and
-        the (2, N) Jacobian of the torso prior's residuals (:meth:`_torso_rows`) when the
+        the (5, N) Jacobian of the torso prior's residuals (:meth:`_torso_rows`) when the
         prior is on (``_lean_w`` or ``_up_w`` > 0), else None."""
         x, W, Rg = st.x, st.W, st.Rg
         heads = W[:, :3, 3]                                                       # (nb, 3)
@@ -735,7 +752,7 @@ class GaussNewtonFit:
             tol: float = 1e-5,
             sigma_schedule: tuple[float, ...] = (),
             frozen: torch.Tensor | None = None,
-            root_weight: float = 1.0, lean: tuple | None = None,
+            root_weight: float = 1.0, torso: TorsoPrior | None = None,
             pose_weight: np.ndarray | None = None) -> tuple[BodyParams, BodyOutput, int]:
         """Levenberg-Marquardt from ``init`` on one frame's keypoints.
 
@@ -758,15 +775,15 @@ class GaussNewtonFit:
                 identity), e.g. the legs of a partial view (:class:`BodyTracker`).
             root_weight: multiplier of both temporal weights on the root (translation and
                 global orientation); > 1 steadies the pelvis when the hips are not seen.
-            lean: ``(weight, target)``: the torso prior for frames without hips, ``weight``
-                times the squares of :meth:`_torso_residuals`: ``lean - target``, with
-                ``lean`` the camera-axis component of the unit vector from the shoulder
-                midpoint to the hip midpoint (:meth:`_lean`; 0 = torso in the image plane),
-                and a hinge that keeps the torso within 60 deg of the body's "down" in the
-                image (the lean's mirror solution, a torso turned over, is otherwise as
-                good); Gauss-Newton terms with the analytic Jacobian. ``(weight, target,
-                up, up_weight)`` also adds ``up_weight * |R up_model - up|^2``, holding the
-                pelvis' up vector (camera frame, unit (3,)) at ``up``. None = no prior.
+            torso: :class:`TorsoPrior` for frames without hips: ``lean_weight`` times the
+                squares of ``lean - torso.lean``, with ``lean`` the camera-axis component of
+                the unit vector from the shoulder midpoint to the hip midpoint
+                (:meth:`_lean`; 0 = torso in the image plane), and of a hinge that keeps the
+                torso within 60 deg of the body's "down" in the image (the lean's mirror
+                solution, a torso turned over, is otherwise as good); plus ``up_weight *
+                |R up_model - torso.up|^2``, holding the pelvis' up vector (camera frame).
+                Gauss-Newton terms with the analytic Jacobian (:meth:`_torso_residuals`).
+                None = no prior.
             pose_weight: (33,) multipliers of the pose landmarks' confidences, applied after
                 the visibility threshold (a landmark faded out gradually); None = all 1.
         Returns:
@@ -783,12 +800,12 @@ class GaussNewtonFit:
         self._c = torch.cat([pose_c, tg.hand_c[0].reshape(-1)])                    # (L,)
         self._h, self._K = tg.h[0], K
         self._set_temporal(temporal, temporal_transl, root_weight)
-        self._lean_w, self._lean_target = ((0.0, 0.0) if lean is None
-                                           else (float(lean[0]), float(lean[1])))
-        self._up_target = (None if lean is None or len(lean) < 4 or lean[2] is None else
-                           torch.as_tensor(lean[2], dtype=torch.float32, device=self.device).reshape(3))
-        self._up_w = 0.0 if self._up_target is None else float(lean[3])
-        self._down = self._body_down(self._xy[:33], self._c[:33])
+        torso = torso or TorsoPrior(0.0, 0.0)
+        self._lean_w, self._lean_target = float(torso.lean_weight), float(torso.lean)
+        self._up_w = float(torso.up_weight)
+        self._up_target = torch.as_tensor(torso.up, dtype=torch.float32, device=self.device).reshape(3)
+        if self._lean_w > 0:
+            self._down = self._body_down(self._xy[:33], self._c[:33])
         x = self.pack(init)
         self._x_pred = x.clone()
         keep = None
@@ -808,7 +825,7 @@ class GaussNewtonFit:
             gp, Hp = self._prior_grad_hess(st.x)
             g = 2 * Jf.T @ rf + gp
             H = 2 * Jf.T @ Jf + Hp
-            if J_lean is not None:  # torso prior (Gauss-Newton terms of its two residuals)
+            if J_lean is not None:  # torso prior (Gauss-Newton terms of its five residuals)
                 rt = self._torso_residuals(st.lm_world, st.Rg)
                 wt = self._torso_weights()
                 g = g + 2 * ((wt * rt) @ J_lean)
@@ -895,13 +912,14 @@ class LiveFitConfig:
             and away from the camera by tens of degrees (taiji, top 42 %: -67..+46 deg, p10..p90).
         pelvis_prior: while the hips are not seen, the weight that holds the pelvis' up vector
             (camera frame) at its running mean over frames with clear hips (the camera's up
-            until then; 0 = off), so
-            the held legs stay under the body: without it the pelvis pitched and rolled with
-            the shoulders and the standing legs kicked forward or sideways (contact sheet of
-            a desk window of taiji, 2026-12-03). Its turn about the up axis stays free.
-        lean_memory: ``lean_ref`` is a running mean, ``lean_ref <- m lean_ref + (1 - m) lean``,
-            of the fitted lean over frames whose hips are seen (clear of the edge); 0 (upright
-            to the camera) until then, as for a desk webcam that never sees the hips.
+            until then; 0 = off), so the held legs stay under the body: without it the pelvis
+            pitched and rolled with the shoulders and the standing legs kicked forward or
+            sideways (contact sheet of a desk window of taiji, 2026-12-03). Its turn about
+            the up axis stays free.
+        lean_memory: ``m`` of the running means ``ref <- m ref + (1 - m) value`` of the fitted
+            lean and pelvis up vector over frames whose hips are seen clear of the edge, the
+            targets of the two priors; upright to the camera until then, as for a desk webcam
+            that never sees the hips.
         partial_floor: while the legs are held, upper-body landmarks inside the frame get at
             least this confidence (MediaPipe lowers the visibility of arms in a cropped view
             although it still places them; 0 = off, the default).
@@ -1068,9 +1086,7 @@ class BodyTracker:
         self.gate = IdentityGate(self.config.jump_scale, self.config.jump_refuse)
         self._legs_seen_run = 0
         self.legs_held = False
-        self._lean_ref = 0.0
-        self._up_ref = np.array([0.0, -1.0, 0.0])
-        self._up_ref = np.array([0.0, -1.0, 0.0])   # the pelvis' up (camera frame) to hold
+        self._reset_torso_refs()
         self.view: dict = {}
 
     @property
@@ -1106,7 +1122,13 @@ class BodyTracker:
         self.gate.reset()
         self._legs_seen_run = 0
         self.legs_held = False
+        self._reset_torso_refs()
+
+    def _reset_torso_refs(self) -> None:
+        """The lean and the pelvis' up (camera frame) that the torso prior holds: upright to
+        the camera until frames with clear hips give running means."""
         self._lean_ref = 0.0
+        self._up_ref = np.array([0.0, -1.0, 0.0])
 
     def _predict(self) -> BodyParams:
         """Warm start: previous fit + ``extrapolate`` x its last change (axis-angle deltas are
@@ -1164,7 +1186,7 @@ class BodyTracker:
         hip_w = 1.0 if hips_seen else 0.0
         if hips_seen and c.hip_edge_margin > 0:
             P = kp.pose[0, :, :2]
-            torso = max(float(np.linalg.norm(0.5 * (P[11] + P[12]) - 0.5 * (P[23] + P[24]))), 1.0)
+            torso = max(float(np.linalg.norm(torso_vector(P))), 1.0)
             gap = (frame_size[1] - float(P[list(HIP_LANDMARKS), 1].max())) / torso
             hip_w = float(np.clip(gap / c.hip_edge_margin, 0.0, 1.0))
         self._legs_seen_run = self._legs_seen_run + 1 if legs_seen else 0
@@ -1213,10 +1235,9 @@ class BodyTracker:
                         temporal_transl=c.temporal_transl, damping=c.damping,
                         sigma_schedule=tuple(c.sigma_schedule), frozen=frozen,
                         root_weight=c.partial_root_weight if hold and not hips_seen else 1.0,
-                        lean=((1.0 - hip_w) * c.lean_prior, self._lean_ref, self._up_ref,
-                              (1.0 - hip_w) * c.pelvis_prior)
-                        if (c.lean_prior > 0 or c.pelvis_prior > 0) and hold and hip_w < 1.0
-                        else None, pose_weight=pose_w)
+                        torso=TorsoPrior((1.0 - hip_w) * c.lean_prior, self._lean_ref,
+                                         (1.0 - hip_w) * c.pelvis_prior, tuple(self._up_ref))
+                        if hold and hip_w < 1.0 else None, pose_weight=pose_w)
             finally:
                 torch.set_num_threads(threads)
             p = p.to("cpu")
