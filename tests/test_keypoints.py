@@ -115,7 +115,7 @@ def test_npz_round_trip(taiji, tmp_path):
     _, kp, _ = taiji
     d = kp.to_npz_dict()
     assert set(d) == {"kp_pose", "kp_left_hand", "kp_right_hand", "kp_face", "kp_pose_valid",
-                      "kp_left_hand_valid", "kp_right_hand_valid", "kp_face_valid"}
+                      "kp_left_hand_valid", "kp_right_hand_valid", "kp_face_valid", "kp_pose_world"}
     np.savez(tmp_path / "kp.npz", **kp.to_npz_dict(prefix="x/"), other=np.arange(3))
     with np.load(tmp_path / "kp.npz") as data:
         back = Keypoints2D.from_npz_dict(data, prefix="x/")
@@ -126,6 +126,27 @@ def test_npz_round_trip(taiji, tmp_path):
     bad = dict(d, kp_face=d["kp_face"][:, :468])
     with pytest.raises(SequenceFormatError, match="478"):
         Keypoints2D.from_npz_dict(bad)
+    # a file written before the 3D pose was kept: loads, without a 3D pose
+    old = Keypoints2D.from_npz_dict({k: v for k, v in d.items() if k != "kp_pose_world"})
+    assert kp.has_world.all() and not old.has_world.any() and not old.pose_world.any()
+    with pytest.raises(SequenceFormatError, match="pose_world"):
+        Keypoints2D.from_npz_dict(dict(d, kp_pose_world=d["kp_pose_world"][:, :17]))
+
+
+def test_pose_world_in_metres_on_camera_axes(taiji):
+    """Holistic's 3D pose is kept in metres, origin at the hips' midpoint, on the camera's axes
+    (x right, y down, z away from the camera): the subject faces the camera, so the nose is
+    nearer than the ears, the left shoulder (11) lies to the image's right of the right one,
+    and the shoulders lie above the hips."""
+    _, kp, _ = taiji
+    w = kp.pose_world
+    assert w.shape == (N_FRAMES, NUM_POSE, 3) and kp.has_world.all()
+    assert np.abs(0.5 * (w[:, 23] + w[:, 24])).max() < 0.02                      # metres
+    shoulders = np.linalg.norm(w[:, 11] - w[:, 12], axis=-1)
+    assert ((shoulders > 0.25) & (shoulders < 0.5)).all()
+    assert (w[:, 0, 2] < 0.5 * (w[:, 7, 2] + w[:, 8, 2]) - 0.05).all()          # nose nearer
+    assert (w[:, 11, 0] > w[:, 12, 0]).all()
+    assert (w[:, [11, 12], 1].mean(1) < w[:, [23, 24], 1].mean(1) - 0.3).all()
 
 
 # --------------------------------------------------------------- pure numpy (no MediaPipe)
@@ -166,6 +187,8 @@ def test_validation_rejects_nan_and_bad_shapes():
         Keypoints2D(**dict(d, left_hand=np.zeros((3, 20, 3))))
     with pytest.raises(ValueError, match="disagree"):
         Keypoints2D(**dict(d, face=np.zeros((4, 478, 3))))
+    with pytest.raises(ValueError, match="pose_world"):
+        Keypoints2D(**dict(d, pose_world=np.zeros((3, 33, 2))))
     sub = _synthetic(5).subset(slice(1, 3))
     assert sub.num_frames == 2 and sub.pose_valid.all()
 

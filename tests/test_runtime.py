@@ -252,6 +252,18 @@ def test_gauss_newton_jacobian_matches_autograd(live_subject, anny_body):  # noq
         assert (r_t[1] > 0) == (down[1] < 0)           # upright torso: only the flipped "down" is violated
         e_t = gn._evaluate(x).prior - gn._prior_energy(x)             # the terms are in the energy
         assert torch.allclose(e_t, 10.0 * (r_t[:2] ** 2).sum() + 30.0 * (r_t[2:] ** 2).sum())
+    # the depth cue's rows (after the torso prior's), analytic equals autograd
+    gn._cue_w = torch.tensor([3.0, 2.0, 0.0, 1.0, 1.0, 2.0, 1.0, 0.5, 1.0])
+    gn._cue_t = torch.tensor([-0.9, 0.3, -0.2, 0.0, 0.5, 0.1, 0.2, -0.1, 0.0])
+    st = gn._evaluate(x)
+    _, J_x = gn._jacobian(st)
+    ref = torch.autograd.functional.jacobian(
+        lambda v: (lambda s: gn._extra_residuals(s.lm_world, s.Rg)[0])(gn._evaluate(v)), x)
+    assert J_x.shape == ref.shape == (14, gn.n) and ref[5:, 6:].abs().max() > 0.1
+    assert (J_x - ref).abs().max() < 1e-3 * ref.abs().max()
+    r_x, w_x = gn._extra_residuals(st.lm_world, st.Rg)
+    assert torch.equal(w_x[5:], gn._cue_w) and r_x[5:].abs().max() > 0.05
+    assert torch.allclose(st.prior - gn._prior_energy(x), (w_x * r_x ** 2).sum())
 
 
 def test_live_fit_gauss_newton_beats_adam(live_subject, anny_body):  # noqa: F811

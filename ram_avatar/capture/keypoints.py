@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Keypoints2D", "PERSON_MASK_SOURCE", "detect_keypoints", "check_person_found",
-    "filter_hands_by_pose_wrist",
+    "filter_hands_by_pose_wrist", "landmarks_to_pixels", "world_landmarks",
     "POSE_LEFT_SHOULDER", "POSE_RIGHT_SHOULDER", "POSE_LEFT_WRIST", "POSE_RIGHT_WRIST",
     "POSE_LEFT_HIP", "POSE_RIGHT_HIP", "NUM_POSE", "NUM_HAND", "NUM_FACE",
 ]
@@ -86,6 +86,13 @@ def landmarks_to_pixels(landmark_list, count: int, width: int, height: int, thir
     else:
         arr = np.array([(p.x * width, p.y * height, 1.0) for p in lms], np.float32)
     return arr if np.isfinite(arr).all() else None
+
+
+def world_landmarks(landmark_list) -> np.ndarray | None:
+    """MediaPipe ``pose_world_landmarks`` -> (33, 3) float32 metres (origin at the hips'
+    midpoint, camera axes: x right, y down, z away from the camera), or None if unusable
+    (:attr:`Keypoints2D.pose_world`)."""
+    return landmarks_to_pixels(landmark_list, NUM_POSE, 1, 1, "z")
 
 
 #: what made the person masks of a capture (``manifest.json`` ``masks.source``)
@@ -150,6 +157,7 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
     holistic_api = mp.solutions.holistic
     seg_api = mp.solutions.selfie_segmentation
     rows: dict[str, list] = {name: [] for name in _ARRAYS}
+    worlds: list[np.ndarray | None] = []
     masks = PersonMaskWriter(masks_path)
     num = 0
     size: tuple[int, int] | None = None
@@ -192,6 +200,8 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
             }
             for name, arr in parts.items():
                 rows[name].append(arr)
+            worlds.append(world_landmarks(result.pose_world_landmarks) if parts["pose"] is not None
+                          else None)
             n_pose += parts["pose"] is not None
             masks.add(np.zeros(size, np.uint8) if seg is None else _probability_to_uint8(seg))
             num = index + 1
@@ -211,6 +221,8 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
         if valid.any():
             arr[valid] = np.stack([a for a in rows[name] if a is not None])
         data[name], data[name + "_valid"] = arr, valid
+    data["pose_world"] = np.stack([np.zeros((NUM_POSE, 3), np.float32) if w is None else w
+                                   for w in worlds])
     kp = Keypoints2D(**data)
     if hand_max_torso_fraction is not None:
         kp = filter_hands_by_pose_wrist(kp, hand_max_torso_fraction)

@@ -13,6 +13,9 @@ corner of the top-left pixel, as MediaPipe's normalised coordinates times W and 
   MediaPipe gives no per-landmark confidence for hands: conf is 1.0 for a detected hand.
 - ``face`` (T, 478, 3): [x, y, z] face mesh with irises (refine_face_landmarks=True); z is
   MediaPipe's relative depth times the image width W, i.e. pixel units (smaller = nearer).
+- ``pose_world`` (T, 33, 3): MediaPipe's ``pose_world_landmarks``, metres, origin at the
+  midpoint of the hips, axes those of the camera (x right, y down, z away from the camera);
+  all zeros where the detector gave none (older files, or ``pose_valid`` False).
 
 Left/right are the SUBJECT's own (anatomical) sides. Verified on all 412 frames of
 examples/taiji.mp4 (a subject facing the camera: pose landmark 11, the left shoulder, is on
@@ -46,6 +49,7 @@ POSE_LEFT_HIP, POSE_RIGHT_HIP = 23, 24
 
 _ARRAYS = {"pose": NUM_POSE, "left_hand": NUM_HAND, "right_hand": NUM_HAND, "face": NUM_FACE}
 _FLAGS = ("pose_valid", "left_hand_valid", "right_hand_valid", "face_valid")
+_OPTIONAL = ("pose_world",)   # files written before it was kept load with zeros
 
 
 @dataclass
@@ -59,6 +63,8 @@ class Keypoints2D:
         face: (T, 478, 3) float32 [x px, y px, z px] (z = MediaPipe z times image width).
         pose_valid, left_hand_valid, right_hand_valid, face_valid: (T,) bool, True where the
             part was detected; the matching rows are all zero where False.
+        pose_world: (T, 33, 3) float32 metres, MediaPipe's 3D pose (module docstring), or
+            None on construction for all zeros (no 3D pose; :attr:`has_world` is False).
 
     Arrays are converted to float32/bool on construction; wrong shapes or non-finite values
     raise ValueError.
@@ -72,6 +78,7 @@ class Keypoints2D:
     left_hand_valid: np.ndarray
     right_hand_valid: np.ndarray
     face_valid: np.ndarray
+    pose_world: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         t = None
@@ -92,6 +99,19 @@ class Keypoints2D:
             if flag.shape != (t,):
                 raise ValueError(f"Keypoints2D.{name} must be ({t},), got {flag.shape}")
             setattr(self, name, flag)
+        world = (np.zeros((t, NUM_POSE, 3), np.float32) if self.pose_world is None
+                 else np.asarray(self.pose_world, dtype=np.float32))
+        if world.shape != (t, NUM_POSE, 3):
+            raise ValueError(f"Keypoints2D.pose_world must be ({t}, {NUM_POSE}, 3), got {world.shape}")
+        if not np.isfinite(world).all():
+            raise ValueError("Keypoints2D.pose_world contains NaN/Inf; use zeros where no 3D pose "
+                             "was detected")
+        self.pose_world = world
+
+    @property
+    def has_world(self) -> np.ndarray:
+        """(T,) bool: frames with a detected pose and a 3D pose (:attr:`pose_world`)."""
+        return self.pose_valid & (np.abs(self.pose_world).sum(axis=(1, 2)) > 0)
 
     @property
     def num_frames(self) -> int:
@@ -122,13 +142,15 @@ class Keypoints2D:
         Raises:
             SequenceFormatError: a key is missing or an array has the wrong shape.
         """
-        missing = [prefix + f.name for f in fields(cls) if prefix + f.name not in data]
+        missing = [prefix + f.name for f in fields(cls)
+                   if prefix + f.name not in data and f.name not in _OPTIONAL]
         if missing:
             raise SequenceFormatError(
                 f"keypoint data lacks {', '.join(missing)}; the file was not written by this "
                 f"version of ram-avatar (re-run `ram-avatar capture`).")
         try:
-            return cls(**{f.name: np.asarray(data[prefix + f.name]) for f in fields(cls)})
+            return cls(**{f.name: np.asarray(data[prefix + f.name]) for f in fields(cls)
+                          if prefix + f.name in data})
         except ValueError as e:
             raise SequenceFormatError(
                 f"invalid keypoint data: {e}; re-run `ram-avatar capture`.") from e
