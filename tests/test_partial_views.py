@@ -9,34 +9,37 @@ Until 2026-12-03 this test used ``betas = 0``, which in Anny is a 46 cm infant: 
 placed the body at 0.9 m instead of 3.6 m, and every distance in centimetres came out about
 3.5 times too small (the "6.1 cm" of stop 17 and the "2.9 cm" measured with it today).
 
-Measured with the adult shape (``/work/exp/s27/crop.py``: the same comparison over longer clips
-and other crops; 2026-12-03, the "before" column without the torso lean prior, the "now" column
-with it; arms = median 3D distance, lean = the torso's pitch to the camera, :func:`_lean`):
+Measured with the adult shape (``/work/exp/s28/crop.py``: the same comparison over longer clips
+and other crops; 2026-12-04, arms = median 3D distance; "no cue" is ``depth_cue=0``, the fit
+before MediaPipe's 3D pose was used, with the torso prior of 2026-12-03):
 
-=================================  ===============  ===============  =======================
-clip, crop                          arms before/now  image plane now  crop lean p10..p90 now
-=================================  ===============  ===============  =======================
-this clip, 55 %, stand / sit        11.1 / 8.1 ->    3.5 / 3.4 cm     -2.3..1.0 / -2.0..0.4
-                                    13.7 / 11.0 cm                    (full frame -11.9..5.8)
-taiji 0-412, 55 %                   19.2 -> 16.9     2.6              -0.9..2.6 (before 12.5..32.7)
-taiji 0-412, 42 % (no hips)         15.0 -> 18.5     5.1              -2.2..3.9 (before -67..46)
-basketball 0-219, 55 %              17.6 -> 19.0     7.3              -1.4..6.5 (full 4.9..49.5)
-=================================  ===============  ===============  =======================
+=================================  =================  ===============  =======================
+clip, crop                          arms no cue -> cue  image plane cue  crop lean p10..p90 cue
+=================================  =================  ===============  =======================
+this clip, 55 %, stand / sit        13.7 / 11.0 ->     4.1 / 3.3 cm     -1.6..0.9 (stand;
+                                    9.4 / 6.3 cm                         full frame -10.0..-4.6)
+taiji 0-412, 55 %                   16.9 -> 4.6        2.1              -1.2..3.2
+taiji 0-412, 42 % (no hips)         18.5 -> 9.7        4.6              -1.9..5.9
+basketball 0-219, 55 %              19.0 -> 11.5       7.5              -1.9..3.4 (full -43..0)
+=================================  =================  ===============  =======================
 
 The image plane is what the crop shows: MediaPipe's own 2D elbows and wrists differ by 1.6 cm
-(taiji) between crop and full frame. The 3D error is depth, which one monocular frame leaves
-to the priors. Without hips (or with hips at the crop's edge, which MediaPipe places too high)
-nothing in the frame fixes the torso's pitch: before the lean prior the crop's torso leaned
-back 24 deg on the 55 % crop and rocked between -67 and +46 deg on the 42 % one. The prior
-(:class:`~ram_avatar.runtime.tracking.LiveFitConfig` ``lean_prior``) holds it at the lean of
-the last frames with hips in view, upright when there were none, and ``pelvis_prior`` holds
-the pelvis upright so the held legs stay under the body; the arms' depth moves with them,
-better on some clips and worse on others, and the issue's 5 cm median in 3D is not met either
-way. Where the person really bends towards the camera with the hips out of view (basketball:
-36 deg in the full frame) the crop shows them upright. The tolerances below are this clip's
-measurement with headroom: 15 cm in 3D, 4 cm in the image plane, and the torso lean within
-12 deg (median) of the full frame's and steady (frame-to-frame p95 <= 10 deg; before the
-prior: 27 / 26 deg). The legs of the crop are held exactly (zero jitter) at the chosen pose.
+(taiji) between crop and full frame. The rest is depth, which 2D landmarks leave to the priors:
+before the depth cue (:class:`~ram_avatar.runtime.tracking.LiveFitConfig` ``depth_cue``, the
+camera-axis direction of each bone from MediaPipe's 3D pose, whose own arms agree within 4 cm
+between crop and full frame on taiji) the crop's arms were 11-19 cm from the full frame's, and
+the full frame leaned basketball's forward-bending player 36 deg backwards
+(:func:`test_depth_cue_turns_the_torso_the_right_way`). Without hips (or with hips at the
+crop's edge, which MediaPipe places too high) nothing in the frame fixes the torso's pitch:
+the lean prior (``lean_prior``) holds it at the lean of the last frames with hips in view,
+upright when there were none, and ``pelvis_prior`` holds the pelvis upright so the held legs
+stay under the body. Where the person really bends towards the camera with the hips out of
+view (basketball) the crop shows them upright; with the hands out of the crop as well, its
+arms stay 11.5 cm from the full frame's. The tolerances below are this clip's measurement with
+headroom: 12 cm in 3D (and at least 2 cm better than without the cue), 5 cm in the image
+plane, and the torso lean within 12 deg (median) of the full frame's and steady
+(frame-to-frame p95 <= 10 deg; before the lean prior: 27 / 26 deg). The legs of the crop are
+held exactly (zero jitter) at the chosen pose.
 """
 
 from __future__ import annotations
