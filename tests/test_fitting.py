@@ -124,3 +124,34 @@ def test_silhouette_stage_recovers_body_shape_the_keypoints_cannot_see(anny_body
     # the keypoints still hold: reprojection stays within 1 % of the person's height
     err = reprojection_errors(anny_body, sil, kp, torch.as_tensor(K, dtype=torch.float32))
     assert np.nanmedian(err["body"]) < 0.01, err["body"]
+
+
+def test_depth_cue_recovers_the_bones_depth(anny_body):
+    """With MediaPipe's 3D pose (here the true landmarks, hip-centred, as ``pose_world``) the
+    depth cue (``FitConfig.w_depth``, default weight) turns each bone towards or away from the
+    camera as the truth does, which the 2D landmarks alone leave open: without it an upper arm
+    of this pose comes out with its depth flipped (median |uz - truth| 0.48 on the
+    camera-axis component of the unit bone vector), with it every bone is within 0.13; the
+    reprojection stays below 1 % of the bbox height (measured 2026-12-04)."""
+    from ram_avatar.capture.fitting import bone_depths
+
+    kp, K, truth = _synthetic_keypoints(anny_body, seed=3)
+    with torch.no_grad():
+        lm = anny_body(truth, return_vertices=False).pose_landmarks              # (T, 33, 3)
+    kp.pose_world = (lm - 0.5 * (lm[:, 23:24] + lm[:, 24:25])).numpy()
+    want = bone_depths(lm)
+    cfg = dict(iters_global=30, iters_body=150, iters_hands=40)
+    err, reproj = {}, {}
+    for w in (0.0, FitConfig().w_depth):
+        params = fit_sequence(anny_body, kp, K, FitConfig(w_depth=w, **cfg), show_progress=False)
+        with torch.no_grad():
+            got = bone_depths(anny_body(params, return_vertices=False).pose_landmarks)
+        err[w] = (got - want).abs().median(0).values.numpy()                         # (B,)
+        reproj[w] = np.nanmedian(reprojection_errors(anny_body, params, kp,
+                                                     torch.as_tensor(K, dtype=torch.float32))["body"])
+    w = FitConfig().w_depth
+    print(f"bone depth |uz - truth| median per bone: without the cue {err[0.0].round(3)}, "
+          f"with {err[w].round(3)}; reprojection {reproj[0.0]:.4f} / {reproj[w]:.4f}")
+    assert w > 0 and err[0.0].max() > 0.3                 # 2D only: a bone's depth flipped
+    assert err[w].max() < 0.2
+    assert reproj[w] < 0.01

@@ -41,7 +41,8 @@ import torch
 
 from ram_avatar.body.anny_backend import anny_forward_kinematics, anny_rest_chain
 from ram_avatar.body.base import BodyModel, BodyOutput, BodyParams, rotvec_to_rotmat
-from ram_avatar.capture.fitting import FitConfig, _Targets, fit_sequence
+from ram_avatar.capture.fitting import (BONE_MATRIX, DEPTH_BONES, FitConfig, _Targets,
+                                        bone_confidence, bone_depths, fit_sequence)
 from ram_avatar.capture.keypoints import (NUM_FACE, NUM_HAND, NUM_POSE, Keypoints2D,
                                           filter_hands_by_pose_wrist, landmarks_to_pixels,
                                           world_landmarks)
@@ -56,12 +57,6 @@ __all__ = ["HolisticTracker", "PersonLock", "BodyTracker", "FixedShapeBody", "To
 #: MediaPipe pose landmarks of the hips, and of the legs below them (knees, ankles, heels, toes)
 HIP_LANDMARKS = (23, 24)
 TORSO_LANDMARKS = (11, 12, 23, 24)   # shoulders, hips
-#: the bones of the depth cue (:meth:`GaussNewtonFit.fit`, ``depth_cue``): (start, end)
-#: pose landmarks, a bone end at the mean of several; the torso from the hips' midpoint to the
-#: shoulders', then upper arm and forearm, thigh and shin, left then right
-DEPTH_BONES = (((23, 24), (11, 12)),
-               ((11,), (13,)), ((13,), (15,)), ((12,), (14,)), ((14,), (16,)),
-               ((23,), (25,)), ((25,), (27,)), ((24,), (26,)), ((26,), (28,)))
 _PRIOR_LANDMARKS = tuple(sorted(set(TORSO_LANDMARKS).union(
     *(a + b for a, b in DEPTH_BONES))))   # camera-frame Jacobian rows the extra terms need
 LEG_LANDMARKS = (25, 26, 27, 28, 29, 30, 31, 32)
@@ -534,13 +529,7 @@ class GaussNewtonFit:
         self.head_bone = int(body.head_bone)
         knees = getattr(body, "knee_joints", None) or []
         self.knees = torch.tensor(knees, dtype=torch.long, device=dev)
-        # (B, 33): a pose landmark row vector -> each depth-cue bone's vector (end - start)
-        D = torch.zeros(len(DEPTH_BONES), 33)
-        for k, (a, b) in enumerate(DEPTH_BONES):
-            D[k, list(b)] += 1.0 / len(b)
-            D[k, list(a)] -= 1.0 / len(a)
-        self._bone_D = D.to(dev)
-        self._bone_lms = [torch.tensor(a + b, device=dev) for a, b in DEPTH_BONES]
+        self._bone_D = BONE_MATRIX.to(dev)          # (B, 33) the depth cue's bone vectors
         self.n = 6 + 3 * self.nj
         # constants of the per-frame evaluation: the shape's kinematic chain, identity
         # rotations of the bones that are not fitted, the prior's per-joint weights and limits
@@ -644,8 +633,7 @@ class GaussNewtonFit:
         camera-axis component of the fitted bone's unit vector minus the one of MediaPipe's
         3D pose (``_cue_t``). The 2D landmarks leave a bone's sign of depth (towards or away
         from the camera) to the priors; the 3D pose tells it."""
-        u = self._bone_D @ lm_world[:33]                                         # (B, 3)
-        return u[:, 2] / u.norm(dim=-1).clamp(min=1e-6) - self._cue_t
+        return bone_depths(lm_world[:33]) - self._cue_t
 
     def _cue_rows(self, st: _FitState, dl: torch.Tensor) -> torch.Tensor:
         """(B, N) Jacobian of :meth:`_cue_residuals` given ``dl (33, 3, N)``, the Jacobian of
@@ -886,11 +874,9 @@ class GaussNewtonFit:
         if self._lean_w > 0:
             self._down = self._body_down(self._xy[:33], self._c[:33])
         self._cue_w = torch.zeros_like(self._cue_w)
-        if depth_cue > 0 and bool(kp.has_world[0]):
-            wp = torch.as_tensor(kp.pose_world[0], dtype=torch.float32, device=self.device)
-            u = self._bone_D @ wp                                                   # (B, 3)
-            self._cue_t = u[:, 2] / u.norm(dim=-1).clamp(min=1e-6)
-            self._cue_w = float(depth_cue) * torch.stack([pose_c[i].min() for i in self._bone_lms])
+        if depth_cue > 0:   # (0 in a frame without a 3D pose: _Targets.cue_c)
+            self._cue_t = tg.cue_t[0]
+            self._cue_w = float(depth_cue) * bone_confidence(pose_c) * tg.cue_c[0].gt(0)
         x = self.pack(init)
         self._x_pred = x.clone()
         keep = None
@@ -1337,9 +1323,10 @@ class BodyTracker:
         else:
             if init is None:
                 cfg = FitConfig(iters_global=c.init_global, iters_body=c.init_body,
-                                iters_hands=c.init_hands)
+                                iters_hands=c.init_hands, w_depth=c.depth_cue)
             else:
-                cfg = FitConfig(iters_global=0, iters_body=0, iters_hands=c.iters, lr=c.lr)
+                cfg = FitConfig(iters_global=0, iters_body=0, iters_hands=c.iters, lr=c.lr,
+                                w_depth=c.depth_cue)
             p = fit_sequence(self.body, kp, K, cfg, device=self.device, init=init, show_progress=False)
             if hold:  # the Adam fit cannot freeze joints: put the held legs back
                 p = self._with_legs(p)
