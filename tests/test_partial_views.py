@@ -16,11 +16,11 @@ before MediaPipe's 3D pose was used, with the torso prior of 2026-12-03):
 =================================  =================  ===============  =======================
 clip, crop                          arms no cue -> cue  image plane cue  crop lean p10..p90 cue
 =================================  =================  ===============  =======================
-this clip, 55 %, stand / sit        13.7 / 11.0 ->     4.1 / 3.3 cm     -1.6..0.9 (stand;
-                                    9.4 / 6.3 cm                         full frame -10.0..-4.6)
-taiji 0-412, 55 %                   16.9 -> 4.6        2.1              -1.2..3.2
-taiji 0-412, 42 % (no hips)         18.5 -> 9.7        4.6              -1.9..5.9
-basketball 0-219, 55 %              19.0 -> 11.5       7.5              -1.9..3.4 (full -43..0)
+this clip, 55 %, stand / sit        13.7 / 11.0 ->     3.8 / 3.1 cm     -2.5..0.9 (stand;
+                                    6.7 / 7.0 cm                         full frame -10.6..-5.3)
+taiji 0-412, 55 %                   16.9 -> 4.6        2.1              -1.2..3.1
+taiji 0-412, 42 % (no hips)         18.5 -> 9.9        4.2              -2.3..5.2
+basketball 0-219, 55 %              19.0 -> 11.1       6.8              -1.9..5.5 (full -42..0)
 =================================  =================  ===============  =======================
 
 The image plane is what the crop shows: MediaPipe's own 2D elbows and wrists differ by 1.6 cm
@@ -35,7 +35,7 @@ the lean prior (``lean_prior``) holds it at the lean of the last frames with hip
 upright when there were none, and ``pelvis_prior`` holds the pelvis upright so the held legs
 stay under the body. Where the person really bends towards the camera with the hips out of
 view (basketball) the crop shows them upright; with the hands out of the crop as well, its
-arms stay 11.5 cm from the full frame's. The tolerances below are this clip's measurement with
+arms stay 11.1 cm from the full frame's. The tolerances below are this clip's measurement with
 headroom: 12 cm in 3D (and at least 2 cm better than without the cue), 5 cm in the image
 plane, and the torso lean within 12 deg (median) of the full frame's and steady
 (frame-to-frame p95 <= 10 deg; before the lean prior: 27 / 26 deg). The legs of the crop are

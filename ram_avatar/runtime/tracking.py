@@ -23,7 +23,10 @@ tracked as soon as it arrives:
   previous 12 Adam steps through autograd, which other body models still use). The body shape
   is held fixed to the avatar's ``betas`` (:class:`FixedShapeBody`), so the driver is tracked
   with the avatar's bone lengths: live there is no clip to estimate a driver shape from, a
-  per-frame shape would jitter, and retargeting then needs no bone-length rescaling.
+  per-frame shape would jitter, and retargeting then needs no bone-length rescaling. The
+  energy includes the capture's depth cue (MediaPipe's 3D pose, ``Keypoints2D.pose_world``,
+  tells each bone towards or away from the camera, which the 2D landmarks leave open;
+  ``LiveFitConfig.depth_cue``).
 
 Imports: ``ram_avatar.capture.keypoints`` (the :class:`Keypoints2D` record and hand filter) and
 ``ram_avatar.capture.fitting`` (the fitting energy) are pure functions of the capture package,
@@ -474,7 +477,9 @@ class GaussNewtonFit:
     where ``Y_c`` / ``S_c`` sum the landmark's skinning contributions / weights over the bones
     below c; the axis-angle chain rule is the SO(3) left Jacobian. One iteration is one forward
     kinematics pass (no autograd graph), a (150 x 201) Jacobian and a 201 x 201 solve; the
-    robust term is handled by iteratively reweighted least squares.
+    robust term is handled by iteratively reweighted least squares. The terms on camera-frame
+    directions (the torso prior, :class:`TorsoPrior`, and the depth cue, ``fit(depth_cue=)``)
+    add Gauss-Newton rows from the same landmark Jacobian rotated into the camera frame.
 
     Args:
         body: the Anny body model (``name == "anny"``).
@@ -896,7 +901,7 @@ class GaussNewtonFit:
             gp, Hp = self._prior_grad_hess(st.x)
             g = 2 * Jf.T @ rf + gp
             H = 2 * Jf.T @ Jf + Hp
-            if J_lean is not None:  # torso prior and arm depth cue (Gauss-Newton terms)
+            if J_lean is not None:  # torso prior and depth cue (Gauss-Newton terms)
                 rt, wt = self._extra_residuals(st.lm_world, st.Rg)
                 g = g + 2 * ((wt * rt) @ J_lean)
                 H = H + 2 * (J_lean.T @ (wt[:, None] * J_lean))
@@ -996,7 +1001,9 @@ class LiveFitConfig:
             landmarks alone leave each bone's sign of depth to the priors: on basketball the
             full-frame fit leaned the torso 36 deg back while the player bends 26-29 deg
             towards the camera, and a head-to-waist crop's elbows and wrists were 17-19 cm
-            (3D median) from the full frame's; with the cue 4.6-11.5 cm (2026-12-04).
+            (3D median) from the full frame's; with the cue 4.6 (taiji) to 11.1 cm
+            (basketball, hands and hips out of the crop) (2026-12-04). Also the weight of the
+            first frame's full fit (``FitConfig.w_depth``).
         partial_floor: while the legs are held, upper-body landmarks inside the frame get at
             least this confidence (MediaPipe lowers the visibility of arms in a cropped view
             although it still places them; 0 = off, the default).
