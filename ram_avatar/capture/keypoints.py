@@ -95,6 +95,22 @@ def world_landmarks(landmark_list) -> np.ndarray | None:
     return landmarks_to_pixels(landmark_list, NUM_POSE, 1, 1, "z")
 
 
+def _stack_detections(rows: dict[str, list], num: int) -> dict[str, np.ndarray]:
+    """Per-frame detections ((n, 3) arrays or None, ``num`` frames per part) -> the
+    :class:`Keypoints2D` fields: zeros and a False flag where a part was not detected, and
+    ``pose_world`` zeros where no 3D pose was."""
+    data = {}
+    for name, n in (*_ARRAYS.items(), ("pose_world", NUM_POSE)):
+        valid = np.array([a is not None for a in rows[name]], bool)
+        arr = np.zeros((num, n, 3), np.float32)
+        if valid.any():
+            arr[valid] = np.stack([a for a in rows[name] if a is not None])
+        data[name] = arr
+        if name in _ARRAYS:
+            data[name + "_valid"] = valid
+    return data
+
+
 #: what made the person masks of a capture (``manifest.json`` ``masks.source``)
 PERSON_MASK_SOURCE = "mediapipe_holistic_segmentation"
 
@@ -156,8 +172,7 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
 
     holistic_api = mp.solutions.holistic
     seg_api = mp.solutions.selfie_segmentation
-    rows: dict[str, list] = {name: [] for name in _ARRAYS}
-    worlds: list[np.ndarray | None] = []
+    rows: dict[str, list] = {name: [] for name in (*_ARRAYS, "pose_world")}
     masks = PersonMaskWriter(masks_path)
     num = 0
     size: tuple[int, int] | None = None
@@ -200,8 +215,8 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
             }
             for name, arr in parts.items():
                 rows[name].append(arr)
-            worlds.append(world_landmarks(result.pose_world_landmarks) if parts["pose"] is not None
-                          else None)
+            rows["pose_world"].append(world_landmarks(result.pose_world_landmarks)
+                                      if parts["pose"] is not None else None)
             n_pose += parts["pose"] is not None
             masks.add(np.zeros(size, np.uint8) if seg is None else _probability_to_uint8(seg))
             num = index + 1
@@ -214,16 +229,7 @@ def detect_keypoints(frames: Iterable[np.ndarray], total: int | None = None,
              "person in %d", num, 1000 * (t_holistic + t_seg) / num, 1000 * t_holistic / num,
              1000 * t_seg / num, n_pose)
 
-    data = {}
-    for name, n in _ARRAYS.items():
-        valid = np.array([a is not None for a in rows[name]], bool)
-        arr = np.zeros((num, n, 3), np.float32)
-        if valid.any():
-            arr[valid] = np.stack([a for a in rows[name] if a is not None])
-        data[name], data[name + "_valid"] = arr, valid
-    data["pose_world"] = np.stack([np.zeros((NUM_POSE, 3), np.float32) if w is None else w
-                                   for w in worlds])
-    kp = Keypoints2D(**data)
+    kp = Keypoints2D(**_stack_detections(rows, num))
     if hand_max_torso_fraction is not None:
         kp = filter_hands_by_pose_wrist(kp, hand_max_torso_fraction)
     return kp, masks.close()

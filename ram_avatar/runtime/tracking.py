@@ -730,6 +730,30 @@ class GaussNewtonFit:
         d = x - self._x_pred
         return e + (self._wt * d * d).sum()
 
+    def _set_frame(self, kp: Keypoints2D, K: torch.Tensor, pose_weight: np.ndarray | None,
+                   torso: TorsoPrior | None, depth_cue: float) -> None:
+        """The frame's targets (:meth:`fit`'s arguments of the same names): the landmarks
+        ``_xy`` and confidences ``_c``, the bbox height and camera, the torso prior's weights
+        and targets, and the depth cue's (0 in a frame without a 3D pose)."""
+        tg = _Targets(kp, self.body, self.cfg, self.device)
+        self._xy = torch.cat([tg.pose_xy[0], tg.hand_xy[0].reshape(-1, 2)])          # (L, 2)
+        pose_c = tg.pose_c[0]
+        if pose_weight is not None:
+            pose_c = pose_c * torch.as_tensor(np.asarray(pose_weight), dtype=pose_c.dtype,
+                                              device=pose_c.device)
+        self._c = torch.cat([pose_c, tg.hand_c[0].reshape(-1)])                    # (L,)
+        self._h, self._K = tg.h[0], K
+        torso = torso or TorsoPrior(0.0, 0.0)
+        self._lean_w, self._lean_target = float(torso.lean_weight), float(torso.lean)
+        self._up_w = float(torso.up_weight)
+        self._up_target = torch.as_tensor(torso.up, dtype=torch.float32, device=self.device).reshape(3)
+        if self._lean_w > 0:
+            self._down = self._body_down(self._xy[:33], self._c[:33])
+        self._cue_w = torch.zeros_like(self._cue_w)
+        if depth_cue > 0:
+            self._cue_t = tg.cue_t[0]
+            self._cue_w = float(depth_cue) * bone_confidence(pose_c) * tg.cue_c[0].gt(0)
+
     def _set_temporal(self, temporal: float, temporal_transl: float, root_weight: float) -> None:
         """The per-parameter weights ``_wt (N,)`` of the temporal term of :meth:`_prior_energy`:
         ``temporal`` on the rotations, ``root_weight`` times it on the global orientation and
@@ -863,25 +887,8 @@ class GaussNewtonFit:
             without vertices, number of body-model evaluations).
         """
         cfg = self.cfg
-        tg = _Targets(kp, self.body, cfg, self.device)
-        self._xy = torch.cat([tg.pose_xy[0], tg.hand_xy[0].reshape(-1, 2)])          # (L, 2)
-        pose_c = tg.pose_c[0]
-        if pose_weight is not None:
-            pose_c = pose_c * torch.as_tensor(np.asarray(pose_weight), dtype=pose_c.dtype,
-                                              device=pose_c.device)
-        self._c = torch.cat([pose_c, tg.hand_c[0].reshape(-1)])                    # (L,)
-        self._h, self._K = tg.h[0], K
+        self._set_frame(kp, K, pose_weight, torso, depth_cue)
         self._set_temporal(temporal, temporal_transl, root_weight)
-        torso = torso or TorsoPrior(0.0, 0.0)
-        self._lean_w, self._lean_target = float(torso.lean_weight), float(torso.lean)
-        self._up_w = float(torso.up_weight)
-        self._up_target = torch.as_tensor(torso.up, dtype=torch.float32, device=self.device).reshape(3)
-        if self._lean_w > 0:
-            self._down = self._body_down(self._xy[:33], self._c[:33])
-        self._cue_w = torch.zeros_like(self._cue_w)
-        if depth_cue > 0:   # (0 in a frame without a 3D pose: _Targets.cue_c)
-            self._cue_t = tg.cue_t[0]
-            self._cue_w = float(depth_cue) * bone_confidence(pose_c) * tg.cue_c[0].gt(0)
         x = self.pack(init)
         self._x_pred = x.clone()
         keep = None
