@@ -750,9 +750,9 @@ class GaussNewtonFit:
         if self._lean_w > 0:
             self._down = self._body_down(self._xy[:33], self._c[:33])
         self._cue_w = torch.zeros_like(self._cue_w)
-        if depth_cue > 0:
+        if depth_cue > 0 and bool(kp.has_world[0]):
             self._cue_t = tg.cue_t[0]
-            self._cue_w = float(depth_cue) * bone_confidence(pose_c) * tg.cue_c[0].gt(0)
+            self._cue_w = float(depth_cue) * bone_confidence(pose_c)
 
     def _set_temporal(self, temporal: float, temporal_transl: float, root_weight: float) -> None:
         """The per-parameter weights ``_wt (N,)`` of the temporal term of :meth:`_prior_energy`:
