@@ -31,7 +31,8 @@ def test_bench_quality_tiny_budgets(tmp_path, anny_body, shared_body, capsys):
     from ram_avatar.cli import main
 
     subject = write_tiny_subject(tmp_path / "s", anny_body, T=30, fps=10.0, raised=(15, 18))
-    sets = [x for s in TINY_TRAIN for x in ("--set", s)]
+    # a constant learning rate: one run, resumed at each budget (the scheduled case is below)
+    sets = [x for s in TINY_TRAIN + ["optim.lr_decay_start=1"] for x in ("--set", s)]
     out = tmp_path / "bq"
     argv = ["bench", "quality", str(subject), "--minutes", "0.05", "0.02", "--preset", "cpu-256-v1",
             *sets, "--set", "val_fraction=0.2", "--holdout", "segment", "--out", str(out),
@@ -69,3 +70,16 @@ def test_bench_quality_tiny_budgets(tmp_path, anny_body, shared_body, capsys):
     assert main(again) == 0
     q2 = json.loads(capsys.readouterr().out)
     assert q2["run"] == "bq-cpu-256-v1-segment-2" and len(q2["results"]) == 1
+    # with the learning-rate schedule (annealed to each budget's end) every budget is a run of
+    # its own, from scratch
+    sched = [a if a != "optim.lr_decay_start=1" else "optim.lr_decay_start=0.5" for a in again]
+    sched[4:5] = ["0.01", "0.02"]
+    assert main(sched) == 0
+    q3 = json.loads(capsys.readouterr().out)
+    runs = [r["run"] for r in q3["results"]]
+    assert runs == ["bq-cpu-256-v1-segment-3", "bq-cpu-256-v1-segment-3-0.02min"]
+    assert q3["benchmark"].endswith("(one run per budget)")
+    for r in q3["results"]:
+        assert (subject / "runs" / r["run"] / "split.json").is_file()
+        assert 0 < r["train_seconds"] <= r["minutes"] * 60 + 5     # its own minutes only
+        assert math.isfinite(r["psnr_masked"])

@@ -337,6 +337,54 @@ def test_trainer_steps_one_at_a_time(tmp_path):
     trainer.writer.close()
 
 
+def test_lr_schedule_anneals_over_the_steps_or_minutes_budget(tmp_path):
+    """``optim.lr_decay_start``: constant, then a half cosine down to ``lr_final_mult`` at the
+    end of the budget; a resumed run restarts from the configured rates, not the decayed
+    ones; a minutes budget counts the run's training seconds."""
+    from ram_avatar.training.distributed import DistributedContext
+    from ram_avatar.training.state import lr_schedule_factor
+    from ram_avatar.training.trainer import Trainer
+
+    assert lr_schedule_factor(0.3, 0.5, 0.1) == 1.0
+    assert lr_schedule_factor(0.75, 0.5, 0.1) == pytest.approx(0.55)
+    assert lr_schedule_factor(1.0, 0.5, 0.1) == pytest.approx(0.1)
+    assert lr_schedule_factor(1.5, 0.5, 0.1) == pytest.approx(0.1)
+    assert lr_schedule_factor(0.99, 1.0, 0.1) == 1.0            # 1 = constant (the default)
+    for name in ("cpu-256", "cpu-256-v1", "gpu-512", "paper-1024"):   # opt-in (config.py)
+        assert get_preset(name).optim.lr_decay_start == 1.0, name
+    with pytest.raises(ConfigError, match="lr_decay_start"):
+        apply_overrides(tiny_config(), ["optim.lr_decay_start=1.5"]).validate()
+
+    cfg = tiny_config()
+    cfg.optim = replace(cfg.optim, lr_decay_start=0.5, lr_final_mult=0.1)
+    base = cfg.optim.lr * cfg.optim.texture_lr_mult
+    seen = []
+    for steps in (4, 8):                                        # the second call resumes
+        trainer = Trainer(SyntheticAvatar(4), None, tmp_path / "run", cfg,
+                          DistributedContext("cpu"), show_progress=False)
+        trainer.setup()
+        step_once = trainer.train_iteration
+
+        def record(batch, trainer=trainer, step_once=step_once):
+            groups = {g["name"]: g["lr"] for g in trainer.state.optimizer.param_groups}
+            seen.append((trainer.step, groups["texture"]))
+            return step_once(batch)
+
+        trainer.train_iteration = record
+        trainer.fit(steps=steps)
+    want = [(s, base * lr_schedule_factor(s / t, 0.5, 0.1)) for t, r in ((4, range(4)),
+                                                                      (8, range(4, 8)))
+            for s in r]
+    assert [s for s, _ in seen] == [s for s, _ in want]
+    assert [lr for _, lr in seen] == pytest.approx([lr for _, lr in want], rel=1e-6)
+    assert seen[4][1] > seen[3][1]        # resumed with a larger budget: from the config's rate
+    trainer.train_seconds = lambda: 75.0
+    trainer._schedule_lr(None, 100.0)                           # 75 % of a minutes budget
+    groups = {g["name"]: g["lr"] for g in trainer.state.optimizer.param_groups}
+    assert groups["texture"] == pytest.approx(base * 0.55)
+    assert groups["generator"] == pytest.approx(cfg.optim.lr * 0.55)
+
+
 # ---------------------------------------------------------------------------------------------
 # the full renderer (attention, branches, GAN, hand loss, EMA) in training
 

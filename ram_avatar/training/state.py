@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -40,6 +41,17 @@ class AuxState(nn.Module):
             self.pose_refiner = pose_refiner
 
 
+def lr_schedule_factor(progress: float, start: float, final: float) -> float:
+    """Learning-rate factor at ``progress`` (0..1, the fraction of the run's budget spent):
+    1 before ``start``, then a half cosine down to ``final`` at 1 (cosine annealing,
+    Loshchilov & Hutter, "SGDR", ICLR 2017, Eq. 5, one cycle); ``final`` after 1, and 1
+    throughout when ``start`` is 1 (``optim.lr_decay_start``)."""
+    if start >= 1.0 or progress <= start:
+        return 1.0
+    t = min(1.0, (progress - start) / (1.0 - start))
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
 class TrainingState:
     """Optimisers, scalers, EMA and checkpoints of one run (module docstring).
 
@@ -65,6 +77,18 @@ class TrainingState:
         self.ema: nn.Module | None = None
         self.aux: AuxState | None = None
         self.last_checkpoint: Path | None = None
+        self._base_lrs: list[list[float]] | None = None
+
+    def scale_learning_rates(self, factor: float) -> None:
+        """Set every optimiser group's learning rate to ``factor`` times its configured value
+        (the values after construction or :meth:`resume`; the schedule of
+        :func:`lr_schedule_factor`)."""
+        opts = [o for o in (self.optimizer, self.opt_d) if o is not None]
+        if self._base_lrs is None:
+            self._base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
+        for o, base in zip(opts, self._base_lrs):
+            for g, lr in zip(o.param_groups, base):
+                g["lr"] = lr * factor
 
     def resume(self, path: Path) -> int:
         """Load the main checkpoint (weights, optimiser, scaler, RNG states) and restore the

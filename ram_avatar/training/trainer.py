@@ -62,7 +62,7 @@ from ram_avatar.training.model import (AvatarTrainingModel, discriminator_update
                                        gan_weight_at, reconstruction_losses,
                                        renderer_param_groups)
 from ram_avatar.training.state import (TrainingState, aux_checkpoint_path,  # noqa: F401
-                                       load_ema_weights)
+                                       load_ema_weights, lr_schedule_factor)
 from ram_avatar.utils import atomic_path, progress
 
 log = logging.getLogger(__name__)
@@ -519,6 +519,10 @@ class Trainer:
         if self.model.discriminator is not None:
             self.model.discriminator.train()
         t_start = self._fit_started = time.perf_counter()
+        # the budget the learning-rate schedule spans: this call's minutes on top of the run's
+        # earlier training seconds (so `create --minutes`, which passes what is left, spans the
+        # whole budget over every call)
+        budget_s = self.seconds_before + minutes * 60.0 if minutes is not None else None
         bar_ctx = progress() if (self.show_progress and self.dist.main) \
             else contextlib.nullcontext()
         # installed right before the try whose finally restores it
@@ -529,6 +533,7 @@ class Trainer:
                 task = _add_task(bar, target, minutes, self.start_step)
                 data_iter = iter(self.loader) if not self.dist.any(done())[0] else None
                 while data_iter is not None:
+                    self._schedule_lr(target, budget_s)
                     values = self.train_iteration(next(data_iter))
                     stop = self.dist.any(done())[0]
                     self._after_iteration(values, stop)
@@ -554,6 +559,22 @@ class Trainer:
                         "to continue", self.step, summary["checkpoint"])
             raise KeyboardInterrupt
         return summary
+
+    def _schedule_lr(self, target: int | None, budget_s: float | None) -> None:
+        """Set the learning rates for the next step from the fraction of the budget spent
+        (``optim.lr_decay_start``, :func:`~ram_avatar.training.state.lr_schedule_factor`): the
+        larger of steps / ``target`` and training seconds / ``budget_s``, the largest over the
+        ranks (their clocks differ slightly; their weights must not)."""
+        optim = self.config.optim
+        if optim.lr_decay_start >= 1.0:
+            return
+        progress = self.step / target if target else 0.0
+        if budget_s:
+            progress = max(progress, self.train_seconds() / budget_s)
+            progress = float(self.dist.all_gather(torch.tensor([progress],
+                                                               device=self.device)).max())
+        self.state.scale_learning_rates(
+            lr_schedule_factor(progress, optim.lr_decay_start, optim.lr_final_mult))
 
     def _finish(self) -> None:
         """Final validation and checkpoint (unless this step already has them)."""
