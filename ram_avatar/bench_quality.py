@@ -5,10 +5,11 @@ evaluated. Without a learning-rate schedule (``optim.lr_decay_start`` 1) one run
 is trained to the first mark, evaluated, resumed to the next mark, and so on. Training resumes
 exactly (same step, weights, optimiser, RNG and data order: training.trainer) and nothing then
 depends on the budget, so the model at each mark is the one a separate from-scratch run of that
-many minutes would reach (up to the step count a wall-clock budget lands on). With the schedule
-(the CPU presets), the learning rates anneal towards the end of the budget, so a resumed run is
-not a shorter run: each budget then gets its own run (``<run>-<M>min``), from scratch, and the
-bench costs the sum of the budgets instead of the largest. Evaluation and dataset building are
+many minutes would reach (up to the step count a wall-clock budget lands on). With the
+schedule on (``--set optim.lr_decay_start=0.5``; off in every preset), the learning rates
+anneal towards the end of the budget, so a resumed run is not a shorter run: each budget then
+gets its own run (``<run>-<M>min``), from scratch, and the bench costs the sum of the budgets
+instead of the largest. Evaluation and dataset building are
 not counted in the training minutes.
 
 Evaluation is ``ram-avatar evaluate``'s (:func:`ram_avatar.eval.evaluate.image_metrics`: PSNR,
@@ -180,10 +181,10 @@ def bench_quality(subject_dir: str | Path, minutes=(2, 5, 10, 20), preset: str =
         report["benchmark"] = "held-out quality against training minutes (one run per budget)"
     for m in marks:
         name = run_name
+        if scheduled and m != marks[0]:
+            name = _unique_run(subject_dir, f"{run_name}-{m:g}min")
+            setup = prepare_training(subject_dir, preset, name, overrides, holdout, backend)
         if scheduled:
-            name = run_name if m == marks[0] else _unique_run(subject_dir, f"{run_name}-{m:g}min")
-            if m != marks[0]:
-                setup = prepare_training(subject_dir, preset, name, overrides, holdout, backend)
             train_s = done = 0.0
         summary = train(setup.train_set, setup.val_set, setup.run.dir, setup.config,
                         minutes=m - done, device=dev, show_progress=show_progress,
