@@ -118,9 +118,10 @@ class OptimConfig:
             again) starts from the new budget's fraction, as a warm restart does. Measured on
             ``cpu-256`` (0.5 against 1, 2026-12-04): masked SSIM +0.010 to +0.019 on the
             held-out frames in every pair (taiji and basketball, 400 steps, two seeds each;
-            taiji 10 minutes), masked PSNR -0.11 to +0.18 dB; the driven avatar's speckle falls
-            (basketball on taiji, 10 minutes: 1.09 -> 0.93) and so does its sharpness ratio
-            (0.68 -> 0.59), below issue 10's 0.6: the weight EMA's trade again, so it stays
+            taiji 10 and 20 minutes), masked PSNR -0.11 to +0.18 dB (20 minutes: 15.96 / 0.450
+            -> 16.09 / 0.464); the driven avatar's speckle falls (basketball on taiji, 20
+            minutes: 1.12 -> 0.91) and so does its sharpness ratio (0.66 -> 0.51; 10 minutes
+            0.68 -> 0.59), below issue 10's 0.6: the weight EMA's trade again, so it stays
             opt-in (``--set optim.lr_decay_start=0.5``).
         lr_final_mult: the learning rates' factor at the end of the budget (``lr_decay_start``).
         zero_init_residual: a new run starts the generator's ToRGB convolutions at zero
