@@ -19,8 +19,9 @@ and of ``avatar.onnx``), for people, not for the decisions:
   interrupted training resumes from its latest checkpoint with the rest of the budget.
 - ``export``: ``export.json`` names this run, its latest checkpoint and this capture
   (sha256), and the ONNX file is the one it describes.
-- ``fit-mda``: the motion aligner was fitted by ``create`` on this capture and its file is
-  unchanged (new training does not redo it: it depends on the capture only).
+- ``fit-mda``: the motion aligner was fitted by ``create`` on this capture, for this run's split
+  (it learns the poses the run trained on), and its file is unchanged (more training of the
+  same run does not redo it: its split was decided once).
 
 The export stage belongs to the ``exporters`` plug-in, found through its entry point as in
 :mod:`ram_avatar.demo`.
@@ -218,12 +219,13 @@ def create(video: str | Path, subject_dir: str | Path, minutes: float | None = N
     mda_file = subject.mda_dir / "mda.safetensors"
     done = p.state.get("fit-mda") or {}
     fitted = (done.get("fitted_sha256") == fitted_sha and done.get("sha256") is not None
-              and done.get("sha256") == _sha(mda_file))
-    p.stage("fit-mda", f"{subject.mda_dir.name}/ was fitted on this capture" if fitted else None,
-            f"motion aligner -> {subject.mda_dir}", "not fitted on this capture yet",
+              and done.get("sha256") == _sha(mda_file) and done.get("run", run_name) == run_name)
+    p.stage("fit-mda", f"{subject.mda_dir.name}/ was fitted on this capture and run {run_name}'s "
+            "split" if fitted else None,
+            f"motion aligner -> {subject.mda_dir}", "not fitted on this capture and run yet",
             lambda: fns["fit-mda"](subject.root, steps=mda_steps, minutes=mda_minutes,
-                                   device=device))
-    p.save(**{"fit-mda": {"fitted_sha256": fitted_sha, "sha256": _sha(mda_file)}})
+                                   device=device, run=run_name))
+    p.save(**{"fit-mda": {"fitted_sha256": fitted_sha, "sha256": _sha(mda_file), "run": run_name}})
     p.print_table(f"ram-avatar create: {subject.root}")
     return {"subject": str(subject.root), "stages": p.report, "export": str(subject.export_onnx),
             "state": str(p.path)}

@@ -21,18 +21,23 @@ from ram_avatar.io.subject import Run, Subject
 
 @pytest.mark.parametrize("T,fraction", [(412, 0.1), (412, 0.2), (30, 0.1), (7, 0.5), (10, 0.0), (5, 0.01)])
 def test_tail_split_is_the_training_rule(T, fraction):
-    from ram_avatar.motion.mda import split_subject_frames
-    from ram_avatar.training.data import split_frames
+    """The rule, written out: the last round(T * fraction) frames (at least one when the
+    fraction is > 0) are held out; invalid frames are dropped from both sides. The texture
+    bake's default and an aligner fitted before its run's split was recorded read it too."""
+    from ram_avatar.motion.mda import training_split
+    from ram_avatar.render.texture_bake import default_training_frames
 
     rng = np.random.default_rng(T)
     valid = rng.random(T) > 0.15
     seq = type("Seq", (), {"num_frames": T, "valid": valid})()
-    tr, va = split_frames(seq, fraction)
+    n_val = max(1, round(T * fraction)) if fraction > 0 else 0
     s = tail_split(valid, fraction)
-    np.testing.assert_array_equal(s.train, tr)
-    np.testing.assert_array_equal(s.val, va)
-    tr2, va2 = split_subject_frames(valid, fraction)
-    np.testing.assert_array_equal(s.val, va2)
+    assert s.train.tolist() == [t for t in range(T - n_val) if valid[t]]
+    assert s.val.tolist() == [t for t in range(T - n_val, T) if valid[t]]
+    np.testing.assert_array_equal(default_training_frames(seq, fraction), s.train)
+    legacy = training_split("unused", seq, None, fraction)
+    np.testing.assert_array_equal(legacy.train, s.train)
+    np.testing.assert_array_equal(legacy.val, s.val)
     assert s.method == "tail" and s.guard == 0 and s.num_frames == T
     assert not set(s.train) & set(s.val) and valid[s.train].all() and valid[s.val].all()
 
@@ -235,10 +240,28 @@ def _seen_by_readers(subject: Path, run_name: str) -> dict[str, list[int]]:
     ex = export_avatar(subject, run_name, parity_frames=1000)
     drive_torch = RendererBackend(subject, "torch", run_name, torch.device("cpu")).run.split(seq)
     drive_onnx = RendererBackend(subject, "onnx", "not-this-run", torch.device("cpu")).run.split(seq)
+    mda_val, mda_train = _seen_by_motion_aligner(subject, seq, run_name)
     return {"evaluate": ev["frame_indices"], "export": ex["parity_frames"],
             "drive_torch": drive_torch.val.tolist(), "drive_onnx (export.json's run)": drive_onnx.val.tolist(),
+            "fit-mda (export.json's run)": mda_val,
             "runtime_train": np.flatnonzero(_train_mask(subject, seq, run_name)).tolist(),
-            "drive_train": drive_torch.train.tolist()}
+            "drive_train": drive_torch.train.tolist(), "mda_train": mda_train}
+
+
+def _seen_by_motion_aligner(subject: Path, seq, run_name: str) -> tuple[list[int], list[int]]:
+    """fit-mda with no run named (it follows the exported run) and the MDA metrics' reading of
+    the fitted aligner's split: (held-out frames, training frames)."""
+    from ram_avatar.body import load_body_model
+    from ram_avatar.motion.mda import MDAConfig, MotionAligner, fit_mda
+    from ram_avatar.motion.metrics import _subject_bank
+
+    meta = fit_mda(subject, steps=2, config=MDAConfig(batch_size=8), device="cpu")
+    assert meta["split"]["run"] == run_name, meta["split"]
+    aligner = MotionAligner.load(subject)
+    _, _, _, tr, va, bank = _subject_bank(subject, load_body_model("anny"), aligner, seq)
+    assert meta["frames"]["train"] == len(tr) == len(bank) and meta["frames"]["held_out"] == len(va)
+    assert len(aligner.gate.train_groups) == len(tr)     # the part gate's "in distribution"
+    return va.tolist(), tr.tolist()
 
 
 @pytest.mark.slow
@@ -263,9 +286,10 @@ def test_split_written_once_and_read_everywhere(tiny_subject, shared_body, monke
         split = subject.run(run_name).split()
         assert split.val.tolist() == val, run_name
         seen = _seen_by_readers(tiny_subject, run_name)
-        for reader in ("evaluate", "export", "drive_torch", "drive_onnx (export.json's run)"):
+        for reader in ("evaluate", "export", "drive_torch", "drive_onnx (export.json's run)",
+                       "fit-mda (export.json's run)"):
             assert seen[reader] == val, (run_name, reader, seen[reader])
-        assert seen["runtime_train"] == seen["drive_train"] == split.train.tolist()
+        assert seen["runtime_train"] == seen["drive_train"] == seen["mda_train"] == split.train.tolist()
         assert 2 not in split.train and not set(split.train) & set(val)
     seg = subject.run("segment").split()
     assert seg.guard == 3 and seg.train.tolist() == [0, 1] + list(range(3, 12)) + list(range(21, 30))

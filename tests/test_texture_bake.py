@@ -321,12 +321,14 @@ def test_uv_raster_matches_texel_centres():
 
 
 def test_default_frames_follow_the_training_split():
-    from ram_avatar.training.data import split_frames
+    from ram_avatar.io.split import tail_split
 
     valid = np.ones(53, bool)
     valid[[3, 10, 50]] = False
     seq = SimpleNamespace(num_frames=53, valid=valid)
-    np.testing.assert_array_equal(tb.default_training_frames(seq), split_frames(seq)[0])
+    frames = tb.default_training_frames(seq)
+    np.testing.assert_array_equal(frames, tail_split(valid).train)
+    assert frames.tolist() == [t for t in range(48) if t not in (3, 10)]   # 5 of 53 held out
     sub = tb.evenly_spaced(np.arange(100), 7)
     assert len(sub) == 7 and sub[0] == 0 and sub[-1] == 99
 

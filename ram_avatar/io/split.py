@@ -142,8 +142,8 @@ class Split:
 
 def tail_split(valid: np.ndarray, val_fraction: float = 0.1) -> Split:
     """The ``tail`` split: hold out the last ``val_fraction`` of the T frames (at least one frame
-    when ``val_fraction > 0``); only valid frames are kept. Same indices as
-    :func:`ram_avatar.training.data.split_frames`.
+    when ``val_fraction > 0``); only valid frames are kept. The one definition of the rule:
+    training, the texture bake's default and the motion aligner read it from here.
 
     Args:
         valid: (T,) bool frame validity.

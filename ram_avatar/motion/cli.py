@@ -51,8 +51,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "fit-mda", help="train the avatar-specific pose decoder of a subject (Sec. 3.3)",
         description="Freeze the prior's encoder and train a decoder p(pose_t | z, pose_t-1) on the "
-                    "subject's captured training poses (the last 10%% of the capture is held out).")
+                    "subject's captured training poses: the frames the avatar's run trained on, "
+                    "holding out the same frames (the run's split.json).")
     p.add_argument("subject", metavar="SUBJECT_DIR")
+    p.add_argument("--run", default=None,
+                   help="run whose held-out split to follow (default: the exported run, else 'default')")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 3000)")
     p.add_argument("--prior", default=None, metavar="DIR", help="prior folder (default: the shipped prior)")
@@ -89,8 +92,10 @@ def _fit_mda_cmd(args) -> int:
     from ram_avatar.io.subject import Subject
     from ram_avatar.motion.mda import MDAConfig, fit_mda
     meta = fit_mda(args.subject, steps=args.steps, minutes=args.minutes, prior=args.prior, device=args.device,
-                   config=MDAConfig(mode=getattr(args, "mode", "part")))
-    log.info("fit-mda: %d training poses, %d steps in %.0f s -> %s", meta["frames"]["train"],
+                   config=MDAConfig(mode=getattr(args, "mode", "part")), run=getattr(args, "run", None))
+    split = meta["split"]
+    log.info("fit-mda: %d training poses (run %s, %s split, %d held out), %d steps in %.0f s -> %s",
+             meta["frames"]["train"], split["run"], split["method"], meta["frames"]["held_out"],
              meta["steps_done"], meta["training_time_s"], Subject(args.subject).mda_dir)
     return 0
 

@@ -95,7 +95,9 @@ class MDAConfig:
         hidden, layers, dropout: decoder MLP size.
         steps, minutes, batch_size, lr: optimisation (stops at whichever of steps / minutes
             comes first).
-        val_fraction: held-out tail of the capture (never trained on; same rule as training).
+        val_fraction: held-out tail for poses given directly (``fit_mda(poses=...)``) and for
+            aligners fitted before the run's split was recorded; a subject's capture is split
+            by its run's ``split.json`` instead (:func:`training_split`).
         input_noise_deg: rotation noise on the encoder input poses (per group, degrees).
         prev_noise_deg, prev_max_gap, prev_mean_prob: the ``pose_{t-1}`` condition is the pose
             1..gap frames earlier with this much noise, or the mean pose with this probability.
@@ -243,18 +245,32 @@ class AvatarDecoder(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # data
 
-def split_subject_frames(valid: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Temporal split of a capture (same rule as training): the last ``val_fraction`` of the
-    frames is held out; only valid frames are returned.
+def training_split(subject_dir: str | Path, seq, record: dict | None = None,
+                   val_fraction: float = 0.1):
+    """The split of a subject's frames an aligner trains on: its avatar's (issue 10, item 4).
 
+    The renderer's run decided the held-out frames once (``runs/<run>/split.json``, read
+    through :meth:`ram_avatar.io.subject.Run.split`); the motion aligner must learn the poses
+    that run trained on and hold out the same frames, so that "in distribution" means poses the
+    avatar has seen.
+
+    Args:
+        subject_dir: the subject folder.
+        seq: its FittedSequence (only T and validity are used).
+        record: ``mda.json``'s ``split`` entry (``{"run": NAME, ...}``) of a fitted aligner, or
+            ``{"run": NAME}`` to fit one; None (an aligner fitted before the split was
+            recorded, which always split by the tail): the ``tail`` split of ``val_fraction``.
     Returns:
-        (train_indices, held_out_indices) into the sequence.
+        :class:`ram_avatar.io.split.Split` (``train`` / ``val`` frame indices, valid frames).
+    Raises:
+        SplitError: the run's split.json is damaged or does not fit the sequence.
     """
-    T = len(valid)
-    n_val = max(1, int(round(T * val_fraction))) if val_fraction > 0 else 0
-    cut = T - n_val
-    frames = np.arange(T)
-    return frames[:cut][valid[:cut]], frames[cut:][valid[cut:]]
+    from ram_avatar.io.split import tail_split
+    from ram_avatar.io.subject import Subject
+
+    if not record or record.get("run") is None:
+        return tail_split(seq.valid, val_fraction)
+    return Subject(subject_dir).run(record["run"]).split(seq)
 
 
 def _sha256(path: Path) -> str:
@@ -291,23 +307,32 @@ class _MDATrainingData:
 
 
 def _load_training_poses(subject_dir: Path, poses: np.ndarray | None, valid: np.ndarray | None,
-                         cfg: MDAConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Body poses of the subject (or the given ones) and the train / held-out frame indices."""
+                         cfg: MDAConfig, run: str | None):
+    """Body poses of the subject (or the given ones), their split and its record for mda.json:
+    the run's split (:func:`training_split`), or the tail of ``cfg.val_fraction`` for poses
+    given directly."""
+    from ram_avatar.io.split import tail_split
+
     if poses is None:
         from ram_avatar.io.sequence import load_sequence
+        from ram_avatar.io.subject import Subject
         seq = load_sequence(subject_dir)
         if seq.manifest.get("body_model", {}).get("name", "anny") != "anny":
             raise RamAvatarError("fit-mda supports subjects captured with the 'anny' body model "
                                  f"(this one uses {seq.manifest['body_model'].get('name')!r})")
         poses = seq.params.body_pose.numpy()
-        valid = seq.valid
+        run = run or Subject(subject_dir).exported_run().name
+        split = training_split(subject_dir, seq, {"run": run})
+    else:
+        run = None
+        split = tail_split(np.ones(len(poses), bool) if valid is None else valid, cfg.val_fraction)
     poses = np.asarray(poses, dtype=np.float32)
-    valid = np.ones(len(poses), bool) if valid is None else np.asarray(valid, bool)
-    tr, va = split_subject_frames(valid, cfg.val_fraction)
-    if len(tr) < 8:
-        raise RamAvatarError(f"{subject_dir}: only {len(tr)} valid training frames; fit-mda needs at least 8 "
-                             "(re-capture a longer video)")
-    return poses, tr, va
+    if len(split.train) < 8:
+        raise RamAvatarError(f"{subject_dir}: only {len(split.train)} valid training frames; fit-mda needs at "
+                             "least 8 (re-capture a longer video)")
+    record = {"run": run, "method": split.method, "val_fraction": split.val_fraction,
+              "guard": split.guard, **({"block": split.info["block"]} if "block" in split.info else {})}
+    return poses, split.train, split.val, record
 
 
 def _resolve_prior(prior: str | Path | PosePrior | None, dev: torch.device) -> tuple[PosePrior, Path | None]:
@@ -407,12 +432,14 @@ def _train_decoder(dec: AvatarDecoder, prior: PosePrior, data: _MDATrainingData,
 
 def fit_mda(subject_dir: str | Path, steps: int | None = None, minutes: float | None = None,
             prior: str | Path | PosePrior | None = None, config: MDAConfig | None = None,
-            device: str = "cpu", poses: np.ndarray | None = None, valid: np.ndarray | None = None) -> dict:
+            device: str = "cpu", poses: np.ndarray | None = None, valid: np.ndarray | None = None,
+            run: str | None = None) -> dict:
     """Train the avatar-specific decoder of a captured subject (Sec. 3.3).
 
-    Reads ``<subject>/sequence`` (training split only: valid frames outside the held-out last
-    ``config.val_fraction``), keeps the prior's encoder frozen, trains the conditional decoder
-    and writes ``<subject>/mda/mda.safetensors`` + ``mda.json`` atomically.
+    Reads ``<subject>/sequence``, training frames only: the frames the avatar's run trained on,
+    by its ``split.json`` (:func:`training_split`; ``mda.json``'s ``split`` records which run
+    and split), keeps the prior's encoder frozen, trains the conditional decoder and writes
+    ``<subject>/mda/mda.safetensors`` + ``mda.json`` atomically.
 
     Args:
         subject_dir: subject directory (with ``sequence/``).
@@ -421,11 +448,15 @@ def fit_mda(subject_dir: str | Path, steps: int | None = None, minutes: float | 
         config: :class:`MDAConfig`.
         device: ``cpu`` / ``cuda`` / ``auto``.
         poses, valid: (T, 35, 3) body poses and (T,) validity to use instead of the sequence
-            (tests); the held-out split still applies.
+            (tests); the tail split of ``config.val_fraction`` applies to them.
+        run: the run whose split to follow (default: the exported run, ``export.json``'s, else
+            ``default``; a run that has not recorded a split falls back to the tail split of
+            its ``val_fraction``, logged).
     Returns:
         The metadata written to ``mda.json``.
     Raises:
         SequenceFormatError: no readable FittedSequence; CheckpointError: no prior;
+        SplitError: the run's split.json is damaged or does not fit the capture;
         RamAvatarError: too few valid training frames.
     """
     cfg = config or MDAConfig()
@@ -435,7 +466,7 @@ def fit_mda(subject_dir: str | Path, steps: int | None = None, minutes: float | 
         cfg.minutes = float(minutes)
     dev = resolve_device(device)
     subject_dir = Path(subject_dir)
-    poses, tr, va = _load_training_poses(subject_dir, poses, valid, cfg)
+    poses, tr, va, split_record = _load_training_poses(subject_dir, poses, valid, cfg, run)
     prior, prior_path = _resolve_prior(prior, dev)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -460,8 +491,8 @@ def fit_mda(subject_dir: str | Path, steps: int | None = None, minutes: float | 
                   "sha256": _sha256(prior_path / "prior.safetensors") if prior_path and (prior_path / "prior.safetensors").is_file() else None,
                   "latent_dim": prior.latent_dim, "config": asdict(prior.config),
                   "data": getattr(prior, "meta", {}).get("data")},
-        "frames": {"total": int(len(poses)), "train": int(len(tr)), "held_out": int(len(va)),
-                   "held_out_start": int(len(poses) - max(1, int(round(len(poses) * cfg.val_fraction))))},
+        "frames": {"total": int(len(poses)), "train": int(len(tr)), "held_out": int(len(va))},
+        "split": split_record,
         "steps_done": step, "training_time_s": round(time.time() - t0, 1),
         "train_self_angle_deg": tr_err,
         "part_gate": aligner.gate.summary() if aligner.gate is not None else None,
@@ -975,8 +1006,8 @@ class MotionAligner:
 
 def _training_groups_from_sequence(subject_dir: Path, cfg: MDAConfig) -> torch.Tensor | None:
     """(N, 18, 3, 3) training group rotations of a subject whose ``mda.safetensors`` predates
-    the part gate, read from its capture (same split as :func:`fit_mda`); None (with a
-    warning) when the capture is not there."""
+    the part gate, read from its capture (the tail split such an aligner was fitted on); None
+    (with a warning) when the capture is not there."""
     try:
         from ram_avatar.io.sequence import load_sequence
         seq = load_sequence(subject_dir)
@@ -984,5 +1015,5 @@ def _training_groups_from_sequence(subject_dir: Path, cfg: MDAConfig) -> torch.T
         log.warning("motion alignment: %s has no training poses for the part gate (%s); re-run fit-mda",
                     subject_dir, e)
         return None
-    tr, _ = split_subject_frames(seq.valid, cfg.val_fraction)
+    tr = training_split(subject_dir, seq, None, cfg.val_fraction).train
     return body_pose_to_groups(seq.params.body_pose[torch.from_numpy(tr)].double()).float()

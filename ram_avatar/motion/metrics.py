@@ -196,11 +196,12 @@ def driving_metrics(aligner, body_pose, betas, train_bank: np.ndarray, body=None
 def _subject_bank(subject_dir, body, aligner, sequence):
     """(aligner, sequence, betas, train frames, held-out frames, (M, 33, 3) training landmarks)."""
     from ram_avatar.io.sequence import load_sequence
-    from ram_avatar.motion.mda import MotionAligner, split_subject_frames
+    from ram_avatar.motion.mda import MotionAligner, training_split
     seq = sequence or load_sequence(subject_dir)
     aligner = aligner or MotionAligner.load(subject_dir)
     betas = seq.params.betas[0]
-    tr, va = split_subject_frames(seq.valid, aligner.config.val_fraction)
+    split = training_split(subject_dir, seq, aligner.meta.get("split"), aligner.config.val_fraction)
+    tr, va = split.train, split.val
     bank = landmarks(body, seq.params.body_pose[torch.from_numpy(tr)], betas)
     return aligner, seq, betas, tr, va, bank
 
@@ -248,7 +249,7 @@ def mda_metrics(subject_dir: str | Path, source_params: BodyParams | None = None
     aligner, seq, betas, tr, va, bank = _subject_bank(subject_dir, body, aligner, sequence)
     res: dict = {"strength": strength, "mode": aligner._resolve_mode(mode),
                  "frames": {"train": int(len(tr)), "held_out": int(len(va))}}
-    # in-distribution: the held-out tail, filtered as one stream (contiguous valid frames)
+    # in-distribution: the avatar run's held-out frames, filtered as one stream
     res.update(_id_metrics(aligner, seq, va, betas, bank, body, strength, mode))
     keys = ("ood_nn_distance_before", "ood_nn_distance_after", "arm_correlation", "jerk_before",
             "jerk_after", "accel_before", "accel_after", "jerk_world_before", "jerk_world_after",

@@ -43,8 +43,8 @@ masks) and is tested on a synthetic textured mesh; :func:`bake_texture` wraps it
 
 Only training frames may be used (held-out frames must not leak into the renderer's input):
 callers pass the training split; the default (:func:`default_training_frames`) is the valid
-frames outside the last 10 %, the rule of ``ram_avatar.training.data.split_frames`` (render
-and capture must not import training; a test checks the two agree).
+frames outside the last 10 %, the ``tail`` split of :mod:`ram_avatar.io.split` (a run that
+holds out other frames bakes again from its own, ``ensure_texture``).
 """
 
 from __future__ import annotations
@@ -523,13 +523,12 @@ def backproject(views: Iterable[tuple], faces: torch.Tensor, uv_corners: torch.T
 
 
 def default_training_frames(seq, val_fraction: float = 0.1) -> np.ndarray:
-    """Training frames of ``seq`` by the default temporal split: valid frames outside the last
-    ``val_fraction`` of the sequence (the rule of ``ram_avatar.training.data.split_frames``,
-    which render and capture may not import). Returns (n,) int64 frame indices."""
-    T = seq.num_frames
-    n_val = max(1, int(round(T * val_fraction))) if val_fraction > 0 else 0
-    cut = T - n_val
-    return np.arange(T)[:cut][np.asarray(seq.valid, bool)[:cut]].astype(np.int64)
+    """Training frames of ``seq`` by the default split, before any run has decided one: the
+    ``tail`` split's (:func:`ram_avatar.io.split.tail_split`: valid frames outside the last
+    ``val_fraction``). Returns (n,) int64 frame indices."""
+    from ram_avatar.io.split import tail_split
+
+    return tail_split(seq.valid, val_fraction).train.astype(np.int64)
 
 
 def evenly_spaced(frames: np.ndarray, max_frames: int) -> np.ndarray:
