@@ -37,7 +37,7 @@ from ram_avatar.io.camera import camera_for_video, undistort_points
 from ram_avatar.io.disk import fmt_bytes, free_bytes, is_disk_full
 from ram_avatar.io.lock import FolderLock
 from ram_avatar.io.masks import PersonMasks
-from ram_avatar.io.sequence import OVERLAY, SOURCE, FittedSequence
+from ram_avatar.io.sequence import MANIFEST, OVERLAY, SEQUENCE_DIR, SOURCE, FittedSequence
 from ram_avatar.render.conditioning import face_to_head_local, fill_invalid
 from ram_avatar.render.texture_bake import bake_capture_texture
 from ram_avatar.utils import progress, resolve_device, sha256_file
@@ -81,7 +81,7 @@ def check_output_folder(subject_dir: str | Path, overwrite: str | None) -> list[
         what = ", ".join(f"{p}/" for p in parts)
         src = ""
         try:
-            m = json.loads((Path(subject_dir) / "sequence" / "manifest.json").read_text())
+            m = json.loads((Path(subject_dir) / SEQUENCE_DIR / MANIFEST).read_text())
             src = f" (captured from {m['source']['name']}, frames {m['source']['start']}-{m['source']['end']})"
         except Exception:  # noqa: BLE001 - only for the message
             pass
@@ -527,7 +527,7 @@ def capture(video: str | Path, subject_dir: str | Path, start: int = 0, end: int
                              manifest=manifest)
 
         created = not subject_dir.exists()
-        final = subject_dir / "sequence"
+        final = subject_dir / SEQUENCE_DIR
         tmp = None
         try:
             with FolderLock(subject_dir, what="subject", name=".capture.lock"):

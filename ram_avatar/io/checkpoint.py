@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ram_avatar.errors import CheckpointError
+from ram_avatar.io.sequence import FITTED
 from ram_avatar.utils import atomic_write_text, sha256_file
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CHECKPOINT_DIR", "SEQUENCE_RECORD", "checkpoint_path",
@@ -87,7 +88,7 @@ def check_run_sequence(run_dir: str | os.PathLike, sequence_dir: str | os.PathLi
     Raises:
         CheckpointError: the run was trained on another sequence.
     """
-    fitted = Path(sequence_dir) / "fitted.npz"
+    fitted = Path(sequence_dir) / FITTED
     if not fitted.is_file():
         return None
     fp = sha256_file(fitted)

@@ -38,6 +38,8 @@ from ram_avatar.utils import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 SEQUENCE_VERSION = 1
+#: a subject's capture folder (``<subject>/sequence``); the file names below live in it
+SEQUENCE_DIR = "sequence"
 MANIFEST = "manifest.json"
 FITTED = "fitted.npz"
 MASKS = "masks.npz"
@@ -135,6 +137,13 @@ def _check_shape(name: str, arr: np.ndarray, shape: tuple, path: Path) -> None:
             "the file is damaged or not a FittedSequence: re-run ram-avatar capture")
 
 
+def sequence_root(subject_or_sequence_dir: str | Path) -> Path:
+    """The capture folder of a subject folder (``<subject>/sequence`` when it exists), else the
+    path itself (taken as the capture folder)."""
+    p = Path(subject_or_sequence_dir)
+    return p / SEQUENCE_DIR if (p / SEQUENCE_DIR).is_dir() else p
+
+
 def load_sequence(subject_or_sequence_dir: str | Path) -> FittedSequence:
     """Load and validate a FittedSequence.
 
@@ -145,8 +154,7 @@ def load_sequence(subject_or_sequence_dir: str | Path) -> FittedSequence:
         SequenceFormatError: missing files, unsupported version, missing keys, wrong shapes or
             non-finite values; the message names the problem and says to re-run capture.
     """
-    p = Path(subject_or_sequence_dir)
-    root = p / "sequence" if (p / "sequence").is_dir() else p
+    root = sequence_root(subject_or_sequence_dir)
     mpath, fpath = root / MANIFEST, root / FITTED
     if not mpath.is_file() or not fpath.is_file():
         raise SequenceFormatError(

@@ -28,6 +28,7 @@ from pathlib import Path
 from ram_avatar.errors import RamAvatarError
 from ram_avatar.io.checkpoint import CHECKPOINT_DIR, SEQUENCE_RECORD, list_checkpoints
 from ram_avatar.io.refined_poses import REFINED_POSES_FILE
+from ram_avatar.io.sequence import FITTED, MANIFEST, SEQUENCE_DIR
 from ram_avatar.io.split import Split, SplitError, read_split
 
 log = logging.getLogger(__name__)
@@ -56,16 +57,16 @@ class Subject:
 
     @property
     def sequence_dir(self) -> Path:
-        return self.root / "sequence"
+        return self.root / SEQUENCE_DIR
 
     @property
     def manifest_path(self) -> Path:
-        return self.sequence_dir / "manifest.json"
+        return self.sequence_dir / MANIFEST
 
     @property
     def fitted_path(self) -> Path:
         """``fitted.npz``: the per-frame fit (its sha256 fingerprints the capture)."""
-        return self.sequence_dir / "fitted.npz"
+        return self.sequence_dir / FITTED
 
     def has_sequence(self) -> bool:
         """True when a capture was written (the manifest exists)."""

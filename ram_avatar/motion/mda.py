@@ -64,6 +64,7 @@ import torch
 from torch import nn
 
 from ram_avatar.errors import CheckpointError, RamAvatarError
+from ram_avatar.io.subject import Subject
 from ram_avatar.motion.prior import (FEATURES, GroupFK, PosePrior, PriorConfig, _mlp,
                                      geodesic_deg, load_prior, rotmat_to_6d, sixd_to_rotmat)
 from ram_avatar.motion.retarget import (GROUP_NAMES, GROUP_PARENTS, NUM_GROUPS, body_pose_to_groups,
@@ -72,7 +73,6 @@ from ram_avatar.utils import atomic_path, atomic_write_text, progress, resolve_d
 
 log = logging.getLogger(__name__)
 
-MDA_DIR = "mda"
 MDA_WEIGHTS = "mda.safetensors"
 MDA_META = "mda.json"
 MDA_FORMAT = "ram-avatar-mda"
@@ -266,7 +266,6 @@ def training_split(subject_dir: str | Path, seq, record: dict | None = None,
         SplitError: the run's split.json is damaged or does not fit the sequence.
     """
     from ram_avatar.io.split import tail_split
-    from ram_avatar.io.subject import Subject
 
     if not record or record.get("run") is None:
         return tail_split(seq.valid, val_fraction)
@@ -315,7 +314,6 @@ def _load_training_poses(subject_dir: Path, poses: np.ndarray | None, valid: np.
 
     if poses is None:
         from ram_avatar.io.sequence import load_sequence
-        from ram_avatar.io.subject import Subject
         seq = load_sequence(subject_dir)
         if seq.manifest.get("body_model", {}).get("name", "anny") != "anny":
             raise RamAvatarError("fit-mda supports subjects captured with the 'anny' body model "
@@ -482,7 +480,7 @@ def fit_mda(subject_dir: str | Path, steps: int | None = None, minutes: float | 
     with torch.no_grad():
         aligner = MotionAligner(prior, dec, mean_pose, cfg, train_groups=G_tr)
         tr_err = float(geodesic_deg(aligner.align_groups(G_tr, mode="global"), G_tr).mean())
-    out_dir = subject_dir / MDA_DIR
+    out_dir = Subject(subject_dir).mda_dir
     meta = {
         "format": MDA_FORMAT, "version": MDA_VERSION,
         "method": "RAM-Avatar Sec. 3.3: frozen VAE encoder + avatar-specific decoder p(pose_t | z_t, pose_{t-1})",
@@ -815,7 +813,7 @@ class MotionAligner:
         """
         from safetensors.torch import load_file
         d = Path(subject_dir)
-        d = d / MDA_DIR if (d / MDA_DIR).is_dir() else d
+        d = Subject(d).mda_dir if Subject(d).mda_dir.is_dir() else d
         wpath, mpath = d / MDA_WEIGHTS, d / MDA_META
         if not wpath.is_file() or not mpath.is_file():
             raise CheckpointError(f"no motion alignment model in {d}; run `ram-avatar fit-mda {Path(subject_dir)}` first")

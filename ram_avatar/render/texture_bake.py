@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from ram_avatar.errors import RamAvatarError
+from ram_avatar.io.sequence import sequence_root
 from ram_avatar.render.conditioning import vertex_normals
 from ram_avatar.render.rasterizer import NEAR, rasterize
 from ram_avatar.utils import atomic_path, atomic_write_text, progress
@@ -612,11 +613,6 @@ def bake_texture(seq, frames=None, size: int = 1024, backend: str = "auto",
 # files
 
 
-def _sequence_dir(seq_dir) -> Path:
-    p = Path(seq_dir)
-    return p / "sequence" if (p / "sequence").is_dir() else p
-
-
 def write_texture(seq_dir, baked: BakedTexture) -> Path:
     """Write ``texture.png`` (RGB), ``texture_coverage.png`` (grey, 255 = fully seen) and
     ``texture.json`` (``baked.stats``) atomically into the sequence directory.
@@ -629,7 +625,7 @@ def write_texture(seq_dir, baked: BakedTexture) -> Path:
     Raises:
         TextureError: OpenCV could not encode a PNG.
     """
-    root = _sequence_dir(seq_dir)
+    root = sequence_root(seq_dir)
     coverage = np.rint(baked.coverage * 255).clip(0, 255).astype(np.uint8)
     for name, img in ((TEXTURE, cv2.cvtColor(baked.rgb, cv2.COLOR_RGB2BGR)),
                       (TEXTURE_COVERAGE, coverage)):
@@ -658,7 +654,7 @@ def load_texture(seq_dir, size: int | None = None) -> torch.Tensor:
     Raises:
         TextureError: the file is missing, unreadable or not a square RGB image.
     """
-    path = _sequence_dir(seq_dir) / TEXTURE
+    path = sequence_root(seq_dir) / TEXTURE
     if not path.is_file():
         raise TextureError(f"no baked texture at {path}; run `ram-avatar capture` again or bake "
                            "it with ram_avatar.render.texture_bake.ensure_texture")
