@@ -22,7 +22,7 @@ taiji 0-412, 55 %                   16.9 -> 4.6        2.1              -1.2..3.
 taiji 0-412, 42 % (no hips)         18.5 -> 9.9        4.2              -2.3..5.2
 basketball 0-219, 55 %              19.0 -> 11.1       6.8              -1.9..5.5 (full -42..0)
 basketball 0-219, head to waist     11.7 -> 5.6        2.0              (MediaPipe's own: 5.2)
-(72 %: down to the lowest hip)
+(69 %: down to the lowest hip)
 =================================  =================  ===============  =======================
 
 The image plane is what the crop shows: MediaPipe's own 2D elbows and wrists differ by 1.6 cm
@@ -351,7 +351,7 @@ def test_torso_stays_upright_without_hips(anny):
 def test_head_to_waist_crop_of_a_bending_player_keeps_the_arms(anny):
     """Basketball (all 219 frames) in a head-to-waist framing: a fixed crop from the top of the
     frame down to the lowest hip landmark of the full-frame track, so the waist is in view in
-    every frame, as at a desk (72 % of this frame's height; the fixed top 55 % of the module
+    every frame, as at a desk (69 % of this frame's height; the fixed top 55 % of the module
     docstring cuts his hips in 83 % of the frames and half his hands).
 
     The crop's elbows and wrists stay within 1 cm of MediaPipe's own 3D pose's agreement

@@ -158,7 +158,7 @@ def load_sequence(subject_or_sequence_dir: str | Path) -> FittedSequence:
     mpath, fpath = root / MANIFEST, root / FITTED
     if not mpath.is_file() or not fpath.is_file():
         raise SequenceFormatError(
-            f"no FittedSequence in {p}: expected {mpath} and {fpath}. "
+            f"no FittedSequence in {subject_or_sequence_dir}: expected {mpath} and {fpath}. "
             "Run `ram-avatar capture VIDEO -o SUBJECT_DIR` first.")
     try:
         manifest = json.loads(mpath.read_text())

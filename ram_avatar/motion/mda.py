@@ -64,6 +64,7 @@ import torch
 from torch import nn
 
 from ram_avatar.errors import CheckpointError, RamAvatarError
+from ram_avatar.io.split import tail_split
 from ram_avatar.io.subject import Subject
 from ram_avatar.motion.prior import (FEATURES, GroupFK, PosePrior, PriorConfig, _mlp,
                                      geodesic_deg, load_prior, rotmat_to_6d, sixd_to_rotmat)
@@ -265,8 +266,6 @@ def training_split(subject_dir: str | Path, seq, record: dict | None = None,
     Raises:
         SplitError: the run's split.json is damaged or does not fit the sequence.
     """
-    from ram_avatar.io.split import tail_split
-
     if not record or record.get("run") is None:
         return tail_split(seq.valid, val_fraction)
     return Subject(subject_dir).run(record["run"]).split(seq)
@@ -310,8 +309,6 @@ def _load_training_poses(subject_dir: Path, poses: np.ndarray | None, valid: np.
     """Body poses of the subject (or the given ones), their split and its record for mda.json:
     the run's split (:func:`training_split`), or the tail of ``cfg.val_fraction`` for poses
     given directly."""
-    from ram_avatar.io.split import tail_split
-
     if poses is None:
         from ram_avatar.io.sequence import load_sequence
         seq = load_sequence(subject_dir)
