@@ -105,3 +105,23 @@ def test_run_load_renderer_matches_the_training_loader(tmp_path):
     run.config_path.write_text(text)
     with pytest.raises(RunConfigError, match="not_a_field"):
         run.load_renderer()
+
+
+def test_training_batch_check_reads_the_channels_from_the_contract():
+    """``training.batches.check_batch`` takes each renderer input's channel count from the
+    contract table: a full batch of the right shapes passes, a map with another count is
+    refused with its name and the expected shape, and a frame index past the latent table too."""
+    from ram_avatar.errors import RamAvatarError
+    from ram_avatar.training.batches import check_batch
+
+    S = 16
+    extras = ("uv_expanded", "body_mask_expanded", "prev_uv", "prev_body_mask")
+    batch = {n: torch.zeros(2, C.spec(n).channels, S, S) for n in C.BASE_INPUTS + extras}
+    batch.update(image=torch.zeros(2, 3, S, S), person_mask=torch.zeros(2, 1, S, S),
+                 frame_index=torch.tensor([0, 4]))
+    check_batch(batch, S, num_frames=5, extra_keys=extras)
+    bad = dict(batch, prev_uv=torch.zeros(2, 3, S, S))
+    with pytest.raises(RamAvatarError, match=r"'prev_uv' has shape \(3, 16, 16\), expected \(2,16,16\)"):
+        check_batch(bad, S, num_frames=5, extra_keys=extras)
+    with pytest.raises(RamAvatarError, match="frame_index 4 out of range"):
+        check_batch(batch, S, num_frames=4, extra_keys=extras)

@@ -36,10 +36,6 @@ from ram_avatar.body.base import BodyModel, BodyParams
 from ram_avatar.render.maps import draw_face_map, draw_hand_map
 from ram_avatar.render.rasterizer import rasterize_attribute
 
-MAP_CHANNELS = {"uv": 2, "body_mask": 1, "hand": 5, "face": 3}
-#: optional maps of the full renderer (see the module docstring)
-EXTRA_MAP_CHANNELS = {"uv_expanded": 2, "body_mask_expanded": 1, "canon": 3, "canon_expanded": 3}
-
 
 #: recently used vertex-face matrices: (faces, number of vertices, matrix)
 _ADJACENCY: list[tuple[torch.Tensor, int, torch.Tensor]] = []

@@ -153,10 +153,9 @@ def check_batch(batch: dict, resolution: int, num_frames: int, shapes: bool = Tr
             "discriminator or hand loss); build the dataset with "
             "SubjectDataset(..., extras=required_extras(config)) from "
             "ram_avatar.training.trainer, or switch those parts off in the config")
-    channels = {"uv": 2, "body_mask": 1, "hand": 5, "face": 3, "image": 3, "person_mask": 1,
-                "uv_expanded": 2, "body_mask_expanded": 1, "prev_uv": 2, "prev_body_mask": 1,
-                "canon": 3, "canon_expanded": 3, "prev_canon": 3, "image_prev": 3,
-                "image_next": 3}
+    # the renderer's inputs from their contract; the training targets (RGB frames, person mask)
+    channels = {**{n: contract.spec(n).channels for n in contract.ALL_INPUTS},
+                "image": 3, "person_mask": 1, "image_prev": 3, "image_next": 3}
     channels = {k: c for k, c in channels.items() if k in ITEM_KEYS or k in extra_keys}
     for key, c in (channels.items() if shapes else ()):
         shape = tuple(batch[key].shape[1:])
