@@ -307,8 +307,8 @@ class _MDATrainingData:
 def _load_training_poses(subject_dir: Path, poses: np.ndarray | None, valid: np.ndarray | None,
                          cfg: MDAConfig, run: str | None):
     """Body poses of the subject (or the given ones), their split and its record for mda.json:
-    the run's split (:func:`training_split`), or the tail of ``cfg.val_fraction`` for poses
-    given directly."""
+    the run's split (:meth:`ram_avatar.io.subject.Run.split`), or the tail of
+    ``cfg.val_fraction`` for poses given directly."""
     if poses is None:
         from ram_avatar.io.sequence import load_sequence
         seq = load_sequence(subject_dir)
@@ -316,8 +316,8 @@ def _load_training_poses(subject_dir: Path, poses: np.ndarray | None, valid: np.
             raise RamAvatarError("fit-mda supports subjects captured with the 'anny' body model "
                                  f"(this one uses {seq.manifest['body_model'].get('name')!r})")
         poses = seq.params.body_pose.numpy()
-        run = run or Subject(subject_dir).exported_run().name
-        split = training_split(subject_dir, seq, {"run": run})
+        avatar_run = Subject(subject_dir).run(run) if run else Subject(subject_dir).exported_run()
+        run, split = avatar_run.name, avatar_run.split(seq)
     else:
         run = None
         split = tail_split(np.ones(len(poses), bool) if valid is None else valid, cfg.val_fraction)

@@ -62,6 +62,7 @@ import torch
 
 from ram_avatar.errors import RamAvatarError
 from ram_avatar.io.sequence import sequence_root
+from ram_avatar.io.split import tail_split
 from ram_avatar.render.conditioning import vertex_normals
 from ram_avatar.render.rasterizer import NEAR, rasterize
 from ram_avatar.utils import atomic_path, atomic_write_text, progress
@@ -527,8 +528,6 @@ def default_training_frames(seq, val_fraction: float = 0.1) -> np.ndarray:
     """Training frames of ``seq`` by the default split, before any run has decided one: the
     ``tail`` split's (:func:`ram_avatar.io.split.tail_split`: valid frames outside the last
     ``val_fraction``). Returns (n,) int64 frame indices."""
-    from ram_avatar.io.split import tail_split
-
     return tail_split(seq.valid, val_fraction).train.astype(np.int64)
 
 
