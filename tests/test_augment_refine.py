@@ -260,6 +260,27 @@ def test_heldout_refinement_recovers_a_known_offset(anny_body):
     assert all(p.requires_grad for p in model.parameters())  # the renderer is given back
 
 
+def test_heldout_refinement_never_raises_a_frames_photometric_error(anny_body):
+    """Images that carry no pose signal (noise): whatever the steps do, every frame keeps a
+    pose whose photometric error is no higher than its fitted pose's."""
+    from ram_avatar.training.pose_refine import refine_heldout_poses
+
+    S = 64
+    K = np.array([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]])
+    torch.manual_seed(1)
+    model = _TextureLookup(torch.rand(1, 3, 32, 32))
+    held = [0, 1, 2, 3]
+    fitted = _camera_facing_params(anny_body, B=4)
+    images = torch.rand(4, 3, S, S)
+    out = refine_heldout_poses(model, _HeldOut(anny_body, fitted, held, images, K, S),
+                               iterations=3, lr=0.05, batch=2)
+    render = RefinedMapRenderer(anny_body, K, S)
+    with torch.no_grad():
+        err = [(model.forward_batch(render(p), None)["rgb"] - images).abs().flatten(1).mean(1)
+               for p in (fitted, out)]
+    assert (err[1] <= err[0] + 1e-6).all(), err
+
+
 def test_smoothness_prior_counts_consecutive_frames_only():
     r = PoseRefiner(6, 4, 2)
     with torch.no_grad():
