@@ -345,3 +345,8 @@ def test_refined_poses_saved_and_used_by_evaluate(tmp_path, anny_body, monkeypat
     ev2 = evaluate_subject(subject, "r", device="cpu", refine_poses=1)
     assert ev2["pose_refinement"].startswith("held-out poses refined")
     assert np.isfinite(ev2["psnr_masked"])
+    # the same call reports the fitted poses' scores too, equal to a plain evaluate's
+    fitted = ev2["fitted_poses"]
+    assert fitted["pose_refinement"] == ev["pose_refinement"]
+    for k in ("psnr_masked", "ssim_masked", "temporal_stability"):
+        assert abs(fitted[k] - ev[k]) < 1e-4, (k, fitted[k], ev[k])

@@ -141,6 +141,10 @@ def evaluation_split(run_split: Split, seq, split: str | None = None) -> tuple[S
     return other, note
 
 
+#: the image metrics reported again for the fitted poses when test-time refinement is asked for
+_PROTOCOL_KEYS = ("psnr", "ssim", "psnr_masked", "ssim_masked", "temporal_stability")
+
+
 def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device: str = "auto",
                      lpips_weights: str | None = None, mda: bool = False, source: str | None = None,
                      split: str | None = None, mda_options: dict | None = None,
@@ -151,7 +155,8 @@ def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device:
     its refined shared ``betas`` apply to the held-out frames, whose poses stay as fitted
     (they were never trained on). ``refine_poses > 0`` also refines the held-out frames' poses
     from their own images with the renderer frozen (training.pose_refine.refine_heldout_poses);
-    ``pose_refinement`` in the result says which protocol the numbers used.
+    ``pose_refinement`` in the result says which protocol the numbers used, and
+    ``fitted_poses`` holds the same frames' image metrics with the fitted poses.
 
     Args:
         split: ``tail`` | ``segment`` | None: which held-out frames (None: the run's own split,
@@ -179,10 +184,15 @@ def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device:
     params, protocol = evaluation_params(run, seq)
     ds = SubjectDataset(seq, val, mc.resolution, extras=extras, expand_offset=mc.expand_offset,
                         params=params)
+    fitted_scores = None
     if refine_poses > 0:
         # opt-in test-time refinement: the one lazy import of training (module docstring)
         from ram_avatar.training.pose_refine import refine_heldout_poses
 
+        # the same frames with the fitted poses first, so one call reports both protocols
+        fitted_scores = {k: v for k, v in image_metrics(*predict(model, ds, dev), val).items()
+                         if k in _PROTOCOL_KEYS}
+        fitted_scores["pose_refinement"] = protocol
         params = refine_heldout_poses(model, ds, iterations=refine_poses, device=dev)
         ds = SubjectDataset(seq, val, mc.resolution, extras=extras, expand_offset=mc.expand_offset,
                             params=params, body=ds.body)
@@ -198,6 +208,8 @@ def evaluate_subject(subject_dir: str | Path, run_name: str = "default", device:
            "run_split": run_split.method, "pose_refinement": protocol}
     if split_note is not None:
         res["split_note"] = split_note
+    if fitted_scores is not None:
+        res["fitted_poses"] = fitted_scores
     if mda:
         if source is None:
             from ram_avatar.errors import RamAvatarError
