@@ -224,27 +224,26 @@ def refine_heldout_poses(model, dataset, iterations: int = 20, lr: float = 1e-3,
     opt = torch.optim.Adam([refiner.global_orient, refiner.body_pose, refiner.transl], lr=lr)
     steps = max(1, iterations * -(-len(dataset) // batch))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)
     names = model.input_names()
     all_idx = torch.as_tensor(np.asarray(dataset.indices), dtype=torch.long, device=device)
     chunks = [list(range(c, min(len(dataset), c + batch))) for c in range(0, len(dataset), batch)]
 
-    def chunk(rows: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    def chunk(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frame indices (B,), photometric error (B,)) of dataset rows at the current
+        corrections."""
         items = [dataset[i] for i in rows]
         b = {k: torch.stack([it[k] for it in items]).to(device)
              for k in set(names) | {"image"} if k in items[0]}
         idx = torch.as_tensor([it["frame_index"] for it in items], device=device)
         b.update(maps(refiner.refine(params.index(idx.cpu()).to(device), idx)))
         err = (model.forward_batch(b, None)["rgb"] - b["image"]).abs().flatten(1).mean(1)
-        return b, idx, err                                                    # err (B,)
+        return idx, err
 
     @torch.no_grad()
     def keep_best(best: dict[str, torch.Tensor], best_err: torch.Tensor) -> None:
         # per frame, the corrections with the lowest photometric error seen at a pass's end
         for rows in chunks:
-            _, idx, err = chunk(rows)
+            idx, err = chunk(rows)
             better = err < best_err[idx]
             best_err[idx[better]] = err[better]
             for k, v in best.items():
@@ -253,22 +252,27 @@ def refine_heldout_poses(model, dataset, iterations: int = 20, lr: float = 1e-3,
     best = {k: torch.zeros_like(getattr(refiner, k)) for k in ("global_orient", "body_pose",
                                                                "transl")}
     best_err = torch.full((T,), float("inf"), device=device)
-    keep_best(best, best_err)                                   # the fitted poses' error
-    for _ in range(iterations):
-        for rows in chunks:
-            _, idx, err = chunk(rows)
-            loss = err.mean() + prior_weight * refiner.prior_loss(idx, rot_sigma, transl_sigma,
-                                                                  1.0)
-            if smooth_weight > 0:
-                loss = loss + smooth_weight * refiner.smoothness_loss(all_idx, smooth_rot,
-                                                                      smooth_transl)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        keep_best(best, best_err)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:
-        p.requires_grad_(True)
+        p.requires_grad_(False)
+    try:
+        keep_best(best, best_err)                               # the fitted poses' error
+        for _ in range(iterations):
+            for rows in chunks:
+                idx, err = chunk(rows)
+                loss = err.mean() + prior_weight * refiner.prior_loss(idx, rot_sigma,
+                                                                      transl_sigma, 1.0)
+                if smooth_weight > 0:
+                    loss = loss + smooth_weight * refiner.smoothness_loss(all_idx, smooth_rot,
+                                                                          smooth_transl)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+            keep_best(best, best_err)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
     with torch.no_grad():
         for k, v in best.items():
             getattr(refiner, k).copy_(v)
