@@ -184,7 +184,7 @@ def refine_heldout_poses(model, dataset, iterations: int = 20, lr: float = 1e-3,
     prior as in training. Shape is not changed. The learning rate follows a cosine from ``lr``
     to zero over all the steps (Loshchilov & Hutter, SGDR, without restarts): at a constant
     rate Adam's sign-like steps keep every pose parameter moving by about ``lr`` per step, and
-    the refined frames scored worse than the fitted ones (stop 22: 15.54 -> 15.41 dB masked PSNR
+    the refined frames scored worse than the fitted ones (stop 23: 15.54 -> 15.41 dB masked PSNR
     on taiji, 10 passes at 3e-3); annealed from 1e-3 over 20 passes they score better (2026-12-04,
     taiji ``cpu-256`` 20-minute run: 15.96 / 0.450 -> 16.72 / 0.475 masked PSNR / SSIM), but
     less stable in time (temporal error 0.0153 -> 0.0175). A temporal prior on the corrections
