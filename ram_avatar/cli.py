@@ -447,7 +447,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refine-poses", type=int, default=0, metavar="N",
                    help="refine the held-out frames' poses from their own images for N passes "
                         "(renderer frozen, annealed, with a temporal prior; test-time "
-                        "refinement, noted in metrics.json; 20 passes take 2-3 minutes for "
+                        "refinement, noted in metrics.json; 20 passes took about 4 minutes for "
                         "41 frames at 256 px on 2 CPU cores). "
                         "Default 0: fitted poses (with the run's refined shape)")
     p.add_argument("--source", default=None, help="driving video for --mda")
